@@ -1,0 +1,86 @@
+"""The one interface between the HTTP layer and the engine. Torch-free.
+
+The server builds a `GenerationRequest`, calls `EngineClient.generate()` and iterates the async
+stream of `TokenDelta`s; it calls `abort()` when the client goes away. Validation that needs the
+tokenizer (prompt length, max_tokens) happens inside `generate()` before the first delta and raises
+the typed errors of `engine.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None = as many as fit in the context window
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    params: SamplingParams
+    prompt: str | None = None  # raw completion prompt
+    messages: tuple[dict, ...] | None = None  # chat messages, rendered with the tokenizer's chat template
+    prompt_token_ids: tuple[int, ...] | None = None  # already tokenised prompt (wins over prompt/messages)
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """New text since the previous delta. The last delta of a stream has `finish_reason` set."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    context_length: int
+    created: int = 0
+    owned_by: str = "moe-prefetch"
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ok: bool
+    detail: str = ""
+    running: int = 0
+    waiting: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class EngineClient(Protocol):
+    """What the server needs from an engine. The real one is `engine.async_engine.AsyncEngine`."""
+
+    @property
+    def model_card(self) -> ModelCard: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        """Validate and enqueue; raises `engine.errors.*` before the first delta on bad input."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def health(self) -> EngineHealth: ...
+
+    def metrics_exposition(self) -> tuple[bytes, str]:
+        """Prometheus text exposition and its content type."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...

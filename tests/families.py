@@ -1,0 +1,89 @@
+"""Tiny random checkpoints of every MoE family we cover, built from transformers config classes.
+
+Weights are scaled up from the default init so logits have clear margins: greedy-token equality
+tests then compare real decisions, not ties broken by rounding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+COMMON = dict(
+    vocab_size=320,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def family_configs() -> dict:
+    from transformers import (
+        DeepseekV2Config,
+        GptOssConfig,
+        GraniteMoeConfig,
+        MixtralConfig,
+        OlmoeConfig,
+        PhimoeConfig,
+        Qwen2MoeConfig,
+        Qwen3MoeConfig,
+    )
+
+    return {
+        "qwen3_moe": Qwen3MoeConfig(
+            **COMMON, head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+            norm_topk_prob=True,
+        ),
+        "qwen2_moe": Qwen2MoeConfig(
+            **COMMON, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+            num_experts_per_tok=2,
+        ),
+        "mixtral": MixtralConfig(**COMMON, intermediate_size=48, num_local_experts=6, num_experts_per_tok=2),
+        "olmoe": OlmoeConfig(**COMMON, intermediate_size=32, num_experts=8, num_experts_per_tok=2),
+        "deepseek_v2": DeepseekV2Config(
+            **COMMON, intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+            num_experts_per_tok=2, first_k_dense_replace=1, n_group=4, topk_group=2, topk_method="group_limited_greedy",
+            kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+            routed_scaling_factor=1.0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        "phimoe": PhimoeConfig(**COMMON, intermediate_size=48, num_local_experts=6, num_experts_per_tok=2),
+        "granitemoe": GraniteMoeConfig(**COMMON, intermediate_size=32, num_local_experts=6, num_experts_per_tok=2),
+        "gpt_oss": GptOssConfig(
+            **{**COMMON, "num_hidden_layers": 2}, head_dim=16, intermediate_size=32, num_local_experts=8,
+            num_experts_per_tok=2, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+        ),
+    }
+
+
+FAMILIES = sorted(family_configs())
+
+
+def build_model(family: str, seed: int = 0, scale: float = 4.0):
+    """A random model of `family` in float32 on CPU, weights scaled by `scale` for clear logit margins."""
+    cfg = family_configs()[family]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+            elif "bias" in name:
+                p.normal_(0.0, 0.05)
+    model.eval()
+    return model
+
+
+def write_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
+    """Save a tiny random checkpoint of `family` (safetensors + config) under `out` and return it."""
+    model = build_model(family, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    return out

@@ -1,0 +1,352 @@
+"""The device expert cache: a pool of slots, LRU eviction, pins, prefetch and acquire.
+
+Owns the device copies of experts. `prefetch(layer, ids)` starts copies of predicted experts;
+`acquire(layer, ids)` makes routed experts resident and returns their slots, classifying each as a
+resident hit, a prefetch hit (brought by a prefetch, first use) or a miss (demand load, a stall);
+`release()` unpins them. An entry is pinned while a step uses it or while its prefetch awaits the
+layer's routing, and pinned entries are never evicted.
+
+On CUDA every copy runs on one dedicated copy stream from pinned host memory; the compute stream
+waits on per-slot events instead of the host waiting, and a slot is never overwritten before the
+compute that last read it is done (an event recorded at release). Stall time is measured with CUDA
+events around the compute stream's waits and read back lazily. On CPU everything is synchronous.
+
+Hot path note: ids arrive as Python ints (the routed ids are read on the host once per layer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.expert_store import ExpertStore
+from engine.stats import CacheCounters
+
+Key = tuple[int, int]  # (moe layer index, expert id)
+
+HIT, PREFETCH_HIT, MISS = "hit", "prefetch_hit", "miss"
+
+
+class CacheFull(RuntimeError):
+    """Every slot is pinned: the caller asked for more experts at once than the cache can hold."""
+
+
+@dataclass
+class Acquired:
+    layer: int
+    ids: list[int]
+    slots: list[int]
+    kinds: list[str]
+    stall_seconds: float | None = None  # CPU: measured now; CUDA: read later from events
+    pending: list = field(default_factory=list)  # CUDA copy events the compute stream has not waited on yet
+
+
+@dataclass
+class _LayerPrefetch:
+    keys: set[Key] = field(default_factory=set)  # predicted experts pinned for this layer's routing
+
+
+def slots_for_budget(
+    total_experts: int,
+    expert_nbytes: int,
+    min_slots: int,
+    fraction: float | None = None,
+    gigabytes: float | None = None,
+    free_bytes: int | None = None,
+) -> int:
+    """How many slots the cache gets: from a fraction, from GB, or from free device memory."""
+    if fraction is not None:
+        slots = round(fraction * total_experts)
+    elif gigabytes is not None:
+        slots = int(gigabytes * 1e9 // expert_nbytes)
+    elif free_bytes is not None:
+        slots = int(free_bytes // expert_nbytes)
+    else:
+        slots = total_experts
+    return max(min_slots, min(total_experts, slots))
+
+
+class ExpertCache:
+    def __init__(
+        self,
+        store: ExpertStore,
+        num_slots: int,
+        device: torch.device,
+        counters: CacheCounters | None = None,
+        on_stall: Callable[[float], None] | None = None,
+    ) -> None:
+        if num_slots < 1:
+            raise ValueError("the expert cache needs at least one slot")
+        self.store = store
+        self.layout = store.layout
+        self.device = device
+        self.capacity = num_slots
+        self.cuda = device.type == "cuda"
+        self.pool = torch.empty((num_slots, self.layout.numel), dtype=self.layout.dtype, device=device)  # [S, numel]
+        self.weights = self.layout.views(self.pool)  # name -> [S, *shape]
+        self.counters = counters or CacheCounters(store.num_layers)
+        self.counters.slots_capacity = num_slots
+        self.on_stall = on_stall
+        self._slot_of: dict[Key, int] = {}
+        self._key_of: list[Key | None] = [None] * num_slots
+        self._lru: OrderedDict[Key, None] = OrderedDict()  # oldest first
+        self._pins = [0] * num_slots
+        self._free = list(range(num_slots - 1, -1, -1))
+        self._fresh: set[Key] = set()  # brought by a prefetch, not used yet
+        self._prefetch = [_LayerPrefetch() for _ in range(store.num_layers)]
+        self._copy_done: list[torch.cuda.Event | None] = [None] * num_slots
+        self._last_use: list[torch.cuda.Event | None] = [None] * num_slots
+        self._pending_stalls: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.copy_stream = torch.cuda.Stream(device=device) if self.cuda else None
+
+    # ---------------------------------------------------------------- queries
+    def resident(self, layer: int, expert: int) -> bool:
+        return (layer, expert) in self._slot_of
+
+    def resident_keys(self) -> list[Key]:
+        return list(self._lru)
+
+    def pinned_slots(self) -> int:
+        return sum(1 for p in self._pins if p > 0)
+
+    # ---------------------------------------------------------------- internals
+    def _take_slot(self) -> int | None:
+        if self._free:
+            return self._free.pop()
+        for key in self._lru:  # oldest first
+            slot = self._slot_of[key]
+            if self._pins[slot] == 0:
+                self._evict(key)
+                return slot
+        return None
+
+    def _evict(self, key: Key) -> None:
+        slot = self._slot_of.pop(key)
+        del self._lru[key]
+        self._key_of[slot] = None
+        if key in self._fresh:  # a prefetched expert evicted before any use
+            self._fresh.discard(key)
+            self.counters.prefetch_wasted[key[0]] += 1
+        self.counters.slots_used -= 1
+
+    def _install(self, key: Key, slot: int) -> None:
+        self._slot_of[key] = slot
+        self._key_of[slot] = key
+        self._lru[key] = None
+        self.counters.slots_used += 1
+
+    def _copy_in(self, key: Key, slot: int) -> None:
+        src = self.store.row(*key)  # [numel] pinned host
+        dst = self.pool[slot]  # [numel] device
+        if self.cuda:
+            with torch.cuda.stream(self.copy_stream):
+                last = self._last_use[slot]
+                if last is not None:
+                    self.copy_stream.wait_event(last)  # never overwrite weights still being read
+                dst.copy_(src, non_blocking=True)
+                ev = torch.cuda.Event(enable_timing=False)
+                ev.record(self.copy_stream)
+            self._copy_done[slot] = ev
+        else:
+            dst.copy_(src)
+
+    def _pin(self, slot: int) -> None:
+        self._pins[slot] += 1
+
+    def _unpin(self, slot: int) -> None:
+        if self._pins[slot] <= 0:
+            raise RuntimeError(f"expert cache: slot {slot} unpinned more often than pinned")
+        self._pins[slot] -= 1
+
+    # ---------------------------------------------------------------- prefetch
+    def prefetch(self, layer: int, ids: Sequence[int]) -> int:
+        """Start copies of predicted experts of `layer`; pin them until the layer's routing is known.
+
+        Returns the number of copies issued. Experts already resident are pinned, not copied. Stops
+        quietly when every remaining slot is pinned (a prefetch is a hint; a miss is still correct).
+        """
+        self._drop_prefetch(layer)
+        pf = self._prefetch[layer]
+        issued = 0
+        for e in ids:
+            key = (layer, int(e))
+            if key in pf.keys:
+                continue
+            slot = self._slot_of.get(key)
+            if slot is None:
+                slot = self._take_slot()
+                if slot is None:
+                    break
+                self._install(key, slot)
+                self._copy_in(key, slot)
+                self._fresh.add(key)
+                issued += 1
+            else:
+                self._lru.move_to_end(key)
+            self._pin(slot)
+            pf.keys.add(key)
+        c = self.counters
+        c.prefetch_issued[layer] += issued
+        c.bytes_prefetch += issued * self.layout.nbytes
+        return issued
+
+    def _drop_prefetch(self, layer: int) -> None:
+        """Unpin an earlier prediction for `layer` that no routing consumed (counted as wasted)."""
+        pf = self._prefetch[layer]
+        for key in pf.keys:
+            self._unpin(self._slot_of[key])
+            if key in self._fresh:
+                self._fresh.discard(key)
+                self.counters.prefetch_wasted[layer] += 1
+        pf.keys.clear()
+
+    def has_prediction(self, layer: int) -> bool:
+        return bool(self._prefetch[layer].keys)
+
+    def room_for(self, layer: int) -> int:
+        """How many of `layer`'s experts one acquire can take now (its predicted ones hold slots already)."""
+        return self.capacity - self.pinned_slots() + len(self._prefetch[layer].keys)
+
+    def unpin_prediction(self, layer: int) -> None:
+        """Release `layer`'s prediction pins but keep their prefetch-hit status (used before chunking)."""
+        pf = self._prefetch[layer]
+        for key in pf.keys:
+            self._unpin(self._slot_of[key])
+        pf.keys.clear()
+
+    def account_routing(self, layer: int, routed: Sequence[int]) -> None:
+        """Once per layer-step, before acquire: score the prediction, settle the prefetch pins.
+
+        Routed experts that were predicted keep their prefetch pin until `acquire` takes them;
+        predicted experts that were not routed are unpinned, and count as wasted if a copy was made.
+        """
+        pf = self._prefetch[layer]
+        c = self.counters
+        routed_keys = {(layer, int(e)) for e in routed}
+        if pf.keys:
+            c.routed_scored[layer] += len(routed_keys)
+            c.predicted_routed[layer] += len(routed_keys & pf.keys)
+        for key in list(pf.keys):
+            if key not in routed_keys:
+                pf.keys.discard(key)
+                self._unpin(self._slot_of[key])
+                if key in self._fresh:
+                    self._fresh.discard(key)
+                    c.prefetch_wasted[layer] += 1
+
+    # ---------------------------------------------------------------- acquire / release
+    def acquire(self, layer: int, ids: Sequence[int], wait: bool = True) -> Acquired:
+        """Make `ids` of `layer` resident, pin them for this step, and return their slots.
+
+        On CUDA the current (compute) stream is made to wait for any copy still in flight; with
+        `wait=False` that is left to a later `wait_for(acq)`, so a chunk's copies can be started
+        while the previous chunk computes. Raises `CacheFull` if every slot is pinned.
+        """
+        c = self.counters
+        pf = self._prefetch[layer]
+        slots: list[int] = []
+        kinds: list[str] = []
+        waits: list[torch.cuda.Event] = []
+        t0 = time.perf_counter()
+        demand = 0
+        for e in ids:
+            key = (layer, int(e))
+            slot = self._slot_of.get(key)
+            if slot is None:
+                slot = self._take_slot()
+                if slot is None:
+                    for s in slots:
+                        self._unpin(s)
+                    raise CacheFull(
+                        f"expert cache: {len(ids)} experts asked at once, {self.capacity} slots, "
+                        f"{self.pinned_slots()} pinned"
+                    )
+                self._install(key, slot)
+                self._copy_in(key, slot)
+                kinds.append(MISS)
+                c.misses[layer] += 1
+                demand += 1
+            elif key in self._fresh:
+                self._fresh.discard(key)
+                kinds.append(PREFETCH_HIT)
+                c.hits_prefetched[layer] += 1
+                c.prefetch_used[layer] += 1
+                self._lru.move_to_end(key)
+            else:
+                kinds.append(HIT)
+                c.hits_resident[layer] += 1
+                self._lru.move_to_end(key)
+            if key in pf.keys:  # the prefetch pin becomes the step pin
+                pf.keys.discard(key)
+            else:
+                self._pin(slot)
+            if self.cuda:
+                ev = self._copy_done[slot]
+                if ev is not None:
+                    waits.append(ev)
+                    self._copy_done[slot] = None
+            slots.append(slot)
+        c.requests[layer] += len(ids)
+        c.bytes_demand += demand * self.layout.nbytes
+        acq = Acquired(layer, [int(e) for e in ids], slots, kinds, pending=waits)
+        if self.cuda:
+            if wait:
+                self.wait_for(acq)
+        else:
+            acq.stall_seconds = time.perf_counter() - t0 if demand else 0.0
+            if self.on_stall is not None:
+                self.on_stall(acq.stall_seconds)
+        return acq
+
+    def wait_for(self, acq: Acquired) -> None:
+        """Make the compute stream wait for `acq`'s copies (no-op on CPU or when already done)."""
+        if self.cuda:
+            waits, acq.pending = acq.pending, []
+            self._wait_on_device(waits)
+
+    def _wait_on_device(self, waits: list[torch.cuda.Event]) -> None:
+        stream = torch.cuda.current_stream(self.device)
+        if not waits:
+            if self.on_stall is not None:
+                self.on_stall(0.0)
+            return
+        before = torch.cuda.Event(enable_timing=True)
+        after = torch.cuda.Event(enable_timing=True)
+        before.record(stream)
+        for ev in waits:
+            stream.wait_event(ev)
+        after.record(stream)
+        self._pending_stalls.append((before, after))
+
+    def release(self, acq: Acquired) -> None:
+        """Unpin a step's experts; on CUDA, remember when the compute reading them is done."""
+        if self.cuda:
+            done = torch.cuda.Event(enable_timing=False)
+            done.record(torch.cuda.current_stream(self.device))
+        for slot in acq.slots:
+            self._unpin(slot)
+            if self.cuda:
+                self._last_use[slot] = done
+
+    def flush_stalls(self) -> list[float]:
+        """Read back the stall times whose events completed (call after a step); returns seconds."""
+        out, keep = [], []
+        for before, after in self._pending_stalls:
+            if after.query():
+                out.append(before.elapsed_time(after) / 1000.0)
+            else:
+                keep.append((before, after))
+        self._pending_stalls = keep
+        if self.on_stall is not None:
+            for s in out:
+                self.on_stall(s)
+        return out
+
+    def reset_prefetch(self) -> None:
+        """Forget every outstanding prediction (e.g. after an aborted step)."""
+        for layer in range(len(self._prefetch)):
+            self._drop_prefetch(layer)

@@ -1,0 +1,282 @@
+"""The real `EngineClient`: one engine thread owns the model; the event loop only awaits.
+
+`generate()` tokenises and validates on the caller's side, then hands a `_Sequence` to the
+scheduler; the engine thread runs rounds (every running sequence gets one token), and pushes each
+`TokenDelta` into the request's own asyncio queue with `loop.call_soon_threadsafe`. A consumer that
+stops iterating (client gone) aborts its sequence in a `finally`. A failure inside the model marks
+the engine dead: pending requests get `EngineDead`, `/health` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.config import EngineConfig
+from engine.devices import resolve_device, resolve_dtype
+from engine.errors import EngineDead, EngineError, MaxTokensTooLarge, PromptTooLong
+from engine.loader import CacheBudget, OffloadedModel, load_checkpoint
+from engine.metrics import Metrics
+from engine.protocol import EngineHealth, GenerationRequest, ModelCard, SamplingParams, TokenDelta
+from engine.runner import ModelRunner, SequenceState
+from engine.sampling import make_generator, sample
+from engine.scheduler import Scheduler
+from engine.stats import RequestStats
+from engine.text_stream import TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request_id: str
+    params: SamplingParams
+    prompt_ids: list[int]
+    max_tokens: int
+    emit: Callable[[TokenDelta | BaseException], None]
+    stream: TextStream
+    arrival: float
+    state: SequenceState = field(default_factory=SequenceState)
+    generator: torch.Generator | None = None
+    out_ids: list[int] = field(default_factory=list)
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    gaps: list[float] = field(default_factory=list)
+
+
+class AsyncEngine:
+    def __init__(self, config: EngineConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.scheduler: Scheduler[_Sequence] = Scheduler(config.max_running, config.max_waiting)
+        self.om: OffloadedModel | None = None
+        self.runner: ModelRunner | None = None
+        self.tokenizer = None
+        self._card: ModelCard | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._dead: str | None = None
+        self._eos: set[int] = set()
+        self._seed_counter = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, metrics: Metrics | None = None) -> AsyncEngine:
+        return cls(config, metrics)
+
+    # ------------------------------------------------------------------ lifecycle
+    def load(self) -> None:
+        """Load the model (blocking). Called by `start()` in a worker thread; tests may call it directly."""
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
+        if cfg.model is None:
+            from engine.builtin import BUILTIN_NAME, load_builtin
+
+            om = load_builtin(device, dtype, budget, seed=cfg.seed)
+            name = cfg.model_name or BUILTIN_NAME
+        else:
+            om = load_checkpoint(cfg.model, device, dtype, budget)
+            name = cfg.model_name or cfg.model.rstrip("/").rsplit("/", 1)[-1]
+        if om.tokenizer is None:
+            raise EngineError(f"{om.source}: no tokenizer files; the server needs one to turn text into tokens")
+        self.om, self.tokenizer = om, om.tokenizer
+        self.runner = ModelRunner(om)
+        mcfg = om.model.config
+        ctx = int(getattr(mcfg, "max_position_embeddings", 2048))
+        if cfg.max_model_len is not None:
+            ctx = min(ctx, cfg.max_model_len)
+        self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()))
+        eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
+        eos_list = eos if isinstance(eos, list) else [eos]
+        self._eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
+        om.cache.on_stall = self.metrics.stall.observe
+        self.metrics.attach_cache(om.counters)
+        self.metrics.set_info(
+            policy=cfg.policy, model=name, predictors=cfg.predictors or "", device=str(device), dtype=str(dtype),
+            cache_slots=str(om.cache.capacity), experts_total=str(om.store.total_experts),
+        )
+        log.info("model %s ready on %s (%s), context %d tokens", name, device, dtype, ctx)
+
+    async def start(self) -> None:
+        if self.om is None:
+            await asyncio.to_thread(self.load)
+        self._thread = threading.Thread(target=self._loop, name="moe-engine", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        self.scheduler.abort("")  # wake the thread
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+        for seq in self.scheduler.drain():
+            seq.emit(EngineDead("engine shut down"))
+
+    # ------------------------------------------------------------------ EngineClient
+    @property
+    def model_card(self) -> ModelCard:
+        if self._card is None:
+            raise EngineDead("engine not started")
+        return self._card
+
+    def health(self) -> EngineHealth:
+        running, waiting = self.scheduler.counts
+        if self._dead is not None:
+            return EngineHealth(False, self._dead, running, waiting)
+        if self.om is None or self._thread is None or not self._thread.is_alive():
+            return EngineHealth(False, "engine not running", running, waiting)
+        return EngineHealth(True, "ok", running, waiting, {"cache_slots": self.om.cache.capacity})
+
+    def metrics_exposition(self) -> tuple[bytes, str]:
+        return self.metrics.exposition()
+
+    async def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+
+    def tokenize(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
+        tok = self.tokenizer
+        if request.messages is not None:
+            if getattr(tok, "chat_template", None):
+                ids = tok.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+                return list(ids)
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages) + "\nassistant:"
+            return tok.encode(text, add_special_tokens=False)
+        return tok.encode(request.prompt or "", add_special_tokens=False)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        if self._dead is not None:
+            raise EngineDead(f"engine is not healthy: {self._dead}")
+        card = self.model_card
+        prompt_ids = await asyncio.to_thread(self.tokenize, request)
+        param = "messages" if request.messages is not None else "prompt"
+        if not prompt_ids:
+            raise PromptTooLong("the prompt is empty after tokenisation", param=param)
+        room = card.context_length - len(prompt_ids)
+        if room < 1:
+            raise PromptTooLong(
+                f"the prompt has {len(prompt_ids)} tokens; the context window is {card.context_length}", param=param
+            )
+        p = request.params
+        max_tokens = p.max_tokens if p.max_tokens is not None else room
+        if max_tokens > room:
+            raise MaxTokensTooLarge(
+                f"max_tokens={max_tokens} does not fit: the prompt has {len(prompt_ids)} tokens and the context "
+                f"window is {card.context_length} (at most {room})",
+                param="max_tokens",
+            )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
+
+        def emit(item: TokenDelta | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self._seed_counter += 1
+        seq = _Sequence(
+            request_id=request.request_id, params=p, prompt_ids=prompt_ids, max_tokens=max_tokens, emit=emit,
+            stream=TextStream(self.tokenizer, p.stop, context_ids=prompt_ids[-4:]), arrival=time.perf_counter(),
+        )
+        seq.generator = make_generator(p, self.om.device, self.config.seed * 1_000_003 + self._seed_counter)
+        self.scheduler.submit(seq)
+        self.metrics.set_queue(*self.scheduler.counts)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.scheduler.abort(request.request_id)
+
+    # ------------------------------------------------------------------ engine thread
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            running = self.scheduler.admit()
+            for seq in self.scheduler.take_dropped():
+                self._record(seq, "abort")
+            if not running:
+                self.metrics.set_queue(*self.scheduler.counts)
+                self.scheduler.wait_for_work(0.05)
+                continue
+            for seq in running:
+                if self.scheduler.is_aborted(seq.request_id):
+                    self._finish(seq, "abort", "")
+                    continue
+                try:
+                    self._step(seq)
+                except Exception as err:  # a model failure: the engine cannot be trusted any more
+                    log.exception("engine step failed")
+                    self._die(f"{type(err).__name__}: {err}")
+                    return
+            self.runner.after_step()
+            self.metrics.set_queue(*self.scheduler.counts)
+
+    def _step(self, seq: _Sequence) -> None:
+        now = time.perf_counter()
+        if seq.scheduled_at is None:
+            seq.scheduled_at = now
+            logits = self.runner.forward(seq.state, seq.prompt_ids)
+            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
+        else:
+            logits = self.runner.forward(seq.state, [seq.out_ids[-1]])
+        tok = sample(logits, seq.params, seq.generator)
+        now = time.perf_counter()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        else:
+            seq.gaps.append(now - seq.last_token_at)
+        seq.last_token_at = now
+        seq.out_ids.append(tok)
+        self.metrics.generation_tokens.inc()
+        if tok in self._eos and not seq.params.ignore_eos:
+            self._finish(seq, "stop", seq.stream.finish(), token=tok)
+            return
+        text, stopped = seq.stream.push(tok)
+        if stopped:
+            self._finish(seq, "stop", text, token=tok)
+        elif len(seq.out_ids) >= seq.max_tokens:
+            self._finish(seq, "length", text + seq.stream.finish(), token=tok)
+        else:
+            seq.emit(TokenDelta(text, (tok,), None, len(seq.prompt_ids), len(seq.out_ids)))
+
+    def _finish(self, seq: _Sequence, reason: str, text: str, token: int | None = None) -> None:
+        self.scheduler.finish(seq)
+        ids = (token,) if token is not None else ()
+        seq.emit(TokenDelta(text, ids, reason, len(seq.prompt_ids), len(seq.out_ids)))
+        self._record(seq, reason)
+
+    def _record(self, seq: _Sequence, reason: str) -> None:
+        end = time.perf_counter()
+        self.metrics.observe_request(
+            RequestStats(
+                prompt_tokens=len(seq.prompt_ids),
+                generation_tokens=len(seq.out_ids),
+                time_to_first_token=None if seq.first_token_at is None else seq.first_token_at - seq.arrival,
+                time_per_output_token=tuple(seq.gaps),
+                e2e_latency=end - seq.arrival,
+                queue_time=(seq.scheduled_at or end) - seq.arrival,
+                finish_reason=reason,
+            )
+        )
+
+    def _die(self, reason: str) -> None:
+        self._dead = reason
+        self.metrics.engine_up.set(0)
+        for seq in self.scheduler.drain():
+            seq.emit(EngineDead(f"engine failed: {reason}"))

@@ -160,6 +160,16 @@ def test_alert_rules_unit_tests(promtool: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_exposition_passes_promtool_lint(metrics_target, promtool: str) -> None:
+    """What Prometheus scrapes follows its naming and type conventions (`promtool check metrics`)."""
+    for t in metrics_target:
+        with urllib.request.urlopen(f"http://{t.address}/metrics", timeout=10) as resp:
+            body = resp.read()
+        assert b"moe_expert_hits_total" in body and b"moe_policy_info" in body
+        r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode()
+
+
 class Prometheus:
     def __init__(self, url: str, proc: subprocess.Popen) -> None:
         self.url = url

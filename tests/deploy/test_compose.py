@@ -38,7 +38,8 @@ BUILD_TOOLS = ("gcc", "g++", "cc", "make", "build-essential", "clang", "cmake", 
 def _compose_config(compose_bin: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "COMPOSE_"))}
     return subprocess.run(
-        [compose_bin, "-f", str(COMPOSE), "config"],
+        # An empty --env-file: a developer's ./.env must not change what is validated.
+        [compose_bin, "--env-file", os.devnull, "-f", str(COMPOSE), "config"],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,

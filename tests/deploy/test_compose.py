@@ -35,11 +35,13 @@ BUILD_TOOLS = ("gcc", "g++", "cc", "make", "build-essential", "clang", "cmake", 
 # --- docker-compose.yml -------------------------------------------------------------------------
 
 
-def _compose_config(compose_bin: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def _compose_config(compose_bin: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "COMPOSE_"))}
     return subprocess.run(
         # An empty --env-file: a developer's ./.env must not change what is validated.
-        [compose_bin, "--env-file", os.devnull, "-f", str(COMPOSE), "config"],
+        [compose_bin, "--env-file", str(empty), "-f", str(COMPOSE), "config"],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,
@@ -48,8 +50,8 @@ def _compose_config(compose_bin: str, env: dict[str, str]) -> subprocess.Complet
     )
 
 
-def test_compose_config_validates(compose_bin: str) -> None:
-    r = _compose_config(compose_bin, {"GRAFANA_ADMIN_PASSWORD": "test-only"})
+def test_compose_config_validates(compose_bin: str, tmp_path: Path) -> None:
+    r = _compose_config(compose_bin, {"GRAFANA_ADMIN_PASSWORD": "test-only"}, tmp_path)
     assert r.returncode == 0, r.stderr
     resolved = yaml.safe_load(r.stdout)
     assert set(resolved["services"]) == {"server", "prometheus", "grafana"}
@@ -58,8 +60,8 @@ def test_compose_config_validates(compose_bin: str) -> None:
     assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "test-only"
 
 
-def test_compose_requires_grafana_admin_password(compose_bin: str) -> None:
-    r = _compose_config(compose_bin, {})
+def test_compose_requires_grafana_admin_password(compose_bin: str, tmp_path: Path) -> None:
+    r = _compose_config(compose_bin, {}, tmp_path)
     assert r.returncode != 0
     assert "GRAFANA_ADMIN_PASSWORD" in r.stdout + r.stderr
 

@@ -36,7 +36,9 @@ TORCH_DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "
 def format_mmlu(row: list[str]) -> str:
     """An MMLU row (question, A, B, C, D[, answer]) as a prompt: the question, lettered options, 'Answer:'."""
     question, *options = row[:5]
-    lines = [question.strip()] + [f"{letter}. {opt.strip()}" for letter, opt in zip("ABCD", options, strict=False)]
+    lines = [question.strip()] + [
+        f"{letter}. {opt.strip()}" for letter, opt in zip("ABCD", options, strict=False)
+    ]
     return "\n".join(lines) + "\nAnswer:"
 
 
@@ -85,7 +87,9 @@ def _read_csv(path: Path) -> list[str]:
         return [row[q] for row in rows[1:] if len(row) > q and row[q].strip()]
     if all(len(row) >= 5 for row in rows):  # headerless MMLU layout
         return [format_mmlu(row) for row in rows]
-    raise ValueError(f"{path}: a CSV needs a 'question' column or the headerless MMLU layout (question, A-D, answer)")
+    raise ValueError(
+        f"{path}: a CSV needs a 'question' column or the headerless MMLU layout (question, A-D, answer)"
+    )
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -120,7 +124,9 @@ def encode_prompt(tokenizer, text: str, *, chat_template: bool, max_tokens: int)
 # ---------------------------------------------------------------- model loading
 
 
-def load_model_for_tracing(path: str | Path, device: str = "cpu", dtype: str = "auto") -> tuple[nn.Module, object]:
+def load_model_for_tracing(
+    path: str | Path, device: str = "cpu", dtype: str = "auto"
+) -> tuple[nn.Module, object]:
     """The one place that loads a model for `collect`: (model in eval mode on `device`, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -210,8 +216,9 @@ def collect(
         "max_prompt_tokens": max_prompt_tokens,
         "chat_template": bool(chat_template and getattr(tokenizer, "chat_template", None)),
     }
-    writer = TraceWriter(Path(out_dir), meta, shard_size=shard_size, resume=resume, x_dtype=x_dtype,
-                         scores_dtype=scores_dtype)
+    writer = TraceWriter(
+        Path(out_dir), meta, shard_size=shard_size, resume=resume, x_dtype=x_dtype, scores_dtype=scores_dtype
+    )
     routers = {}
     for i, layer in enumerate(layers):
         for name, p in router_params(layer.router):
@@ -223,8 +230,14 @@ def collect(
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     device = _input_device(model)
     taps = _Taps(model)
-    bar = Progress(TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-                   TimeRemainingColumn(), disable=not progress)
+    bar = Progress(
+        TextColumn("collect"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeRemainingColumn(),
+        disable=not progress,
+    )
     try:
         with bar, torch.inference_mode():
             task = bar.add_task("collect", total=max_samples, completed=min(writer.samples, cap))
@@ -243,8 +256,12 @@ def collect(
                     if take <= 0:
                         break
                     rows = slice(b * width, b * width + take)  # this prompt's real tokens in [B*T]
-                    writer.add_prompt(pid, [x[rows] for x in taps.x], [s[rows] for s in taps.scores],
-                                      [t[rows] for t in taps.topk])
+                    writer.add_prompt(
+                        pid,
+                        [x[rows] for x in taps.x],
+                        [s[rows] for s in taps.scores],
+                        [t[rows] for t in taps.topk],
+                    )
                     writer.end_prompt(pid + 1)
                     bar.update(task, completed=writer.samples)
                 batch.clear()
@@ -254,7 +271,9 @@ def collect(
                     continue
                 if writer.samples >= cap:
                     break
-                ids = encode_prompt(tokenizer, text, chat_template=chat_template, max_tokens=max_prompt_tokens)
+                ids = encode_prompt(
+                    tokenizer, text, chat_template=chat_template, max_tokens=max_prompt_tokens
+                )
                 if ids:
                     batch.append((pid, ids))
                 elif not batch:

@@ -62,11 +62,16 @@ def default_k_prime(k: int, num_experts: int) -> int:
     return min(num_experts, math.ceil(1.5 * k))
 
 
-def all_metrics(scores: torch.Tensor, true_topk: torch.Tensor, k_primes: list[int]) -> dict[str, object]:
-    """Every metric at once: set_accuracy, recall_at_k, top1_accuracy, overprov_recall {k': value}."""
-    return {
+def all_metrics(
+    scores: torch.Tensor, true_topk: torch.Tensor, k_prime: int, sweep: list[int] | None = None
+) -> dict[str, object]:
+    """set_accuracy, recall_at_k, top1_accuracy, overprov_recall (at k_prime) and, given `sweep`, recall_sweep."""
+    out: dict[str, object] = {
         "set_accuracy": set_accuracy(scores, true_topk),
         "recall_at_k": recall_at_k(scores, true_topk),
         "top1_accuracy": top1_accuracy(scores, true_topk),
-        "overprov_recall": {int(kp): overprovision_recall(scores, true_topk, kp) for kp in k_primes},
+        "overprov_recall": overprovision_recall(scores, true_topk, k_prime),
     }
+    if sweep:
+        out["recall_sweep"] = {str(kp): overprovision_recall(scores, true_topk, kp) for kp in sweep}
+    return out

@@ -16,7 +16,9 @@ from torch import nn
 ARCHS = (1, 2)
 
 
-def build_predictor(arch: int, d_model: int, num_experts: int, hidden: int = 2048, dropout: float = 0.1) -> nn.Module:
+def build_predictor(
+    arch: int, d_model: int, num_experts: int, hidden: int = 2048, dropout: float = 0.1
+) -> nn.Module:
     """One predictor: x[T, d] -> logits[T, E]."""
     if arch == 1:
         return nn.Sequential(
@@ -34,13 +36,20 @@ def build_predictor(arch: int, d_model: int, num_experts: int, hidden: int = 204
 class PredictorBank(nn.Module):
     """One predictor per MoE layer (index = position among MoE layers, not the decoder-layer id)."""
 
-    def __init__(self, arch: int, d_model: int, num_experts: int, num_layers: int, hidden: int = 2048) -> None:
+    def __init__(
+        self, arch: int, d_model: int, num_experts: int, num_layers: int, hidden: int = 2048
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.d_model = d_model
         self.num_experts = num_experts
         self.hidden = hidden
-        self.layers = nn.ModuleList(build_predictor(arch, d_model, num_experts, hidden) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            build_predictor(arch, d_model, num_experts, hidden) for _ in range(num_layers)
+        )
+        # How often each expert was routed in the training split: the frequency-prior baseline, and a
+        # fallback ranking for the engine. Filled by training, saved with the weights.
+        self.register_buffer("expert_counts", torch.zeros(num_layers, num_experts))  # [L, E]
 
     def __len__(self) -> int:
         return len(self.layers)

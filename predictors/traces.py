@@ -46,8 +46,16 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 class TraceWriter:
     """Buffers per-token records and writes a shard whenever `shard_size` samples are buffered."""
 
-    def __init__(self, out_dir: Path, meta: dict, *, shard_size: int, resume: bool, x_dtype: str = "bf16",
-                 scores_dtype: str = "fp16") -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        meta: dict,
+        *,
+        shard_size: int,
+        resume: bool,
+        x_dtype: str = "bf16",
+        scores_dtype: str = "fp16",
+    ) -> None:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
@@ -60,13 +68,25 @@ class TraceWriter:
                     f"{self.dir} holds traces of another model (fingerprint {self.manifest.get('fingerprint')}, "
                     f"this model {meta['fingerprint']}): use another --out or --no-resume"
                 )
-            log.info("resuming %s: %d samples, %d prompts done", self.dir, self.manifest["samples"],
-                     self.manifest["prompts_done"])
+            log.info(
+                "resuming %s: %d samples, %d prompts done",
+                self.dir,
+                self.manifest["samples"],
+                self.manifest["prompts_done"],
+            )
         else:
             for old in self.dir.glob("shard-*.safetensors"):
                 old.unlink()
-            self.manifest = {"format": FORMAT, "version": VERSION, **meta, "x_dtype": x_dtype,
-                             "scores_dtype": scores_dtype, "samples": 0, "prompts_done": 0, "shards": []}
+            self.manifest = {
+                "format": FORMAT,
+                "version": VERSION,
+                **meta,
+                "x_dtype": x_dtype,
+                "scores_dtype": scores_dtype,
+                "samples": 0,
+                "prompts_done": 0,
+                "shards": [],
+            }
         self.x_dtype = DTYPES[self.manifest["x_dtype"]]
         self.scores_dtype = DTYPES[self.manifest["scores_dtype"]]
         self._buf: list[dict[str, torch.Tensor]] = []
@@ -85,15 +105,20 @@ class TraceWriter:
         return int(self.manifest["prompts_done"])
 
     def write_routers(self, tensors: dict[str, torch.Tensor]) -> None:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(self.dir / ROUTERS))
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(self.dir / ROUTERS)
+        )
 
-    def add_prompt(self, prompt_id: int, x: list[torch.Tensor], scores: list[torch.Tensor],
-                   topk: list[torch.Tensor]) -> None:
+    def add_prompt(
+        self, prompt_id: int, x: list[torch.Tensor], scores: list[torch.Tensor], topk: list[torch.Tensor]
+    ) -> None:
         """One prompt's tokens: x[i] [T, d], scores[i] [T, E], topk[i] [T, k] for every MoE layer i."""
         t = x[0].shape[0]
         topk_dtype = torch.int16 if scores[0].shape[1] <= torch.iinfo(torch.int16).max else torch.int32
-        rec = {"prompt_id": torch.full((t,), prompt_id, dtype=torch.int32),
-               "position": torch.arange(t, dtype=torch.int32)}
+        rec = {
+            "prompt_id": torch.full((t,), prompt_id, dtype=torch.int32),
+            "position": torch.arange(t, dtype=torch.int32),
+        }
         for i in range(self.num_layers):
             rec[f"x.{i}"] = x[i].detach().to("cpu", self.x_dtype)  # [T, d]
             rec[f"scores.{i}"] = scores[i].detach().to("cpu", self.scores_dtype)  # [T, E]
@@ -144,7 +169,9 @@ class TraceSet:
         self.dir = Path(directory)
         path = self.dir / MANIFEST
         if not path.exists():
-            raise FileNotFoundError(f"{self.dir} is not a trace set: no {MANIFEST} (run `moe-prefetch collect`)")
+            raise FileNotFoundError(
+                f"{self.dir} is not a trace set: no {MANIFEST} (run `moe-prefetch collect`)"
+            )
         self.manifest = json.loads(path.read_text())
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{path}: not a moe-prefetch trace manifest")
@@ -174,7 +201,11 @@ class TraceSet:
         """MoE layer i's samples, restricted to `mask` [N] bool when given."""
         if not 0 <= i < self.num_layers:
             raise IndexError(f"MoE layer {i} out of range: the trace set has {self.num_layers}")
-        x, scores, topk = self._read(f"x.{i}"), self._read(f"scores.{i}").float(), self._read(f"topk.{i}").long()
+        x, scores, topk = (
+            self._read(f"x.{i}"),
+            self._read(f"scores.{i}").float(),
+            self._read(f"topk.{i}").long(),
+        )
         if mask is not None:
             x, scores, topk = x[mask], scores[mask], topk[mask]
         return LayerData(x=x, scores=scores, topk=topk)
@@ -190,11 +221,18 @@ class TraceSet:
 
     def summary(self) -> dict[str, object]:
         m = self.manifest
-        return {"traces": str(self.dir), "samples": m["samples"], "prompts": m["prompts_done"],
-                "shards": len(m["shards"]), "x_dtype": m["x_dtype"]}
+        return {
+            "traces": str(self.dir),
+            "samples": m["samples"],
+            "prompts": m["prompts_done"],
+            "shards": len(m["shards"]),
+            "x_dtype": m["x_dtype"],
+        }
 
 
-def split_by_prompt(prompt_id: torch.Tensor, holdout_frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_by_prompt(
+    prompt_id: torch.Tensor, holdout_frac: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random `holdout_frac` of the prompts (at least one, never all when there are two) held out."""
     if not 0.0 < holdout_frac < 1.0:
         raise ValueError(f"holdout_frac must be in (0, 1), got {holdout_frac}")

@@ -1,34 +1,11 @@
-"""Fixtures for the predictors tests: tiny checkpoints with a byte-level tokenizer, MMLU prompts."""
+"""Fixtures for the predictors tests (helpers live in predictor_fixtures.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
-
-from families import write_checkpoint
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "../shared/data"
-MMLU_TEST = SHARED_DATA / "mmlu" / "test"
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with no merges: 3 specials + 256 bytes = 259 ids (< the families' 320)."""
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
-def tiny_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
-    write_checkpoint(family, out, seed=seed)
-    byte_tokenizer().save_pretrained(out)
-    return out
+from predictor_fixtures import MMLU_TEST, tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -239,8 +239,7 @@ def evaluate(
     )
     console.print(result_table(result))
     console.print(
-        "set acc = predicted top-k set equals the true set; recall@k = share of the true top-k found "
-        "(the paper's 'exact-match'); cross-layer is undefined for MoE layer 0."
+        "r@k is the paper's 'exact-match' figure; cross-layer is undefined for the first MoE layer."
     )
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

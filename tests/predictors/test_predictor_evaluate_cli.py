@@ -125,7 +125,7 @@ def test_cli_end_to_end(family, request, tmp_path, mmlu_csv):
         "--latency-iters",
         5,
     )
-    assert "overall" in out and "recall@k" in out
+    assert "overall" in out and "r@2" in out and "cross-layer is undefined" in out
     result = json.loads((tmp_path / "r.json").read_text())
     assert [r["layer_id"] for r in result["layers"]] == manifest["layer_ids"]
     assert result["layers"][0]["crosslayer"] is None

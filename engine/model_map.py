@@ -62,7 +62,7 @@ def _find_router(block: nn.Module, experts: nn.Module) -> nn.Module:
         m = getattr(block, name, None)
         if isinstance(m, nn.Module) and m is not experts:
             return m
-    num_experts = int(getattr(experts, "num_experts"))
+    num_experts = int(experts.num_experts)
     for _, m in block.named_children():
         w = getattr(m, "weight", None)
         if m is not experts and isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == num_experts:

@@ -64,10 +64,11 @@ def serve(
         typer.echo(f"moe-prefetch: {err}", err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from engine.async_engine import AsyncEngine
     from server.app import create_app
     from server.config import ServerConfig
     from server.run import run_server
+
+    from engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(settings.engine_config())
     try:
@@ -89,11 +90,13 @@ def variables() -> None:
 
 
 def _mount_predictors() -> None:
-    try:
-        from predictors.cli import register
-    except ImportError:
-        return
-    register(app)
+    """Make `collect`, `train` and `evaluate` top-level commands of `moe-prefetch`."""
+    from predictors.cli import app as predictors_app
+
+    have = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for cmd in predictors_app.registered_commands:
+        if (cmd.name or cmd.callback.__name__) not in have:
+            app.registered_commands.append(cmd)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_body
 
+DRAIN_FACTOR = 4
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -25,9 +27,17 @@ class BodySizeLimit:
             "invalid_request_error", None, "request_too_large",
         )).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+    async def _drain(self, receive: Receive, seen: int, more: bool) -> None:
+        budget = DRAIN_FACTOR * self.max_body_bytes
+        while more and seen <= budget:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            seen += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -40,6 +50,8 @@ class BodySizeLimit:
                 except ValueError:
                     declared = 0
                 if declared > self.max_body_bytes:
+                    if declared <= DRAIN_FACTOR * self.max_body_bytes:
+                        await self._drain(receive, 0, True)
                     await self._reject(send)
                     return
         chunks: list[bytes] = []
@@ -51,6 +63,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_body_bytes:
+                await self._drain(receive, total, message.get("more_body", False))
                 await self._reject(send)
                 return
             chunks.append(chunk)

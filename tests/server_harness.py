@@ -2,6 +2,8 @@
 
 The socket is bound before the server starts, so the port is known and never raced for. `stop()`
 asks uvicorn to exit (graceful, then forced) and joins the thread; both waits are bounded.
+`live_server(engine)` serves `create_app(engine)` and hands out an httpx client and an openai
+client pointed at it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import httpx
+import openai
 import uvicorn
 from fastapi import FastAPI
+
+from engine.protocol import EngineClient
+from server.app import create_app
+from server.config import ServerConfig
 
 
 class ServerHandle:
@@ -55,3 +64,28 @@ def serve(app: FastAPI) -> Iterator[ServerHandle]:
         yield handle
     finally:
         handle.stop()
+
+
+@dataclass
+class Live:
+    handle: ServerHandle
+    engine: EngineClient
+    http: httpx.Client
+    client: openai.OpenAI
+
+    @property
+    def url(self) -> str:
+        return self.handle.base_url
+
+
+@contextmanager
+def live_server(engine: EngineClient, config: ServerConfig | None = None, api_key: str = "unused",
+                timeout: float = 10.0) -> Iterator[Live]:
+    with serve(create_app(engine, config)) as handle:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        with httpx.Client(base_url=handle.base_url, timeout=timeout, headers=headers) as http:
+            client = openai.OpenAI(base_url=handle.base_url + "/v1", api_key=api_key, max_retries=0, timeout=timeout)
+            try:
+                yield Live(handle, engine, http, client)
+            finally:
+                client.close()

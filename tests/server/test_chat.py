@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.fakes import render_messages
 
 MSG = [{"role": "user", "content": "Tell me about experts 🙂"}]
@@ -129,3 +131,45 @@ def test_unknown_fields_are_ignored_and_params_reach_engine(live):
 def test_model_may_be_omitted(live):
     r = live.http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 2})
     assert r.status_code == 200 and r.json()["model"] == "fake-moe"
+
+
+class _DiesMidStream:
+    """Wraps an engine so generations fail with EngineDead after two deltas."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def generate(self, request):
+        from engine.errors import EngineDead
+
+        n = 0
+        async for delta in self.inner.generate(request):
+            yield delta
+            n += 1
+            if n == 2:
+                raise EngineDead("the engine thread died")
+
+
+def test_engine_failure_mid_stream_sends_an_error_event_then_done():
+    import httpx
+    import openai
+
+    from tests.fakes import FakeEngine
+    from tests.server_harness import live_server
+
+    inner = FakeEngine()
+    with live_server(_DiesMidStream(inner)) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as http, http.stream(
+            "POST", "/v1/chat/completions", json={"messages": MSG, "stream": True, "temperature": 0}
+        ) as r:
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2].removeprefix("data: "))
+        assert error["error"]["code"] == "engine_dead"
+        with pytest.raises(openai.APIError):
+            list(srv.client.chat.completions.create(model="fake-moe", messages=MSG, stream=True))
+        assert inner.running == 0

@@ -126,3 +126,19 @@ def test_waiting_requests_are_served_in_arrival_order():
                 f.result(timeout=10)
         order = [q.messages[0]["content"] for q in engine.requests]
         assert order == [f"prompt number {i}" for i in range(4)]
+
+
+def test_disconnect_while_waiting_for_a_slot_leaves_the_queue():
+    engine = FakeEngine(token_delay=0.01, max_running=1, max_waiting=4, eos_after=10_000, context_length=20_000)
+    with live_server(engine) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as http, \
+                http.stream("POST", CHAT, json={"messages": msgs(0), "stream": True}) as holder:
+            assert holder.status_code == 200
+            assert wait_until(lambda: engine.running == 1)
+            with httpx.Client(base_url=srv.url, timeout=0.3) as impatient, pytest.raises(httpx.ReadTimeout):
+                impatient.post(CHAT, json={"messages": msgs(1), "stream": True})
+            assert wait_until(lambda: engine.waiting == 0)
+            assert len(engine.aborted) == 1 and engine.running == 1
+        assert wait_until(lambda: engine.running == 0)
+        assert len(engine.aborted) == 2
+        assert [q.messages[0]["content"] for q in engine.requests] == ["prompt number 0"]

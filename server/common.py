@@ -21,7 +21,7 @@ from engine.protocol import EngineClient, GenerationRequest, SamplingParams
 from server import sse
 from server.config import ServerConfig
 from server.errors import APIError, engine_error_body, error_body
-from server.schemas import UINT64_MAX, Usage, _Sampling
+from server.schemas import UINT64_MAX, SamplingFields, Usage
 from server.streams import ChoiceResult, ChoiceStreams, unless_disconnected
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def new_call(prefix: str, model: str) -> Call:
     return Call(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model)
 
 
-def check_request(body: _Sampling, engine: EngineClient, config: ServerConfig, prompts: int) -> str:
+def check_request(body: SamplingFields, engine: EngineClient, config: ServerConfig, prompts: int) -> str:
     """Validate what the schema cannot (model name, choice count, stream options); return the model id."""
     served = engine.model_card.id
     if body.model is not None and body.model != served:
@@ -57,7 +57,7 @@ def check_request(body: _Sampling, engine: EngineClient, config: ServerConfig, p
     return served
 
 
-def sampling(body: _Sampling, max_tokens: int | None, choice: int) -> SamplingParams:
+def sampling(body: SamplingFields, max_tokens: int | None, choice: int) -> SamplingParams:
     seed = body.seed
     if seed is not None and choice:
         seed += choice

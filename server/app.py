@@ -29,7 +29,9 @@ def create_app(engine: EngineClient, config: ServerConfig | None = None) -> Fast
         finally:
             await engine.shutdown()
 
-    app = FastAPI(title="moe-prefetch", summary="OpenAI-compatible API for offloaded MoE models", lifespan=lifespan)
+    app = FastAPI(
+        title="moe-prefetch", summary="OpenAI-compatible API for offloaded MoE models", lifespan=lifespan
+    )
     app.state.engine = engine
     app.state.config = config
     install_error_handlers(app)

@@ -46,14 +46,27 @@ def check_request(body: SamplingFields, engine: EngineClient, config: ServerConf
     """Validate what the schema cannot (model name, choice count, stream options); return the model id."""
     served = engine.model_card.id
     if body.model is not None and body.model != served:
-        raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{served}'.",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model '{body.model}' does not exist; this server serves '{served}'.",
+            param="model",
+            code="model_not_found",
+        )
     if body.choices_per_prompt * prompts > config.max_choices:
-        raise APIError(400, f"Too many choices: n x prompts = {body.choices_per_prompt * prompts}, "
-                       f"at most {config.max_choices} per request.", param="n", code="invalid_value")
+        raise APIError(
+            400,
+            f"Too many choices: n x prompts = {body.choices_per_prompt * prompts}, "
+            f"at most {config.max_choices} per request.",
+            param="n",
+            code="invalid_value",
+        )
     if body.stream_options is not None and not body.stream:
-        raise APIError(400, "stream_options is only allowed when stream is true.",
-                       param="stream_options", code="invalid_value")
+        raise APIError(
+            400,
+            "stream_options is only allowed when stream is true.",
+            param="stream_options",
+            code="invalid_value",
+        )
     return served
 
 
@@ -80,7 +93,9 @@ def usage(results: list[ChoiceResult], per_prompt: int) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-async def run_to_end(request: Request, engine: EngineClient, reqs: list[GenerationRequest]) -> list[ChoiceResult] | None:
+async def run_to_end(
+    request: Request, engine: EngineClient, reqs: list[GenerationRequest]
+) -> list[ChoiceResult] | None:
     """Non-streamed: every choice to its end, or None if the client went away (generations aborted)."""
     streams = ChoiceStreams(engine, reqs)
     try:
@@ -128,8 +143,14 @@ async def open_stream(
             yield sse.event(engine_error_body(err))
         except Exception:
             logger.exception("unexpected error mid-stream")
-            yield sse.event(error_body("The server had an internal error while processing your request.",
-                                       "server_error", None, "internal_error"))
+            yield sse.event(
+                error_body(
+                    "The server had an internal error while processing your request.",
+                    "server_error",
+                    None,
+                    "internal_error",
+                )
+            )
         finally:
             await streams.close()
         yield sse.DONE

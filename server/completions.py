@@ -27,14 +27,17 @@ from server.schemas import Completion, CompletionChoice, CompletionRequest, Usag
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def _chunk(call: Call, choices: list[CompletionChoice], include_usage: bool, usage: Usage | None = None) -> bytes:
+def _chunk(
+    call: Call, choices: list[CompletionChoice], include_usage: bool, usage: Usage | None = None
+) -> bytes:
     chunk = Completion(id=call.id, created=call.created, model=call.model, choices=choices, usage=usage)
     return sse.event(chunk.model_dump(exclude=None if include_usage else {"usage"}))
 
 
 @router.post("/v1/completions", response_model=Completion)
-async def completions(body: CompletionRequest, request: Request, engine: EngineDep,
-                      config: ConfigDep) -> Response | Completion:
+async def completions(
+    body: CompletionRequest, request: Request, engine: EngineDep, config: ConfigDep
+) -> Response | Completion:
     prompts = body.prompts()
     model = check_request(body, engine, config, prompts=len(prompts))
     call = new_call("cmpl", model)
@@ -50,13 +53,21 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineD
                 reqs.append(GenerationRequest(request_id=rid, params=params, prompt_token_ids=prompt))
     include_usage = body.include_usage
     if body.stream:
+
         def chunks(index: int, text: str, finish: str | None) -> list[bytes]:
             if not text and finish is None:
                 return []
-            return [_chunk(call, [CompletionChoice(index=index, text=text, finish_reason=finish)], include_usage)]
+            return [
+                _chunk(call, [CompletionChoice(index=index, text=text, finish_reason=finish)], include_usage)
+            ]
 
         return await open_stream(
-            request, engine, reqs, opening=[], chunks=chunks, per_prompt=n,
+            request,
+            engine,
+            reqs,
+            opening=[],
+            chunks=chunks,
+            per_prompt=n,
             usage_chunk=(lambda u: _chunk(call, [], True, u)) if include_usage else None,
         )
 
@@ -64,6 +75,12 @@ async def completions(body: CompletionRequest, request: Request, engine: EngineD
     if results is None:
         return Response(status_code=CLIENT_CLOSED)
     return Completion(
-        id=call.id, created=call.created, model=model, usage=usage(results, n),
-        choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason) for i, r in enumerate(results)],
+        id=call.id,
+        created=call.created,
+        model=model,
+        usage=usage(results, n),
+        choices=[
+            CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason)
+            for i, r in enumerate(results)
+        ],
     )

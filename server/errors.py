@@ -37,8 +37,15 @@ class ErrorResponse(BaseModel):
 class APIError(Exception):
     """An error the HTTP layer itself raises (auth, unknown model, unsupported option)."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.info = ErrorInfo(message=message, type=type, param=param, code=code)
@@ -48,8 +55,14 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return ErrorResponse(error=ErrorInfo(message=message, type=type, param=param, code=code)).model_dump()
 
 
-def error_response(status: int, message: str, type: str, param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(error_body(message, type, param, code), status_code=status, headers=headers)
 
 
@@ -87,8 +100,13 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
     errors = list(exc.errors())
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return error_response(400, "We could not parse the JSON body of your request: it is not valid JSON.",
-                              "invalid_request_error", None, "invalid_json")
+        return error_response(
+            400,
+            "We could not parse the JSON body of your request: it is not valid JSON.",
+            "invalid_request_error",
+            None,
+            "invalid_json",
+        )
     param = _param(first.get("loc", ()))
     message = _validation_message(first, param)
     if len(errors) > 1:
@@ -115,14 +133,25 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
     if exc.status_code == 404:
         message = f"Unknown route: {request.method} {request.url.path}"
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return error_response(exc.status_code, message, kind, None, _HTTP_CODES.get(exc.status_code),
-                          headers=getattr(exc, "headers", None))
+    return error_response(
+        exc.status_code,
+        message,
+        kind,
+        None,
+        _HTTP_CODES.get(exc.status_code),
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, "The server had an internal error while processing your request.",
-                          "server_error", None, "internal_error")
+    return error_response(
+        500,
+        "The server had an internal error while processing your request.",
+        "server_error",
+        None,
+        "internal_error",
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

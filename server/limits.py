@@ -22,12 +22,24 @@ class BodySizeLimit:
         self.max_body_bytes = max_body_bytes
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body(
-            f"Request body too large: the limit is {self.max_body_bytes} bytes.",
-            "invalid_request_error", None, "request_too_large",
-        )).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            error_body(
+                f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+                "invalid_request_error",
+                None,
+                "request_too_large",
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _drain(self, receive: Receive, seen: int, more: bool) -> None:

@@ -17,7 +17,9 @@ ops = APIRouter()
 
 def _model(engine: EngineDep) -> ModelObject:
     card = engine.model_card
-    return ModelObject(id=card.id, created=card.created, owned_by=card.owned_by, max_model_len=card.context_length)
+    return ModelObject(
+        id=card.id, created=card.created, owned_by=card.owned_by, max_model_len=card.context_length
+    )
 
 
 @v1.get("/v1/models", response_model=ModelList)
@@ -36,8 +38,13 @@ async def get_model(model_id: str, engine: EngineDep) -> ModelObject:
 @ops.get("/health")
 async def health(engine: EngineDep) -> JSONResponse:
     h = engine.health()
-    body = {"status": "ok" if h.ok else "unhealthy", "detail": h.detail, "running": h.running,
-            "waiting": h.waiting, **h.extra}
+    body = {
+        "status": "ok" if h.ok else "unhealthy",
+        "detail": h.detail,
+        "running": h.running,
+        "waiting": h.waiting,
+        **h.extra,
+    }
     return JSONResponse(body, status_code=200 if h.ok else 503)
 
 

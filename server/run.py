@@ -12,15 +12,24 @@ from fastapi import FastAPI
 logger = logging.getLogger(__name__)
 
 
-def uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "info",
-                   graceful_timeout: float = 10.0) -> uvicorn.Config:
+def uvicorn_config(
+    app: FastAPI, host: str, port: int, log_level: str = "info", graceful_timeout: float = 10.0
+) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on",
-        timeout_graceful_shutdown=graceful_timeout, proxy_headers=False, server_header=False,
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_timeout,
+        proxy_headers=False,
+        server_header=False,
     )
 
 
-def run_server(app: FastAPI, host: str, port: int, log_level: str = "info", graceful_timeout: float = 10.0) -> None:
+def run_server(
+    app: FastAPI, host: str, port: int, log_level: str = "info", graceful_timeout: float = 10.0
+) -> None:
     """Block until the server stops."""
     server = uvicorn.Server(uvicorn_config(app, host, port, log_level, graceful_timeout))
     logger.info("serving on http://%s:%d", host, port)

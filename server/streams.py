@@ -12,6 +12,7 @@ generation that did not finish, which is how a client disconnect frees the engin
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -61,13 +62,17 @@ class ChoiceStreams:
         stream = None
         try:
             stream = self._engine.generate(request)
+            if inspect.isawaitable(stream):  # also accept `async def generate(...) -> AsyncIterator`
+                stream = await stream
             async for delta in stream:
                 if delta.finish_reason is not None:
                     self._finished[index] = True
                 await self._queue.put((index, delta))
                 if delta.finish_reason is not None:
                     return
-            await self._queue.put((index, StreamBroken("the engine ended a generation without a finish reason")))
+            await self._queue.put(
+                (index, StreamBroken("the engine ended a generation without a finish reason"))
+            )
         except Exception as err:  # handed to the handler, which maps it to an HTTP error
             await self._queue.put((index, err))
         finally:

@@ -25,7 +25,21 @@ from engine.stats import CacheCounters, RequestStats
 from engine.text_stream import TextStream
 
 EOS = 256
-WORDS = ("héllo", "wörld", "日本語", "🙂", "expert", "cache", "prefetch", "the", "a", "naïve", "straße", "moe", "GPU")
+WORDS = (
+    "héllo",
+    "wörld",
+    "日本語",
+    "🙂",
+    "expert",
+    "cache",
+    "prefetch",
+    "the",
+    "a",
+    "naïve",
+    "straße",
+    "moe",
+    "GPU",
+)
 
 
 class ByteTokenizer:
@@ -55,8 +69,16 @@ def _stable_seed(text: str) -> int:
 
 
 class FakeEngine:
-    def __init__(self, *, model_id: str = "fake-moe", context_length: int = 512, eos_after: int = 48,
-                 token_delay: float = 0.0, max_running: int = 4, max_waiting: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        model_id: str = "fake-moe",
+        context_length: int = 512,
+        eos_after: int = 48,
+        token_delay: float = 0.0,
+        max_running: int = 4,
+        max_waiting: int = 16,
+    ) -> None:
         self.tokenizer = ByteTokenizer()
         self._card = ModelCard(id=model_id, context_length=context_length, created=1700000000)
         self.eos_after = eos_after
@@ -121,14 +143,17 @@ class FakeEngine:
         prompt = self.prompt_ids(request)
         ctx = self._card.context_length
         if len(prompt) >= ctx:
-            raise PromptTooLong(f"The prompt has {len(prompt)} tokens; the context window is {ctx}.",
-                                param="messages" if request.messages is not None else "prompt")
+            raise PromptTooLong(
+                f"The prompt has {len(prompt)} tokens; the context window is {ctx}.",
+                param="messages" if request.messages is not None else "prompt",
+            )
         room = ctx - len(prompt)
         max_tokens = request.params.max_tokens
         if max_tokens is not None and max_tokens > room:
             raise MaxTokensTooLarge(
                 f"max_tokens={max_tokens} plus the {len(prompt)} prompt tokens exceeds the context window of {ctx}.",
-                param="max_tokens")
+                param="max_tokens",
+            )
         return prompt, room if max_tokens is None else max_tokens
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
@@ -156,7 +181,9 @@ class FakeEngine:
             tokens: list[int] = []
             while True:
                 if request.request_id in self._abort_flags:
-                    yield TokenDelta("", finish_reason="abort", prompt_tokens=len(prompt), completion_tokens=n)
+                    yield TokenDelta(
+                        "", finish_reason="abort", prompt_tokens=len(prompt), completion_tokens=n
+                    )
                     return
                 if not tokens:
                     tokens = list((" " + rng.choice(WORDS)).encode())
@@ -189,8 +216,15 @@ class FakeEngine:
             self._slots.release()
             self._abort_flags.discard(request.request_id)
             self.finished[request.request_id] = reason
-            self.metrics.observe_request(RequestStats(
-                prompt_tokens=len(prompt), generation_tokens=n, time_to_first_token=first,
-                time_per_output_token=tuple(gaps), e2e_latency=time.perf_counter() - arrival,
-                queue_time=scheduled - arrival, finish_reason=reason))
+            self.metrics.observe_request(
+                RequestStats(
+                    prompt_tokens=len(prompt),
+                    generation_tokens=n,
+                    time_to_first_token=first,
+                    time_per_output_token=tuple(gaps),
+                    e2e_latency=time.perf_counter() - arrival,
+                    queue_time=scheduled - arrival,
+                    finish_reason=reason,
+                )
+            )
             self.metrics.set_queue(self.running, self.waiting)

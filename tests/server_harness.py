@@ -79,12 +79,15 @@ class Live:
 
 
 @contextmanager
-def live_server(engine: EngineClient, config: ServerConfig | None = None, api_key: str = "unused",
-                timeout: float = 10.0) -> Iterator[Live]:
+def live_server(
+    engine: EngineClient, config: ServerConfig | None = None, api_key: str = "unused", timeout: float = 10.0
+) -> Iterator[Live]:
     with serve(create_app(engine, config)) as handle:
         headers = {"Authorization": f"Bearer {api_key}"}
         with httpx.Client(base_url=handle.base_url, timeout=timeout, headers=headers) as http:
-            client = openai.OpenAI(base_url=handle.base_url + "/v1", api_key=api_key, max_retries=0, timeout=timeout)
+            client = openai.OpenAI(
+                base_url=handle.base_url + "/v1", api_key=api_key, max_retries=0, timeout=timeout
+            )
             try:
                 yield Live(handle, engine, http, client)
             finally:

@@ -53,8 +53,11 @@ def test_stream_include_usage(live):
 
 
 def test_stream_without_usage_has_no_usage_field(live):
-    with live.http.stream("POST", "/v1/chat/completions",
-                          json={"messages": MSG, "stream": True, "max_tokens": 5, "temperature": 0}) as r:
+    with live.http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"messages": MSG, "stream": True, "max_tokens": 5, "temperature": 0},
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
@@ -68,8 +71,9 @@ def test_stop_string_ends_with_stop_and_is_not_in_text(live):
     text = base.choices[0].message.content
     stop = text[12:16]  # somewhere inside, possibly splitting a multi-byte character's tokens
     expected = text[: text.find(stop)]
-    full = live.client.chat.completions.create(model="fake-moe", messages=MSG, temperature=0, max_tokens=40,
-                                               stop=[stop, "never-there"])
+    full = live.client.chat.completions.create(
+        model="fake-moe", messages=MSG, temperature=0, max_tokens=40, stop=[stop, "never-there"]
+    )
     assert full.choices[0].finish_reason == "stop"
     assert full.choices[0].message.content == expected and stop not in expected
     streamed, finish, _ = stream_text(live, temperature=0, max_tokens=40, stop=stop)
@@ -78,8 +82,9 @@ def test_stop_string_ends_with_stop_and_is_not_in_text(live):
 
 def test_seed_makes_sampling_reproducible(live):
     def sample(seed):
-        r = live.client.chat.completions.create(model="fake-moe", messages=MSG, temperature=1.0, seed=seed,
-                                                max_tokens=30)
+        r = live.client.chat.completions.create(
+            model="fake-moe", messages=MSG, temperature=1.0, seed=seed, max_tokens=30
+        )
         return r.choices[0].message.content
 
     a, b, c = sample(1234), sample(1234), sample(99)
@@ -90,14 +95,16 @@ def test_seed_makes_sampling_reproducible(live):
 
 
 def test_max_completion_tokens_wins_over_max_tokens(live):
-    r = live.client.chat.completions.create(model="fake-moe", messages=MSG, temperature=0, max_tokens=30,
-                                            max_completion_tokens=5)
+    r = live.client.chat.completions.create(
+        model="fake-moe", messages=MSG, temperature=0, max_tokens=30, max_completion_tokens=5
+    )
     assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
 
 
 def test_n_choices_with_seed(live):
-    r = live.client.chat.completions.create(model="fake-moe", messages=MSG, temperature=1.0, seed=7, n=3,
-                                            max_tokens=12)
+    r = live.client.chat.completions.create(
+        model="fake-moe", messages=MSG, temperature=1.0, seed=7, n=3, max_tokens=12
+    )
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert r.usage.completion_tokens == 36
     assert r.usage.prompt_tokens == len(render_messages(tuple(MSG)).encode())
@@ -106,21 +113,40 @@ def test_n_choices_with_seed(live):
     seeds = sorted(q.params.seed for q in live.engine.requests if q.request_id.startswith(r.id))
     assert seeds == [7, 8, 9]
     # The same request streamed gives the same three texts, chunks tagged by index.
-    chunks = list(live.client.chat.completions.create(model="fake-moe", messages=MSG, temperature=1.0, seed=7, n=3,
-                                                      max_tokens=12, stream=True))
-    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
-                for i in range(3)]
+    chunks = list(
+        live.client.chat.completions.create(
+            model="fake-moe", messages=MSG, temperature=1.0, seed=7, n=3, max_tokens=12, stream=True
+        )
+    )
+    streamed = [
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in range(3)
+    ]
     assert streamed == texts
 
 
 def test_unknown_fields_are_ignored_and_params_reach_engine(live):
-    r = live.http.post("/v1/chat/completions", json={
-        "model": "fake-moe", "messages": [{"role": "developer", "content": "be brief"},
-                                          {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-        "max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "seed": 3, "presence_penalty": 0.5,
-        "frequency_penalty": 0.1, "user": "abc", "logit_bias": {}, "tools": [], "response_format": {"type": "text"},
-        "some_future_field": {"x": 1},
-    })
+    r = live.http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fake-moe",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            ],
+            "max_tokens": 3,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "seed": 3,
+            "presence_penalty": 0.5,
+            "frequency_penalty": 0.1,
+            "user": "abc",
+            "logit_bias": {},
+            "tools": [],
+            "response_format": {"type": "text"},
+            "some_future_field": {"x": 1},
+        },
+    )
     assert r.status_code == 200, r.text
     rid = r.json()["id"]
     (req,) = [q for q in live.engine.requests if q.request_id == rid]
@@ -162,9 +188,12 @@ def test_engine_failure_mid_stream_sends_an_error_event_then_done():
 
     inner = FakeEngine()
     with live_server(_DiesMidStream(inner)) as srv:
-        with httpx.Client(base_url=srv.url, timeout=10) as http, http.stream(
-            "POST", "/v1/chat/completions", json={"messages": MSG, "stream": True, "temperature": 0}
-        ) as r:
+        with (
+            httpx.Client(base_url=srv.url, timeout=10) as http,
+            http.stream(
+                "POST", "/v1/chat/completions", json={"messages": MSG, "stream": True, "temperature": 0}
+            ) as r,
+        ):
             assert r.status_code == 200
             lines = [line for line in r.iter_lines() if line]
         assert lines[-1] == "data: [DONE]"

@@ -31,12 +31,18 @@ def msgs(i: int) -> list[dict]:
 def test_eight_concurrent_streams_all_finish_with_their_own_text():
     engine = FakeEngine(token_delay=0.002, max_running=4, max_waiting=8, eos_after=60)
     with live_server(engine) as srv:
-        expected = [srv.client.chat.completions.create(model="fake-moe", messages=msgs(i), temperature=0)
-                    .choices[0].message.content for i in range(8)]
+        expected = [
+            srv.client.chat.completions.create(model="fake-moe", messages=msgs(i), temperature=0)
+            .choices[0]
+            .message.content
+            for i in range(8)
+        ]
 
         def stream(i: int) -> tuple[str, str | None]:
             text, finish = [], None
-            for c in srv.client.chat.completions.create(model="fake-moe", messages=msgs(i), temperature=0, stream=True):
+            for c in srv.client.chat.completions.create(
+                model="fake-moe", messages=msgs(i), temperature=0, stream=True
+            ):
                 if c.choices:
                     text.append(c.choices[0].delta.content or "")
                     finish = c.choices[0].finish_reason or finish
@@ -83,13 +89,17 @@ def test_non_streamed_disconnect_aborts_too():
 
 
 def test_full_waiting_queue_answers_429_and_recovers():
-    engine = FakeEngine(token_delay=0.01, max_running=1, max_waiting=1, eos_after=10_000, context_length=20_000)
+    engine = FakeEngine(
+        token_delay=0.01, max_running=1, max_waiting=1, eos_after=10_000, context_length=20_000
+    )
     with live_server(engine) as srv:
         stop = threading.Event()
 
         def hold(i: int) -> int:
-            with httpx.Client(base_url=srv.url, timeout=10) as http, \
-                    http.stream("POST", CHAT, json={"messages": msgs(i), "stream": True, "max_tokens": 300}) as r:
+            with (
+                httpx.Client(base_url=srv.url, timeout=10) as http,
+                http.stream("POST", CHAT, json={"messages": msgs(i), "stream": True, "max_tokens": 300}) as r,
+            ):
                 for _ in r.iter_lines():
                     if stop.is_set():
                         break
@@ -102,8 +112,12 @@ def test_full_waiting_queue_answers_429_and_recovers():
             assert wait_until(lambda: engine.waiting == 1)
             r = srv.http.post(CHAT, json={"messages": msgs(2), "max_tokens": 2})
             assert r.status_code == 429
-            assert r.json()["error"] == {"message": r.json()["error"]["message"], "type": "rate_limit_error",
-                                         "param": None, "code": "queue_full"}
+            assert r.json()["error"] == {
+                "message": r.json()["error"]["message"],
+                "type": "rate_limit_error",
+                "param": None,
+                "code": "queue_full",
+            }
             stop.set()
             assert first.result(timeout=10) == 200 and second.result(timeout=10) == 200
         assert wait_until(lambda: engine.running == 0 and engine.waiting == 0)
@@ -113,6 +127,7 @@ def test_full_waiting_queue_answers_429_and_recovers():
 def test_waiting_requests_are_served_in_arrival_order():
     engine = FakeEngine(token_delay=0.005, max_running=1, max_waiting=8, eos_after=5)
     with live_server(engine) as srv:
+
         def send(i: int) -> None:
             with httpx.Client(base_url=srv.url, timeout=10) as http:
                 assert http.post(CHAT, json={"messages": msgs(i), "user": str(i)}).status_code == 200
@@ -129,10 +144,14 @@ def test_waiting_requests_are_served_in_arrival_order():
 
 
 def test_disconnect_while_waiting_for_a_slot_leaves_the_queue():
-    engine = FakeEngine(token_delay=0.01, max_running=1, max_waiting=4, eos_after=10_000, context_length=20_000)
+    engine = FakeEngine(
+        token_delay=0.01, max_running=1, max_waiting=4, eos_after=10_000, context_length=20_000
+    )
     with live_server(engine) as srv:
-        with httpx.Client(base_url=srv.url, timeout=10) as http, \
-                http.stream("POST", CHAT, json={"messages": msgs(0), "stream": True}) as holder:
+        with (
+            httpx.Client(base_url=srv.url, timeout=10) as http,
+            http.stream("POST", CHAT, json={"messages": msgs(0), "stream": True}) as holder,
+        ):
             assert holder.status_code == 200
             assert wait_until(lambda: engine.running == 1)
             with httpx.Client(base_url=srv.url, timeout=0.3) as impatient, pytest.raises(httpx.ReadTimeout):

@@ -13,7 +13,9 @@ from server.config import ServerConfig
 def test_from_settings(monkeypatch):
     monkeypatch.delenv("MOE_API_KEY", raising=False)
     monkeypatch.delenv("MOE_MAX_BODY_BYTES", raising=False)
-    assert ServerConfig.from_settings(load_settings()) == ServerConfig(api_key=None, max_body_bytes=4 * 1024 * 1024)
+    assert ServerConfig.from_settings(load_settings()) == ServerConfig(
+        api_key=None, max_body_bytes=4 * 1024 * 1024
+    )
     monkeypatch.setenv("MOE_API_KEY", "s3cret")
     monkeypatch.setenv("MOE_MAX_BODY_BYTES", "2048")
     cfg = ServerConfig.from_settings(load_settings())

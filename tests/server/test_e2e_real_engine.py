@@ -85,9 +85,17 @@ def test_stop_string(real_engine_app):
 
 def test_seed_reproducible(real_engine_app):
     def sample(seed: int) -> str:
-        return real_engine_app.client.chat.completions.create(
-            model=model_id(real_engine_app), messages=MSG, temperature=1.0, seed=seed, max_tokens=16,
-        ).choices[0].message.content
+        return (
+            real_engine_app.client.chat.completions.create(
+                model=model_id(real_engine_app),
+                messages=MSG,
+                temperature=1.0,
+                seed=seed,
+                max_tokens=16,
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert sample(1234) == sample(1234)
 
@@ -101,10 +109,14 @@ def test_eight_concurrent_streams(real_engine_app):
 
 
 def test_disconnect_frees_the_engine(real_engine_app):
-    with httpx.Client(base_url=real_engine_app.url, timeout=120) as http, http.stream(
-        "POST", "/v1/chat/completions",
-        json={"model": model_id(real_engine_app), "messages": MSG, "stream": True},
-    ) as r:
+    with (
+        httpx.Client(base_url=real_engine_app.url, timeout=120) as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": model_id(real_engine_app), "messages": MSG, "stream": True},
+        ) as r,
+    ):
         assert r.status_code == 200
         for n, _ in enumerate(r.iter_lines()):
             if n == 4:

@@ -29,13 +29,31 @@ CASES = [
     ("missing messages", CHAT, {"model": "fake-moe"}, 400, "invalid_value", "messages"),
     ("empty messages", CHAT, chat(messages=[]), 400, "invalid_value", "messages"),
     ("messages not a list", CHAT, chat(messages="hi"), 400, "invalid_value", "messages"),
-    ("unknown role", CHAT, chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "invalid_value",
-     "messages[0].role"),
+    (
+        "unknown role",
+        CHAT,
+        chat(messages=[{"role": "wizard", "content": "hi"}]),
+        400,
+        "invalid_value",
+        "messages[0].role",
+    ),
     ("missing content", CHAT, chat(messages=[{"role": "user"}]), 400, "invalid_value", "messages[0].content"),
-    ("content wrong type", CHAT, chat(messages=[{"role": "user", "content": 5}]), 400, "invalid_value",
-     "messages[0].content"),
-    ("image part", CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
-     400, "invalid_value", "messages[0].content"),
+    (
+        "content wrong type",
+        CHAT,
+        chat(messages=[{"role": "user", "content": 5}]),
+        400,
+        "invalid_value",
+        "messages[0].content",
+    ),
+    (
+        "image part",
+        CHAT,
+        chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        400,
+        "invalid_value",
+        "messages[0].content",
+    ),
     ("temperature string", CHAT, chat(temperature="hot"), 400, "invalid_value", "temperature"),
     ("temperature too high", CHAT, chat(temperature=2.5), 400, "invalid_value", "temperature"),
     ("temperature negative", CHAT, chat(temperature=-0.1), 400, "invalid_value", "temperature"),
@@ -44,8 +62,14 @@ CASES = [
     ("max_tokens zero", CHAT, chat(max_tokens=0), 400, "invalid_value", "max_tokens"),
     ("max_tokens float", CHAT, chat(max_tokens=1.5), 400, "invalid_value", "max_tokens"),
     ("max_tokens string", CHAT, chat(max_tokens="10"), 400, "invalid_value", "max_tokens"),
-    ("max_completion_tokens negative", CHAT, chat(max_completion_tokens=-3), 400, "invalid_value",
-     "max_completion_tokens"),
+    (
+        "max_completion_tokens negative",
+        CHAT,
+        chat(max_completion_tokens=-3),
+        400,
+        "invalid_value",
+        "max_completion_tokens",
+    ),
     ("n zero", CHAT, chat(n=0), 400, "invalid_value", "n"),
     ("n too many", CHAT, chat(n=1000), 400, "invalid_value", "n"),
     ("seed string", CHAT, chat(seed="abc"), 400, "invalid_value", "seed"),
@@ -54,12 +78,24 @@ CASES = [
     ("stop wrong type", CHAT, chat(stop=5), 400, "invalid_value", "stop"),
     ("empty stop", CHAT, chat(stop=[""]), 400, "invalid_value", "stop"),
     ("too many stops", CHAT, chat(stop=[str(i) for i in range(40)]), 400, "invalid_value", "stop"),
-    ("stream_options without stream", CHAT, chat(stream_options={"include_usage": True}), 400, "invalid_value",
-     "stream_options"),
+    (
+        "stream_options without stream",
+        CHAT,
+        chat(stream_options={"include_usage": True}),
+        400,
+        "invalid_value",
+        "stream_options",
+    ),
     ("logprobs", CHAT, chat(logprobs=True), 400, "invalid_value", "logprobs"),
     ("unknown model", CHAT, chat(model="gpt-4o"), 404, "model_not_found", "model"),
-    ("prompt too long", CHAT, chat(messages=[{"role": "user", "content": "x" * 600}]), 400,
-     "context_length_exceeded", "messages"),
+    (
+        "prompt too long",
+        CHAT,
+        chat(messages=[{"role": "user", "content": "x" * 600}]),
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
     ("max_tokens beyond context", CHAT, chat(max_tokens=500), 400, "context_length_exceeded", "max_tokens"),
     ("completion prompt missing", COMP, {"model": "fake-moe"}, 400, "invalid_value", "prompt"),
     ("completion prompt wrong type", COMP, {"prompt": 5}, 400, "invalid_value", "prompt"),
@@ -68,8 +104,14 @@ CASES = [
     ("completion token id out of vocab", COMP, {"prompt": [1, 100000]}, 400, "invalid_request", "prompt"),
     ("completion echo", COMP, {"prompt": "a", "echo": True}, 400, "invalid_value", "echo"),
     ("completion too long", COMP, {"prompt": "y" * 513}, 400, "context_length_exceeded", "prompt"),
-    ("completion max_tokens beyond", COMP, {"prompt": "y" * 500, "max_tokens": 20}, 400,
-     "context_length_exceeded", "max_tokens"),
+    (
+        "completion max_tokens beyond",
+        COMP,
+        {"prompt": "y" * 500, "max_tokens": 20},
+        400,
+        "context_length_exceeded",
+        "max_tokens",
+    ),
     ("completion n x prompts", COMP, {"prompt": ["a"] * 9, "n": 2}, 400, "invalid_value", "n"),
     ("completion unknown model", COMP, {"prompt": "a", "model": "nope"}, 404, "model_not_found", "model"),
 ]
@@ -81,7 +123,9 @@ def _with_stream_variants(cases):
     for name, path, body, status, code, param in cases:
         out.append(pytest.param(path, body, status, code, param, id=name))
         if isinstance(body, dict) and "stream" not in body and "stream_options" not in body:
-            out.append(pytest.param(path, {**body, "stream": True}, status, code, param, id=name + " (stream)"))
+            out.append(
+                pytest.param(path, {**body, "stream": True}, status, code, param, id=name + " (stream)")
+            )
     return out
 
 
@@ -113,8 +157,9 @@ def test_errors_through_the_openai_sdk(live):
         live.client.chat.completions.create(model="other", messages=MSG)
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as e:
-        live.client.chat.completions.create(model="fake-moe", messages=[{"role": "user", "content": "z" * 900}],
-                                            stream=True)
+        live.client.chat.completions.create(
+            model="fake-moe", messages=[{"role": "user", "content": "z" * 900}], stream=True
+        )
     assert e.value.body["code"] == "context_length_exceeded"
 
 
@@ -128,7 +173,9 @@ def test_unknown_route_and_method(live):
 
 
 def test_non_utf8_and_deeply_nested_bodies(live):
-    r = live.http.post(CHAT, content=b'{"messages": "\xff\xfe"}', headers={"content-type": "application/json"})
+    r = live.http.post(
+        CHAT, content=b'{"messages": "\xff\xfe"}', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     nested = b"[" * 5000 + b"]" * 5000
     r = live.http.post(CHAT, content=nested, headers={"content-type": "application/json"})

@@ -29,7 +29,9 @@ print("ok", len(app.routes))
 
 def test_server_imports_without_torch():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
 
@@ -37,5 +39,7 @@ def test_server_imports_without_torch():
 def test_blocker_really_blocks():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = SCRIPT.split("import server.app")[0] + "import torch\n"
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0 and "blocked: torch" in out.stderr

@@ -38,8 +38,14 @@ def free_port() -> int:
 def test_run_server_serves_and_shuts_down_on_sigterm():
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -48,7 +54,9 @@ def test_run_server_serves_and_shuts_down_on_sigterm():
                 break
             except httpx.TransportError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(proc.stderr.read() if proc.stderr else "server did not start") from None
+                    raise AssertionError(
+                        proc.stderr.read() if proc.stderr else "server did not start"
+                    ) from None
                 time.sleep(0.05)
         assert r.status_code == 200
         proc.send_signal(signal.SIGTERM)

@@ -87,9 +87,16 @@ class TextStream:
     `finish()` flushes held-back text at the end of generation (length limit or EOS).
     """
 
-    def __init__(self, tokenizer: Decoder, stop: tuple[str, ...] = (), skip_special_tokens: bool = True,
-                 context_ids: Sequence[int] = ()) -> None:
-        self._detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens, context_ids=context_ids)
+    def __init__(
+        self,
+        tokenizer: Decoder,
+        stop: tuple[str, ...] = (),
+        skip_special_tokens: bool = True,
+        context_ids: Sequence[int] = (),
+    ) -> None:
+        self._detok = IncrementalDetokenizer(
+            tokenizer, skip_special_tokens=skip_special_tokens, context_ids=context_ids
+        )
         self._stops = tuple(s for s in stop if s)
         self._pending = ""  # decoded text not emitted yet because it may begin a stop string
         self.stopped = False

@@ -23,7 +23,9 @@ def tok() -> Tokenizer:
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"],
+        vocab_size=320,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<eos>"],
         show_progress=False,
     )
     t.train_from_iterator(CORPUS * 5, trainer)
@@ -59,7 +61,11 @@ def test_flush_emits_an_incomplete_character_as_replacement(tok):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable char map (what ByteLevel uses)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -176,7 +182,9 @@ def test_random_stops_match_reference(tok):
     """Streamed-with-stops text equals the full decode cut at the first stop occurrence."""
     rng = random.Random(99)
     for _ in range(300):
-        text = "".join(rng.choice(["a", "b", "é", "日", "🙂", " ", "ab", "ba"]) for _ in range(rng.randrange(1, 15)))
+        text = "".join(
+            rng.choice(["a", "b", "é", "日", "🙂", " ", "ab", "ba"]) for _ in range(rng.randrange(1, 15))
+        )
         stops = tuple({rng.choice(["ab", "b é", "日🙂", "🙂", "aa", "zz"]) for _ in range(2)})
         ids = ids_for_chars(tok, text)
         pieces, stopped = stream_all(tok, ids, stops)

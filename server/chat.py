@@ -1,0 +1,112 @@
+"""POST /v1/chat/completions: messages in, assistant message(s) out, streamed as SSE or not."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from engine.protocol import GenerationRequest
+from server import sse
+from server.auth import require_api_key
+from server.common import (
+    CLIENT_CLOSED,
+    Call,
+    check_request,
+    new_call,
+    open_stream,
+    run_to_end,
+    sampling,
+    usage,
+)
+from server.deps import ConfigDep, EngineDep
+from server.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Usage,
+)
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+def _messages(body: ChatCompletionRequest) -> tuple[dict, ...]:
+    # "developer" is OpenAI's newer name for "system"; chat templates only know the latter.
+    return tuple(
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    )
+
+
+def _chunk(
+    call: Call, choices: list[ChatChunkChoice], include_usage: bool, usage: Usage | None = None
+) -> bytes:
+    chunk = ChatCompletionChunk(
+        id=call.id, created=call.created, model=call.model, choices=choices, usage=usage
+    )
+    return sse.event(chunk.model_dump(exclude=None if include_usage else {"usage"}))
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, engine: EngineDep, config: ConfigDep
+) -> Response | ChatCompletion:
+    model = check_request(body, engine, config, prompts=1)
+    call = new_call("chatcmpl", model)
+    n = body.choices_per_prompt
+    messages = _messages(body)
+    reqs = [
+        GenerationRequest(
+            request_id=call.id if n == 1 else f"{call.id}-{i}",
+            params=sampling(body, body.token_limit(), i),
+            messages=messages,
+        )
+        for i in range(n)
+    ]
+    include_usage = body.include_usage
+    if body.stream:
+
+        def chunks(index: int, text: str, finish: str | None) -> list[bytes]:
+            out = []
+            if text:
+                out.append(
+                    _chunk(call, [ChatChunkChoice(index=index, delta={"content": text})], include_usage)
+                )
+            if finish is not None:
+                out.append(
+                    _chunk(
+                        call, [ChatChunkChoice(index=index, delta={}, finish_reason=finish)], include_usage
+                    )
+                )
+            return out
+
+        opening = [
+            _chunk(
+                call, [ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""})], include_usage
+            )
+            for i in range(n)
+        ]
+        return await open_stream(
+            request,
+            engine,
+            reqs,
+            opening=opening,
+            chunks=chunks,
+            per_prompt=n,
+            usage_chunk=(lambda u: _chunk(call, [], True, u)) if include_usage else None,
+        )
+
+    results = await run_to_end(request, engine, reqs)
+    if results is None:
+        return Response(status_code=CLIENT_CLOSED)
+    return ChatCompletion(
+        id=call.id,
+        created=call.created,
+        model=model,
+        usage=usage(results, n),
+        choices=[
+            ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
+            for i, r in enumerate(results)
+        ],
+    )

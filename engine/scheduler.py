@@ -28,6 +28,7 @@ class Scheduler(Generic[T]):
         self._waiting: deque[T] = deque()
         self._running: list[T] = []
         self._aborted: set[str] = set()
+        self._dropped: list[T] = []  # aborted while waiting; the engine thread records them
         self._cv = threading.Condition()
 
     def submit(self, item: T) -> None:
@@ -61,7 +62,7 @@ class Scheduler(Generic[T]):
 
     def take_dropped(self) -> list[T]:
         with self._cv:
-            out, self._dropped = getattr(self, "_dropped", []), []
+            out, self._dropped = self._dropped, []
             return out
 
     def finish(self, item: T) -> None:

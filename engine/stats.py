@@ -9,6 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+PER_LAYER = (
+    "requests",
+    "hits_resident",
+    "hits_prefetched",
+    "misses",
+    "prefetch_issued",
+    "prefetch_used",
+    "prefetch_wasted",
+    "predicted_routed",
+    "routed_scored",
+)
+
+
 def _zeros(n: int) -> list[int]:
     return [0] * n
 
@@ -37,35 +50,12 @@ class CacheCounters:
         n = self.num_layers
         if not self.layer_ids:
             self.layer_ids = list(range(n))
-        for name in (
-            "requests",
-            "hits_resident",
-            "hits_prefetched",
-            "misses",
-            "prefetch_issued",
-            "prefetch_used",
-            "prefetch_wasted",
-            "predicted_routed",
-            "routed_scored",
-        ):
+        for name in PER_LAYER:
             if not getattr(self, name):
                 setattr(self, name, _zeros(n))
 
     def totals(self) -> dict[str, int]:
-        out = {
-            name: sum(getattr(self, name))
-            for name in (
-                "requests",
-                "hits_resident",
-                "hits_prefetched",
-                "misses",
-                "prefetch_issued",
-                "prefetch_used",
-                "prefetch_wasted",
-                "predicted_routed",
-                "routed_scored",
-            )
-        }
+        out = {name: sum(getattr(self, name)) for name in PER_LAYER}
         out.update(bytes_prefetch=self.bytes_prefetch, bytes_demand=self.bytes_demand)
         return out
 

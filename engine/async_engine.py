@@ -23,7 +23,9 @@ from engine.devices import resolve_device, resolve_dtype
 from engine.errors import EngineDead, EngineError, MaxTokensTooLarge, PromptTooLong
 from engine.loader import CacheBudget, OffloadedModel, load_checkpoint
 from engine.metrics import Metrics
+from engine.prefetch import PREDICTOR_POLICIES, Prefetcher, build_prefetcher, resolve_bundle
 from engine.protocol import EngineHealth, GenerationRequest, ModelCard, SamplingParams, TokenDelta
+from engine.routing_trace import RoutingRecorder
 from engine.runner import ModelRunner, SequenceState
 from engine.sampling import make_generator, sample
 from engine.scheduler import Scheduler
@@ -65,6 +67,8 @@ class AsyncEngine:
         self._dead: str | None = None
         self._eos: set[int] = set()
         self._seed_counter = 0
+        self.prefetcher: Prefetcher | None = None
+        self.recorder: RoutingRecorder | None = None
 
     @classmethod
     def from_config(cls, config: EngineConfig, metrics: Metrics | None = None) -> AsyncEngine:
@@ -77,6 +81,12 @@ class AsyncEngine:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
+        builtin_bundle = None
+        if cfg.model is None:
+            from engine.builtin import builtin_predictors, trained_checkpoint
+
+            builtin_bundle = builtin_predictors() if trained_checkpoint() is not None else None
+        resolve_bundle(cfg.policy, cfg.predictors, builtin_bundle)  # fail before a long load, not after
         if cfg.model is None:
             from engine.builtin import BUILTIN_NAME, load_builtin
 
@@ -86,7 +96,9 @@ class AsyncEngine:
             om = load_checkpoint(cfg.model, device, dtype, budget)
             name = cfg.model_name or cfg.model.rstrip("/").rsplit("/", 1)[-1]
         if om.tokenizer is None:
-            raise EngineError(f"{om.source}: no tokenizer files; the server needs one to turn text into tokens")
+            raise EngineError(
+                f"{om.source}: no tokenizer files; the server needs one to turn text into tokens"
+            )
         self.om, self.tokenizer = om, om.tokenizer
         self.runner = ModelRunner(om)
         mcfg = om.model.config
@@ -98,10 +110,22 @@ class AsyncEngine:
         eos_list = eos if isinstance(eos, list) else [eos]
         self._eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
         om.cache.on_stall = self.metrics.stall.observe
+        self.prefetcher = build_prefetcher(
+            om, cfg, builtin_bundle, on_latency=self.metrics.prediction_latency.observe
+        )
+        if cfg.record_routing:
+            self.recorder = RoutingRecorder(len(om.layers))
+            om.cache.on_route = self.recorder.record
         self.metrics.attach_cache(om.counters)
         self.metrics.set_info(
-            policy=cfg.policy, model=name, predictors=cfg.predictors or "", device=str(device), dtype=str(dtype),
-            cache_slots=str(om.cache.capacity), experts_total=str(om.store.total_experts),
+            policy=cfg.policy,
+            model=name,
+            device=str(device),
+            dtype=str(dtype),
+            predictors=cfg.predictors
+            or (str(builtin_bundle) if builtin_bundle and cfg.policy in PREDICTOR_POLICIES else ""),
+            cache_slots=str(om.cache.capacity),
+            experts_total=str(om.store.total_experts),
         )
         log.info("model %s ready on %s (%s), context %d tokens", name, device, dtype, ctx)
 
@@ -118,6 +142,13 @@ class AsyncEngine:
             await asyncio.to_thread(self._thread.join, 10.0)
         for seq in self.scheduler.drain():
             seq.emit(EngineDead("engine shut down"))
+        if self.prefetcher is not None:
+            self.prefetcher.remove()
+        if self.recorder is not None and self.om is not None:
+            from predictors.fingerprint import model_fingerprint
+
+            path = self.recorder.save(self.config.record_routing, model_fingerprint(self.om.model))
+            log.info("routing of %d layer-steps written to %s", self.recorder.steps(), path)
 
     # ------------------------------------------------------------------ EngineClient
     @property
@@ -146,7 +177,9 @@ class AsyncEngine:
         tok = self.tokenizer
         if request.messages is not None:
             if getattr(tok, "chat_template", None):
-                ids = tok.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=True)
+                ids = tok.apply_chat_template(
+                    list(request.messages), add_generation_prompt=True, tokenize=True
+                )
                 if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                     ids = ids["input_ids"]
                 return list(ids)
@@ -165,7 +198,8 @@ class AsyncEngine:
         room = card.context_length - len(prompt_ids)
         if room < 1:
             raise PromptTooLong(
-                f"the prompt has {len(prompt_ids)} tokens; the context window is {card.context_length}", param=param
+                f"the prompt has {len(prompt_ids)} tokens; the context window is {card.context_length}",
+                param=param,
             )
         p = request.params
         max_tokens = p.max_tokens if p.max_tokens is not None else room
@@ -183,8 +217,13 @@ class AsyncEngine:
 
         self._seed_counter += 1
         seq = _Sequence(
-            request_id=request.request_id, params=p, prompt_ids=prompt_ids, max_tokens=max_tokens, emit=emit,
-            stream=TextStream(self.tokenizer, p.stop, context_ids=prompt_ids[-4:]), arrival=time.perf_counter(),
+            request_id=request.request_id,
+            params=p,
+            prompt_ids=prompt_ids,
+            max_tokens=max_tokens,
+            emit=emit,
+            stream=TextStream(self.tokenizer, p.stop, context_ids=prompt_ids[-4:]),
+            arrival=time.perf_counter(),
         )
         seq.generator = make_generator(p, self.om.device, self.config.seed * 1_000_003 + self._seed_counter)
         self.scheduler.submit(seq)
@@ -221,6 +260,11 @@ class AsyncEngine:
                 try:
                     self._step(seq)
                 except Exception as err:  # a model failure: the engine cannot be trusted any more
+                    if self.prefetcher is not None:
+                        try:
+                            self.prefetcher.reset()
+                        except Exception:
+                            log.exception("prefetcher reset failed")
                     log.exception("engine step failed")
                     self._die(f"{type(err).__name__}: {err}")
                     return

@@ -25,7 +25,11 @@ CHAT_TEMPLATE = (
 
 
 def trained_checkpoint() -> Path | None:
-    return BUILTIN_DIR if (BUILTIN_DIR / "config.json").exists() and any(BUILTIN_DIR.glob("*.safetensors")) else None
+    return (
+        BUILTIN_DIR
+        if (BUILTIN_DIR / "config.json").exists() and any(BUILTIN_DIR.glob("*.safetensors"))
+        else None
+    )
 
 
 def builtin_predictors() -> Path | None:
@@ -50,14 +54,28 @@ def builtin_config(vocab_size: int):
     from transformers import Qwen3MoeConfig
 
     return Qwen3MoeConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=16,
-        num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        moe_intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_experts=16,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
     )
 
 
-def load_builtin(device: torch.device, dtype: torch.dtype, budget: CacheBudget, seed: int = 0) -> OffloadedModel:
+def load_builtin(
+    device: torch.device, dtype: torch.dtype, budget: CacheBudget, seed: int = 0
+) -> OffloadedModel:
     ckpt = trained_checkpoint()
     if ckpt is not None:
         return load_checkpoint(ckpt, device, dtype, budget)

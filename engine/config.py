@@ -21,6 +21,7 @@ class EngineConfig:
     adaptive_target: float = 0.9
     adaptive_max: int | None = None
     oracle_trace: str | None = None
+    record_routing: str | None = None
     max_model_len: int | None = None
     max_running: int = 8
     max_waiting: int = 64

@@ -86,11 +86,17 @@ class ExpertCache:
         self.device = device
         self.capacity = num_slots
         self.cuda = device.type == "cuda"
-        self.pool = torch.empty((num_slots, self.layout.numel), dtype=self.layout.dtype, device=device)  # [S, numel]
+        self.pool = torch.empty(
+            (num_slots, self.layout.numel), dtype=self.layout.dtype, device=device
+        )  # [S, numel]
         self.weights = self.layout.views(self.pool)  # name -> [S, *shape]
         self.counters = counters or CacheCounters(store.num_layers)
         self.counters.slots_capacity = num_slots
         self.on_stall = on_stall
+        self.on_route: Callable[[int, list[int]], None] | None = None  # sees every layer-step's routed set
+        self.before_routing: Callable[[], None] | None = (
+            None  # the prefetcher's barrier (see engine.prefetch)
+        )
         self._slot_of: dict[Key, int] = {}
         self._key_of: list[Key | None] = [None] * num_slots
         self._lru: OrderedDict[Key, None] = OrderedDict()  # oldest first
@@ -163,16 +169,19 @@ class ExpertCache:
         self._pins[slot] -= 1
 
     # ---------------------------------------------------------------- prefetch
-    def prefetch(self, layer: int, ids: Sequence[int]) -> int:
+    def prefetch(self, layer: int, ids: Sequence[int], limit: int | None = None) -> int:
         """Start copies of predicted experts of `layer`; pin them until the layer's routing is known.
 
         Returns the number of copies issued. Experts already resident are pinned, not copied. Stops
-        quietly when every remaining slot is pinned (a prefetch is a hint; a miss is still correct).
+        quietly when every remaining slot is pinned, or after `limit` experts (a prefetch is a hint;
+        a miss is still correct). `ids` come best first, so the most likely experts are copied first.
         """
         self._drop_prefetch(layer)
         pf = self._prefetch[layer]
         issued = 0
         for e in ids:
+            if limit is not None and len(pf.keys) >= limit:
+                break
             key = (layer, int(e))
             if key in pf.keys:
                 continue
@@ -226,6 +235,8 @@ class ExpertCache:
         """
         pf = self._prefetch[layer]
         c = self.counters
+        if self.on_route is not None:
+            self.on_route(layer, list(routed))
         routed_keys = {(layer, int(e)) for e in routed}
         if pf.keys:
             c.routed_scored[layer] += len(routed_keys)

@@ -53,7 +53,9 @@ class ExpertLayout:
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Typed views of a `[S, numel]` buffer: name -> `[S, *shape]` (no copy)."""
-        return {p.name: flat[:, p.offset : p.offset + p.numel].view(flat.shape[0], *p.shape) for p in self.params}
+        return {
+            p.name: flat[:, p.offset : p.offset + p.numel].view(flat.shape[0], *p.shape) for p in self.params
+        }
 
 
 class ExpertStore:
@@ -66,7 +68,9 @@ class ExpertStore:
         self.buffers: list[torch.Tensor | None] = [None] * num_layers
 
     def allocate(self, layer: int) -> torch.Tensor:
-        buf = torch.empty((self.layout.num_experts, self.layout.numel), dtype=self.layout.dtype, pin_memory=self.pinned)
+        buf = torch.empty(
+            (self.layout.num_experts, self.layout.numel), dtype=self.layout.dtype, pin_memory=self.pinned
+        )
         self.buffers[layer] = buf
         return buf
 

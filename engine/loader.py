@@ -32,7 +32,9 @@ from engine.stats import CacheCounters
 
 log = logging.getLogger(__name__)
 
-DEVICE_RESERVE_BYTES = 2 * 1024**3  # left free on the GPU for activations and the KV cache when sizing automatically
+DEVICE_RESERVE_BYTES = (
+    2 * 1024**3
+)  # left free on the GPU for activations and the KV cache when sizing automatically
 
 
 @dataclass
@@ -103,12 +105,20 @@ def _check_loading_info(path: Path, info: dict, where: dict[str, Path]) -> None:
     if mismatched:
         first = mismatched[0]
         name = first[0] if isinstance(first, tuple) else str(first)
-        shapes = f" (checkpoint {tuple(first[1])}, config expects {tuple(first[2])})" if isinstance(first, tuple) and len(first) >= 3 else ""
+        shapes = (
+            f" (checkpoint {tuple(first[1])}, config expects {tuple(first[2])})"
+            if isinstance(first, tuple) and len(first) >= 3
+            else ""
+        )
         prefix = name.rsplit(".", 1)[0]
-        raise ModelLoadError(f"{_files_for(prefix, where)}: tensor {name} has the wrong shape for the config{shapes}")
+        raise ModelLoadError(
+            f"{_files_for(prefix, where)}: tensor {name} has the wrong shape for the config{shapes}"
+        )
     missing = sorted(k for k in info.get("missing_keys") or [] if "rotary_emb" not in k)
     if missing:
-        raise ModelLoadError(f"{path}: tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
+        raise ModelLoadError(
+            f"{path}: tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)"
+        )
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
         raise ModelLoadError(
@@ -149,28 +159,45 @@ def _make_cache(
         free_b, _ = torch.cuda.mem_get_info(device)
         free = max(0, free_b - DEVICE_RESERVE_BYTES)
     slots = slots_for_budget(
-        store.total_experts, store.layout.nbytes, min_slots=top_k,
-        fraction=budget.fraction, gigabytes=budget.gigabytes, free_bytes=free,
+        store.total_experts,
+        store.layout.nbytes,
+        min_slots=top_k,
+        fraction=budget.fraction,
+        gigabytes=budget.gigabytes,
+        free_bytes=free,
     )
     counters = CacheCounters(len(layers), layer_ids=[lay.layer_id for lay in layers])
     cache = ExpertCache(store, slots, device, counters)
     log.info(
         "expert cache: %d of %d experts (%.1f%%), %.2f GB on %s; store %.2f GB %s",
-        slots, store.total_experts, 100 * slots / store.total_experts, slots * store.layout.nbytes / 1e9, device,
-        store.nbytes / 1e9, "pinned" if store.pinned else "pageable",
+        slots,
+        store.total_experts,
+        100 * slots / store.total_experts,
+        slots * store.layout.nbytes / 1e9,
+        device,
+        store.nbytes / 1e9,
+        "pinned" if store.pinned else "pageable",
     )
     return cache
 
 
-def offload(model: nn.Module, device: torch.device, dtype: torch.dtype, budget: CacheBudget, source: str,
-            tokenizer: object | None = None) -> OffloadedModel:
+def offload(
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget: CacheBudget,
+    source: str,
+    tokenizer: object | None = None,
+) -> OffloadedModel:
     """Split an already-built model (experts on CPU) into device weights + pinned store + cache."""
     layers = find_moe_layers(model)
     layout = _layout_of(layers[0].experts, dtype)
     store = ExpertStore(layout, len(layers), pin=device.type == "cuda")
     for layer in layers:
         if _layout_of(layer.experts, dtype) != layout:
-            raise ModelLoadError(f"{source}: MoE layer {layer.layer_id} has experts of another shape than layer 0")
+            raise ModelLoadError(
+                f"{source}: MoE layer {layer.layer_id} has experts of another shape than layer 0"
+            )
         store.fill_from_module(layer.index, layer.experts)
         strip_expert_weights(layer.experts)  # the host copy goes as soon as the store has it
     _move_non_experts(model, device)
@@ -197,7 +224,9 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype, budget: CacheBudget) -> OffloadedModel:
+def load_checkpoint(
+    path: str | Path, device: torch.device, dtype: torch.dtype, budget: CacheBudget
+) -> OffloadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -224,8 +253,14 @@ def load_checkpoint(path: str | Path, device: torch.device, dtype: torch.dtype, 
 # ----------------------------------------------------------------------------- synthetic
 @torch.no_grad()
 def build_synthetic(
-    config, device: torch.device, dtype: torch.dtype, budget: CacheBudget, seed: int = 0, std: float | None = None,
-    name: str = "synthetic", chunk_experts: int = 16,
+    config,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget: CacheBudget,
+    seed: int = 0,
+    std: float | None = None,
+    name: str = "synthetic",
+    chunk_experts: int = 16,
 ) -> OffloadedModel:
     """A random-weight model of `config`'s shape, built straight into the device / pinned-host split."""
     from transformers import AutoModelForCausalLM

@@ -11,15 +11,80 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.stats import CacheCounters, RequestStats
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
-STALL_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+disable_created_metrics()  # no `_created` series: they double the series count and no panel reads them
+
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+TPOT_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+)
+STALL_BUCKETS = (
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    1.0,
+)
 PREDICT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 7.5e-5, 1e-4, 1.5e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2)
 TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -57,7 +122,9 @@ class _CacheCollector:
             return fam
 
         yield per_layer("moe_expert_requests_total", c.requests)
-        hits = CounterMetricFamily("moe_expert_hits", CACHE_METRICS["moe_expert_hits_total"], labels=["layer", "source"])
+        hits = CounterMetricFamily(
+            "moe_expert_hits", CACHE_METRICS["moe_expert_hits_total"], labels=["layer", "source"]
+        )
         for lab, r, p in zip(labels, c.hits_resident, c.hits_prefetched, strict=True):
             hits.add_metric([lab, "resident"], r)
             hits.add_metric([lab, "prefetched"], p)
@@ -74,9 +141,13 @@ class _CacheCollector:
         by.add_metric(["prefetch"], c.bytes_prefetch)
         by.add_metric(["demand"], c.bytes_demand)
         yield by
-        yield GaugeMetricFamily("moe_expert_cache_slots_used", CACHE_METRICS["moe_expert_cache_slots_used"], value=c.slots_used)
         yield GaugeMetricFamily(
-            "moe_expert_cache_slots_capacity", CACHE_METRICS["moe_expert_cache_slots_capacity"], value=c.slots_capacity
+            "moe_expert_cache_slots_used", CACHE_METRICS["moe_expert_cache_slots_used"], value=c.slots_used
+        )
+        yield GaugeMetricFamily(
+            "moe_expert_cache_slots_capacity",
+            CACHE_METRICS["moe_expert_cache_slots_capacity"],
+            value=c.slots_capacity,
         )
 
 
@@ -87,44 +158,67 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.ttft = Histogram(
-            "moe_request_time_to_first_token_seconds", "Time from arrival to the first generated token.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "moe_request_time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tpot = Histogram(
-            "moe_request_time_per_output_token_seconds", "Time between consecutive generated tokens of a request.",
-            buckets=TPOT_BUCKETS, registry=r,
+            "moe_request_time_per_output_token_seconds",
+            "Time between consecutive generated tokens of a request.",
+            buckets=TPOT_BUCKETS,
+            registry=r,
         )
         self.e2e = Histogram(
-            "moe_request_e2e_latency_seconds", "Time from arrival to the last token of a request.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "moe_request_e2e_latency_seconds",
+            "Time from arrival to the last token of a request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_time = Histogram(
-            "moe_request_queue_time_seconds", "Time a request waited before it was first scheduled.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "moe_request_queue_time_seconds",
+            "Time a request waited before it was first scheduled.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens_hist = Histogram(
-            "moe_request_prompt_tokens", "Prompt length of finished requests, in tokens.", buckets=TOKEN_BUCKETS, registry=r
+            "moe_request_prompt_tokens",
+            "Prompt length of finished requests, in tokens.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.generation_tokens_hist = Histogram(
-            "moe_request_generation_tokens", "Generated tokens of finished requests.", buckets=TOKEN_BUCKETS, registry=r
+            "moe_request_generation_tokens",
+            "Generated tokens of finished requests.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter("moe_prompt_tokens", "Prompt tokens processed (prefill).", registry=r)
         self.generation_tokens = Counter("moe_generation_tokens", "Tokens generated (decode).", registry=r)
         self.requests = Counter(
-            "moe_requests", "Finished requests, by finish reason (stop|length|abort|error).", ["finish_reason"], registry=r
+            "moe_requests",
+            "Finished requests, by finish reason (stop|length|abort|error).",
+            ["finish_reason"],
+            registry=r,
         )
         self.running = Gauge("moe_requests_running", "Requests being decoded now.", registry=r)
         self.waiting = Gauge("moe_requests_waiting", "Requests waiting to be scheduled.", registry=r)
         self.prediction_latency = Histogram(
-            "moe_prediction_latency_seconds", "Host time to run one layer's predictor and policy.",
-            buckets=PREDICT_BUCKETS, registry=r,
+            "moe_prediction_latency_seconds",
+            "Time from a layer's pre-attention tap until its prefetch copies are issued (predictor, policy, host read).",
+            buckets=PREDICT_BUCKETS,
+            registry=r,
         )
         self.stall = Histogram(
-            "moe_expert_load_stall_seconds", "Time one layer-step waited for expert copies (0 when all were resident).",
-            buckets=STALL_BUCKETS, registry=r,
+            "moe_expert_load_stall_seconds",
+            "Time one layer-step waited for expert copies (0 when all were resident).",
+            buckets=STALL_BUCKETS,
+            registry=r,
         )
         self.info = Info("moe_policy", "Active prefetch policy, model and predictor bundle.", registry=r)
-        self.engine_up = Gauge("moe_engine_healthy", "1 while the engine can serve, 0 after a fatal error.", registry=r)
+        self.engine_up = Gauge(
+            "moe_engine_healthy", "1 while the engine can serve, 0 after a fatal error.", registry=r
+        )
         self.engine_up.set(1)
 
     def attach_cache(self, counters: CacheCounters) -> None:

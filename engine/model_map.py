@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-EXPERT_PARAM_NAMES = ("gate_up_proj", "up_proj", "down_proj", "gate_up_proj_bias", "up_proj_bias", "down_proj_bias")
+EXPERT_PARAM_NAMES = (
+    "gate_up_proj",
+    "up_proj",
+    "down_proj",
+    "gate_up_proj_bias",
+    "up_proj_bias",
+    "down_proj_bias",
+)
 
 
 @dataclass
@@ -30,8 +37,10 @@ class MoELayer:
 
 
 def is_experts_module(module: nn.Module) -> bool:
-    return hasattr(module, "has_gate") and hasattr(module, "is_transposed") and (
-        hasattr(module, "gate_up_proj") or hasattr(module, "up_proj")
+    return (
+        hasattr(module, "has_gate")
+        and hasattr(module, "is_transposed")
+        and (hasattr(module, "gate_up_proj") or hasattr(module, "up_proj"))
     )
 
 

@@ -41,12 +41,16 @@ def _project(mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor |
 def _expert_mlp(mod: nn.Module, weights: dict[str, torch.Tensor], slot: int, x: torch.Tensor) -> torch.Tensor:
     has_bias = getattr(mod, "has_bias", False)
     if mod.has_gate:
-        h = _project(mod, x, weights["gate_up_proj"][slot], weights["gate_up_proj_bias"][slot] if has_bias else None)
+        h = _project(
+            mod, x, weights["gate_up_proj"][slot], weights["gate_up_proj_bias"][slot] if has_bias else None
+        )
         h = mod._apply_gate(h)  # [t, I]
     else:
         h = _project(mod, x, weights["up_proj"][slot], weights["up_proj_bias"][slot] if has_bias else None)
         h = mod.act_fn(h)
-    h = _project(mod, h, weights["down_proj"][slot], weights["down_proj_bias"][slot] if has_bias else None)  # [t, D]
+    h = _project(
+        mod, h, weights["down_proj"][slot], weights["down_proj_bias"][slot] if has_bias else None
+    )  # [t, D]
     if getattr(mod, "has_post_expert_norm", False):
         h = mod.post_expert_norm(h)
     return h
@@ -75,6 +79,8 @@ def offloaded_experts_forward(
     layer = handle.layer
     groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer
     experts = sorted(groups)
+    if cache.before_routing is not None:  # a prefetch still being issued for this layer finishes first
+        cache.before_routing()
     cache.account_routing(layer, experts)
     out = torch.zeros_like(hidden_states)  # [T, D]
     if not experts:
@@ -137,7 +143,11 @@ def strip_expert_weights(experts: nn.Module) -> None:
     """Replace the module's 3-D expert weights by empty meta tensors so nothing holds them twice."""
     for name in expert_param_names(experts):
         p = getattr(experts, name)
-        setattr(experts, name, nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False))
+        setattr(
+            experts,
+            name,
+            nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False),
+        )
 
 
 def install_offload(model: nn.Module, cache: ExpertCache, layers: list[MoELayer]) -> None:

@@ -11,7 +11,9 @@ import torch
 from engine.protocol import SamplingParams
 
 
-def make_generator(params: SamplingParams, device: torch.device, fallback_seed: int) -> torch.Generator | None:
+def make_generator(
+    params: SamplingParams, device: torch.device, fallback_seed: int
+) -> torch.Generator | None:
     if params.temperature == 0.0:
         return None
     gen = torch.Generator(device=device)

@@ -35,7 +35,9 @@ class Scheduler(Generic[T]):
         with self._cv:
             room = self.max_running - len(self._running)
             if len(self._waiting) >= self.max_waiting + max(0, room):
-                raise QueueFull(f"server busy: {len(self._waiting)} requests already waiting (MOE_MAX_WAITING)")
+                raise QueueFull(
+                    f"server busy: {len(self._waiting)} requests already waiting (MOE_MAX_WAITING)"
+                )
             self._waiting.append(item)
             self._cv.notify()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 PER_LAYER = (
     "requests",
     "hits_resident",
@@ -33,12 +32,16 @@ class CacheCounters:
     num_layers: int
     layer_ids: list[int] = field(default_factory=list)  # decoder-layer index of each MoE layer, for labels
     requests: list[int] = field(default_factory=list)  # routed experts asked of the cache
-    hits_resident: list[int] = field(default_factory=list)  # already there, not brought by a prefetch still unused
+    hits_resident: list[int] = field(
+        default_factory=list
+    )  # already there, not brought by a prefetch still unused
     hits_prefetched: list[int] = field(default_factory=list)  # first use of an expert a prefetch brought
     misses: list[int] = field(default_factory=list)  # demand loads
     prefetch_issued: list[int] = field(default_factory=list)  # copies started by a prefetch
     prefetch_used: list[int] = field(default_factory=list)  # prefetched experts later routed
-    prefetch_wasted: list[int] = field(default_factory=list)  # prefetched experts evicted or never routed in their step
+    prefetch_wasted: list[int] = field(
+        default_factory=list
+    )  # prefetched experts evicted or never routed in their step
     predicted_routed: list[int] = field(default_factory=list)  # routed experts that the prediction contained
     routed_scored: list[int] = field(default_factory=list)  # routed experts for which a prediction existed
     bytes_prefetch: int = 0

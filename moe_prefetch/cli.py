@@ -34,18 +34,31 @@ app = typer.Typer(
 
 @app.command(epilog=_variables_epilog())
 def serve(
-    model: Path = typer.Option(None, help="Local Hugging Face checkpoint directory [MOE_MODEL]; unset = built-in model."),
+    model: Path = typer.Option(
+        None, help="Local Hugging Face checkpoint directory [MOE_MODEL]; unset = built-in model."
+    ),
     model_name: str = typer.Option(None, help="Model id served at /v1/models [MOE_MODEL_NAME]."),
     device: str = typer.Option(None, help="auto | cuda | cpu [MOE_DEVICE]."),
     dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16 [MOE_DTYPE]."),
-    expert_cache_fraction: float = typer.Option(None, help="Share of routed experts cached on the device, (0,1] [MOE_EXPERT_CACHE_FRACTION]."),
+    expert_cache_fraction: float = typer.Option(
+        None, help="Share of routed experts cached on the device, (0,1] [MOE_EXPERT_CACHE_FRACTION]."
+    ),
     expert_cache_gb: float = typer.Option(None, help="Device expert cache size in GB [MOE_EXPERT_CACHE_GB]."),
-    policy: str = typer.Option(None, help="none|exact|overprovision|top1|adaptive|crosslayer|oracle [MOE_POLICY]."),
+    policy: str = typer.Option(
+        None, help="none|exact|overprovision|top1|adaptive|crosslayer|oracle [MOE_POLICY]."
+    ),
     predictors: Path = typer.Option(None, help="Predictor bundle directory [MOE_PREDICTORS]."),
     overprovision: int = typer.Option(None, help="k' of the overprovision policy [MOE_OVERPROVISION]."),
-    adaptive_target: float = typer.Option(None, help="Mass target of the adaptive policy [MOE_ADAPTIVE_TARGET]."),
-    adaptive_max: int = typer.Option(None, help="Most experts the adaptive policy fetches [MOE_ADAPTIVE_MAX]."),
+    adaptive_target: float = typer.Option(
+        None, help="Mass target of the adaptive policy [MOE_ADAPTIVE_TARGET]."
+    ),
+    adaptive_max: int = typer.Option(
+        None, help="Most experts the adaptive policy fetches [MOE_ADAPTIVE_MAX]."
+    ),
     oracle_trace: Path = typer.Option(None, help="Routing trace for the oracle policy [MOE_ORACLE_TRACE]."),
+    record_routing: Path = typer.Option(
+        None, help="Write this run's routing here at shutdown [MOE_RECORD_ROUTING]."
+    ),
     max_model_len: int = typer.Option(None, help="Context window cap in tokens [MOE_MAX_MODEL_LEN]."),
     max_running: int = typer.Option(None, help="Requests decoded together [MOE_MAX_RUNNING]."),
     max_waiting: int = typer.Option(None, help="Waiting requests before 429 [MOE_MAX_WAITING]."),
@@ -54,7 +67,9 @@ def serve(
     host: str = typer.Option(None, help="Bind address [MOE_HOST]."),
     port: int = typer.Option(None, help="Bind port [MOE_PORT]."),
     log_level: str = typer.Option(None, help="debug | info | warning | error [MOE_LOG_LEVEL]."),
-    seed: int = typer.Option(None, help="Seed of the built-in/synthetic model and default sampling [MOE_SEED]."),
+    seed: int = typer.Option(
+        None, help="Seed of the built-in/synthetic model and default sampling [MOE_SEED]."
+    ),
 ) -> None:
     """Start the OpenAI-compatible server (the built-in model on CPU when no model is given)."""
     overrides = dict(locals())
@@ -63,12 +78,13 @@ def serve(
     except SettingsError as err:
         typer.echo(f"moe-prefetch: {err}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from engine.async_engine import AsyncEngine
     from server.app import create_app
     from server.config import ServerConfig
     from server.run import run_server
-
-    from engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(settings.engine_config())
     try:

@@ -25,31 +25,72 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOE_", frozen=True, extra="ignore")
 
-    model: Path | None = Field(None, description="Local Hugging Face checkpoint directory; unset = the built-in model.")
-    model_name: str | None = Field(None, description="Model id served at /v1/models; default: the checkpoint folder's name.")
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Where non-expert weights and the expert cache live.")
+    model: Path | None = Field(
+        None, description="Local Hugging Face checkpoint directory; unset = the built-in model."
+    )
+    model_name: str | None = Field(
+        None, description="Model id served at /v1/models; default: the checkpoint folder's name."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Where non-expert weights and the expert cache live."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; auto = bfloat16 on CUDA, float32 on CPU."
     )
     expert_cache_fraction: float | None = Field(
-        None, gt=0.0, le=1.0, description="Share of all routed experts that fit in the device cache, in (0, 1]."
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Share of all routed experts that fit in the device cache, in (0, 1].",
     )
-    expert_cache_gb: float | None = Field(None, gt=0.0, description="Device cache size in GB (alternative to the fraction).")
-    policy: Policy = Field("none", description="Prefetch policy: none, exact, overprovision, top1, adaptive, crosslayer, oracle.")
-    predictors: Path | None = Field(None, description="Predictor bundle directory (needed by every policy but none).")
-    overprovision: int | None = Field(None, ge=1, description="k' for the overprovision policy; default ceil(1.5 k).")
-    adaptive_target: float = Field(0.9, gt=0.0, le=1.0, description="Probability mass the adaptive policy covers per token.")
-    adaptive_max: int | None = Field(None, ge=1, description="Most experts the adaptive policy prefetches per token; default 2 k.")
-    oracle_trace: Path | None = Field(None, description="Routing trace replayed by the oracle policy.")
-    max_model_len: int | None = Field(None, ge=16, description="Context window cap in tokens; default: the model's.")
-    max_running: int = Field(8, ge=1, le=1024, description="Requests decoded together in one batch.")
+    expert_cache_gb: float | None = Field(
+        None, gt=0.0, description="Device cache size in GB (alternative to the fraction)."
+    )
+    policy: Policy = Field(
+        "none", description="Prefetch policy: none, exact, overprovision, top1, adaptive, crosslayer, oracle."
+    )
+    predictors: Path | None = Field(
+        None,
+        description="Predictor bundle directory for exact, overprovision, top1 and adaptive; the built-in model brings its own.",
+    )
+    overprovision: int | None = Field(
+        None, ge=1, description="k' for the overprovision policy; default ceil(1.5 k)."
+    )
+    adaptive_target: float = Field(
+        0.9, gt=0.0, le=1.0, description="Probability mass the adaptive policy covers per token."
+    )
+    adaptive_max: int | None = Field(
+        None, ge=1, description="Most experts the adaptive policy prefetches per token; default 2 k."
+    )
+    oracle_trace: Path | None = Field(
+        None, description="Routing file replayed by the oracle policy (recorded with MOE_RECORD_ROUTING)."
+    )
+    record_routing: Path | None = Field(
+        None,
+        description="Record every layer-step's routed experts to this file at shutdown (for the oracle policy).",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context window cap in tokens; default: the model's."
+    )
+    max_running: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Requests admitted at once; each gets one token per round (round-robin).",
+    )
     max_waiting: int = Field(64, ge=0, description="Requests allowed to wait; one more is answered 429.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes.")
-    api_key: SecretStr | None = Field(None, description="If set, every /v1 request needs 'Authorization: Bearer <key>'.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="If set, every /v1 request needs 'Authorization: Bearer <key>'."
+    )
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    seed: int = Field(0, description="Seed of the synthetic and built-in models, and the default sampling seed.")
+    seed: int = Field(
+        0, description="Seed of the synthetic and built-in models, and the default sampling seed."
+    )
 
     @model_validator(mode="after")
     def _one_cache_size(self) -> Settings:
@@ -59,6 +100,14 @@ class Settings(BaseSettings):
             raise ValueError(f"MOE_MODEL: {self.model} is not a directory")
         if self.predictors is not None and not self.predictors.is_dir():
             raise ValueError(f"MOE_PREDICTORS: {self.predictors} is not a directory")
+        if self.policy == "oracle" and self.oracle_trace is None:
+            raise ValueError(
+                "MOE_POLICY=oracle needs MOE_ORACLE_TRACE (a routing file recorded with MOE_RECORD_ROUTING)"
+            )
+        if self.oracle_trace is not None and not self.oracle_trace.is_file():
+            raise ValueError(
+                f"MOE_ORACLE_TRACE: {self.oracle_trace} is not a file (record one with MOE_RECORD_ROUTING)"
+            )
         return self
 
     def engine_config(self) -> EngineConfig:
@@ -75,6 +124,7 @@ class Settings(BaseSettings):
             adaptive_target=self.adaptive_target,
             adaptive_max=self.adaptive_max,
             oracle_trace=str(self.oracle_trace) if self.oracle_trace else None,
+            record_routing=str(self.record_routing) if self.record_routing else None,
             max_model_len=self.max_model_len,
             max_running=self.max_running,
             max_waiting=self.max_waiting,

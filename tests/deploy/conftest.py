@@ -1,32 +1,36 @@
-"""Fixtures for the deployment tests: scrape targets with traffic, and paths of the deploy files.
+"""Fixtures for the deployment tests: real servers with traffic, and paths of the deploy files.
 
-`metrics_target` yields running `/metrics` endpoints on 127.0.0.1 that have seen traffic. Until the
-HTTP server lands, each one is a **simulation**: a stdlib `http.server` thread serving
-`engine.metrics.Metrics.exposition()` while a background thread plays decode steps through a real
-`CacheCounters` (routing, predictions, prefetches, hits, misses, stalls) and finishes requests. To use
-the real server instead, make `_start_target` launch `moe-prefetch serve --port N --policy P` and send
-chat requests; the tests only need `Target.address`, `Target.policy` and `Target.stop()`.
+`metrics_target` starts the real `moe-prefetch serve` (the built-in model on CPU) once per policy in
+`POLICIES`, each as its own process on a free port of 127.0.0.1 with a predictor bundle of the right
+fingerprint, and keeps one client thread per server sending chat requests through the `openai` SDK
+(bounded in count and time) while the tests scrape and query.
 """
 
 from __future__ import annotations
 
-import random
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
-from engine.metrics import Metrics
-from engine.stats import CacheCounters, RequestStats
+from tests.bundles import builtin_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-POLICIES = ("exact", "overprovision")  # one simulated deployment each, to exercise the comparison view
+# One deployment per policy, to exercise the comparison view; the caches are large enough that the
+# untrained test predictors still leave a healthy hit rate (no alert may fire on this traffic).
+POLICIES = {"exact": 1.0, "overprovision": 0.9}
+MAX_REQUESTS = 400  # per server, a bound on the traffic
+MAX_SECONDS = 600.0
 
 
 def free_port() -> int:
@@ -58,146 +62,118 @@ def compose_bin() -> str:
 
 
 @dataclass
-class SimulatedTraffic:
-    """Plays decode steps of a 12-layer, 16-expert, top-2 MoE into `metrics`, ~200 steps per second.
-
-    The numbers are made up but keep the engine's invariants: every routed expert is a hit (resident or
-    prefetched) or a miss; prefetches are used or wasted; recall counts routed experts the prediction held.
-    """
-
-    metrics: Metrics
+class Target:
+    address: str  # host:port of the server (and its /metrics)
     policy: str
-    seed: int = 0
-    layers: int = 12
-    experts: int = 16
-    top_k: int = 2
-    slots: int = 96
-    expert_bytes: int = 9_400_000
-    counters: CacheCounters = field(init=False)
+    proc: subprocess.Popen
+    log: Path
+    sent: int = 0
+    errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
-    def __post_init__(self) -> None:
-        self.counters = CacheCounters(num_layers=self.layers)
-        self.counters.slots_capacity = self.slots
-        self.metrics.attach_cache(self.counters)
-        self.metrics.set_info(policy=self.policy, model="simulated-moe", predictors="simulated-bundle")
-        self._thread = threading.Thread(target=self._run, name=f"sim-{self.policy}", daemon=True)
+    def _traffic(self) -> None:
+        client = openai.OpenAI(
+            base_url=f"http://{self.address}/v1", api_key="unused", max_retries=0, timeout=60
+        )
+        model = client.models.list().data[0].id
+        deadline = time.monotonic() + MAX_SECONDS
+        prompts = (
+            "Tell me about the sea.",
+            "What is a river?",
+            "Describe a small town.",
+            "Why do birds sing?",
+        )
+        while not self._stop.is_set() and self.sent < MAX_REQUESTS and time.monotonic() < deadline:
+            try:
+                stream = self.sent % 2 == 0
+                r = client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": prompts[self.sent % len(prompts)]}],
+                    max_tokens=24,
+                    temperature=0.8,
+                    stream=stream,
+                )
+                if stream:
+                    for _ in r:
+                        pass
+            except openai.OpenAIError as err:
+                self.errors.append(f"{type(err).__name__}: {err}")
+            self.sent += 1
+            self._stop.wait(0.02)
+        client.close()
 
-    def start(self) -> None:
+    def start_traffic(self) -> None:
+        self._thread = threading.Thread(target=self._traffic, name=f"traffic-{self.policy}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=90)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
 
-    def _step(self, rng: random.Random, resident: list[set[int]]) -> float:
-        """One decode step through every layer; returns the step's stall seconds."""
-        c = self.counters
-        extra = 2 if self.policy == "overprovision" else 0
-        stall_total = 0.0
-        for layer in range(self.layers):
-            routed = set(rng.sample(range(self.experts), self.top_k))
-            predicted = (
-                set(routed) if rng.random() < 0.9 else set(rng.sample(range(self.experts), self.top_k))
+
+def _start_target(policy: str, fraction: float, bundle: Path, workdir: Path) -> Target:
+    """`moe-prefetch serve` as a child process, ready (its /health answers 200)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
+    env.update(
+        MOE_DEVICE="cpu",
+        MOE_HOST="127.0.0.1",
+        MOE_PORT=str(port),
+        MOE_POLICY=policy,
+        MOE_PREDICTORS=str(bundle),
+        MOE_EXPERT_CACHE_FRACTION=str(fraction),
+        MOE_LOG_LEVEL="warning",
+    )
+    log = workdir / f"server-{policy}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moe_prefetch.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    target = Target(f"127.0.0.1:{port}", policy, proc, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"moe-prefetch serve ({policy}) exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
             )
-            predicted |= set(rng.sample(range(self.experts), extra))
-            self.metrics.prediction_latency.observe(rng.uniform(5e-5, 3e-4))
-            fetched = predicted - resident[layer]
-            c.prefetch_issued[layer] += len(fetched)
-            c.bytes_prefetch += len(fetched) * self.expert_bytes
-            c.routed_scored[layer] += len(routed)
-            c.predicted_routed[layer] += len(routed & predicted)
-            stall = 0.0
-            for e in routed:
-                c.requests[layer] += 1
-                if e in fetched:
-                    c.hits_prefetched[layer] += 1
-                    c.prefetch_used[layer] += 1
-                elif e in resident[layer]:
-                    c.hits_resident[layer] += 1
-                else:
-                    c.misses[layer] += 1
-                    c.bytes_demand += self.expert_bytes
-                    stall += rng.uniform(1.5e-4, 4e-4)
-            c.prefetch_wasted[layer] += len(fetched - routed)
-            resident[layer] = set(list(resident[layer] | routed | predicted)[-(self.slots // self.layers) :])
-            self.metrics.stall.observe(stall)
-            stall_total += stall
-        c.slots_used = sum(len(r) for r in resident)
-        return stall_total
-
-    def _run(self) -> None:
-        rng = random.Random(self.seed)
-        resident: list[set[int]] = [set() for _ in range(self.layers)]
-        steps = 0
-        while not self._stop.is_set():
-            self._step(rng, resident)
-            self.metrics.generation_tokens.inc()
-            steps += 1
-            if steps % 20 == 0:  # a request of 20 tokens finishes
-                self.metrics.prompt_tokens.inc(64)
-                self.metrics.observe_request(
-                    RequestStats(
-                        prompt_tokens=64,
-                        generation_tokens=20,
-                        time_to_first_token=rng.uniform(0.05, 0.3),
-                        time_per_output_token=tuple(rng.uniform(0.004, 0.03) for _ in range(19)),
-                        e2e_latency=rng.uniform(0.2, 0.8),
-                        queue_time=rng.uniform(0.0, 0.05),
-                        finish_reason=rng.choice(("stop", "length")),
-                    )
-                )
-            self.metrics.set_queue(running=rng.randint(1, 4), waiting=rng.randint(0, 2))
-            self._stop.wait(0.005)
-
-
-@dataclass
-class Target:
-    address: str  # host:port of the /metrics endpoint
-    policy: str
-    _server: ThreadingHTTPServer
-    _traffic: SimulatedTraffic
-
-    def stop(self) -> None:
-        self._traffic.stop()
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _start_target(policy: str, seed: int) -> Target:
-    """A simulated moe-prefetch server (see the module docstring for swapping in the real one)."""
-    metrics = Metrics()
-    traffic = SimulatedTraffic(metrics, policy, seed=seed)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404)
-                return
-            body, ctype = metrics.exposition()
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
+        try:
+            if httpx.get(f"http://{target.address}/health", timeout=2).status_code == 200:
+                return target
+        except httpx.HTTPError:
             pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, name=f"metrics-{policy}", daemon=True).start()
-    traffic.start()
-    host, port = server.server_address[:2]
-    return Target(f"{host}:{port}", policy, server, traffic)
+        time.sleep(0.2)
+    target.stop()
+    pytest.fail(f"moe-prefetch serve ({policy}) not healthy within 120 s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def metrics_target():
-    """Running /metrics endpoints on 127.0.0.1 with traffic flowing, one per policy in POLICIES."""
-    targets = [_start_target(policy, seed) for seed, policy in enumerate(POLICIES)]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(t._traffic.counters.requests[0] == 0 for t in targets):
-        time.sleep(0.05)
-    yield targets
+@pytest.fixture(scope="module")
+def metrics_target(tmp_path_factory):
+    """Real servers on 127.0.0.1 with traffic flowing, one per policy in POLICIES."""
+    workdir = tmp_path_factory.mktemp("servers")
+    bundle = builtin_bundle(workdir / "bundle")
+    targets: list[Target] = []
+    try:
+        for policy, fraction in POLICIES.items():
+            targets.append(_start_target(policy, fraction, bundle, workdir))
+        for t in targets:
+            t.start_traffic()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(t.sent < 2 for t in targets):
+            time.sleep(0.1)
+        yield targets
+    finally:
+        for t in targets:
+            t.stop()
     for t in targets:
-        t.stop()
+        assert not t.errors, f"{t.policy}: requests failed: {t.errors[:3]}"

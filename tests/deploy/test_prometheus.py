@@ -306,7 +306,7 @@ def test_comparison_view_tells_policies_apart(prometheus: Prometheus, metrics_ta
 
 @pytest.mark.slow
 def test_no_alert_fires_on_healthy_traffic(prometheus: Prometheus) -> None:
-    """The simulated servers are healthy with a high hit rate: no alert may be pending or firing."""
+    """The real servers are healthy with a high hit rate: no alert may be pending or firing."""
     alerts = prometheus.get("/api/v1/alerts")["data"]["alerts"]
     assert alerts == [], alerts
     rules = prometheus.get("/api/v1/rules")["data"]["groups"]

@@ -68,7 +68,12 @@ def test_prefetch_classification_and_accounting():
     cache.release(acq)
     c = cache.counters
     assert (c.prefetch_issued[0], c.prefetch_used[0], c.prefetch_wasted[0]) == (2, 1, 1)  # 2 was never routed
-    assert (c.hits_prefetched[0], c.hits_resident[0], c.misses[0], c.requests[0]) == (1, 1, 2, 4)  # 5 missed once before
+    assert (c.hits_prefetched[0], c.hits_resident[0], c.misses[0], c.requests[0]) == (
+        1,
+        1,
+        2,
+        4,
+    )  # 5 missed once before
     assert (c.predicted_routed[0], c.routed_scored[0]) == (2, 3)  # recall 2/3: 1 and 5 predicted, 3 not
     assert c.bytes_prefetch == 2 * cache.layout.nbytes and c.bytes_demand == 2 * cache.layout.nbytes
     assert cache.pinned_slots() == 0

@@ -74,5 +74,7 @@ def test_shard_listed_in_index_but_missing(ckpt):
     (ckpt / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": {k: "model-00002-of-00002.safetensors" for k in keys}})
     )
-    with pytest.raises(ModelLoadError, match="model-00002-of-00002.safetensors: listed in the index but missing"):
+    with pytest.raises(
+        ModelLoadError, match="model-00002-of-00002.safetensors: listed in the index but missing"
+    ):
         load_checkpoint(ckpt, CPU, F32, FULL)

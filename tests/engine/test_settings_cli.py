@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +52,10 @@ def test_every_setting_is_described():
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "moe_prefetch.cli", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "moe_prefetch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
 
@@ -68,3 +73,18 @@ def test_serve_with_a_bad_variable_prints_one_line_and_exits():
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "MOE_EXPERT_CACHE_FRACTION" in lines[0]
+
+
+def test_readme_variables_table_matches_the_settings():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(MOE_[A-Z_]+)` \| (.*?) \| (.*) \|$", readme, flags=re.M)
+    assert rows == [(v, d, m) for v, d, m in describe_variables()]
+
+
+def test_serve_with_a_predictor_policy_and_no_bundle_says_so(checkpoints):
+    res = _cli(
+        "serve", env={"MOE_MODEL": str(checkpoints["qwen3_moe"]), "MOE_POLICY": "exact", "MOE_DEVICE": "cpu"}
+    )
+    assert res.returncode == 1
+    assert "MOE_POLICY=exact needs a predictor bundle" in res.stderr and "MOE_PREDICTORS" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -19,23 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import pinned_bandwidth  # noqa: E402
 from engine.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
 from engine.presets import preset_config  # noqa: E402
 from engine.runner import ModelRunner, SequenceState  # noqa: E402
-
-
-def pinned_bandwidth(nbytes: int, reps: int = 10) -> dict:
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dev.copy_(host, non_blocking=True)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return {"bytes": nbytes, "median_s": statistics.median(times), "gb_per_s": nbytes / statistics.median(times) / 1e9}
 
 
 def expert_load_bandwidth(om, n: int = 256, reps: int = 5) -> dict:
@@ -56,8 +43,11 @@ def expert_load_bandwidth(om, n: int = 256, reps: int = 5) -> dict:
         results.append(a.elapsed_time(b) / 1e3)
     t = statistics.median(results)
     return {
-        "experts": n, "expert_bytes": om.store.layout.nbytes, "median_s": t,
-        "gb_per_s": n * om.store.layout.nbytes / t / 1e9, "ms_per_expert": 1e3 * t / n,
+        "experts": n,
+        "expert_bytes": om.store.layout.nbytes,
+        "median_s": t,
+        "gb_per_s": n * om.store.layout.nbytes / t / 1e9,
+        "ms_per_expert": 1e3 * t / n,
     }
 
 
@@ -86,8 +76,11 @@ def decode_speed(runner: ModelRunner, prompt: list[int], n: int, runs: int) -> d
         per_tok.append((time.perf_counter() - t0) / n)
     return {
         "ms_per_token_median": 1e3 * statistics.median(per_tok),
-        "ms_per_token_min": 1e3 * min(per_tok), "ms_per_token_max": 1e3 * max(per_tok),
-        "tokens_per_s": 1 / statistics.median(per_tok), "runs": runs, "tokens": n,
+        "ms_per_token_min": 1e3 * min(per_tok),
+        "ms_per_token_max": 1e3 * max(per_tok),
+        "tokens_per_s": 1 / statistics.median(per_tok),
+        "runs": runs,
+        "tokens": n,
     }
 
 
@@ -99,21 +92,32 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     dev = torch.device("cuda")
-    report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "preset": args.preset}
+    report: dict = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "preset": args.preset,
+    }
     import transformers
 
     report["transformers"] = transformers.__version__
     report["pinned_copy_256MB"] = pinned_bandwidth(256 * 2**20)
     t0 = time.perf_counter()
-    om = build_synthetic(preset_config(args.preset), dev, torch.bfloat16, CacheBudget(fraction=1.0), seed=0, name=args.preset)
+    om = build_synthetic(
+        preset_config(args.preset), dev, torch.bfloat16, CacheBudget(fraction=1.0), seed=0, name=args.preset
+    )
     torch.cuda.synchronize()
     report["build_s"] = time.perf_counter() - t0
     report["store_gb"] = om.store.nbytes / 1e9
     report["store_pinned"] = om.store.pinned
     report["experts_total"] = om.store.total_experts
     report["device_mem_after_build_gb"] = torch.cuda.memory_allocated() / 1e9
-    print(f"built in {report['build_s']:.1f}s: {om.store.total_experts} experts, {report['store_gb']:.1f} GB pinned", flush=True)
-    prompt = torch.randint(0, om.model.config.vocab_size, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    print(
+        f"built in {report['build_s']:.1f}s: {om.store.total_experts} experts, {report['store_gb']:.1f} GB pinned",
+        flush=True,
+    )
+    prompt = torch.randint(
+        0, om.model.config.vocab_size, (64,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
     results = {}
     for frac in (1.0, 0.25):
         if frac != 1.0:
@@ -125,9 +129,17 @@ def main() -> None:
         if frac == 1.0:
             report["expert_load_bandwidth"] = expert_load_bandwidth(om)
         speed = decode_speed(runner, prompt, args.tokens, args.runs)
-        results[frac] = {"tokens": toks, "logits": logits, "counters": totals, "speed": speed,
-                         "slots": om.cache.capacity}
-        print(f"cache {frac:.0%}: {om.cache.capacity} slots, {speed['tokens_per_s']:.2f} tok/s, misses {totals['misses']}", flush=True)
+        results[frac] = {
+            "tokens": toks,
+            "logits": logits,
+            "counters": totals,
+            "speed": speed,
+            "slots": om.cache.capacity,
+        }
+        print(
+            f"cache {frac:.0%}: {om.cache.capacity} slots, {speed['tokens_per_s']:.2f} tok/s, misses {totals['misses']}",
+            flush=True,
+        )
     same = results[1.0]["tokens"] == results[0.25]["tokens"]
     max_diff = float((results[1.0]["logits"] - results[0.25]["logits"]).abs().max())
     report["equal_greedy_tokens_100_vs_25"] = same
@@ -138,8 +150,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     bw = report["expert_load_bandwidth"]
-    print(f"device {report['device']}; pinned copy {report['pinned_copy_256MB']['gb_per_s']:.1f} GB/s; "
-          f"expert loads {bw['gb_per_s']:.1f} GB/s ({bw['ms_per_expert']:.3f} ms / {bw['expert_bytes'] / 1e6:.1f} MB expert)")
+    print(
+        f"device {report['device']}; pinned copy {report['pinned_copy_256MB']['gb_per_s']:.1f} GB/s; "
+        f"expert loads {bw['gb_per_s']:.1f} GB/s ({bw['ms_per_expert']:.3f} ms / {bw['expert_bytes'] / 1e6:.1f} MB expert)"
+    )
     print(f"equal greedy tokens 100% vs 25%: {same}; max |logit diff| {max_diff:.3g}")
 
 

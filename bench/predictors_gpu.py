@@ -19,12 +19,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rich.console import Console  # noqa: E402
+
 from engine.builtin import builtin_tokenizer  # noqa: E402
 from engine.loader import CacheBudget, build_synthetic  # noqa: E402
 from engine.presets import preset_config  # noqa: E402
 from predictors.bundle import bundle_manifest, save_bundle  # noqa: E402
 from predictors.collect import collect, read_prompts  # noqa: E402
-from predictors.evaluate import evaluate, plot_result  # noqa: E402
+from predictors.evaluate import evaluate, plot_result, result_table  # noqa: E402
 from predictors.traces import TraceSet  # noqa: E402
 from predictors.train import train_bank  # noqa: E402
 
@@ -40,24 +42,48 @@ def main() -> None:
     ap.add_argument("--max-prompts", type=int, default=1500)
     ap.add_argument("--max-samples", type=int, default=120_000)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--embed-std", type=float, default=1.0, help="see engine.loader.build_synthetic")
     args = ap.parse_args()
     dev = torch.device("cuda")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    om = build_synthetic(preset_config(args.preset), dev, torch.bfloat16, CacheBudget(fraction=1.0), name=args.preset)
+    om = build_synthetic(
+        preset_config(args.preset),
+        dev,
+        torch.bfloat16,
+        CacheBudget(fraction=1.0),
+        name=args.preset,
+        embed_std=args.embed_std,
+    )
     print(f"built {args.preset} in {time.perf_counter() - t0:.0f}s", flush=True)
     prompts = read_prompts(args.prompts)[: args.max_prompts]
     traces_dir = args.work / "traces"
     t0 = time.perf_counter()
-    collect(om.model, builtin_tokenizer(), prompts, traces_dir, max_samples=args.max_samples, max_prompt_tokens=256,
-            progress=False)
+    collect(
+        om.model,
+        builtin_tokenizer(),
+        prompts,
+        traces_dir,
+        max_samples=args.max_samples,
+        max_prompt_tokens=256,
+        progress=False,
+    )
     t_collect = time.perf_counter() - t0
     traces = TraceSet(traces_dir)
     print(f"collected {traces.summary()} in {t_collect:.0f}s", flush=True)
     del om
     torch.cuda.empty_cache()
-    report = {"device": torch.cuda.get_device_name(0), "preset": args.preset, "prompts": len(prompts),
-              "collect_s": t_collect, "traces": traces.summary(), "runs": {}}
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "preset": args.preset,
+        "prompts": len(prompts),
+        "collect_s": t_collect,
+        "traces": traces.summary(),
+        "runs": {},
+        "embed_std": args.embed_std,
+        "random_weights": True,
+        "command": "python " + " ".join(sys.argv),
+    }
     tag = args.preset.replace("-", "_")
     for arch, loss in PAIRS:
         t0 = time.perf_counter()
@@ -71,6 +97,10 @@ def main() -> None:
         plot_result(result, args.out / f"predictors_{tag}_{name}.png")
         o = result["overall"]
         print(f"{name}: trained in {t_train:.0f}s; overall {json.dumps(o)[:400]}", flush=True)
+        console = Console(record=True, width=160)
+        console.print(result_table(result))
+        (args.out / f"predictors_{tag}_{name}.txt").write_text(console.export_text())
+        (args.out / f"predictors_{tag}.json").write_text(json.dumps(report, indent=1, default=str))
     (args.out / f"predictors_{tag}.json").write_text(json.dumps(report, indent=1, default=str))
 
 

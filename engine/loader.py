@@ -210,7 +210,12 @@ def offload(
 
 def replace_cache(om: OffloadedModel, budget: CacheBudget) -> ExpertCache:
     """Give the model a new, empty cache of another size (benchmarks compare sizes on one model)."""
-    om.cache.pool = None  # free the old pool before allocating the new one
+    old, om.cache = om.cache, None
+    old.pool, old.weights = None, {}  # free the old pool (and its views) before allocating the new one
+    del old
+    if om.device.type == "cuda":
+        torch.cuda.synchronize(om.device)
+        torch.cuda.empty_cache()
     om.cache = _make_cache(om.layers, om.store, om.device, budget, om.top_k)
     install_offload(om.model, om.cache, om.layers)
     return om.cache
@@ -261,8 +266,16 @@ def build_synthetic(
     std: float | None = None,
     name: str = "synthetic",
     chunk_experts: int = 16,
+    embed_std: float | None = None,
 ) -> OffloadedModel:
-    """A random-weight model of `config`'s shape, built straight into the device / pinned-host split."""
+    """A random-weight model of `config`'s shape, built straight into the device / pinned-host split.
+
+    `embed_std` redraws the token embeddings with that standard deviation. With the default init
+    (0.02 everywhere) the residual stream of a deep random model soon forgets the token: every MoE
+    layer after the first routes all tokens to a dozen experts (measured on Qwen3-30B-A3B's shape: 12
+    distinct experts of 128 per layer over 20 decode steps), which no trained model does and which
+    any cache would hold. With `embed_std=1.0` the same shape routes to ~75 of 128 (uniform: ~92).
+    """
     from transformers import AutoModelForCausalLM
 
     std = std if std is not None else float(getattr(config, "initializer_range", 0.02))
@@ -286,6 +299,8 @@ def build_synthetic(
             p.normal_(0.0, std, generator=gen)
         elif pname.endswith("bias"):
             p.zero_()
+    if embed_std is not None:
+        model.get_input_embeddings().weight.normal_(0.0, embed_std, generator=gen)
 
     for layer in layers:  # experts: generated on the device in chunks, copied to pinned host rows
         buf = store.allocate(layer.index)  # [E, numel]

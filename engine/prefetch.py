@@ -53,10 +53,12 @@ SWITCH_INTERVAL = 1e-4  # seconds; the worker must get the GIL quickly while the
 
 # ----------------------------------------------------------------------------- policies
 class Policy:
-    """Scores [T, E] -> id table [T, M + 1] (int32): each row's ranked ids, then how many of them to take."""
+    """Scores [T, E] -> id table (int64): each row's M ranked ids, and with `counted` a last column
+    saying how many of them to take (otherwise all M)."""
 
     name = "?"
     width = 0  # M
+    counted = False
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -68,9 +70,7 @@ class TopK(Policy):
         self.width = min(m, num_experts)
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
-        ids = torch.topk(scores.float(), self.width, dim=-1).indices  # [T, M]
-        n = torch.full((ids.shape[0], 1), self.width, dtype=ids.dtype, device=ids.device)  # [T, 1]
-        return torch.cat([ids, n], dim=1).to(torch.int32)  # [T, M+1]
+        return torch.topk(scores, self.width, dim=-1).indices  # [T, M]
 
 
 class Adaptive(Policy):
@@ -82,6 +82,7 @@ class Adaptive(Policy):
     """
 
     name = "adaptive"
+    counted = True
 
     def __init__(self, k: int, max_experts: int, target: float, num_experts: int, loss: str) -> None:
         self.k = min(k, num_experts)
@@ -96,17 +97,19 @@ class Adaptive(Policy):
         q, ids = torch.sort(q, dim=-1, descending=True)  # [T, E]
         before = torch.cumsum(q, dim=-1) - q  # mass of the better-ranked experts
         n = (before < self.target).sum(dim=-1, keepdim=True).clamp(self.k, self.width)  # [T, 1]
-        return torch.cat([ids[:, : self.width], n], dim=1).to(torch.int32)
+        return torch.cat([ids[:, : self.width], n], dim=1)  # [T, M+1]
 
 
-def union_best_first(rows: list[list[int]]) -> list[int]:
-    """The union of each row's first n ids (n = the row's last entry), most chosen first, then best rank."""
+def union_best_first(rows: list[list[int]], counted: bool = False) -> list[int]:
+    """The union of the rows' ids (with `counted`, each row's first n, n = its last entry), most chosen
+    first, then best rank."""
+    if counted:
+        rows = [row[: row[-1]] for row in rows]
     if len(rows) == 1:
-        row = rows[0]
-        return row[: row[-1]]
+        return rows[0]
     votes: dict[int, list[int]] = {}  # id -> [times chosen, best rank]
     for row in rows:
-        for rank, e in enumerate(row[: row[-1]]):
+        for rank, e in enumerate(row):
             v = votes.get(e)
             if v is None:
                 votes[e] = [1, rank]
@@ -124,13 +127,35 @@ def default_overprovision(k: int) -> int:
 @dataclass
 class _Job:
     target: int  # the MoE layer the prediction is for
-    host: torch.Tensor | None  # pinned [T, M+1] copy of the id table (CUDA)
+    host: torch.Tensor | None  # pinned copy of the id table (CUDA)
     done: torch.cuda.Event | None
     rows: list[list[int]] | None  # already on the host (CPU path)
     t0: float
 
 
 Scorer = Callable[[int, torch.Tensor], torch.Tensor]  # (moe layer, x[T, d]) -> scores[T, E]
+
+
+class _DecodeGraph:
+    """One tap's work for a single token (x[1, d] -> scores -> id table -> pinned host copy), captured
+    once as a CUDA graph on the side stream. Replaying it costs one launch instead of a dozen."""
+
+    def __init__(self, fn, d_model: int, dtype: torch.dtype, device: torch.device, stream, pool) -> None:
+        self.x = torch.zeros((1, d_model), dtype=dtype, device=device)  # the static input
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the capture (lazy cuBLAS/allocator set-up)
+                out = fn(self.x)
+        stream.synchronize()
+        self.host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            self.host.copy_(fn(self.x), non_blocking=True)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """On the current (side) stream: copy x in, replay; the id table lands in `self.host`."""
+        self.x.copy_(x)
+        self.graph.replay()
+        return self.host
 
 
 class Prefetcher:
@@ -167,6 +192,7 @@ class Prefetcher:
         self.predictions = 0
         self._hooks: list = []
         self._host: dict[int, torch.Tensor] = {}  # pinned buffers, one per tap
+        self._graphs: dict[int, _DecodeGraph] = {}  # single-token taps captured as CUDA graphs
         self._stream = torch.cuda.Stream(device=cache.device) if cache.cuda and replay is None else None
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -227,29 +253,52 @@ class Prefetcher:
             return
         x = output.detach().reshape(-1, output.shape[-1])  # [T, d]
         if not self.threaded:
-            with torch.inference_mode():
-                table = self.policy.select(self.scorer(index, x))  # [T, M+1]
-            self._issue(target, table.tolist(), t0)
+            self._issue(target, self._select(index, x).tolist(), t0)
             return
         compute = torch.cuda.current_stream(x.device)
         ready = torch.cuda.Event()
         ready.record(compute)
         side = self._stream
-        with torch.inference_mode(), torch.cuda.stream(side):
+        with torch.cuda.stream(side):
             side.wait_event(ready)
-            table = self.policy.select(self.scorer(index, x))  # [T, M+1] on the device
-            host = self._host_buffer(index, table.shape)
-            host.copy_(table, non_blocking=True)
+            graph = self._graphs.get(index) if x.shape[0] == 1 else None
+            if graph is not None:
+                host = graph.run(x)  # one graph launch instead of a dozen kernels
+            else:
+                table = self._select(index, x)  # [T, M(+1)] on the device
+                host = self._host_buffer(index, table.shape)
+                host.copy_(table, non_blocking=True)
             done = torch.cuda.Event()
             done.record(side)
         x.record_stream(side)  # x was made on the compute stream and read on the side stream
         self._jobs.put(_Job(target, host, done, None, t0))
 
+    def _select(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.policy.select(self.scorer(index, x))
+
+    def capture_decode_graphs(self, d_model: int, dtype: torch.dtype) -> int:
+        """Capture each tap's scorer + policy + host copy for one token as a CUDA graph; returns how many."""
+        if not self.threaded:
+            return 0
+        pool = torch.cuda.graph_pool_handle()
+        for lay in self.layers:
+            if lay.index + self.shift < len(self.layers):
+                self._graphs[lay.index] = _DecodeGraph(
+                    lambda x, i=lay.index: self._select(i, x),
+                    d_model,
+                    dtype,
+                    self.cache.device,
+                    self._stream,
+                    pool,
+                )
+        return len(self._graphs)
+
     def _host_buffer(self, index: int, shape: torch.Size) -> torch.Tensor:
         buf = self._host.get(index)
         n = shape[0] * shape[1]
         if buf is None or buf.numel() < n:
-            buf = torch.empty(max(n, 64 * shape[1]), dtype=torch.int32, pin_memory=True)
+            buf = torch.empty(max(n, 64 * shape[1]), dtype=torch.int64, pin_memory=True)
             self._host[index] = buf
         return buf[:n].view(shape)
 
@@ -257,7 +306,7 @@ class Prefetcher:
         self, target: int, rows: list[list[int]] | None, t0: float, ids: list[int] | None = None
     ) -> None:
         if ids is None:
-            ids = union_best_first(rows) if rows else []
+            ids = union_best_first(rows, self.policy.counted) if rows else []
         self.cache.prefetch(target, ids, limit=self.limit)
         self.predictions += 1
         if self.on_latency is not None:
@@ -365,6 +414,7 @@ def build_prefetcher(
     bank=None,
     manifest: dict | None = None,
     threaded: bool | None = None,
+    graphs_enabled: bool = True,
 ) -> Prefetcher | None:
     """The prefetcher `config.policy` asks for on the offloaded model `om` (None for `none`), installed.
 
@@ -389,7 +439,7 @@ def build_prefetcher(
         policy = build_policy(name, om.top_k, num_experts)
         # Layer l+1's pins are held while layer l acquires: leave it room for a full top-k.
         limit = max(0, cache.capacity - om.top_k)
-        return Prefetcher(
+        pf = Prefetcher(
             layers,
             cache,
             policy,
@@ -398,26 +448,28 @@ def build_prefetcher(
             limit=limit,
             on_latency=on_latency,
             threaded=threaded,
-        ).install()
-    if bank is None:
-        path = resolve_bundle(name, config.predictors, builtin_bundle)
-        bank, manifest = load_predictors(path, om.model, layers, om.device, om.dtype)
-    loss = (manifest or {}).get("loss", "wbce")
-    policy = build_policy(
-        name,
-        om.top_k,
-        num_experts,
-        overprovision=config.overprovision,
-        adaptive_target=config.adaptive_target,
-        adaptive_max=config.adaptive_max,
-        loss=loss,
-    )
+        )
+    else:
+        if bank is None:
+            path = resolve_bundle(name, config.predictors, builtin_bundle)
+            bank, manifest = load_predictors(path, om.model, layers, om.device, om.dtype)
+        policy = build_policy(
+            name,
+            om.top_k,
+            num_experts,
+            overprovision=config.overprovision,
+            adaptive_target=config.adaptive_target,
+            adaptive_max=config.adaptive_max,
+            loss=(manifest or {}).get("loss", "wbce"),
+        )
+        pf = Prefetcher(layers, cache, policy, _bank_scorer(bank), on_latency=on_latency, threaded=threaded)
+    pf.install()
+    graphs = pf.capture_decode_graphs(int(om.model.config.hidden_size), om.dtype) if graphs_enabled else 0
     log.info(
-        "prefetch policy %s: up to %d experts per token, %s",
+        "prefetch policy %s: up to %d experts per token; %s%s",
         name,
         policy.width,
-        "worker thread + side stream" if cache.cuda and threaded is not False else "inline",
+        "side stream + worker thread" if pf.threaded else "inline",
+        f", {graphs} single-token taps as CUDA graphs" if graphs else "",
     )
-    return Prefetcher(
-        layers, cache, policy, _bank_scorer(bank), on_latency=on_latency, threaded=threaded
-    ).install()
+    return pf

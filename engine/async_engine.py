@@ -1,8 +1,10 @@
 """The real `EngineClient`: one engine thread owns the model; the event loop only awaits.
 
 `generate()` tokenises and validates on the caller's side, then hands a `_Sequence` to the
-scheduler; the engine thread runs rounds (every running sequence gets one token), and pushes each
-`TokenDelta` into the request's own asyncio queue with `loop.call_soon_threadsafe`. A consumer that
+scheduler; the engine thread runs rounds: newly admitted sequences are prefilled one by one into
+free KV rows (each gets its first token), then every running sequence gets one more token from one
+batched decode step over KV rows 0..n-1. Each `TokenDelta` goes into the request's own asyncio queue
+with `loop.call_soon_threadsafe`. A consumer that
 stops iterating (client gone) aborts its sequence in a `finally`. A failure inside the model marks
 the engine dead: pending requests get `EngineDead`, `/health` says so.
 """
@@ -21,12 +23,12 @@ import torch
 from engine.config import EngineConfig
 from engine.devices import resolve_device, resolve_dtype
 from engine.errors import EngineDead, EngineError, MaxTokensTooLarge, PromptTooLong
-from engine.loader import CacheBudget, OffloadedModel, load_checkpoint
+from engine.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
 from engine.metrics import Metrics
 from engine.prefetch import PREDICTOR_POLICIES, Prefetcher, build_prefetcher, resolve_bundle
 from engine.protocol import EngineHealth, GenerationRequest, ModelCard, SamplingParams, TokenDelta
 from engine.routing_trace import RoutingRecorder
-from engine.runner import ModelRunner, SequenceState
+from engine.runner import DEFAULT_MAX_LEN, ModelRunner
 from engine.sampling import make_generator, sample
 from engine.scheduler import Scheduler
 from engine.stats import RequestStats
@@ -44,7 +46,9 @@ class _Sequence:
     emit: Callable[[TokenDelta | BaseException], None]
     stream: TextStream
     arrival: float
-    state: SequenceState = field(default_factory=SequenceState)
+    row: int | None = None  # KV row while running
+    length: int = 0  # tokens in its KV row
+    done: bool = False
     generator: torch.Generator | None = None
     out_ids: list[int] = field(default_factory=list)
     scheduled_at: float | None = None
@@ -67,6 +71,7 @@ class AsyncEngine:
         self._dead: str | None = None
         self._eos: set[int] = set()
         self._seed_counter = 0
+        self._rows: list[_Sequence] = []  # _rows[i] decodes in KV row i
         self.prefetcher: Prefetcher | None = None
         self.recorder: RoutingRecorder | None = None
 
@@ -81,6 +86,10 @@ class AsyncEngine:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
+        # Sized from free GPU memory, the cache must come after the KV cache: load with the smallest
+        # cache, allocate the KV rows, then give the cache what is left.
+        auto = device.type == "cuda" and budget.fraction is None and budget.gigabytes is None
+        load_budget = CacheBudget(gigabytes=0.0) if auto else budget
         builtin_bundle = None
         if cfg.model is None:
             from engine.builtin import builtin_predictors, trained_checkpoint
@@ -90,21 +99,28 @@ class AsyncEngine:
         if cfg.model is None:
             from engine.builtin import BUILTIN_NAME, load_builtin
 
-            om = load_builtin(device, dtype, budget, seed=cfg.seed)
+            om = load_builtin(device, dtype, load_budget, seed=cfg.seed)
             name = cfg.model_name or BUILTIN_NAME
         else:
-            om = load_checkpoint(cfg.model, device, dtype, budget)
+            om = load_checkpoint(cfg.model, device, dtype, load_budget)
             name = cfg.model_name or cfg.model.rstrip("/").rsplit("/", 1)[-1]
         if om.tokenizer is None:
             raise EngineError(
                 f"{om.source}: no tokenizer files; the server needs one to turn text into tokens"
             )
         self.om, self.tokenizer = om, om.tokenizer
-        self.runner = ModelRunner(om)
         mcfg = om.model.config
-        ctx = int(getattr(mcfg, "max_position_embeddings", 2048))
-        if cfg.max_model_len is not None:
-            ctx = min(ctx, cfg.max_model_len)
+        self.runner = ModelRunner(om, rows=cfg.max_running, max_len=cfg.max_model_len or DEFAULT_MAX_LEN)
+        kv_bytes = self.runner.allocate()
+        replace_cache(
+            om, budget
+        )  # sized now if automatic; in any case empty, its counters unused by that dummy step
+        if om.cache.load_all():
+            log.info("the cache holds every expert: preloaded, decode steps need no host decisions")
+        ctx = self.runner.max_len
+        log.info(
+            "KV cache: %d rows x %d positions, %.2f GB on %s", cfg.max_running, ctx, kv_bytes / 1e9, device
+        )
         self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()))
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
@@ -253,32 +269,45 @@ class AsyncEngine:
                 self.metrics.set_queue(*self.scheduler.counts)
                 self.scheduler.wait_for_work(0.05)
                 continue
-            for seq in running:
-                if self.scheduler.is_aborted(seq.request_id):
-                    self._finish(seq, "abort", "")
-                    continue
-                try:
-                    self._step(seq)
-                except Exception as err:  # a model failure: the engine cannot be trusted any more
-                    if self.prefetcher is not None:
-                        try:
-                            self.prefetcher.reset()
-                        except Exception:
-                            log.exception("prefetcher reset failed")
-                    log.exception("engine step failed")
-                    self._die(f"{type(err).__name__}: {err}")
-                    return
+            try:
+                self._round(running)
+            except Exception as err:  # a model failure: the engine cannot be trusted any more
+                if self.prefetcher is not None:
+                    try:
+                        self.prefetcher.reset()
+                    except Exception:
+                        log.exception("prefetcher reset failed")
+                log.exception("engine step failed")
+                self._die(f"{type(err).__name__}: {err}")
+                return
             self.runner.after_step()
             self.metrics.set_queue(*self.scheduler.counts)
 
-    def _step(self, seq: _Sequence) -> None:
-        now = time.perf_counter()
-        if seq.scheduled_at is None:
-            seq.scheduled_at = now
-            logits = self.runner.forward(seq.state, seq.prompt_ids)
+    def _round(self, running: list[_Sequence]) -> None:
+        """Prefill the newcomers, then one batched decode step for every sequence with a KV row."""
+        for seq in running:
+            if self.scheduler.is_aborted(seq.request_id):
+                self._finish(seq, "abort", "")
+        for seq in running:
+            if seq.done or seq.row is not None:
+                continue
+            seq.scheduled_at = time.perf_counter()
+            seq.row = len(self._rows)
+            self._rows.append(seq)
+            logits = self.runner.prefill(seq.row, seq.prompt_ids)
+            seq.length = len(seq.prompt_ids)
             self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
-        else:
-            logits = self.runner.forward(seq.state, [seq.out_ids[-1]])
+            self._accept(seq, logits)
+        batch = list(self._rows)
+        if not batch:
+            return
+        logits = self.runner.decode([s.out_ids[-1] for s in batch], [s.length for s in batch])  # [n, V]
+        for i, seq in enumerate(batch):
+            seq.length += 1
+            self._accept(seq, logits[i])
+
+    def _accept(self, seq: _Sequence, logits) -> None:
+        """Sample the sequence's next token from its logits [V] and pass it on."""
         tok = sample(logits, seq.params, seq.generator)
         now = time.perf_counter()
         if seq.first_token_at is None:
@@ -299,7 +328,22 @@ class AsyncEngine:
         else:
             seq.emit(TokenDelta(text, (tok,), None, len(seq.prompt_ids), len(seq.out_ids)))
 
+    def _free_row(self, seq: _Sequence) -> None:
+        """Give the sequence's KV row back; the last row's sequence moves into the hole (rows stay 0..n-1)."""
+        if seq.row is None:
+            return
+        hole, last = seq.row, len(self._rows) - 1
+        if hole != last:
+            moved = self._rows[last]
+            self.runner.move_row(last, hole, moved.length)
+            moved.row = hole
+            self._rows[hole] = moved
+        self._rows.pop()
+        seq.row = None
+
     def _finish(self, seq: _Sequence, reason: str, text: str, token: int | None = None) -> None:
+        seq.done = True
+        self._free_row(seq)
         self.scheduler.finish(seq)
         ids = (token,) if token is not None else ()
         seq.emit(TokenDelta(text, ids, reason, len(seq.prompt_ids), len(seq.out_ids)))
@@ -321,6 +365,7 @@ class AsyncEngine:
 
     def _die(self, reason: str) -> None:
         self._dead = reason
+        self._rows.clear()
         self.metrics.engine_up.set(0)
         for seq in self.scheduler.drain():
             seq.emit(EngineDead(f"engine failed: {reason}"))

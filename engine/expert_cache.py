@@ -11,6 +11,11 @@ waits on per-slot events instead of the host waiting, and a slot is never overwr
 compute that last read it is done (an event recorded at release). Stall time is measured with CUDA
 events around the compute stream's waits and read back lazily. On CPU everything is synchronous.
 
+A device slot table `slot_dev[layer, expert]` (int32, -1 = not resident) mirrors where each expert
+lives, so code that runs without the host (a captured decode step) can find routed experts' slots;
+the host updates its pinned mirror on every install/eviction and `sync_slot_table(layer)` sends a
+changed row before that layer's experts run.
+
 Hot path note: ids arrive as Python ints (the routed ids are read on the host once per layer).
 """
 
@@ -43,6 +48,8 @@ class Acquired:
     kinds: list[str]
     stall_seconds: float | None = None  # CPU: measured now; CUDA: read later from events
     pending: list = field(default_factory=list)  # CUDA copy events the compute stream has not waited on yet
+    events: list = field(default_factory=list)  # per id: its copy's CUDA event, or None (already there)
+    stalls: list = field(default_factory=list)  # CUDA (before, after) event pairs around this step's waits
 
 
 @dataclass
@@ -97,6 +104,7 @@ class ExpertCache:
         self.before_routing: Callable[[], None] | None = (
             None  # the prefetcher's barrier (see engine.prefetch)
         )
+        self.decode = None  # engine.offload.DecodeMode while the runner runs a decode step
         self._slot_of: dict[Key, int] = {}
         self._key_of: list[Key | None] = [None] * num_slots
         self._lru: OrderedDict[Key, None] = OrderedDict()  # oldest first
@@ -106,8 +114,12 @@ class ExpertCache:
         self._prefetch = [_LayerPrefetch() for _ in range(store.num_layers)]
         self._copy_done: list[torch.cuda.Event | None] = [None] * num_slots
         self._last_use: list[torch.cuda.Event | None] = [None] * num_slots
-        self._pending_stalls: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._pending_stalls: list[list[tuple[torch.cuda.Event, torch.cuda.Event]]] = []
         self.copy_stream = torch.cuda.Stream(device=device) if self.cuda else None
+        n_layers, n_experts = store.num_layers, self.layout.num_experts
+        self.slot_host = torch.full((n_layers, n_experts), -1, dtype=torch.int32, pin_memory=self.cuda)
+        self.slot_dev = self.slot_host.to(device) if self.cuda else self.slot_host  # [L, E]
+        self._dirty: set[int] = set()  # layers whose device slot-table row is stale
 
     # ---------------------------------------------------------------- queries
     def resident(self, layer: int, expert: int) -> bool:
@@ -134,6 +146,8 @@ class ExpertCache:
         slot = self._slot_of.pop(key)
         del self._lru[key]
         self._key_of[slot] = None
+        self.slot_host[key[0], key[1]] = -1
+        self._dirty.add(key[0])
         if key in self._fresh:  # a prefetched expert evicted before any use
             self._fresh.discard(key)
             self.counters.prefetch_wasted[key[0]] += 1
@@ -143,6 +157,8 @@ class ExpertCache:
         self._slot_of[key] = slot
         self._key_of[slot] = key
         self._lru[key] = None
+        self.slot_host[key[0], key[1]] = slot
+        self._dirty.add(key[0])
         self.counters.slots_used += 1
 
     def _copy_in(self, key: Key, slot: int) -> None:
@@ -262,6 +278,7 @@ class ExpertCache:
         slots: list[int] = []
         kinds: list[str] = []
         waits: list[torch.cuda.Event] = []
+        events: list[torch.cuda.Event | None] = []
         t0 = time.perf_counter()
         demand = 0
         for e in ids:
@@ -300,10 +317,11 @@ class ExpertCache:
                 if ev is not None:
                     waits.append(ev)
                     self._copy_done[slot] = None
+                events.append(ev)
             slots.append(slot)
         c.requests[layer] += len(ids)
         c.bytes_demand += demand * self.layout.nbytes
-        acq = Acquired(layer, [int(e) for e in ids], slots, kinds, pending=waits)
+        acq = Acquired(layer, [int(e) for e in ids], slots, kinds, pending=waits, events=events)
         if self.cuda:
             if wait:
                 self.wait_for(acq)
@@ -317,21 +335,41 @@ class ExpertCache:
         """Make the compute stream wait for `acq`'s copies (no-op on CPU or when already done)."""
         if self.cuda:
             waits, acq.pending = acq.pending, []
-            self._wait_on_device(waits)
+            acq.events = [None] * len(acq.events)
+            self._wait_on_device(waits, acq)
+            self._close_stalls(acq)
 
-    def _wait_on_device(self, waits: list[torch.cuda.Event]) -> None:
-        stream = torch.cuda.current_stream(self.device)
+    def wait_one(self, acq: Acquired, i: int) -> None:
+        """Make the compute stream wait for the copy of `acq.ids[i]` alone, so the experts after it can
+        still be arriving while this one computes. Call `finish_waits(acq)` after the last one."""
+        if self.cuda and acq.events and acq.events[i] is not None:
+            ev, acq.events[i] = acq.events[i], None
+            acq.pending = [e for e in acq.pending if e is not ev]
+            self._wait_on_device([ev], acq)
+
+    def finish_waits(self, acq: Acquired) -> None:
+        if self.cuda:
+            self._close_stalls(acq)
+
+    def _wait_on_device(self, waits: list[torch.cuda.Event], acq: Acquired) -> None:
         if not waits:
-            if self.on_stall is not None:
-                self.on_stall(0.0)
             return
+        stream = torch.cuda.current_stream(self.device)
         before = torch.cuda.Event(enable_timing=True)
         after = torch.cuda.Event(enable_timing=True)
         before.record(stream)
         for ev in waits:
             stream.wait_event(ev)
         after.record(stream)
-        self._pending_stalls.append((before, after))
+        acq.stalls.append((before, after))
+
+    def _close_stalls(self, acq: Acquired) -> None:
+        """One stall observation per layer-step: the sum of its waits (read back by flush_stalls)."""
+        if acq.stalls:
+            self._pending_stalls.append(acq.stalls)
+            acq.stalls = []
+        elif self.on_stall is not None:
+            self.on_stall(0.0)
 
     def release(self, acq: Acquired) -> None:
         """Unpin a step's experts; on CUDA, remember when the compute reading them is done."""
@@ -346,16 +384,66 @@ class ExpertCache:
     def flush_stalls(self) -> list[float]:
         """Read back the stall times whose events completed (call after a step); returns seconds."""
         out, keep = [], []
-        for before, after in self._pending_stalls:
-            if after.query():
-                out.append(before.elapsed_time(after) / 1000.0)
+        for pairs in self._pending_stalls:
+            if pairs[-1][1].query():
+                out.append(sum(before.elapsed_time(after) for before, after in pairs) / 1000.0)
             else:
-                keep.append((before, after))
+                keep.append(pairs)
         self._pending_stalls = keep
         if self.on_stall is not None:
             for s in out:
                 self.on_stall(s)
         return out
+
+    # ---------------------------------------------------------------- device-side lookups
+    def sync_slot_table(self, layer: int) -> None:
+        """Send `layer`'s slot-table row to the device if it changed (on the current stream)."""
+        if layer in self._dirty:
+            self._dirty.discard(layer)
+            if self.cuda:
+                self.slot_dev[layer].copy_(self.slot_host[layer], non_blocking=True)
+
+    def sync_all_slot_tables(self) -> None:
+        for layer in list(self._dirty):
+            self.sync_slot_table(layer)
+
+    @property
+    def holds_everything(self) -> bool:
+        return len(self._slot_of) == self.store.total_experts
+
+    def load_all(self) -> bool:
+        """Copy every expert in (a warm start when the cache has a slot for each); True if it did.
+
+        Preloaded experts are not counted as demand loads or prefetches: they are the cache's
+        initial content, as resident weights are for a model without offloading.
+        """
+        if self.capacity < self.store.total_experts:
+            return False
+        for layer in range(self.store.num_layers):
+            for e in range(self.layout.num_experts):
+                key = (layer, e)
+                if key not in self._slot_of:
+                    slot = self._take_slot()
+                    self._install(key, slot)
+                    self._copy_in(key, slot)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
+            self._copy_done = [None] * self.capacity
+        self.sync_all_slot_tables()
+        return True
+
+    def count_resident(self, layer: int, routed: Sequence[int]) -> None:
+        """Account a layer-step whose routed experts were all resident and used straight from the device
+        (no acquire happened): requests and resident hits, LRU order, the routing observer."""
+        if self.on_route is not None:
+            self.on_route(layer, list(routed))
+        c = self.counters
+        c.requests[layer] += len(routed)
+        c.hits_resident[layer] += len(routed)
+        for e in routed:
+            self._lru.move_to_end((layer, int(e)))
+        if self.on_stall is not None:
+            self.on_stall(0.0)
 
     def reset_prefetch(self) -> None:
         """Forget every outstanding prediction (e.g. after an aborted step)."""

@@ -7,20 +7,30 @@ transformers' eager experts loop (same ops, experts in ascending id order, `inde
 expert), generic over the flags every v5 `Experts` module carries: gate or not, bias or not,
 transposed or not, a custom `_apply_gate`, an optional post-expert norm.
 
-When a layer needs more distinct experts than the cache can hold at once (long prefill with a small
-cache), they are processed in chunks; on CUDA the next chunk's copies start before the current
-chunk computes.
+Prefill (many tokens): experts run one after another in ascending id order; on CUDA each waits only
+for its own copy, so later experts are still arriving while earlier ones compute. When a layer needs
+more distinct experts than the cache can hold at once (long prefill with a small cache), they are
+processed in chunks, the next chunk's copies starting before the current chunk computes.
+
+Decode (a few tokens; the runner sets `cache.decode`): the routed experts are computed together
+from their slots by `GroupedExperts` (no per-expert host work). Run eagerly, the host reads the routed
+ids once (the layer's one sync) so the cache can make them resident; while a decode step is being
+captured as a CUDA graph, nothing runs on the host: `cache.decode.capture` records the routing (and
+ends the graph segment there when the host must decide what to load) and the slots come from the
+cache's device slot table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.expert_cache import Acquired, ExpertCache
+from engine.grouped_experts import GroupedExperts
 from engine.model_map import MoELayer, expert_param_names
 
 IMPLEMENTATION = "moe_offload"
@@ -30,6 +40,18 @@ IMPLEMENTATION = "moe_offload"
 class OffloadHandle:
     layer: int  # MoE layer index (cache key)
     cache: ExpertCache
+
+
+class RoutingCapture(Protocol):
+    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> None: ...
+
+
+@dataclass
+class DecodeMode:
+    """Set on the cache (`cache.decode`) by the runner for the duration of a decode forward."""
+
+    grouped: GroupedExperts
+    capture: RoutingCapture | None = None  # set while the step is being captured as a CUDA graph
 
 
 def _project(mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -75,17 +97,41 @@ def offloaded_experts_forward(
 ) -> torch.Tensor:
     # hidden_states: [T, D]; top_k_index, top_k_weights: [T, k]
     handle: OffloadHandle = self._moe_offload
-    cache = handle.cache
-    layer = handle.layer
+    cache, layer = handle.cache, handle.layer
+    decode = cache.decode
+    if decode is not None and decode.capture is not None:  # inside a CUDA graph capture: no host work
+        decode.capture.on_routing(layer, top_k_index)
+        return decode.grouped.forward(self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights)
     groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer
     experts = sorted(groups)
     if cache.before_routing is not None:  # a prefetch still being issued for this layer finishes first
         cache.before_routing()
     cache.account_routing(layer, experts)
-    out = torch.zeros_like(hidden_states)  # [T, D]
     if not experts:
-        return out
+        return torch.zeros_like(hidden_states)
+    if decode is not None and len(experts) <= cache.room_for(layer):
+        acq = cache.acquire(layer, experts)
+        try:
+            cache.sync_slot_table(layer)
+            return decode.grouped.forward(
+                self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights
+            )
+        finally:
+            cache.release(acq)
+    return _experts_one_by_one(self, cache, layer, hidden_states, top_k_weights, groups, experts)
 
+
+def _experts_one_by_one(
+    mod: nn.Module,
+    cache: ExpertCache,
+    layer: int,
+    hidden_states: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    groups: dict[int, tuple[list[int], list[int]]],
+    experts: list[int],
+) -> torch.Tensor:
+    """Each routed expert on its own tokens, in ascending id order, like transformers' eager loop."""
+    out = torch.zeros_like(hidden_states)  # [T, D]
     # Token/position indices for every expert, in one host->device copy.
     flat_pos = [p for e in experts for p in groups[e][0]]
     flat_tok = [t for e in experts for t in groups[e][1]]
@@ -97,19 +143,23 @@ def offloaded_experts_forward(
         starts[e] = s
         s += len(groups[e][1])
 
-    def compute(acq: Acquired) -> None:
-        for e, slot in zip(acq.ids, acq.slots, strict=True):
+    def compute(acq: Acquired, each: bool) -> None:
+        for i, (e, slot) in enumerate(zip(acq.ids, acq.slots, strict=True)):
+            if each:
+                cache.wait_one(acq, i)  # this expert's copy only: later ones keep arriving meanwhile
             a, b = starts[e], starts[e] + len(groups[e][1])
             top_k_pos, token_idx = pos_tok[0, a:b], pos_tok[1, a:b]
-            y = _expert_mlp(self, cache.weights, slot, hidden_states[token_idx])  # [t, D]
+            y = _expert_mlp(mod, cache.weights, slot, hidden_states[token_idx])  # [t, D]
             y = y * top_k_weights[token_idx, top_k_pos, None]
             out.index_add_(0, token_idx, y.to(out.dtype))
+        if each:
+            cache.finish_waits(acq)
 
     room = cache.room_for(layer)
     if len(experts) <= room:
-        acq = cache.acquire(layer, experts)
+        acq = cache.acquire(layer, experts, wait=False)
         try:
-            compute(acq)
+            compute(acq, each=True)
         finally:
             cache.release(acq)
         return out
@@ -124,8 +174,7 @@ def offloaded_experts_forward(
     for i in range(len(chunks)):
         nxt = cache.acquire(layer, chunks[i + 1], wait=False) if lookahead and i + 1 < len(chunks) else None
         try:
-            cache.wait_for(cur)
-            compute(cur)
+            compute(cur, each=True)
         finally:
             cache.release(cur)
         if i + 1 < len(chunks):

@@ -248,6 +248,13 @@ class Prefetcher:
     def _tap(self, index: int, output: torch.Tensor) -> None:
         t0 = time.perf_counter()
         target = index + self.shift
+        decode = self.cache.decode
+        if decode is not None and decode.capture is not None:  # a decode step is being captured
+            table = None
+            if self.replay is None:
+                table = self._select(index, output.detach().reshape(-1, output.shape[-1]))  # [T, M(+1)]
+            decode.capture.on_prediction(self, target, table)
+            return
         if self.replay is not None:
             self._issue(target, None, t0, ids=self.replay.next(target))
             return
@@ -272,6 +279,14 @@ class Prefetcher:
             done.record(side)
         x.record_stream(side)  # x was made on the compute stream and read on the side stream
         self._jobs.put(_Job(target, host, done, None, t0))
+
+    def issue_captured(self, target: int, host: torch.Tensor | None, rows: int, t0: float) -> None:
+        """A captured tap's prediction, replayed: `host` holds the id table of the step's rows (the
+        first `rows` are real), or is None for a replayed routing (oracle)."""
+        if host is None:
+            self._issue(target, None, t0, ids=self.replay.next(target))
+        else:
+            self._issue(target, host[:rows].tolist(), t0)
 
     def _select(self, index: int, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -1,53 +1,280 @@
-"""Runs the model for one sequence: prefill, then one decode step at a time, with a KV cache.
+"""Runs the model: a sequence's prefill into one KV row, and batched decode steps over rows 0..n-1.
 
-Knows nothing about requests, text or queues: it turns token ids into next-token logits. The
-offloaded experts, the cache and (later) the prefetch tap are inside `model`.
+Knows nothing about requests, text or queues: it turns token ids into next-token logits. The KV cache
+is static (`engine.kv_cache`), so a decode step of a given shape always looks the same; on CUDA it is
+captured once as CUDA graphs and replayed (`engine.decode_graphs`), and on the CPU, or where capture is
+off or failed, the same forward runs eagerly. Prefill always runs eagerly (its length varies), with
+the experts computed one by one so their copies overlap (`engine.offload`).
+
+Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
+together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
-from transformers import DynamicCache
 
+from engine.decode_graphs import GraphCapture, GraphReplayer, StepGraph
+from engine.grouped_experts import GroupedExperts, triton_available
+from engine.kv_cache import MaskBuilder, StaticKV
 from engine.loader import OffloadedModel
+from engine.offload import DecodeMode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LEN = 4096  # positions per KV row when neither the caller nor the model says fewer
+MIN_KV_BUCKET = 64
 
 
-class SequenceState:
-    """The KV cache and last position of one sequence."""
-
-    def __init__(self) -> None:
-        self.kv = DynamicCache()
-        self.length = 0
+def _bucket(n: int, smallest: int, largest: int) -> int:
+    b = smallest
+    while b < n:
+        b *= 2
+    return min(b, largest)
 
 
 class ModelRunner:
-    def __init__(self, om: OffloadedModel) -> None:
+    def __init__(
+        self, om: OffloadedModel, rows: int = 1, max_len: int | None = None, graphs: bool | None = None
+    ) -> None:
         self.om = om
         self.model = om.model
         self.device = om.device
+        cfg = om.model.config
+        model_len = int(getattr(cfg, "max_position_embeddings", DEFAULT_MAX_LEN) or DEFAULT_MAX_LEN)
+        self.max_len = min(max_len or DEFAULT_MAX_LEN, model_len)
+        self.rows = rows
+        self.kv = StaticKV(rows, self.max_len, self.device)
+        self.masks = MaskBuilder(cfg, om.dtype, self.device)
+        if getattr(cfg, "output_router_logits", False):
+            cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
+        self.use_triton = triton_available(self.device)
+        cuda = self.device.type == "cuda"
+        self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
+        self.graph_failure: str | None = None
+        self.steps = {"graph": 0, "eager": 0, "captures": 0}
+        self._graphs: dict[tuple[int, int], StepGraph] = {}
+        self._graph_cache = None  # the expert cache the graphs read (slot pool, slot table)
+        self._pool = None
+        self._stream = torch.cuda.Stream(device=self.device) if cuda else None
+        self._staging = torch.zeros((2, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions
+        self._staged: torch.cuda.Event | None = None  # the last copy out of `_staging`
+        self._pending_whole: tuple[StepGraph, int, torch.cuda.Event] | None = None
+        self._grouped: GroupedExperts | None = None
+
+    # ---------------------------------------------------------------- set-up
+    @torch.inference_mode()
+    def allocate(self) -> int:
+        """Allocate the KV cache now (a one-token prefill into row 0); returns its bytes."""
+        if not self.kv.allocated:
+            self.prefill(0, [0])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return self.kv.nbytes
+
+    def invalidate(self) -> None:
+        """Forget captured graphs (after the cache or the prefetch policy changed)."""
+        self._settle()
+        self._graphs.clear()
+        self._grouped = None
+        self._graph_cache = None
+
+    def grouped(self) -> GroupedExperts:
+        cache = self.om.cache
+        if self._grouped is None or self._grouped.weights is not cache.weights:
+            self._grouped = GroupedExperts(cache.weights, self.use_triton)
+        return self._grouped
+
+    # ---------------------------------------------------------------- forwards
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask) -> torch.Tensor:
+        # ids, pos: [B, t] -> next-token logits [B, V]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self.kv,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
 
     @torch.inference_mode()
-    def forward(self, state: SequenceState, token_ids: list[int]) -> torch.Tensor:
-        """Feed `token_ids` (the prompt, or one new token) and return the next-token logits [V]."""
+    def prefill(self, row: int, token_ids: list[int], start: int = 0) -> torch.Tensor:
+        """Feed a sequence's tokens at positions start.. into KV row `row`; next-token logits [V]."""
+        self._settle()
+        t = len(token_ids)
+        self.kv.set_prefill(row, start, t)
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)  # [1, t]
-        out = self.model(input_ids=ids, past_key_values=state.kv, use_cache=True, logits_to_keep=1)
-        state.length += len(token_ids)
-        return out.logits[0, -1]  # [V]
+        pos = torch.arange(start, start + t, device=self.device)[None]  # [1, t]
+        return self._forward(ids, pos, self.masks.build(pos, start + t))[0]
+
+    def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        # ids: [B, 1]; pos: [B] -> [B, V]
+        self.kv.set_decode(ids.shape[0], kv_len, pos)
+        q = pos[:, None]  # [B, 1]
+        return self._forward(ids, q, self.masks.build(q, kv_len))
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One new token for each of rows 0..n-1 (row i: `tokens[i]` at `positions[i]`); logits [n, V].
+
+        The result may be a view of a graph's static output: read it before the next step.
+        """
+        n = len(tokens)
+        if not 1 <= n <= self.rows:
+            raise ValueError(f"decode of {n} rows; the runner has {self.rows}")
+        need = max(positions) + 1
+        if need > self.max_len:
+            raise ValueError(f"position {need - 1} is past the KV cache's {self.max_len} positions")
+        batch = _bucket(n, 1, self.rows)
+        if self._graphs_usable(batch):
+            return self._decode_graph(tokens, positions, batch, _bucket(need, MIN_KV_BUCKET, self.max_len))
+        self._settle()
+        self.steps["eager"] += 1
+        return self._decode_eager(tokens, positions, n, need)[:n]
+
+    def _decode_eager(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
+        pad = batch - len(tokens)  # padded rows repeat row 0: same experts, finite values, free rows
+        ids = torch.tensor([tokens + tokens[:1] * pad], dtype=torch.long, device=self.device).T  # [B, 1]
+        pos = torch.tensor(positions + positions[:1] * pad, dtype=torch.long, device=self.device)  # [B]
+        cache = self.om.cache
+        cache.decode = DecodeMode(self.grouped())
+        try:
+            return self._decode_forward(ids, pos, kv_len)
+        finally:
+            cache.decode = None
+
+    # ---------------------------------------------------------------- CUDA graphs
+    def _graphs_usable(self, batch: int) -> bool:
+        if not self.graphs_enabled or self.graph_failure is not None:
+            return False
+        cache = self.om.cache
+        if cache is not self._graph_cache:
+            self.invalidate()
+            self._graph_cache = cache
+        # a captured step cannot split a layer's experts into chunks: they must all fit at once
+        return cache.holds_everything or cache.capacity >= batch * self.om.top_k
+
+    def _decode_graph(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
+        n = len(tokens)
+        sg = self._graphs.get((batch, kv_len))
+        if sg is not None and sg.whole and not self.om.cache.holds_everything:
+            sg = None  # captured when everything was resident; no longer true
+        if sg is None:
+            return self._warm_and_capture(tokens, positions, batch, kv_len)
+        self._settle()
+        if self._staged is not None:
+            self._staged.synchronize()  # the staging buffer's last copy is done before it is rewritten
+        pad = batch - n
+        self._staging[0, :batch] = torch.tensor(tokens + tokens[:1] * pad)
+        self._staging[1, :batch] = torch.tensor(positions + positions[:1] * pad)
+        sg.ids.copy_(self._staging[0, :batch, None], non_blocking=True)
+        sg.pos.copy_(self._staging[1, :batch], non_blocking=True)
+        self._staged = torch.cuda.Event()
+        self._staged.record()
+        if sg.whole:
+            for graph, _ in sg.segments:
+                graph.replay()
+            done = torch.cuda.Event()
+            done.record()
+            self._pending_whole = (sg, n, done)
+        else:
+            GraphReplayer(self.om.cache).replay(sg, n)
+        self.steps["graph"] += 1
+        return sg.logits[:n]
+
+    def _warm_and_capture(self, tokens: list[int], positions: list[int], batch: int, kv_len: int):
+        """Run this step eagerly on the capture stream (its result is returned), then capture its shape."""
+        self._settle()
+        cur = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(cur)
+        with torch.cuda.stream(self._stream):
+            out = self._decode_eager(tokens, positions, batch, kv_len)
+        cur.wait_stream(self._stream)
+        self.steps["eager"] += 1
+        try:
+            self._capture(batch, kv_len)
+        except Exception as err:  # a family whose forward syncs with the host cannot be captured
+            self.graph_failure = f"{type(err).__name__}: {err}"
+            self._graphs.clear()
+            log.warning("decode steps stay eager: capturing one failed (%s)", self.graph_failure)
+        return out[: len(tokens)]
+
+    def _capture(self, batch: int, kv_len: int) -> None:
+        cache = self.om.cache
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        whole = cache.holds_everything
+        sg = StepGraph(
+            batch,
+            kv_len,
+            ids=torch.zeros((batch, 1), dtype=torch.long, device=self.device),
+            pos=torch.zeros((batch,), dtype=torch.long, device=self.device),
+            whole=whole,
+        )
+        torch.cuda.synchronize(self.device)
+        cap = None
+        with torch.cuda.stream(self._stream):
+            try:
+                cap = GraphCapture(self._pool, whole, len(self.om.layers), batch)
+                cache.decode = DecodeMode(self.grouped(), capture=cap)
+                sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
+                if whole and cap.route_log is not None:
+                    sg.route_log = torch.empty(
+                        cap.route_log.shape, dtype=cap.route_log.dtype, pin_memory=True
+                    )
+                    sg.route_log.copy_(cap.route_log, non_blocking=True)
+                cap.close()
+            except BaseException:
+                if cap is not None:
+                    cap.abort()
+                raise
+            finally:
+                cache.decode = None
+        torch.cuda.synchronize(self.device)
+        sg.segments = cap.segments
+        sg.events = [torch.cuda.Event() for _ in sg.segments]
+        self._graphs[(batch, kv_len)] = sg
+        self.steps["captures"] += 1
+        log.info(
+            "captured decode step: %d rows, %d KV positions, %s",
+            batch,
+            kv_len,
+            "one graph" if whole else f"{len(sg.segments)} graph segments",
+        )
+
+    def _settle(self) -> None:
+        """Account the last whole-step graph's routing once it has run."""
+        if self._pending_whole is not None:
+            sg, n, done = self._pending_whole
+            self._pending_whole = None
+            done.synchronize()
+            if sg.route_log is not None:
+                GraphReplayer(self.om.cache).account_whole_step(sg, n)
+
+    # ---------------------------------------------------------------- rows and bookkeeping
+    @torch.inference_mode()
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        self.kv.move_row(src, dst, length)
 
     def after_step(self) -> list[float]:
-        """Read back stall timings that finished (CUDA); returns seconds per layer-step."""
+        """Settle deferred accounting; read back stall timings that finished (CUDA), in seconds."""
+        self._settle()
         return self.om.cache.flush_stalls() if self.om.cache.cuda else []
 
     @torch.inference_mode()
     def greedy(self, prompt_ids: list[int], max_new_tokens: int, eos: set[int] | None = None) -> list[int]:
-        """Greedy decoding of one prompt (tests and benchmarks)."""
-        state = SequenceState()
-        logits = self.forward(state, prompt_ids)
+        """Greedy decoding of one prompt in row 0 (tests and benchmarks)."""
+        logits = self.prefill(0, prompt_ids)
+        pos = len(prompt_ids)
         out: list[int] = []
         for _ in range(max_new_tokens):
             tok = int(torch.argmax(logits))
             out.append(tok)
             if eos and tok in eos:
                 break
-            logits = self.forward(state, [tok])
+            logits = self.decode([tok], [pos])[0]
+            pos += 1
         return out

@@ -58,7 +58,10 @@ def family_configs() -> dict:
         "mixtral": MixtralConfig(**COMMON, intermediate_size=48, num_local_experts=6, num_experts_per_tok=2),
         "olmoe": OlmoeConfig(**COMMON, intermediate_size=32, num_experts=8, num_experts_per_tok=2),
         "deepseek_v2": DeepseekV2Config(
-            **COMMON,
+            **{
+                **COMMON,
+                "num_key_value_heads": 4,
+            },  # MLA: as many KV heads as query heads, as in the real models
             intermediate_size=96,
             moe_intermediate_size=32,
             n_routed_experts=8,

@@ -25,8 +25,13 @@ NEW = 16
 def reference(checkpoint, prompt: list[int]) -> list[int]:
     ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(CUDA).eval()
     with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt], device=CUDA), max_new_tokens=NEW, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
+        out = ref.generate(
+            torch.tensor([prompt], device=CUDA),
+            max_new_tokens=NEW,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     return out[0, len(prompt) :].tolist()
 
 
@@ -39,9 +44,13 @@ def test_threaded_prefetch_on_cuda_keeps_outputs(family, policy, checkpoints, re
     for threaded in (True, False):
         om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
         torch.manual_seed(0)
-        bank = PredictorBank(2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32)
+        bank = PredictorBank(
+            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32
+        )
         bank = bank.to(CUDA).eval()
-        pf = build_prefetcher(om, EngineConfig(policy=policy), bank=bank, manifest={"loss": "wbce"}, threaded=threaded)
+        pf = build_prefetcher(
+            om, EngineConfig(policy=policy), bank=bank, manifest={"loss": "wbce"}, threaded=threaded
+        )
         assert pf.threaded is threaded
         if threaded:
             assert len(pf._graphs) > 0

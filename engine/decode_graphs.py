@@ -1,0 +1,163 @@
+"""Decode steps captured as CUDA graphs and replayed, with the host deciding only what it must.
+
+A decode step (B rows, attention over kv_len positions) is captured once and then replayed for every
+later step of that shape. The model's own forward runs during capture; the points where the host has
+to act end one graph segment and start the next:
+
+- `route`: a MoE layer's router has picked experts. The segment ends with the routed ids copied to
+  pinned host memory; at replay the host reads them (the layer's one sync), the cache makes those
+  experts resident (demand copies on its copy stream, the compute stream waiting on their events),
+  the layer's slot-table row goes to the device, and the next segment computes the experts from
+  their slots, then runs on to the next layer's router (or prediction tap).
+- `predict` (with a prefetch policy): a layer's pre-attention tap has scored experts. The segment ends
+  with the id table copied to the host; at replay the host launches the next segment (the layer's
+  attention and router) first, then waits for the table and issues the prefetch copies, which run on
+  the copy stream while that attention computes.
+
+When the cache holds every expert (it never misses), nothing needs the host: the whole step is one
+graph, the slots come from the device slot table, and the routed ids go to a device log that is read
+after the step for the cache counters.
+
+A shape is captured on its first use, right after an eager run of the same shape on the capture
+stream (which gives that step's result and warms every kernel, Triton autotuning included). Every
+capture shares one memory pool; segments replay in capture order and one step's outputs are
+consumed before another shape's graphs run, which is what sharing a pool requires. If a family's
+forward cannot be captured (a host sync inside it), the runner logs why and stays eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.expert_cache import Acquired, ExpertCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Action:
+    kind: str  # "route" or "predict"
+    layer: int  # the MoE layer routed, or the one the prediction is for
+    host: torch.Tensor | None  # pinned copy of the device result; None for a host-only prediction (oracle)
+    issuer: object | None = None  # the prefetcher that turns a prediction into copies
+
+
+@dataclass
+class StepGraph:
+    batch: int
+    kv_len: int
+    ids: torch.Tensor  # [B, 1] static input
+    pos: torch.Tensor  # [B] static input
+    segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = field(default_factory=list)
+    events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
+    logits: torch.Tensor | None = None  # [B, V] static output
+    route_log: torch.Tensor | None = None  # whole-step graphs: [L, B, k] routed ids, pinned host copy
+    whole: bool = False
+
+
+class GraphCapture:
+    """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
+
+    def __init__(self, pool, whole: bool, layers: int, batch: int) -> None:
+        self.pool = pool
+        self.whole = whole
+        self.batch = batch
+        self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
+        self.route_log: torch.Tensor | None = None  # [L, B, k] on the device (whole-step graphs)
+        self._layers = layers
+        self._cur = torch.cuda.CUDAGraph()
+        self._cur.capture_begin(pool=pool, capture_error_mode="thread_local")
+        self._open = True
+
+    def split(self, action: Action) -> None:
+        self._cur.capture_end()
+        self.segments.append((self._cur, action))
+        self._cur = torch.cuda.CUDAGraph()
+        self._cur.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+
+    def close(self) -> None:
+        self._cur.capture_end()
+        self._open = False
+        self.segments.append((self._cur, None))
+
+    def abort(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._cur.capture_end()
+            except Exception:  # the capture was already invalidated; ending it is all that is left
+                pass
+
+    # ---------------------------------------------------------------- called from the model's forward
+    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> None:
+        # top_k_index: [B, k] on the device
+        if self.whole:
+            if self.route_log is None:
+                self.route_log = torch.empty(
+                    (self._layers, *top_k_index.shape), dtype=top_k_index.dtype, device=top_k_index.device
+                )  # allocated in the graph's pool, lives as long as the graph
+            self.route_log[layer].copy_(top_k_index)
+            return
+        host = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=True)
+        host.copy_(top_k_index, non_blocking=True)
+        self.split(Action("route", layer, host))
+
+    def on_prediction(self, issuer, target: int, table: torch.Tensor | None) -> None:
+        """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
+        if self.whole:
+            return  # every expert is resident: nothing to prefetch
+        host = None
+        if table is not None:
+            host = torch.empty(table.shape, dtype=table.dtype, pin_memory=True)
+            host.copy_(table, non_blocking=True)
+        self.split(Action("predict", target, host, issuer))
+
+
+class GraphReplayer:
+    """Runs a captured step: replays its segments and does each segment's host action."""
+
+    def __init__(self, cache: ExpertCache) -> None:
+        self.cache = cache
+
+    def replay(self, sg: StepGraph, n: int) -> None:
+        cache = self.cache
+        stream = torch.cuda.current_stream(cache.device)
+        held: list[Acquired] = []
+        predictions: list[tuple[Action, torch.cuda.Event, float]] = []
+        for (graph, action), ev in zip(sg.segments, sg.events, strict=True):
+            graph.replay()
+            for acq in held:  # the experts of the last routed layer are in this segment: now they may go
+                cache.release(acq)
+            held.clear()
+            if action is None:
+                continue
+            ev.record(stream)
+            if action.kind == "predict":
+                predictions.append((action, ev, time.perf_counter()))
+                continue
+            for pred, pev, t0 in predictions:  # the attention segment is queued: now issue the copies
+                pev.synchronize()
+                pred.issuer.issue_captured(pred.layer, pred.host, n, t0)
+            predictions.clear()
+            ev.synchronize()  # the routed ids are on the host
+            held.append(self._route(action, n))
+        for acq in held:
+            cache.release(acq)
+
+    def _route(self, action: Action, n: int) -> Acquired:
+        cache = self.cache
+        experts = sorted(set(action.host[:n].reshape(-1).tolist()))
+        cache.account_routing(action.layer, experts)
+        acq = cache.acquire(action.layer, experts)  # demand copies; the compute stream waits on them
+        cache.sync_slot_table(action.layer)
+        return acq
+
+    def account_whole_step(self, sg: StepGraph, n: int) -> None:
+        """After a whole-step graph ran (its outputs read): resident hits from the routing log."""
+        log_host = sg.route_log  # pinned [L, B, k], filled by the graph's last copy
+        for layer in range(log_host.shape[0]):
+            self.cache.count_resident(layer, sorted(set(log_host[layer, :n].reshape(-1).tolist())))

@@ -1,0 +1,144 @@
+"""Routed experts of a few tokens computed straight from the cache's slot pool, with no host sync.
+
+The decode-time experts path: every (token, chosen expert) pair looks its expert's slot up in the
+cache's device slot table, and the projections read the weights from the slot pool where they lie.
+On CUDA with Triton, one "slot GEMV" kernel per projection does every pair at once (no weight copy);
+elsewhere the pairs' weights are gathered and multiplied with `bmm`. The math follows transformers'
+`batched_mm` experts (per-pair projections, the module's own gate / activation / post-expert norm,
+routing weights, a sum over the k choices), so every family's flags work unchanged.
+
+Shapes: T = tokens, k = experts per token, P = T*k pairs, S = cache slots, D = hidden, N / K = a
+projection's output / input size.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+try:  # Triton ships with CUDA builds of torch; CPU builds go without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+
+if triton is not None:
+
+    @triton.autotune(
+        configs=[
+            triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=4),
+            triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4),
+            triton.Config({"BLOCK_N": 32, "BLOCK_K": 256}, num_warps=8),
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=8),
+            triton.Config({"BLOCK_N": 8, "BLOCK_K": 512}, num_warps=4),
+        ],
+        key=["N", "K", "P"],
+    )
+    @triton.jit
+    def _slot_gemv_kernel(
+        x_ptr,
+        w_ptr,
+        slot_ptr,
+        y_ptr,
+        N,
+        K,
+        P,
+        stride_xp,
+        stride_ws,
+        stride_wn,
+        stride_wk,
+        stride_yp,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        # y[p, n] = sum_k W[slot[p], n, k] * x[p, k]   (fp32 accumulation)
+        p = tl.program_id(0)
+        nb = tl.program_id(1)
+        slot = tl.load(slot_ptr + p).to(tl.int64)
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        w_row = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            x = tl.load(x_ptr + p * stride_xp + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+            w = tl.load(w_row + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        tl.store(y_ptr + p * stride_yp + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+def triton_available(device: torch.device) -> bool:
+    return triton is not None and device.type == "cuda"
+
+
+def slot_gemv(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """x: [P, K]; w: [S, N, K] ([S, K, N] when transposed); slots: [P] -> y: [P, N] (x's dtype)."""
+    if transposed:
+        n, k = w.shape[2], w.shape[1]
+        stride_n, stride_k = w.stride(2), w.stride(1)
+    else:
+        n, k = w.shape[1], w.shape[2]
+        stride_n, stride_k = w.stride(1), w.stride(2)
+    x = x.contiguous()
+    p = x.shape[0]
+    y = torch.empty((p, n), dtype=x.dtype, device=x.device)  # [P, N]
+    grid = lambda meta: (p, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    _slot_gemv_kernel[grid](
+        x, w, slots, y, n, k, p, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0)
+    )
+    return y
+
+
+def _gather_linear(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed: bool) -> torch.Tensor:
+    sel = w.index_select(0, slots)  # [P, N, K] (or [P, K, N]): a copy of the chosen experts' weights
+    if transposed:
+        return torch.bmm(x.unsqueeze(1), sel).squeeze(1)  # [P, N]
+    return torch.bmm(sel, x.unsqueeze(-1)).squeeze(-1)  # [P, N]
+
+
+class GroupedExperts:
+    """Computes a layer's routed experts for a few tokens from slots; `use_triton` picks the kernel."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], use_triton: bool) -> None:
+        self.weights = weights  # name -> [S, *shape] views of the cache's slot pool
+        self.use_triton = use_triton
+
+    def _linear(
+        self, mod: nn.Module, x: torch.Tensor, name: str, slots: torch.Tensor
+    ) -> torch.Tensor:  # x: [P, K] -> [P, N]
+        w = self.weights[name]
+        if self.use_triton:
+            y = slot_gemv(x, w, slots, mod.is_transposed)
+        else:
+            y = _gather_linear(x, w, slots, mod.is_transposed)
+        if getattr(mod, "has_bias", False):
+            y = y + self.weights[name + "_bias"].index_select(0, slots)  # [P, N]
+        return y
+
+    def forward(
+        self,
+        mod: nn.Module,
+        hidden: torch.Tensor,
+        slot_row: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        # hidden: [T, D]; slot_row: [E] int32 (expert -> slot); top_k_index, top_k_weights: [T, k]
+        t, k = top_k_index.shape
+        slots = slot_row.index_select(0, top_k_index.reshape(-1)).long()  # [P]
+        x = hidden.repeat_interleave(k, dim=0)  # [P, D]
+        if mod.has_gate:
+            h = mod._apply_gate(self._linear(mod, x, "gate_up_proj", slots))  # [P, I]
+        else:
+            h = mod.act_fn(self._linear(mod, x, "up_proj", slots))  # [P, I]
+        y = self._linear(mod, h, "down_proj", slots)  # [P, D]
+        if getattr(mod, "has_post_expert_norm", False):
+            y = mod.post_expert_norm(y)
+        y = y * top_k_weights.reshape(-1, 1).to(y.dtype)  # [P, D]
+        return y.view(t, k, -1).sum(dim=1).to(hidden.dtype)  # [T, D]

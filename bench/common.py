@@ -80,3 +80,89 @@ def chrome_trace_overlap(trace: dict) -> dict:
         "compute_busy_ms": sum(b - a for a, b in merged) / 1e3,
         "gpu_span_ms": span_us / 1e3,
     }
+
+
+def device_bandwidth(nbytes: int = 1 << 30, reps: int = 10) -> dict:
+    """Device-memory bandwidth of a large device-to-device copy (bytes read + written per second)."""
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    t = statistics.median(times)
+    return {"bytes": nbytes, "median_s": t, "gb_per_s": 2 * nbytes / t / 1e9}
+
+
+def active_bytes_per_token(om) -> dict:
+    """Weight bytes one decode token must read: every non-expert weight (the embedding table only one row)
+    plus top-k experts of every MoE layer. Divided by the device bandwidth, the HBM floor per token."""
+    emb = om.model.get_input_embeddings().weight
+    dense = 0
+    for p in om.model.parameters():
+        if p.is_meta:
+            continue
+        dense += p.numel() * p.element_size()
+    tied = om.model.get_output_embeddings() is not None and om.model.get_output_embeddings().weight is emb
+    emb_bytes = emb.numel() * emb.element_size()
+    if not tied:
+        dense -= emb_bytes - emb.shape[1] * emb.element_size()  # an untied input table: one row is read
+    experts = len(om.layers) * om.top_k * om.store.layout.nbytes
+    return {"dense_bytes": dense, "expert_bytes": experts, "total_bytes": dense + experts}
+
+
+@torch.inference_mode()
+def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
+    """Decode speed of the unmodified transformers forward: every expert back in its module on the GPU,
+    transformers' default experts implementation and attention, a DynamicCache, batch 1.
+
+    The caller must have shrunk the expert cache first (the experts take its place on the GPU); the
+    offloaded set-up is restored afterwards."""
+    import time
+
+    from torch import nn
+    from transformers import DynamicCache
+
+    from engine.offload import install_offload, strip_expert_weights
+
+    dev = om.device
+    for lay in om.layers:
+        views = om.store.layout.views(om.store.buffers[lay.index])
+        for name, v in views.items():
+            setattr(lay.experts, name, nn.Parameter(v.to(dev), requires_grad=False))
+    try:
+        impl = om.model.get_correct_experts_implementation(None)
+    except Exception:  # older transformers: the eager loop
+        impl = "eager"
+    om.model.set_experts_implementation(impl)
+    per_token = []
+    try:
+        for r in range(runs + 1):
+            kv = DynamicCache()
+            om.model(torch.tensor([prompt], device=dev), past_key_values=kv, use_cache=True)
+            torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            for tok in feed:
+                om.model(torch.tensor([[tok]], device=dev), past_key_values=kv, use_cache=True)
+            torch.cuda.synchronize(dev)
+            if r:  # the first run warms up
+                per_token.append((time.perf_counter() - t0) / len(feed))
+    finally:
+        for lay in om.layers:
+            strip_expert_weights(lay.experts)
+        torch.cuda.empty_cache()
+        install_offload(om.model, om.cache, om.layers)
+    med = statistics.median(per_token)
+    return {
+        "experts_implementation": impl,
+        "attention": om.model.config._attn_implementation,
+        "ms_per_token": [1e3 * t for t in per_token],
+        "ms_per_token_median": 1e3 * med,
+        "tok_s_median": 1 / med,
+        "tok_s_min": 1 / max(per_token),
+        "tok_s_max": 1 / min(per_token),
+    }

@@ -1,18 +1,31 @@
-"""Decode speed under every prefetch policy and cache size, on a random-weight model of a real shape.
+"""Decode and prefill speed of the engine under every prefetch policy and cache size, against the plain
+transformers forward, on a random-weight model of a real shape, on one GPU.
 
     python bench/decode.py --preset qwen3-30b-a3b --prompts .cache/mmlu --out bench/results
 
-One run does everything on one GPU: builds the model on the device (experts in pinned host memory),
-collects routing traces over MMLU prompts and trains Arch-2 predictors on them (the model's own
-traces, a few epochs), records the true routing of the benchmark workload (for `oracle`), then for
-each cache size and policy decodes the same greedy prompt several times and reports medians:
-tokens/s, prefetch hit rate, stall ms per token, bytes copied per token, wasted prefetch, online
-recall, prediction latency; with the PCIe bound from the measured host->device bandwidth. A profiler
-trace of a few decode steps measures how much of the expert-copy time ran concurrently with compute.
+One run does everything on one GPU and reports medians of `--runs` runs with min and max:
+1. builds the model on the device (experts in pinned host memory) and measures host->device and
+   device-memory bandwidth;
+2. collects routing traces over MMLU prompts and trains Arch-2 predictors on them (the model's own
+   traces, a few epochs); with `--predictor-report`, both paper pairings with the full evaluation
+   table (baselines included), as `bench/predictors_gpu.py` does;
+3. the plain transformers forward (every expert on the GPU, transformers' default experts code,
+   DynamicCache), batch 1 — skipped when the weights do not fit on the GPU;
+4. the engine with every expert resident (one CUDA graph per step), its eager path, and the slot
+   GEMV's torch fallback, with the HBM floor (active bytes / device bandwidth);
+5. per cache size and policy: tokens/s, hit rate, stall ms per token, bytes per token, wasted prefetch,
+   online recall, prediction latency, and the PCIe floor (bytes copied / host->device bandwidth +
+   the resident time per token); `oracle` replays the routing recorded under `none`;
+6. prefill tokens/s of a `--prefill-tokens` prompt at the smallest cache;
+7. a profiler trace of a few decode steps: how much expert-copy time ran while compute kernels ran.
 
-Results: JSON (written after every configuration, so a cut-off run keeps what it measured) and a
-PNG, tokens/s against cache size with one line per policy. `--smoke` runs a shrunken shape on the
-CPU to check the script itself.
+Decode is teacher-forced: each step feeds the text's next token (a random-weight model's own greedy
+text repeats one token, which would route every step to the same experts); each run decodes its own
+stretch of text, the way a server sees different requests. The argmax of every step is recorded to
+check that outputs never change across policies, cache sizes and paths.
+
+Results: JSON (rewritten after every configuration, so a cut-off run keeps what it measured) and a
+PNG of tokens/s against cache size, one line per policy. `--smoke` runs a shrunken shape on the CPU.
 """
 
 from __future__ import annotations
@@ -30,14 +43,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import chrome_trace_overlap, device_name, pinned_bandwidth  # noqa: E402
+from bench.common import (  # noqa: E402
+    active_bytes_per_token,
+    device_bandwidth,
+    device_name,
+    pinned_bandwidth,
+    plain_decode,
+)
 from engine.builtin import builtin_tokenizer  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
 from engine.prefetch import build_prefetcher  # noqa: E402
 from engine.presets import preset_config  # noqa: E402
 from engine.routing_trace import RoutingRecorder  # noqa: E402
-from engine.runner import ModelRunner, SequenceState  # noqa: E402
+from engine.runner import ModelRunner  # noqa: E402
 from predictors.collect import collect, read_prompts  # noqa: E402
 from predictors.fingerprint import model_fingerprint  # noqa: E402
 from predictors.traces import TraceSet  # noqa: E402
@@ -67,59 +86,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class Workload:
-    """Prefill a prompt, then decode steps that feed the text's next tokens one at a time (teacher
-    forcing); a warm-up and `runs` measured runs, each on its own stretch of text, as a server sees
-    different requests (repeating one text would find its experts still cached from the run before).
-    The whole sequence of calls is what `oracle` replays.
-
-    Feeding real text rather than the model's own greedy tokens matters for a random-weight model: its
-    greedy output repeats one token, so every decode step would route to the same experts and any cache
-    would hit. Each step costs what a decode step costs (one token, KV cache); the argmax at every step
-    is recorded to check that the outputs never change across policies and cache sizes.
-    """
-
-    def __init__(self, runner: ModelRunner, segments: list[tuple[list[int], list[int]]]) -> None:
-        self.runner, self.segments = runner, segments  # [(prompt, fed tokens)], the first one warms up
-        self.runs = len(segments) - 1
-        self.new = len(segments[0][1])
-        self.device = runner.device
-
-    def one(self, prompt: list[int], feed: list[int]) -> dict:
-        om, runner = self.runner.om, self.runner
-        state = SequenceState()
-        sync(self.device)
-        t0 = time.perf_counter()
-        logits = runner.forward(state, prompt)
-        sync(self.device)
-        t_prefill = time.perf_counter() - t0
-        runner.after_step()
-        before = om.counters.totals()
-        stall0 = STALLS.total
-        t0 = time.perf_counter()
-        argmax = []
-        for tok in feed:
-            argmax.append(torch.argmax(logits))  # kept on the device: no sync inside the timed loop
-            logits = runner.forward(state, [tok])
-        sync(self.device)
-        tokens = [int(t) for t in argmax]
-        t_decode = time.perf_counter() - t0
-        runner.after_step()
-        after = om.counters.totals()
-        delta = {k: after[k] - before[k] for k in after}
-        return {
-            "prefill_s": t_prefill,
-            "decode_s": t_decode,
-            "tokens": tokens,
-            "delta": delta,
-            "stall_s": STALLS.total - stall0,
-        }
-
-    def run(self) -> list[dict]:
-        self.one(*self.segments[0])  # warm-up: fills the cache the way a running server's would be
-        return [self.one(*seg) for seg in self.segments[1:]]
-
-
 class _Stalls:
     total = 0.0
 
@@ -130,7 +96,50 @@ class _Stalls:
 STALLS = _Stalls()
 
 
-def summarise(runs: list[dict], new: int, prompt_len: int, expert_bytes: int, bw: float | None) -> dict:
+class Workload:
+    """A warm-up and `runs` measured runs, each: prefill a prompt into KV row 0, then decode steps that
+    feed the text's next tokens one at a time. The whole sequence of calls is what `oracle` replays."""
+
+    def __init__(self, runner: ModelRunner, segments: list[tuple[list[int], list[int]]]) -> None:
+        self.runner, self.segments = runner, segments  # [(prompt, fed tokens)], the first one warms up
+        self.device = runner.device
+
+    def one(self, prompt: list[int], feed: list[int]) -> dict:
+        om, runner = self.runner.om, self.runner
+        sync(self.device)
+        t0 = time.perf_counter()
+        logits = runner.prefill(0, prompt)
+        sync(self.device)
+        t_prefill = time.perf_counter() - t0
+        runner.after_step()
+        before = om.counters.totals()
+        stall0 = STALLS.total
+        pos = len(prompt)
+        t0 = time.perf_counter()
+        argmax = []
+        for tok in feed:
+            argmax.append(torch.argmax(logits))  # kept on the device: no sync inside the timed loop
+            logits = runner.decode([tok], [pos])[0]
+            pos += 1
+        sync(self.device)
+        t_decode = time.perf_counter() - t0
+        runner.after_step()
+        after = om.counters.totals()
+        return {
+            "prefill_s": t_prefill,
+            "decode_s": t_decode,
+            "tokens": [int(t) for t in argmax],
+            "delta": {k: after[k] - before[k] for k in after},
+            "stall_s": STALLS.total - stall0,
+        }
+
+    def run(self) -> list[dict]:
+        self.one(*self.segments[0])  # warm-up: captures graphs, fills the cache as a running server's is
+        return [self.one(*seg) for seg in self.segments[1:]]
+
+
+def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
+    new = len(runs[0]["tokens"])
     tok_s = [new / r["decode_s"] for r in runs]
     d = {k: sum(r["delta"][k] for r in runs) for k in runs[0]["delta"]}
     n = new * len(runs)
@@ -153,16 +162,14 @@ def summarise(runs: list[dict], new: int, prompt_len: int, expert_bytes: int, bw
         "wasted_per_token": d["prefetch_wasted"] / n,
         "wasted_ratio": d["prefetch_wasted"] / d["prefetch_issued"] if d["prefetch_issued"] else None,
         "online_recall": d["predicted_routed"] / d["routed_scored"] if d["routed_scored"] else None,
-        "same_tokens_every_run": all(r["tokens"] == runs[0]["tokens"] for r in runs),
-        "tokens": runs[0]["tokens"],
+        "tokens": [r["tokens"] for r in runs],
     }
     if bw:
         out["pcie_ms_per_token"] = 1e3 * bytes_tok / bw
-        out["pcie_bound_tok_s"] = bw / bytes_tok if bytes_tok else None
     return out
 
 
-def train_predictors(om, tok, prompts: list[str], work: Path, args) -> tuple:
+def train_predictors(om, tok, prompts: list[str], work: Path, args, out: Path, tag: str) -> tuple:
     traces_dir = work / "traces"
     t0 = time.perf_counter()
     collect(
@@ -178,69 +185,93 @@ def train_predictors(om, tok, prompts: list[str], work: Path, args) -> tuple:
     traces = TraceSet(traces_dir)
     t_collect = time.perf_counter() - t0
     log(f"traces: {traces.summary()} in {t_collect:.0f}s")
-    t0 = time.perf_counter()
-    bank, report = train_bank(
-        traces,
-        2,
-        "wbce",
-        epochs=args.epochs,
-        device=str(om.device),
-        progress=False,
-        hidden=args.predictor_hidden,
-    )
-    t_train = time.perf_counter() - t0
-    log(f"predictors (arch 2, wbce): held-out {json.dumps(report['heldout_mean'])[:300]} in {t_train:.0f}s")
-    manifest = {"loss": "wbce", "heldout_mean": report["heldout_mean"]}
     info = {
         "collect_s": t_collect,
-        "train_s": t_train,
         "traces": traces.summary(),
-        "heldout_mean": report["heldout_mean"],
         "epochs": args.epochs,
         "hidden": args.predictor_hidden,
     }
-    bank = bank.to(device=om.device, dtype=om.dtype).eval()
-    return bank, manifest, info
+    pairs = [(2, "wbce"), (1, "rank_bce")] if args.predictor_report else [(2, "wbce")]
+    bank2 = None
+    for arch, loss in pairs:
+        t0 = time.perf_counter()
+        bank, report = train_bank(
+            traces,
+            arch,
+            loss,
+            epochs=args.epochs,
+            device=str(om.device),
+            progress=False,
+            hidden=args.predictor_hidden,
+        )
+        t_train = time.perf_counter() - t0
+        log(
+            f"predictors (arch {arch}, {loss}): held-out {json.dumps(report['heldout_mean'])[:300]} in {t_train:.0f}s"
+        )
+        info[f"arch{arch}_{loss}"] = {"train_s": t_train, "heldout_mean": report["heldout_mean"]}
+        if args.predictor_report:
+            evaluate_bank(bank, report, traces, om, out, tag, f"arch{arch}_{loss}", info)
+        if arch == 2:
+            bank2 = bank
+    bank2 = bank2.to(device=om.device, dtype=om.dtype).eval()
+    return bank2, {"loss": "wbce"}, info
 
 
-def profile_overlap(om, workload: Workload, out: Path, tag: str) -> dict:
+def evaluate_bank(bank, report, traces, om, out: Path, tag: str, name: str, info: dict) -> None:
+    """The issue-#3 table for one pairing: per layer and overall, with the baselines (see predictors.evaluate)."""
+    from rich.console import Console
+
+    from predictors.bundle import bundle_manifest
+    from predictors.evaluate import evaluate, plot_result, result_table
+
+    manifest = bundle_manifest(traces.manifest, report)
+    result = evaluate(bank, manifest, traces, device=str(om.device))
+    plot_result(result, out / f"predictors_{tag}_{name}.png")
+    console = Console(record=True, width=160)
+    console.print(result_table(result))
+    (out / f"predictors_{tag}_{name}.txt").write_text(console.export_text())
+    info[name]["evaluation"] = result
+
+
+def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
     """Profile a few decode steps; how much host->device copy time overlapped compute kernels."""
     from torch.profiler import ProfilerActivity, profile
 
+    from bench.common import chrome_trace_overlap as overlap
+
     runner = workload.runner
-    state = SequenceState()
     prompt, feed = workload.segments[-1]
-    runner.forward(state, prompt)
-    for tok in feed[:2]:
-        runner.forward(state, [tok])
+    runner.prefill(0, prompt)
+    pos = len(prompt)
+    for tok in feed[:3]:
+        runner.decode([tok], [pos])
+        pos += 1
     sync(workload.device)
-    steps = feed[2:6]
+    steps = feed[3:9]
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for tok in steps:
-            runner.forward(state, [tok])
+            runner.decode([tok], [pos])
+            pos += 1
         sync(workload.device)
     runner.after_step()
-    path = out / f"profile_{tag}.json"
+    path = work / f"profile_{tag}.json"
     prof.export_chrome_trace(str(path))
-    res = chrome_trace_overlap(json.loads(path.read_text()))
+    res = overlap(json.loads(path.read_text()))
     res["decode_steps"] = len(steps)
     path.unlink()  # tens of MB; the numbers are what we keep
     return res
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib missing: no plot")
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     by_policy: dict[str, list[tuple[float, float, float, float]]] = {}
     for c in result["configs"]:
-        if c.get("threaded", True) is False:
+        if c.get("variant"):
             continue
         s = c["summary"]
         by_policy.setdefault(c["policy"], []).append(
@@ -252,14 +283,75 @@ def plot(result: dict, path: Path) -> None:
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=policy)
+    plain = result.get("plain")
+    if plain and "tok_s_median" in plain:
+        ax.axhline(
+            plain["tok_s_median"], color="gray", ls="--", lw=1, label="plain transformers (all on GPU)"
+        )
+    ax.set_yscale("log")
     ax.set_xlabel("expert cache (% of all routed experts on the GPU)")
-    ax.set_ylabel("decode tokens/s (batch 1, median, min-max bars)")
-    ax.set_title(f"{result['preset']} (random weights) on {result['device']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("decode tokens/s (batch 1; median, min-max bars)")
+    ax.set_title(f"{result['preset']} (random weights) on {result['device']}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def add_ratios(result: dict) -> None:
+    """Time per token against `none`, `oracle`, the plain forward and the floors (the issues' targets)."""
+    by = {(c["policy"], c["fraction"]): c["summary"] for c in result["configs"] if not c.get("variant")}
+    resident = by.get(("none", 1.0))
+    plain = result.get("plain", {}).get("tok_s_median")
+    ratios = {}
+    for (policy, fraction), s in by.items():
+        row = {}
+        for base in ("none", "oracle"):
+            b = by.get((base, fraction))
+            if b:
+                row[f"speedup_vs_{base}"] = s["tok_s_median"] / b["tok_s_median"]
+                row[f"time_ratio_to_{base}"] = b["tok_s_median"] / s["tok_s_median"]
+        if plain:
+            row["speedup_vs_plain"] = s["tok_s_median"] / plain
+        if resident and "pcie_ms_per_token" in s:
+            floor = s["pcie_ms_per_token"] + resident["ms_per_token_median"]
+            row["pcie_floor_ms"] = floor
+            row["time_ratio_to_pcie_floor"] = s["ms_per_token_median"] / floor
+        ratios[f"{policy}@{fraction}"] = row
+    if resident and result.get("hbm_floor_ms"):
+        ratios["resident_time_ratio_to_hbm_floor"] = resident["ms_per_token_median"] / result["hbm_floor_ms"]
+    result["ratios"] = ratios
+
+
+def run_config(om, runner, workload, bank, manifest, policy, fraction, routing, args, bw):
+    cache = replace_cache(om, CacheBudget(fraction=fraction))
+    cache.on_stall = STALLS.add
+    if fraction >= 1.0:
+        cache.load_all()
+    recorder = None
+    if policy == "none" and not routing.exists():
+        recorder = RoutingRecorder(len(om.layers))
+        cache.on_route = recorder.record
+    ecfg = EngineConfig(policy=policy, oracle_trace=str(routing) if policy == "oracle" else None)
+    latencies: list[float] = []
+    pf = build_prefetcher(om, ecfg, bank=bank, manifest=manifest, on_latency=latencies.append)
+    runner.invalidate()
+    t0 = time.perf_counter()
+    try:
+        runs = workload.run()
+    finally:
+        if pf is not None:
+            pf.remove()
+        runner.invalidate()
+    if recorder is not None:
+        recorder.save(routing, model_fingerprint(om.model))
+        cache.on_route = None
+    s = summarise(runs, PROMPT_TOKENS, bw)
+    if latencies:
+        s["prediction_latency_ms_median"] = 1e3 * statistics.median(latencies)
+        s["prediction_latency_ms_p99"] = 1e3 * sorted(latencies)[math.ceil(0.99 * len(latencies)) - 1]
+    return s, cache.capacity, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -268,26 +360,24 @@ def main() -> None:
     ap.add_argument("--prompts", type=Path, default=Path("../shared/data/mmlu/test"))
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_decode"))
-    ap.add_argument("--fractions", default="0.25,0.5,1.0")
+    ap.add_argument("--fractions", default="1.0,0.5,0.25")
     ap.add_argument("--policies", default=",".join(POLICIES))
-    ap.add_argument(
-        "--full-cache-policies", default="none,exact", help="policies run at 100%% (all alike there)"
-    )
-    ap.add_argument("--new-tokens", type=int, default=24)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--collect-prompts", type=int, default=200)
     ap.add_argument("--samples", type=int, default=16000)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--predictor-hidden", type=int, default=2048)
+    ap.add_argument("--predictor-report", action="store_true", help="both paper pairings, full evaluation")
+    ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument(
-        "--collect-fraction", type=float, default=1.0, help="cache while tracing (all experts if it fits)"
+        "--embed-std", type=float, default=1.0, help="see build_synthetic (0.02 collapses routing)"
     )
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain transformers baseline")
+    ap.add_argument("--plain-tokens", type=int, default=16, help="decode steps per run of the slow baseline")
     ap.add_argument(
-        "--embed-std",
-        type=float,
-        default=1.0,
-        help="token-embedding std of the random model (see build_synthetic; 0.02 collapses routing)",
+        "--deadline", type=float, default=0.0, help="seconds; skip the remaining configs after it"
     )
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
@@ -298,159 +388,192 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     tok = builtin_tokenizer()
-    overrides = {**SMOKE, "vocab_size": len(tok)} if args.smoke else {}
-    cfg = preset_config(args.preset, **overrides)
+    cfg = preset_config(args.preset, **({**SMOKE, "vocab_size": len(tok)} if args.smoke else {}))
     tag = args.preset.replace("-", "_") + ("_smoke" if args.smoke else "")
     json_path = args.out / f"decode_{tag}.json"
+    routing = args.work / f"routing_{tag}.json"
+    routing.unlink(missing_ok=True)
+
+    started = time.perf_counter()
+
+    def late() -> bool:
+        return bool(args.deadline) and time.perf_counter() - started > args.deadline
 
     t0 = time.perf_counter()
     om = build_synthetic(
-        cfg,
-        device,
-        dtype,
-        CacheBudget(fraction=args.collect_fraction),
-        name=args.preset,
-        embed_std=args.embed_std,
+        cfg, device, dtype, CacheBudget(fraction=1.0), name=args.preset, embed_std=args.embed_std
     )
     log(
-        f"built {args.preset}: {om.store.total_experts} experts, {om.store.nbytes / 1e9:.1f} GB pinned, "
-        f"{time.perf_counter() - t0:.0f}s"
+        f"built {args.preset}: {om.store.total_experts} experts, {om.store.nbytes / 1e9:.1f} GB pinned, {time.perf_counter() - t0:.0f}s"
     )
-    om.cache.on_stall = STALLS.add
-    bw = pinned_bandwidth(256 << 20)["gb_per_s"] * 1e9 if device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    bw = pinned_bandwidth(256 << 20)["gb_per_s"] * 1e9 if cuda else None
+    hbm = device_bandwidth()["gb_per_s"] * 1e9 if cuda else None
+    active = active_bytes_per_token(om)
     result = {
         "preset": args.preset,
         "random_weights": True,
         "embed_std": args.embed_std,
         "device": device_name(device),
         "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
         "python": platform.python_version(),
         "dtype": str(dtype),
         "top_k": om.top_k,
         "experts_total": om.store.total_experts,
         "expert_bytes": om.store.layout.nbytes,
         "h2d_gb_per_s": bw / 1e9 if bw else None,
+        "hbm_gb_per_s": hbm / 1e9 if hbm else None,
+        "active_bytes_per_token": active,
+        "hbm_floor_ms": 1e3 * active["total_bytes"] / hbm if hbm else None,
         "new_tokens": args.new_tokens,
         "runs": args.runs,
+        "prompt_tokens": PROMPT_TOKENS,
+        "decode": "teacher-forced, batch 1: each step feeds the text's next token; each run its own text",
         "command": "python " + " ".join(sys.argv),
         "configs": [],
     }
 
+    def write() -> None:
+        json_path.write_text(json.dumps(result, indent=1))
+
     prompts = read_prompts(args.prompts)
     bank, manifest, result["predictors"] = train_predictors(
-        om, tok, prompts[: args.collect_prompts], args.work, args
+        om, tok, prompts[: args.collect_prompts], args.work, args, args.out, tag
     )
-    text = " ".join(prompts[-60:])  # not among the traced prompts
+    write()
+    text = " ".join(prompts[-80:])  # not among the traced prompts
     ids = tok.encode(text, add_special_tokens=False)
     seg = PROMPT_TOKENS + args.new_tokens
-    if len(ids) < seg * (args.runs + 1):
+    if len(ids) < seg * (args.runs + 1) + args.prefill_tokens:
         raise SystemExit(f"the benchmark text has only {len(ids)} tokens; lower --new-tokens or --runs")
     segments = [
         (ids[i * seg : i * seg + PROMPT_TOKENS], ids[i * seg + PROMPT_TOKENS : (i + 1) * seg])
         for i in range(args.runs + 1)
     ]
-    result["prompt_tokens"] = PROMPT_TOKENS
-    result["decode"] = (
-        "teacher-forced: each step feeds the text's next token; each run its own text (see Workload)"
-    )
-    runner = ModelRunner(om)
+    long_prompt = ids[-args.prefill_tokens :]
+
+    # ---- the plain transformers forward, if every weight fits on the GPU
+    if cuda and not args.no_plain:
+        replace_cache(om, CacheBudget(gigabytes=0.0))
+        free, total = torch.cuda.mem_get_info()
+        need = om.store.nbytes + (2 << 30)
+        if need < free:
+            prompt, feed = segments[1]
+            result["plain"] = plain_decode(om, prompt, feed[: args.plain_tokens], runs=3)
+            log(
+                f"plain transformers forward: {result['plain']['tok_s_median']:.2f} tok/s ({result['plain']['experts_implementation']})"
+            )
+        else:
+            result["plain"] = {
+                "skipped": f"the weights need {need / 1e9:.0f} GB, {free / 1e9:.0f} GB free of {total / 1e9:.0f}"
+            }
+            log(f"plain forward skipped: {result['plain']['skipped']}")
+        write()
+
+    runner = ModelRunner(om, rows=1, max_len=1024)
     workload = Workload(runner, segments)
-    routing = args.work / "routing.json"
     fractions = [float(f) for f in args.fractions.split(",")]
     policies = [p for p in args.policies.split(",") if p]
-    full_policies = set(args.full_cache_policies.split(","))
-    reference_tokens = None
+    reference = None
 
-    def write() -> None:
-        json_path.write_text(json.dumps(result, indent=1))
+    def record(policy, fraction, s, slots, wall, variant=None):
+        nonlocal reference
+        if reference is None:
+            reference = s["tokens"]
+        s["same_tokens_as_reference"] = s["tokens"] == reference
+        entry = {"policy": policy, "fraction": fraction, "slots": slots, "summary": s, "wall_s": wall}
+        if variant:
+            entry["variant"] = variant
+        result["configs"].append(entry)
+        write()
+        log(
+            f"{policy:>13} {variant or '':14} @ {100 * fraction:3.0f}%: {s['tok_s_median']:7.2f} tok/s "
+            f"[{s['tok_s_min']:.2f}-{s['tok_s_max']:.2f}], hit {100 * s['hit_rate']:5.1f}%, "
+            f"stall {s['stall_ms_per_token']:6.2f} ms/tok, {s['bytes_per_token'] / 1e6:7.1f} MB/tok, "
+            f"same tokens {s['same_tokens_as_reference']}, graphs {runner.steps}"
+        )
 
     for fraction in fractions:
-        cache = replace_cache(om, CacheBudget(fraction=fraction))
-        log(f"cache {100 * fraction:.0f}%: {cache.capacity} slots")
-        runs_here = [p for p in policies if fraction < 1.0 or p in full_policies]
-        variants = [(p, None) for p in runs_here]
-        if fraction == 0.5 and "exact" in runs_here and device.type == "cuda":
-            variants.append(("exact", False))  # ablation: the tap without the worker thread
-        for policy, threaded in variants:
-            cache = replace_cache(om, CacheBudget(fraction=fraction))
-            cache.on_stall = STALLS.add
-            recorder = None
-            if policy == "none" and not routing.exists():
-                recorder = RoutingRecorder(len(om.layers))
-                cache.on_route = recorder.record
+        here = ["none"] if fraction >= 1.0 else policies
+        for policy in here:
+            if late():
+                log(f"deadline: {policy} @ {fraction} and later configs skipped")
+                result.setdefault("skipped", []).append(f"{policy}@{fraction}")
+                continue
             if policy == "oracle" and not routing.exists():
                 log("oracle skipped: no routing recorded (run policy none first)")
                 continue
-            ecfg = EngineConfig(policy=policy, oracle_trace=str(routing) if policy == "oracle" else None)
-            latencies: list[float] = []
-            pf = build_prefetcher(
-                om, ecfg, bank=bank, manifest=manifest, threaded=threaded, on_latency=latencies.append
+            if policy == "none" and fraction < 1.0:
+                routing.unlink(missing_ok=True)  # record this cache size's routing for its oracle
+            runner.steps = {"graph": 0, "eager": 0, "captures": 0}
+            s, slots, wall = run_config(
+                om, runner, workload, bank, manifest, policy, fraction, routing, args, bw
             )
-            t0 = time.perf_counter()
-            try:
-                runs = workload.run()
-            finally:
-                if pf is not None:
-                    pf.remove()
-            if recorder is not None:
-                recorder.save(routing, model_fingerprint(om.model))
-                cache.on_route = None
-            s = summarise(runs, args.new_tokens, PROMPT_TOKENS, om.store.layout.nbytes, bw)
-            if latencies:
-                s["prediction_latency_ms_median"] = 1e3 * statistics.median(latencies)
-                s["prediction_latency_ms_p99"] = 1e3 * sorted(latencies)[math.ceil(0.99 * len(latencies)) - 1]
-            if reference_tokens is None:
-                reference_tokens = s["tokens"]
-            s["same_tokens_as_reference"] = s["tokens"] == reference_tokens
-            entry = {
-                "policy": policy,
-                "fraction": fraction,
-                "slots": cache.capacity,
-                "summary": s,
-                "wall_s": time.perf_counter() - t0,
-            }
-            if threaded is False:
-                entry["threaded"] = False
-            result["configs"].append(entry)
-            write()
-            log(
-                f"{policy:>13}{' (inline)' if threaded is False else '':9} @ {100 * fraction:3.0f}%: "
-                f"{s['tok_s_median']:6.2f} tok/s [{s['tok_s_min']:.2f}-{s['tok_s_max']:.2f}], "
-                f"hit {100 * s['hit_rate']:5.1f}%, stall {s['stall_ms_per_token']:6.1f} ms/tok, "
-                f"{s['bytes_per_token'] / 1e6:7.1f} MB/tok, same tokens {s['same_tokens_as_reference']}"
+            record(policy, fraction, s, slots, wall)
+        if cuda and fraction >= 1.0 and not late():  # ablations of the fast path, all experts resident
+            for variant in ("eager", "torch-gemv"):
+                runner.graphs_enabled = variant != "eager"
+                runner.use_triton = variant != "torch-gemv" and runner.use_triton
+                s, slots, wall = run_config(
+                    om, runner, workload, bank, manifest, "none", fraction, routing, args, bw
+                )
+                record("none", fraction, s, slots, wall, variant=variant)
+                runner.graphs_enabled, runner.use_triton = True, True
+                runner.invalidate()
+        if (
+            cuda and fraction == 0.5 and "exact" in policies and not late()
+        ):  # the same policy without CUDA graphs
+            runner.graphs_enabled = False
+            s, slots, wall = run_config(
+                om, runner, workload, bank, manifest, "exact", fraction, routing, args, bw
             )
+            record("exact", fraction, s, slots, wall, variant="eager")
+            runner.graphs_enabled = True
 
-    if not args.no_profile and device.type == "cuda":
+    # ---- prefill of a long prompt at the smallest cache
+    smallest = min(fractions)
+    replace_cache(om, CacheBudget(fraction=smallest))
+    runner_long = ModelRunner(om, rows=1, max_len=args.prefill_tokens + 8)
+    times = []
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        runner_long.prefill(0, long_prompt)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    result["prefill"] = {
+        "fraction": smallest,
+        "prompt_tokens": len(long_prompt),
+        "s": times,
+        "tok_s_median": len(long_prompt) / statistics.median(times),
+        "tok_s_min": len(long_prompt) / max(times),
+        "tok_s_max": len(long_prompt) / min(times),
+    }
+    log(
+        f"prefill {len(long_prompt)} tokens @ {100 * smallest:.0f}%: {result['prefill']['tok_s_median']:.0f} tok/s"
+    )
+    del runner_long
+    write()
+
+    if cuda and not args.no_profile and not late():
         result["overlap"] = {}
         for policy in ("none", "exact"):
             replace_cache(om, CacheBudget(fraction=0.5))
             pf = build_prefetcher(om, EngineConfig(policy=policy), bank=bank, manifest=manifest)
+            runner.invalidate()
             try:
-                result["overlap"][policy] = profile_overlap(om, workload, args.work, policy)
+                result["overlap"][policy] = profile_overlap(workload, args.work, policy)
             finally:
                 if pf is not None:
                     pf.remove()
+                runner.invalidate()
             log(f"overlap {policy} @ 50%: {json.dumps(result['overlap'][policy])}")
         write()
     add_ratios(result)
     write()
     plot(result, args.out / f"decode_{tag}.png")
     log(f"wrote {json_path}")
-
-
-def add_ratios(result: dict) -> None:
-    """Time per token against `none` and `oracle` at each cache size (the issue's targets)."""
-    by = {(c["policy"], c["fraction"]): c["summary"] for c in result["configs"] if c.get("threaded", True)}
-    ratios = {}
-    for (policy, fraction), s in by.items():
-        row = {}
-        for base in ("none", "oracle"):
-            b = by.get((base, fraction))
-            if b:
-                row[f"speedup_vs_{base}"] = s["tok_s_median"] / b["tok_s_median"]
-                row[f"time_ratio_to_{base}"] = b["tok_s_median"] / s["tok_s_median"]
-        ratios[f"{policy}@{fraction}"] = row
-    result["ratios"] = ratios
 
 
 if __name__ == "__main__":

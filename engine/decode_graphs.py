@@ -4,15 +4,18 @@ A decode step (B rows, attention over kv_len positions) is captured once and the
 later step of that shape. The model's own forward runs during capture; the points where the host has
 to act end one graph segment and start the next:
 
-- `route`: a MoE layer's router has picked experts. The segment ends with the routed ids copied to
-  pinned host memory; at replay the host reads them (the layer's one sync), the cache makes those
+- `route`: a MoE layer's router has picked experts. The segment ends there; at replay the routed ids
+  are copied to pinned host memory and the host reads them (the layer's one sync), the cache makes those
   experts resident (demand copies on its copy stream, the compute stream waiting on their events),
   the layer's slot-table row goes to the device, and the next segment computes the experts from
   their slots, then runs on to the next layer's router (or prediction tap).
 - `predict` (with a prefetch policy): a layer's pre-attention tap has scored experts. The segment ends
-  with the id table copied to the host; at replay the host launches the next segment (the layer's
+  there; at replay the id table is copied to the host, the host launches the next segment (the layer's
   attention and router) first, then waits for the table and issues the prefetch copies, which run on
   the copy stream while that attention computes.
+
+Device-to-host copies happen between replays, not inside graphs (a graph writing pinned memory is
+what torch's host allocator handles worst); each costs one small copy launch.
 
 When the cache holds every expert (it never misses), nothing needs the host: the whole step is one
 graph, the slots come from the device slot table, and the routed ids go to a device log that is read
@@ -42,8 +45,9 @@ log = logging.getLogger(__name__)
 class Action:
     kind: str  # "route" or "predict"
     layer: int  # the MoE layer routed, or the one the prediction is for
-    host: torch.Tensor | None  # pinned copy of the device result; None for a host-only prediction (oracle)
+    dev: torch.Tensor | None  # the segment's static result (ids); None for a host-only prediction (oracle)
     issuer: object | None = None  # the prefetcher that turns a prediction into copies
+    host: torch.Tensor | None = None  # pinned, same shape as `dev`, filled after each replay
 
 
 @dataclass
@@ -55,8 +59,19 @@ class StepGraph:
     segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = field(default_factory=list)
     events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
     logits: torch.Tensor | None = None  # [B, V] static output
-    route_log: torch.Tensor | None = None  # whole-step graphs: [L, B, k] routed ids, pinned host copy
+    route_log: torch.Tensor | None = None  # whole-step graphs: [L, B, k] routed ids on the device
+    route_log_host: torch.Tensor | None = None  # its pinned copy, made after each replay
     whole: bool = False
+
+    def pin_buffers(self) -> None:
+        """Pinned host buffers for every device result the host reads (made after capture, not during)."""
+        for _, action in self.segments:
+            if action is not None and action.dev is not None:
+                action.host = torch.empty(action.dev.shape, dtype=action.dev.dtype, pin_memory=True)
+        if self.route_log is not None:
+            self.route_log_host = torch.empty(
+                self.route_log.shape, dtype=self.route_log.dtype, pin_memory=True
+            )
 
 
 class GraphCapture:
@@ -102,19 +117,13 @@ class GraphCapture:
                 )  # allocated in the graph's pool, lives as long as the graph
             self.route_log[layer].copy_(top_k_index)
             return
-        host = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=True)
-        host.copy_(top_k_index, non_blocking=True)
-        self.split(Action("route", layer, host))
+        self.split(Action("route", layer, top_k_index))
 
     def on_prediction(self, issuer, target: int, table: torch.Tensor | None) -> None:
         """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
         if self.whole:
             return  # every expert is resident: nothing to prefetch
-        host = None
-        if table is not None:
-            host = torch.empty(table.shape, dtype=table.dtype, pin_memory=True)
-            host.copy_(table, non_blocking=True)
-        self.split(Action("predict", target, host, issuer))
+        self.split(Action("predict", target, table, issuer))
 
 
 class GraphReplayer:
@@ -135,6 +144,8 @@ class GraphReplayer:
             held.clear()
             if action is None:
                 continue
+            if action.dev is not None:
+                action.host.copy_(action.dev, non_blocking=True)
             ev.record(stream)
             if action.kind == "predict":
                 predictions.append((action, ev, time.perf_counter()))
@@ -158,6 +169,6 @@ class GraphReplayer:
 
     def account_whole_step(self, sg: StepGraph, n: int) -> None:
         """After a whole-step graph ran (its outputs read): resident hits from the routing log."""
-        log_host = sg.route_log  # pinned [L, B, k], filled by the graph's last copy
+        log_host = sg.route_log_host  # pinned [L, B, k], copied after the replay
         for layer in range(log_host.shape[0]):
             self.cache.count_resident(layer, sorted(set(log_host[layer, :n].reshape(-1).tolist())))

@@ -29,16 +29,6 @@ except ImportError:  # pragma: no cover - depends on the install
 
 if triton is not None:
 
-    @triton.autotune(
-        configs=[
-            triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=4),
-            triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4),
-            triton.Config({"BLOCK_N": 32, "BLOCK_K": 256}, num_warps=8),
-            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=8),
-            triton.Config({"BLOCK_N": 8, "BLOCK_K": 512}, num_warps=4),
-        ],
-        key=["N", "K", "P"],
-    )
     @triton.jit
     def _slot_gemv_kernel(
         x_ptr,
@@ -47,7 +37,6 @@ if triton is not None:
         y_ptr,
         N,
         K,
-        P,
         stride_xp,
         stride_ws,
         stride_wn,
@@ -77,6 +66,43 @@ def triton_available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda"
 
 
+# (BLOCK_N, BLOCK_K, num_warps) tried on first use of a shape; the fastest is kept (see `_tuned`)
+CONFIGS = ((16, 256, 4), (32, 128, 4), (32, 256, 8), (64, 128, 8), (8, 512, 4))
+_best: dict[tuple, tuple[int, int, int]] = {}
+
+
+def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
+    block_n, block_k, warps = cfg
+    grid = (x.shape[0], triton.cdiv(n, block_n))
+    _slot_gemv_kernel[grid](
+        x, w, slots, y, n, k, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip
+
+
+def _tuned(key: tuple, run) -> tuple[int, int, int]:
+    """The fastest config for this shape, timed once with CUDA events (never while a graph is captured:
+    a decode step is always run eagerly, which tunes it, before it is captured)."""
+    cfg = _best.get(key)
+    if cfg is not None:
+        return cfg
+    if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
+        return CONFIGS[0]
+    times = []
+    for c in CONFIGS:
+        run(c)  # compile and warm
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(5):
+            run(c)
+        b.record()
+        b.synchronize()
+        times.append((a.elapsed_time(b), c))
+    cfg = _best[key] = min(times)[1]
+    log.debug("slot GEMV %s: %s (%s)", key, cfg, times)
+    return cfg
+
+
 def slot_gemv(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed: bool) -> torch.Tensor:
     """x: [P, K]; w: [S, N, K] ([S, K, N] when transposed); slots: [P] -> y: [P, N] (x's dtype)."""
     if transposed:
@@ -86,12 +112,10 @@ def slot_gemv(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed:
         n, k = w.shape[1], w.shape[2]
         stride_n, stride_k = w.stride(1), w.stride(2)
     x = x.contiguous()
-    p = x.shape[0]
-    y = torch.empty((p, n), dtype=x.dtype, device=x.device)  # [P, N]
-    grid = lambda meta: (p, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-    _slot_gemv_kernel[grid](
-        x, w, slots, y, n, k, p, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0)
-    )
+    y = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)  # [P, N]
+    key = (n, k, x.shape[0], transposed, x.dtype)
+    cfg = _tuned(key, lambda c: _launch(x, w, slots, y, n, k, stride_n, stride_k, c))
+    _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg)
     return y
 
 

@@ -177,6 +177,8 @@ class ModelRunner:
         if sg.whole:
             for graph, _ in sg.segments:
                 graph.replay()
+            if sg.route_log is not None:
+                sg.route_log_host.copy_(sg.route_log, non_blocking=True)
             done = torch.cuda.Event()
             done.record()
             self._pending_whole = (sg, n, done)
@@ -221,11 +223,6 @@ class ModelRunner:
                 cap = GraphCapture(self._pool, whole, len(self.om.layers), batch)
                 cache.decode = DecodeMode(self.grouped(), capture=cap)
                 sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
-                if whole and cap.route_log is not None:
-                    sg.route_log = torch.empty(
-                        cap.route_log.shape, dtype=cap.route_log.dtype, pin_memory=True
-                    )
-                    sg.route_log.copy_(cap.route_log, non_blocking=True)
                 cap.close()
             except BaseException:
                 if cap is not None:
@@ -235,6 +232,8 @@ class ModelRunner:
                 cache.decode = None
         torch.cuda.synchronize(self.device)
         sg.segments = cap.segments
+        sg.route_log = cap.route_log
+        sg.pin_buffers()
         sg.events = [torch.cuda.Event() for _ in sg.segments]
         self._graphs[(batch, kv_len)] = sg
         self.steps["captures"] += 1
@@ -251,7 +250,7 @@ class ModelRunner:
             sg, n, done = self._pending_whole
             self._pending_whole = None
             done.synchronize()
-            if sg.route_log is not None:
+            if sg.route_log_host is not None:
                 GraphReplayer(self.om.cache).account_whole_step(sg, n)
 
     # ---------------------------------------------------------------- rows and bookkeeping

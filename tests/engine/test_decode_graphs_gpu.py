@@ -1,0 +1,107 @@
+"""Decode steps as CUDA graphs (skipped without a GPU): same tokens as the unmodified transformers
+model, whole-step graphs when every expert is resident, segmented graphs with host decisions when not,
+with and without prefetch policies, at batch 1 and batched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from engine.config import EngineConfig
+from engine.loader import CacheBudget, load_checkpoint
+from engine.prefetch import build_prefetcher
+from engine.runner import ModelRunner
+from predictors.model import PredictorBank
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+CUDA = torch.device("cuda")
+NEW = 12
+FAMILIES = ["qwen3_moe", "deepseek_v2", "mixtral", "olmoe", "qwen2_moe", "gpt_oss"]
+
+
+def reference(checkpoint, prompt: list[int]) -> list[int]:
+    ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(CUDA).eval()
+    with torch.no_grad():
+        out = ref.generate(
+            torch.tensor([prompt], device=CUDA),
+            max_new_tokens=NEW,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def check_counts(om) -> dict:
+    c = om.counters.totals()
+    assert c["requests"] > 0
+    assert c["requests"] == c["hits_resident"] + c["hits_prefetched"] + c["misses"]
+    return c
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5], ids=["resident", "cache50"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graphs_give_the_reference_tokens(family, fraction, checkpoints, references):
+    prompt = references[family][0]
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=fraction))
+    if fraction == 1.0:
+        assert om.cache.load_all()
+    runner = ModelRunner(om, rows=2)
+    tokens = runner.greedy(prompt, NEW)
+    torch.cuda.synchronize()
+    runner.after_step()
+    assert runner.graph_failure is None
+    assert runner.steps["captures"] >= 1 and runner.steps["graph"] >= NEW - 3
+    assert tokens == reference(checkpoints[family], prompt)
+    c = check_counts(om)
+    if fraction == 1.0:
+        assert c["misses"] == 0
+
+
+@pytest.mark.parametrize("policy", ["exact", "overprovision", "adaptive", "crosslayer"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2", "mixtral"])
+def test_graphs_with_prefetch_policies(family, policy, checkpoints, references):
+    prompt = references[family][0]
+    got = {}
+    for graphs in (True, False):
+        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+        torch.manual_seed(0)
+        bank = PredictorBank(
+            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32
+        )
+        pf = build_prefetcher(
+            om, EngineConfig(policy=policy), bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"}
+        )
+        runner = ModelRunner(om, graphs=graphs)
+        tokens = runner.greedy(prompt, NEW)
+        torch.cuda.synchronize()
+        runner.after_step()
+        pf.remove()
+        assert runner.graph_failure is None
+        assert (runner.steps["graph"] > 0) is graphs
+        got[graphs] = (tokens, check_counts(om))
+        assert got[graphs][1]["prefetch_issued"] > 0
+    assert got[True][0] == got[False][0] == reference(checkpoints[family], prompt)
+
+
+def test_batched_graphs_match_eager_rows(checkpoints):
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (6, 13, 9)]
+    outs = {}
+    for graphs in (True, False):
+        om = load_checkpoint(checkpoints["qwen3_moe"], CUDA, torch.float32, CacheBudget(fraction=0.5))
+        runner = ModelRunner(om, rows=4, graphs=graphs)
+        pos, toks = [], []
+        for row, p in enumerate(prompts):
+            toks.append([int(torch.argmax(runner.prefill(row, p)))])
+            pos.append(len(p))
+        for _ in range(NEW):
+            logits = runner.decode([t[-1] for t in toks], pos)
+            for i in range(3):
+                toks[i].append(int(torch.argmax(logits[i])))
+                pos[i] += 1
+        assert runner.graph_failure is None
+        outs[graphs] = toks
+    assert outs[True] == outs[False]

@@ -25,7 +25,7 @@ import torch
 
 class StaticKV:
     is_compileable = False  # transformers must not try to compile around it
-    is_sliding = False
+    is_sliding = [False]  # read by transformers' mask functions before they take the 4-D mask as given
 
     def __init__(self, rows: int, max_len: int, device: torch.device) -> None:
         if rows < 1 or max_len < 1:

@@ -213,6 +213,7 @@ def train_predictors(om, tok, prompts: list[str], work: Path, args, out: Path, t
             evaluate_bank(bank, report, traces, om, out, tag, f"arch{arch}_{loss}", info)
         if arch == 2:
             bank2 = bank
+    info["bank_fp32"] = bank2  # popped by main: the diagnosis compares precisions
     bank2 = bank2.to(device=om.device, dtype=om.dtype).eval()
     return bank2, {"loss": "wbce"}, info
 
@@ -354,6 +355,40 @@ def run_config(om, runner, workload, bank, manifest, policy, fraction, routing, 
     return s, cache.capacity, time.perf_counter() - t0
 
 
+def diagnose_recall(om, runner, workload, bank, bank_fp32, manifest) -> dict:
+    """Online recall of the `exact` policy on one run of the workload, along every path a prediction can
+    take (inline, worker thread, per-tap CUDA graphs, captured decode steps), in the bank's dtype and in
+    fp32: they must agree with each other and with the offline held-out recall."""
+    out = {}
+    modes = [
+        ("inline fp32", dict(threaded=False), bank_fp32, False),
+        ("inline", dict(threaded=False), bank, False),
+        ("worker", dict(threaded=True, graphs_enabled=False), bank, False),
+        ("worker + tap graphs", dict(threaded=True), bank, False),
+        ("decode graphs", dict(), bank, True),
+    ]
+    for name, kw, b, graphs in modes:
+        replace_cache(om, CacheBudget(fraction=0.5))
+        pf = build_prefetcher(om, EngineConfig(policy="exact"), bank=b, manifest=manifest, **kw)
+        runner.graphs_enabled = graphs
+        runner.invalidate()
+        try:
+            workload.one(*workload.segments[0])
+            workload.one(*workload.segments[1])
+        finally:
+            pf.remove()
+            runner.graphs_enabled = True
+            runner.invalidate()
+        c = om.counters.totals()
+        out[name] = {
+            "recall": c["predicted_routed"] / max(1, c["routed_scored"]),
+            "routed_scored": c["routed_scored"],
+            "prefetch_issued": c["prefetch_issued"],
+        }
+        log(f"online recall, {name}: {out[name]}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="qwen3-30b-a3b")
@@ -380,6 +415,9 @@ def main() -> None:
         "--deadline", type=float, default=0.0, help="seconds; skip the remaining configs after it"
     )
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--diagnose-recall", action="store_true", help="online recall along every prediction path"
+    )
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
     args = ap.parse_args()
 
@@ -441,6 +479,7 @@ def main() -> None:
     bank, manifest, result["predictors"] = train_predictors(
         om, tok, prompts[: args.collect_prompts], args.work, args, args.out, tag
     )
+    bank_fp32 = result["predictors"].pop("bank_fp32").to(device=om.device).eval()
     write()
     text = " ".join(prompts[-80:])  # not among the traced prompts
     ids = tok.encode(text, add_special_tokens=False)
@@ -473,6 +512,9 @@ def main() -> None:
 
     runner = ModelRunner(om, rows=1, max_len=1024)
     workload = Workload(runner, segments)
+    if args.diagnose_recall:
+        result["recall_paths"] = diagnose_recall(om, runner, workload, bank, bank_fp32, manifest)
+        write()
     fractions = [float(f) for f in args.fractions.split(",")]
     policies = [p for p in args.policies.split(",") if p]
     reference = None

@@ -61,6 +61,98 @@ if triton is not None:
             acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
         tl.store(y_ptr + p * stride_yp + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
+    @triton.jit
+    def _gate_up_silu_kernel(
+        x_ptr,
+        idx_ptr,
+        table_ptr,
+        w_ptr,
+        h_ptr,
+        INTER,
+        D,
+        TOP_K,
+        stride_xt,
+        stride_ws,
+        stride_wn,
+        stride_wd,
+        stride_hp,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        # pair p = (token t, choice j): h[p] = silu(W_gate[slot] x[t]) * (W_up[slot] x[t]), with the
+        # slot looked up in the table and the roundings of the unfused ops (linear out, silu out, product)
+        p = tl.program_id(0)
+        nb = tl.program_id(1)
+        t = p // TOP_K
+        expert = tl.load(idx_ptr + p)
+        slot = tl.load(table_ptr + expert).to(tl.int64)
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < INTER
+        w_gate = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+        w_up = w_gate + INTER * stride_wn
+        acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < D
+            m = n_ok[:, None] & k_ok[None, :]
+            x = tl.load(x_ptr + t * stride_xt + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            acc_g += tl.sum(
+                tl.load(w_gate + offs_k[None, :] * stride_wd, mask=m, other=0.0).to(tl.float32) * x, axis=1
+            )
+            acc_u += tl.sum(
+                tl.load(w_up + offs_k[None, :] * stride_wd, mask=m, other=0.0).to(tl.float32) * x, axis=1
+            )
+        dt = h_ptr.dtype.element_ty
+        g = acc_g.to(dt).to(tl.float32)
+        u = acc_u.to(dt).to(tl.float32)
+        act = (g * tl.sigmoid(g)).to(dt).to(tl.float32)
+        tl.store(h_ptr + p * stride_hp + offs_n, (act * u).to(dt), mask=n_ok)
+
+    @triton.jit
+    def _down_sum_kernel(
+        h_ptr,
+        idx_ptr,
+        wts_ptr,
+        table_ptr,
+        w_ptr,
+        y_ptr,
+        D,
+        INTER,
+        stride_hp,
+        stride_ws,
+        stride_wn,
+        stride_wk,
+        stride_yt,
+        TOP_K: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        # y[t] = sum_j w[t, j] * (W_down[slot(t, j)] h[t*k + j])   (fp32 sum, one rounding at the end)
+        t = tl.program_id(0)
+        nb = tl.program_id(1)
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < D
+        dt = y_ptr.dtype.element_ty
+        out = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for j in tl.static_range(TOP_K):
+            p = t * TOP_K + j
+            expert = tl.load(idx_ptr + p)
+            slot = tl.load(table_ptr + expert).to(tl.int64)
+            gate_w = tl.load(wts_ptr + p).to(tl.float32)
+            w_row = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for k0 in range(0, INTER, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = offs_k < INTER
+                h = tl.load(h_ptr + p * stride_hp + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+                w = tl.load(
+                    w_row + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0
+                )
+                acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+            out += acc.to(dt).to(tl.float32) * gate_w
+        tl.store(y_ptr + t * stride_yt + offs_n, out.to(dt), mask=n_ok)
+
 
 def triton_available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda"
@@ -119,6 +211,46 @@ def slot_gemv(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed:
     return y
 
 
+def fused_silu_experts(
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    slot_row: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+) -> torch.Tensor:
+    """The common expert (gate/up halves, SiLU, no bias, not transposed) in two kernels, slots looked up
+    inside them. hidden: [T, D]; top_k_*: [T, k]; gate_up: [S, 2I, D]; down: [S, D, I] -> [T, D]."""
+    t, k = top_k_index.shape
+    d, i2 = hidden.shape[1], gate_up.shape[1]
+    inter = i2 // 2
+    hidden = hidden.contiguous()
+    idx = top_k_index.reshape(-1).contiguous()  # [P]
+    wts = top_k_weights.reshape(-1).contiguous()  # [P]
+    h = torch.empty((t * k, inter), dtype=hidden.dtype, device=hidden.device)  # [P, I]
+    y = torch.empty((t, d), dtype=hidden.dtype, device=hidden.device)  # [T, D]
+
+    def up(cfg) -> None:
+        bn, bk, warps = cfg
+        _gate_up_silu_kernel[(t * k, triton.cdiv(inter, bn))](
+            hidden, idx, slot_row, gate_up, h, inter, d, k,
+            hidden.stride(0), gate_up.stride(0), gate_up.stride(1), gate_up.stride(2), h.stride(0),
+            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        )  # fmt: skip
+
+    def dn(cfg) -> None:
+        bn, bk, warps = cfg
+        _down_sum_kernel[(t, triton.cdiv(d, bn))](
+            h, idx, wts, slot_row, down, y, d, inter,
+            h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
+            TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        )  # fmt: skip
+
+    up(_tuned(("gate_up_silu", inter, d, t * k, hidden.dtype), up))
+    dn(_tuned(("down_sum", d, inter, t, k, hidden.dtype), dn))
+    return y
+
+
 def _gather_linear(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed: bool) -> torch.Tensor:
     sel = w.index_select(0, slots)  # [P, N, K] (or [P, K, N]): a copy of the chosen experts' weights
     if transposed:
@@ -126,12 +258,29 @@ def _gather_linear(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transp
     return torch.bmm(sel, x.unsqueeze(-1)).squeeze(-1)  # [P, N]
 
 
+def _plain_silu_expert(mod: nn.Module) -> bool:
+    """Gate and up halves, SiLU, no bias, [out, in] weights: what the fused kernels compute."""
+    from transformers.integrations.moe import _default_apply_gate
+
+    act = getattr(mod, "act_fn", None)
+    return (
+        mod.has_gate
+        and getattr(mod, "is_concatenated", True)
+        and not mod.is_transposed
+        and not getattr(mod, "has_bias", False)
+        and not getattr(mod, "has_post_expert_norm", False)
+        and getattr(type(mod), "_apply_gate", None) is _default_apply_gate
+        and type(act).__name__ in ("SiLU", "SiLUActivation")
+    )
+
+
 class GroupedExperts:
-    """Computes a layer's routed experts for a few tokens from slots; `use_triton` picks the kernel."""
+    """Computes a layer's routed experts for a few tokens from slots; `use_triton` picks the kernels."""
 
     def __init__(self, weights: dict[str, torch.Tensor], use_triton: bool) -> None:
         self.weights = weights  # name -> [S, *shape] views of the cache's slot pool
         self.use_triton = use_triton
+        self._fusable: dict[type, bool] = {}
 
     def _linear(
         self, mod: nn.Module, x: torch.Tensor, name: str, slots: torch.Tensor
@@ -154,6 +303,15 @@ class GroupedExperts:
         top_k_weights: torch.Tensor,
     ) -> torch.Tensor:
         # hidden: [T, D]; slot_row: [E] int32 (expert -> slot); top_k_index, top_k_weights: [T, k]
+        if self.use_triton:
+            fusable = self._fusable.get(type(mod))
+            if fusable is None:
+                fusable = self._fusable[type(mod)] = _plain_silu_expert(mod)
+            if fusable:
+                w = self.weights
+                return fused_silu_experts(
+                    hidden, top_k_index, top_k_weights, slot_row, w["gate_up_proj"], w["down_proj"]
+                )
         t, k = top_k_index.shape
         slots = slot_row.index_select(0, top_k_index.reshape(-1)).long()  # [P]
         x = hidden.repeat_interleave(k, dim=0)  # [P, D]

@@ -17,6 +17,7 @@ import logging
 import torch
 
 from engine.decode_graphs import GraphCapture, GraphReplayer, StepGraph
+from engine.fused_norm import fuse_rms_norms
 from engine.grouped_experts import GroupedExperts, triton_available
 from engine.kv_cache import MaskBuilder, StaticKV
 from engine.loader import OffloadedModel
@@ -51,6 +52,9 @@ class ModelRunner:
         if getattr(cfg, "output_router_logits", False):
             cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
         self.use_triton = triton_available(self.device)
+        if self.use_triton:
+            n = fuse_rms_norms(om.model)
+            log.debug("%d RMSNorm modules run as one fused kernel", n)
         cuda = self.device.type == "cuda"
         self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
         self.graph_failure: str | None = None
@@ -75,11 +79,16 @@ class ModelRunner:
         return self.kv.nbytes
 
     def invalidate(self) -> None:
-        """Forget captured graphs (after the cache or the prefetch policy changed)."""
+        """Forget captured graphs (after the cache or the prefetch policy changed) and try capturing again.
+
+        The next captures get a fresh memory pool: a pool whose graphs were all destroyed is not reused
+        (torch 2.11's pinned-memory allocator asserts on it)."""
         self._settle()
         self._graphs.clear()
+        self._pool = None
         self._grouped = None
         self._graph_cache = None
+        self.graph_failure = None
 
     def grouped(self) -> GroupedExperts:
         cache = self.om.cache
@@ -148,7 +157,7 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- CUDA graphs
     def _graphs_usable(self, batch: int) -> bool:
-        if not self.graphs_enabled or self.graph_failure is not None:
+        if self.device.type != "cuda" or not self.graphs_enabled or self.graph_failure is not None:
             return False
         cache = self.om.cache
         if cache is not self._graph_cache:
@@ -161,7 +170,9 @@ class ModelRunner:
         n = len(tokens)
         sg = self._graphs.get((batch, kv_len))
         if sg is not None and sg.whole and not self.om.cache.holds_everything:
-            sg = None  # captured when everything was resident; no longer true
+            self.invalidate()  # captured when everything was resident; no longer true
+            self._graph_cache = self.om.cache
+            sg = None
         if sg is None:
             return self._warm_and_capture(tokens, positions, batch, kv_len)
         self._settle()

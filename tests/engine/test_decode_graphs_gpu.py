@@ -84,6 +84,37 @@ def test_graphs_with_prefetch_policies(family, policy, checkpoints, references):
         got[graphs] = (tokens, check_counts(om))
         assert got[graphs][1]["prefetch_issued"] > 0
     assert got[True][0] == got[False][0] == reference(checkpoints[family], prompt)
+    for key in ("routed_scored", "predicted_routed", "prefetch_issued"):  # same predictions, same decisions
+        assert got[True][1][key] == got[False][1][key], key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_online_recall_is_the_same_on_every_prediction_path(dtype, checkpoints, references):
+    """inline, worker thread, worker + per-tap graphs, captured decode steps: one prediction each."""
+    prompt = references["qwen3_moe"][0]
+    seen = {}
+    paths = {
+        "inline": (dict(threaded=False), False),
+        "worker": (dict(threaded=True, graphs_enabled=False), False),
+        "worker+tap graphs": (dict(threaded=True), False),
+        "decode graphs": (dict(), True),
+    }
+    for name, (kw, graphs) in paths.items():
+        om = load_checkpoint(checkpoints["qwen3_moe"], CUDA, dtype, CacheBudget(fraction=0.5))
+        torch.manual_seed(0)
+        bank = PredictorBank(
+            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32
+        )
+        pf = build_prefetcher(
+            om, EngineConfig(policy="exact"), bank=bank.to(CUDA, dtype).eval(), manifest={}, **kw
+        )
+        runner = ModelRunner(om, graphs=graphs)
+        runner.greedy(prompt, NEW)
+        torch.cuda.synchronize()
+        pf.remove()
+        c = om.counters.totals()
+        seen[name] = (c["routed_scored"], c["predicted_routed"])
+    assert len(set(seen.values())) == 1, seen
 
 
 def test_batched_graphs_match_eager_rows(checkpoints):

@@ -50,8 +50,8 @@ def test_grouped_experts_match_the_eager_experts(family, checkpoints):
     importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU-only torch)"
 )
 def test_slot_gemv_kernel_in_the_triton_interpreter(tmp_path):
-    """The Triton kernel's indexing (slots, strides, transposed layout, edge blocks), run by Triton's
-    CPU interpreter; on a GPU the same kernel is checked by the gpu-marked tests."""
+    """The Triton kernels' indexing (slots, strides, transposed layout, edge blocks, the fused SiLU
+    experts and RMSNorm), run by Triton's CPU interpreter; on a GPU they run in the gpu-marked tests."""
     script = tmp_path / "check.py"
     script.write_text(
         "import torch\n"
@@ -62,6 +62,21 @@ def test_slot_gemv_kernel_in_the_triton_interpreter(tmp_path):
         "    x, slots = torch.randn(6, 300), torch.tensor([4, 0, 2, 2, 1, 3])\n"
         "    torch.testing.assert_close(slot_gemv(x, w, slots, transposed),\n"
         "                               _gather_linear(x, w, slots, transposed), rtol=1e-4, atol=1e-4)\n"
+        "from engine.grouped_experts import fused_silu_experts\n"
+        "import torch.nn.functional as F\n"
+        "gu, dn = torch.randn(6, 80, 72), torch.randn(6, 72, 40)\n"
+        "table = torch.tensor([3, 0, 5, 1, 4], dtype=torch.int32)\n"
+        "idx, w, x = torch.tensor([[1, 4], [0, 2], [3, 1]]), torch.rand(3, 2), torch.randn(3, 72)\n"
+        "ref = torch.zeros(3, 72)\n"
+        "for t in range(3):\n"
+        "    for j in range(2):\n"
+        "        s = int(table[idx[t, j]]); g, u = (gu[s] @ x[t]).chunk(2)\n"
+        "        ref[t] += w[t, j] * (dn[s] @ (F.silu(g) * u))\n"
+        "torch.testing.assert_close(fused_silu_experts(x, idx, w, table, gu, dn), ref, rtol=1e-4, atol=1e-3)\n"
+        "from engine.fused_norm import rms_norm\n"
+        "x, wt = torch.randn(5, 3, 48), torch.rand(48)\n"
+        "want = wt * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))\n"
+        "torch.testing.assert_close(rms_norm(x, wt, 1e-6), want, rtol=1e-5, atol=1e-5)\n"
         "print('ok')\n"
     )
     root = Path(__file__).resolve().parents[2]

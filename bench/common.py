@@ -140,14 +140,19 @@ def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
         impl = "eager"
     om.model.set_experts_implementation(impl)
     per_token = []
+    argmax: list[torch.Tensor] = []
     try:
         for r in range(runs + 1):
             kv = DynamicCache()
-            om.model(torch.tensor([prompt], device=dev), past_key_values=kv, use_cache=True)
+            logits = om.model(torch.tensor([prompt], device=dev), past_key_values=kv, use_cache=True).logits
             torch.cuda.synchronize(dev)
+            argmax = []
             t0 = time.perf_counter()
             for tok in feed:
-                om.model(torch.tensor([[tok]], device=dev), past_key_values=kv, use_cache=True)
+                argmax.append(torch.argmax(logits[0, -1]))
+                logits = om.model(
+                    torch.tensor([[tok]], device=dev), past_key_values=kv, use_cache=True
+                ).logits
             torch.cuda.synchronize(dev)
             if r:  # the first run warms up
                 per_token.append((time.perf_counter() - t0) / len(feed))
@@ -165,4 +170,5 @@ def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
         "tok_s_median": 1 / med,
         "tok_s_min": 1 / max(per_token),
         "tok_s_max": 1 / min(per_token),
+        "tokens": [int(t) for t in argmax],  # argmax before each fed token, as bench/decode.py records
     }

@@ -169,7 +169,40 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
     return out
 
 
-def train_predictors(om, tok, prompts: list[str], work: Path, args, out: Path, tag: str) -> tuple:
+def fresh_recall(bank, report, traces, om, tok, texts: list[str], work: Path, args) -> dict:
+    """Offline metrics of the bank on traces of the benchmark's own (never traced) text: what the
+    online recall should come close to if the decode path feeds the predictor what collection saw."""
+    from predictors.bundle import bundle_manifest
+    from predictors.evaluate import evaluate
+
+    fresh_dir = work / "fresh_traces"
+    collect(
+        om.model,
+        tok,
+        texts,
+        fresh_dir,
+        max_samples=4000,
+        max_prompt_tokens=args.prompt_tokens,
+        progress=False,
+        resume=False,
+    )
+    result = evaluate(
+        bank,
+        bundle_manifest(traces.manifest, report),
+        TraceSet(fresh_dir),
+        split="all",
+        device=str(om.device),
+        latency_iters=5,
+    )
+    return {
+        m: {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
+        for m, row in result["overall"].items()
+    }
+
+
+def train_predictors(
+    om, tok, prompts: list[str], work: Path, args, out: Path, tag: str, fresh: list[str]
+) -> tuple:
     traces_dir = work / "traces"
     t0 = time.perf_counter()
     collect(
@@ -213,6 +246,9 @@ def train_predictors(om, tok, prompts: list[str], work: Path, args, out: Path, t
             evaluate_bank(bank, report, traces, om, out, tag, f"arch{arch}_{loss}", info)
         if arch == 2:
             bank2 = bank
+            if fresh:
+                info["fresh_text"] = fresh_recall(bank, report, traces, om, tok, fresh, work, args)
+                log(f"arch 2 on the benchmark's own text (offline): {info['fresh_text']}")
     info["bank_fp32"] = bank2  # popped by main: the diagnosis compares precisions
     bank2 = bank2.to(device=om.device, dtype=om.dtype).eval()
     return bank2, {"loss": "wbce"}, info
@@ -476,8 +512,9 @@ def main() -> None:
         json_path.write_text(json.dumps(result, indent=1))
 
     prompts = read_prompts(args.prompts)
+    fresh = prompts[-80:-60] if args.diagnose_recall else []
     bank, manifest, result["predictors"] = train_predictors(
-        om, tok, prompts[: args.collect_prompts], args.work, args, args.out, tag
+        om, tok, prompts[: args.collect_prompts], args.work, args, args.out, tag, fresh
     )
     bank_fp32 = result["predictors"].pop("bank_fp32").to(device=om.device).eval()
     write()
@@ -493,6 +530,7 @@ def main() -> None:
     long_prompt = ids[-args.prefill_tokens :]
 
     # ---- the plain transformers forward, if every weight fits on the GPU
+    plain_tokens = None
     if cuda and not args.no_plain:
         replace_cache(om, CacheBudget(gigabytes=0.0))
         free, total = torch.cuda.mem_get_info()
@@ -500,6 +538,7 @@ def main() -> None:
         if need < free:
             prompt, feed = segments[1]
             result["plain"] = plain_decode(om, prompt, feed[: args.plain_tokens], runs=3)
+            plain_tokens = result["plain"]["tokens"]
             log(
                 f"plain transformers forward: {result['plain']['tok_s_median']:.2f} tok/s ({result['plain']['experts_implementation']})"
             )
@@ -523,6 +562,11 @@ def main() -> None:
         nonlocal reference
         if reference is None:
             reference = s["tokens"]
+            if plain_tokens:  # the engine's greedy choices against the plain forward's, same text (bf16)
+                mine = s["tokens"][0][: len(plain_tokens)]
+                same = sum(a == b for a, b in zip(mine, plain_tokens, strict=False))
+                result["agreement_with_plain"] = {"steps": len(mine), "same_argmax": same}
+                log(f"argmax agreement with the plain forward: {same}/{len(mine)}")
         s["same_tokens_as_reference"] = s["tokens"] == reference
         entry = {"policy": policy, "fraction": fraction, "slots": slots, "summary": s, "wall_s": wall}
         if variant:

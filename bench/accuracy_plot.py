@@ -23,32 +23,29 @@ def plot_runs(runs: dict[str, dict], path: Path) -> Path:
         ax, ax2 = axes[row]
         first = next(iter(preds.values()))["mmlu_heldout"]
         layers = [r["layer"] for r in first["layers"]]
-        for pair, r in preds.items():
-            res = r["mmlu_heldout"]
-            ax.plot(
-                layers,
-                [x["predictor"]["recall_at_k"] for x in res["layers"]],
-                marker="o",
-                label=f"{PAIR_LABEL.get(pair, pair)} r@k",
-            )
-            ax.plot(
-                layers,
-                [x["predictor"]["overprov_recall"] for x in res["layers"]],
-                marker=".",
-                ls="--",
-                label=f"{pair} r@{res['k_prime']}",
-            )
+        for n, (pair, r) in enumerate(preds.items()):
+            res, color = r["mmlu_heldout"], f"C{n}"
+            label = PAIR_LABEL.get(pair, pair)
+            recall = [x["predictor"]["recall_at_k"] for x in res["layers"]]
+            over = [x["predictor"]["overprov_recall"] for x in res["layers"]]
+            ax.plot(layers, recall, marker="o", color=color, label=f"{label} r@k")
+            ax.plot(layers, over, marker=".", ls="--", color=color, label=f"{label} r@{res['k_prime']}")
             sweep = res["overall"]["predictor"].get("recall_sweep") or {}
-            ax2.plot(
-                [int(k) for k in sweep], list(sweep.values()), marker="o", label=PAIR_LABEL.get(pair, pair)
-            )
-        for method in ("router", "crosslayer", "prior"):
+            ax2.plot([int(k) for k in sweep], list(sweep.values()), marker="o", color=color, label=label)
+        for n, method in enumerate(("router", "crosslayer", "prior"), start=2):
             pts = [(r["layer"], r[method]["recall_at_k"]) for r in first["layers"] if r[method] is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="x", ls=":", label=f"{method} r@k")
+                ax.plot(*zip(*pts, strict=True), marker="x", ls=":", color=f"C{n}", label=f"{method} r@k")
             sweep = (first["overall"].get(method) or {}).get("recall_sweep") or {}
             if sweep:
-                ax2.plot([int(k) for k in sweep], list(sweep.values()), marker="x", ls=":", label=method)
+                ax2.plot(
+                    [int(k) for k in sweep],
+                    list(sweep.values()),
+                    marker="x",
+                    ls=":",
+                    color=f"C{n}",
+                    label=method,
+                )
         k = first["top_k"]
         ax.set(
             title=f"{name}: per-layer recall of the true top-{k} (held-out MMLU)",
@@ -57,6 +54,7 @@ def plot_runs(runs: dict[str, dict], path: Path) -> Path:
         )
         ax2.set(title=f"{name}: mean recall vs experts fetched k'", xlabel="k'", ylim=(0, 1.01))
         for a in (ax, ax2):
+            a.xaxis.get_major_locator().set_params(integer=True)
             a.axhline(0.95, color="grey", lw=0.6)
             a.grid(alpha=0.3)
             a.legend(fontsize=7)

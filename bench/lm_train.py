@@ -18,7 +18,6 @@ Choices (documented in docs/builtin-model.md):
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -3,7 +3,8 @@
 - its predictor bundle, re-measured here on its held-out check prompts (MMLU questions it never trained on,
   shipped in predictors/heldout_prompts.jsonl), reaches the recall@k its manifest states;
 - sampled text (seeded) is English-like: enough words, varied, a quarter of them common English words;
-- `MOE_POLICY=exact` with no MOE_PREDICTORS serves with the shipped bundle and predicts the routing online.
+- `MOE_POLICY=exact` with no MOE_PREDICTORS serves with the shipped bundle and predicts the routing online
+  (a chat prompt, outside the bundle's MMLU domain) far better than chance.
 Every test here skips, saying why, while no trained built-in model is committed.
 """
 
@@ -97,7 +98,6 @@ def test_exact_policy_serves_with_the_shipped_bundle():
     hits = sum(float(v) for v in re.findall(r'^moe_predictor_hits_total\{layer="\d+"\} (\S+)$', text, re.M))
     assert routed > 0
     manifest = json.loads((builtin_predictors() / "manifest.json").read_text())
-    assert hits / routed >= manifest["heldout_mean"]["recall_at_k"] - 0.2, (
-        "online recall far below the manifest"
-    )
+    chance = manifest["top_k"] / manifest["num_experts"]
+    assert hits / routed >= max(0.5, 3 * chance), f"online recall {hits / routed:.3f} (chance {chance:.3f})"
     assert str(builtin_predictors()) in text

@@ -230,8 +230,13 @@ def load_tokenizer(path: Path):
 
 
 def load_checkpoint(
-    path: str | Path, device: torch.device, dtype: torch.dtype, budget: CacheBudget
+    path: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget: CacheBudget,
+    tokenizer: object | None = None,
 ) -> OffloadedModel:
+    """`tokenizer` overrides the one read from the folder (the built-in model brings its own)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -252,7 +257,8 @@ def load_checkpoint(
         raise ModelLoadError(f"{path}: transformers could not load the checkpoint: {err}") from None
     _check_loading_info(path, info, where)
     _check_no_meta(model, str(path))
-    return offload(model, device, dtype, budget, str(path), tokenizer=load_tokenizer(path))
+    tok = tokenizer if tokenizer is not None else load_tokenizer(path)
+    return offload(model, device, dtype, budget, str(path), tokenizer=tok)
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -4,7 +4,8 @@
   with predictions, prefetches and prediction latency actually recorded;
 - MOE_RECORD_ROUTING then MOE_POLICY=oracle over the same request: same text, and no misses with a
   cache that holds one layer's experts;
-- a predictor policy without a bundle, or with another model's bundle, stops the engine with a clear error.
+- a predictor policy without a bundle (a checkpoint that brings none), or with another model's bundle, stops the
+  engine with a clear error.
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ def test_record_then_oracle_replay_never_misses(tmp_path):
     assert sample(text, r'moe_prefetch_wasted_total\{layer="\d+"\}') == 0
 
 
-def test_predictor_policy_without_or_with_a_foreign_bundle_fails_clearly(tmp_path):
+def test_predictor_policy_without_or_with_a_foreign_bundle_fails_clearly(tmp_path, checkpoints):
+    # a checkpoint of our own brings no bundle (the built-in model may ship one)
     with pytest.raises(EngineError, match="needs a predictor bundle"):
-        engine(policy="exact").load()
+        engine(policy="exact", model=str(checkpoints["qwen3_moe"])).load()
     foreign = builtin_bundle(tmp_path / "foreign", fingerprint="0" * 64)
     with pytest.raises(BundleMismatch, match="trained for another model"):
         engine(policy="exact", predictors=str(foreign)).load()

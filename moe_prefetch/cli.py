@@ -59,7 +59,7 @@ def serve(
     record_routing: Path = typer.Option(
         None, help="Write this run's routing here at shutdown [MOE_RECORD_ROUTING]."
     ),
-    max_model_len: int = typer.Option(None, help="Context window cap in tokens [MOE_MAX_MODEL_LEN]."),
+    max_model_len: int = typer.Option(None, help="Context window in tokens; default: the model's, at most 4096 [MOE_MAX_MODEL_LEN]."),
     max_running: int = typer.Option(None, help="Requests decoded together [MOE_MAX_RUNNING]."),
     max_waiting: int = typer.Option(None, help="Waiting requests before 429 [MOE_MAX_WAITING]."),
     max_body_bytes: int = typer.Option(None, help="Largest request body in bytes [MOE_MAX_BODY_BYTES]."),

@@ -70,13 +70,13 @@ class Settings(BaseSettings):
         description="Record every layer-step's routed experts to this file at shutdown (for the oracle policy).",
     )
     max_model_len: int | None = Field(
-        None, ge=16, description="Context window cap in tokens; default: the model's."
+        None, ge=16, description="Context window in tokens; default: the model's, at most 4096 (KV rows are allocated up front)."
     )
     max_running: int = Field(
         8,
         ge=1,
         le=1024,
-        description="Requests admitted at once; each gets one token per round (round-robin).",
+        description="Requests decoded together: one batched step per round, each in its own KV row.",
     )
     max_waiting: int = Field(64, ge=0, description="Requests allowed to wait; one more is answered 429.")
     max_body_bytes: int = Field(

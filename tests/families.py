@@ -119,3 +119,17 @@ def write_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     return out
+
+
+def greedy_reference(checkpoint: Path, prompt: list[int], new_tokens: int, device: str = "cpu") -> list[int]:
+    """Greedy tokens of the unmodified transformers model (float32) loaded from `checkpoint` on `device`."""
+    ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
+    with torch.no_grad():
+        out = ref.generate(
+            torch.tensor([prompt], device=device),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from families import greedy_reference
 
 from engine.config import EngineConfig
 from engine.loader import CacheBudget, load_checkpoint
@@ -22,16 +22,7 @@ FAMILIES = ["qwen3_moe", "deepseek_v2", "mixtral", "olmoe", "qwen2_moe", "gpt_os
 
 
 def reference(checkpoint, prompt: list[int]) -> list[int]:
-    ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(CUDA).eval()
-    with torch.no_grad():
-        out = ref.generate(
-            torch.tensor([prompt], device=CUDA),
-            max_new_tokens=NEW,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    return out[0, len(prompt) :].tolist()
+    return greedy_reference(checkpoint, prompt, NEW, device="cuda")
 
 
 def check_counts(om) -> dict:

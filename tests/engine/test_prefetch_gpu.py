@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from families import greedy_reference
 
 from engine.config import EngineConfig
 from engine.loader import CacheBudget, load_checkpoint
@@ -23,16 +23,7 @@ NEW = 16
 
 
 def reference(checkpoint, prompt: list[int]) -> list[int]:
-    ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(CUDA).eval()
-    with torch.no_grad():
-        out = ref.generate(
-            torch.tensor([prompt], device=CUDA),
-            max_new_tokens=NEW,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    return out[0, len(prompt) :].tolist()
+    return greedy_reference(checkpoint, prompt, NEW, device="cuda")
 
 
 @pytest.mark.parametrize("policy", ["exact", "overprovision", "adaptive", "crosslayer"])

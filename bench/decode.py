@@ -31,6 +31,7 @@ PNG of tokens/s against cache size, one line per policy. `--smoke` runs a shrunk
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -249,9 +250,9 @@ def train_predictors(
             if fresh:
                 info["fresh_text"] = fresh_recall(bank, report, traces, om, tok, fresh, work, args)
                 log(f"arch 2 on the benchmark's own text (offline): {info['fresh_text']}")
-    info["bank_fp32"] = bank2  # popped by main: the diagnosis compares precisions
-    bank2 = bank2.to(device=om.device, dtype=om.dtype).eval()
-    return bank2, {"loss": "wbce"}, info
+    # Module.to works in place: the recall diagnosis needs a float32 copy beside the served-dtype bank
+    fp32 = copy.deepcopy(bank2).to(device=om.device).eval()
+    return bank2.to(device=om.device, dtype=om.dtype).eval(), fp32, {"loss": "wbce"}, info
 
 
 def evaluate_bank(bank, report, traces, om, out: Path, tag: str, name: str, info: dict) -> None:
@@ -513,10 +514,9 @@ def main() -> None:
 
     prompts = read_prompts(args.prompts)
     fresh = prompts[-80:-60] if args.diagnose_recall else []
-    bank, manifest, result["predictors"] = train_predictors(
+    bank, bank_fp32, manifest, result["predictors"] = train_predictors(
         om, tok, prompts[: args.collect_prompts], args.work, args, args.out, tag, fresh
     )
-    bank_fp32 = result["predictors"].pop("bank_fp32").to(device=om.device).eval()
     write()
     text = " ".join(prompts[-80:])  # not among the traced prompts
     ids = tok.encode(text, add_special_tokens=False)

@@ -86,10 +86,9 @@ class AsyncEngine:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
-        # Sized from free GPU memory, the cache must come after the KV cache: load with the smallest
-        # cache, allocate the KV rows, then give the cache what is left.
-        auto = device.type == "cuda" and budget.fraction is None and budget.gigabytes is None
-        load_budget = CacheBudget(gigabytes=0.0) if auto else budget
+        # The KV rows come before the expert cache (sized from free GPU memory when automatic): load
+        # with the smallest cache, allocate the KV rows with a one-token step, then make the real cache.
+        load_budget = CacheBudget(gigabytes=0.0)
         builtin_bundle = None
         if cfg.model is None:
             from engine.builtin import builtin_predictors, trained_checkpoint
@@ -112,9 +111,7 @@ class AsyncEngine:
         mcfg = om.model.config
         self.runner = ModelRunner(om, rows=cfg.max_running, max_len=cfg.max_model_len or DEFAULT_MAX_LEN)
         kv_bytes = self.runner.allocate()
-        replace_cache(
-            om, budget
-        )  # sized now if automatic; in any case empty, its counters unused by that dummy step
+        replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters
         if om.cache.load_all():
             log.info("the cache holds every expert: preloaded, decode steps need no host decisions")
         ctx = self.runner.max_len

@@ -77,10 +77,9 @@ class StepGraph:
 class GraphCapture:
     """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
 
-    def __init__(self, pool, whole: bool, layers: int, batch: int) -> None:
+    def __init__(self, pool, whole: bool, layers: int) -> None:
         self.pool = pool
         self.whole = whole
-        self.batch = batch
         self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
         self.route_log: torch.Tensor | None = None  # [L, B, k] on the device (whole-step graphs)
         self._layers = layers
@@ -169,6 +168,6 @@ class GraphReplayer:
 
     def account_whole_step(self, sg: StepGraph, n: int) -> None:
         """After a whole-step graph ran (its outputs read): resident hits from the routing log."""
-        log_host = sg.route_log_host  # pinned [L, B, k], copied after the replay
-        for layer in range(log_host.shape[0]):
-            self.cache.count_resident(layer, sorted(set(log_host[layer, :n].reshape(-1).tolist())))
+        routed = sg.route_log_host[:, :n].flatten(1).tolist()  # pinned [L, n*k], copied after the replay
+        for layer, ids in enumerate(routed):
+            self.cache.count_resident(layer, sorted(set(ids)))

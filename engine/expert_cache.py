@@ -47,8 +47,7 @@ class Acquired:
     slots: list[int]
     kinds: list[str]
     stall_seconds: float | None = None  # CPU: measured now; CUDA: read later from events
-    pending: list = field(default_factory=list)  # CUDA copy events the compute stream has not waited on yet
-    events: list = field(default_factory=list)  # per id: its copy's CUDA event, or None (already there)
+    events: list = field(default_factory=list)  # per id: its copy's CUDA event not yet waited on, or None
     stalls: list = field(default_factory=list)  # CUDA (before, after) event pairs around this step's waits
 
 
@@ -277,7 +276,6 @@ class ExpertCache:
         pf = self._prefetch[layer]
         slots: list[int] = []
         kinds: list[str] = []
-        waits: list[torch.cuda.Event] = []
         events: list[torch.cuda.Event | None] = []
         t0 = time.perf_counter()
         demand = 0
@@ -313,15 +311,12 @@ class ExpertCache:
             else:
                 self._pin(slot)
             if self.cuda:
-                ev = self._copy_done[slot]
-                if ev is not None:
-                    waits.append(ev)
-                    self._copy_done[slot] = None
-                events.append(ev)
+                events.append(self._copy_done[slot])
+                self._copy_done[slot] = None
             slots.append(slot)
         c.requests[layer] += len(ids)
         c.bytes_demand += demand * self.layout.nbytes
-        acq = Acquired(layer, [int(e) for e in ids], slots, kinds, pending=waits, events=events)
+        acq = Acquired(layer, [int(e) for e in ids], slots, kinds, events=events)
         if self.cuda:
             if wait:
                 self.wait_for(acq)
@@ -334,7 +329,7 @@ class ExpertCache:
     def wait_for(self, acq: Acquired) -> None:
         """Make the compute stream wait for `acq`'s copies (no-op on CPU or when already done)."""
         if self.cuda:
-            waits, acq.pending = acq.pending, []
+            waits = [ev for ev in acq.events if ev is not None]
             acq.events = [None] * len(acq.events)
             self._wait_on_device(waits, acq)
             self._close_stalls(acq)
@@ -344,7 +339,6 @@ class ExpertCache:
         still be arriving while this one computes. Call `finish_waits(acq)` after the last one."""
         if self.cuda and acq.events and acq.events[i] is not None:
             ev, acq.events[i] = acq.events[i], None
-            acq.pending = [e for e in acq.pending if e is not ev]
             self._wait_on_device([ev], acq)
 
     def finish_waits(self, acq: Acquired) -> None:
@@ -403,10 +397,6 @@ class ExpertCache:
             if self.cuda:
                 self.slot_dev[layer].copy_(self.slot_host[layer], non_blocking=True)
 
-    def sync_all_slot_tables(self) -> None:
-        for layer in list(self._dirty):
-            self.sync_slot_table(layer)
-
     @property
     def holds_everything(self) -> bool:
         return len(self._slot_of) == self.store.total_experts
@@ -429,7 +419,8 @@ class ExpertCache:
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
             self._copy_done = [None] * self.capacity
-        self.sync_all_slot_tables()
+            self.slot_dev.copy_(self.slot_host, non_blocking=True)
+        self._dirty.clear()
         return True
 
     def count_resident(self, layer: int, routed: Sequence[int]) -> None:

@@ -128,6 +128,8 @@ class MaskBuilder:
         self.by_type = bool(types) and isinstance(types, (list, tuple))
         self.window = window if window else None
         self._arange: torch.Tensor | None = None
+        self._zero = torch.zeros((), dtype=dtype, device=device)  # additive-mask values, made once
+        self._low = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
 
     def _j(self, n: int) -> torch.Tensor:
         if self._arange is None or self._arange.numel() < n:
@@ -139,9 +141,7 @@ class MaskBuilder:
         allowed = allowed[:, None]
         if not self.additive:
             return allowed
-        zero = torch.zeros((), dtype=self.dtype, device=self.device)
-        low = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device)
-        return torch.where(allowed, zero, low)
+        return torch.where(allowed, self._zero, self._low)
 
     def build(self, q_pos: torch.Tensor, kv_len: int):
         """q_pos: [B, Q] positions of the queries -> the mask (or dict of masks) over kv_len keys."""

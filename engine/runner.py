@@ -64,8 +64,9 @@ class ModelRunner:
         self._pool = None
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
         self._staging = torch.zeros((2, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions
-        self._staged: torch.cuda.Event | None = None  # the last copy out of `_staging`
-        self._pending_whole: tuple[StepGraph, int, torch.cuda.Event] | None = None
+        self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
+        self._whole_done = torch.cuda.Event() if cuda else None  # recorded after each whole-step replay
+        self._pending_whole: tuple[StepGraph, int] | None = None
         self._grouped: GroupedExperts | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -176,23 +177,20 @@ class ModelRunner:
         if sg is None:
             return self._warm_and_capture(tokens, positions, batch, kv_len)
         self._settle()
-        if self._staged is not None:
-            self._staged.synchronize()  # the staging buffer's last copy is done before it is rewritten
+        self._staged.synchronize()  # the staging buffer's last copy is done before it is rewritten
         pad = batch - n
         self._staging[0, :batch] = torch.tensor(tokens + tokens[:1] * pad)
         self._staging[1, :batch] = torch.tensor(positions + positions[:1] * pad)
         sg.ids.copy_(self._staging[0, :batch, None], non_blocking=True)
         sg.pos.copy_(self._staging[1, :batch], non_blocking=True)
-        self._staged = torch.cuda.Event()
         self._staged.record()
         if sg.whole:
             for graph, _ in sg.segments:
                 graph.replay()
             if sg.route_log is not None:
                 sg.route_log_host.copy_(sg.route_log, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-            self._pending_whole = (sg, n, done)
+            self._whole_done.record()
+            self._pending_whole = (sg, n)
         else:
             GraphReplayer(self.om.cache).replay(sg, n)
         self.steps["graph"] += 1
@@ -231,7 +229,7 @@ class ModelRunner:
         cap = None
         with torch.cuda.stream(self._stream):
             try:
-                cap = GraphCapture(self._pool, whole, len(self.om.layers), batch)
+                cap = GraphCapture(self._pool, whole, len(self.om.layers))
                 cache.decode = DecodeMode(self.grouped(), capture=cap)
                 sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                 cap.close()
@@ -258,9 +256,9 @@ class ModelRunner:
     def _settle(self) -> None:
         """Account the last whole-step graph's routing once it has run."""
         if self._pending_whole is not None:
-            sg, n, done = self._pending_whole
+            sg, n = self._pending_whole
             self._pending_whole = None
-            done.synchronize()
+            self._whole_done.synchronize()
             if sg.route_log_host is not None:
                 GraphReplayer(self.om.cache).account_whole_step(sg, n)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.pinned import page_locked_empty
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -68,8 +70,11 @@ class ExpertStore:
         self.buffers: list[torch.Tensor | None] = [None] * num_layers
 
     def allocate(self, layer: int) -> torch.Tensor:
-        buf = torch.empty(
-            (self.layout.num_experts, self.layout.numel), dtype=self.layout.dtype, pin_memory=self.pinned
+        shape = (self.layout.num_experts, self.layout.numel)
+        buf = (
+            page_locked_empty(shape, self.layout.dtype)
+            if self.pinned
+            else torch.empty(shape, dtype=self.layout.dtype)
         )
         self.buffers[layer] = buf
         return buf

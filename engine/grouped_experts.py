@@ -153,14 +153,67 @@ if triton is not None:
             out += acc.to(dt).to(tl.float32) * gate_w
         tl.store(y_ptr + t * stride_yt + offs_n, out.to(dt), mask=n_ok)
 
+    @triton.jit
+    def _down_pairs_kernel(
+        h_ptr,
+        idx_ptr,
+        table_ptr,
+        w_ptr,
+        y_ptr,
+        D,
+        INTER,
+        stride_hp,
+        stride_ws,
+        stride_wn,
+        stride_wk,
+        stride_yp,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        # y[p] = W_down[slot(p)] h[p], rounded to the dtype: one program per (pair, block of D), so a
+        # step of a few tokens still spreads over every SM (the fused kernel has one per token and block)
+        p = tl.program_id(0)
+        nb = tl.program_id(1)
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < D
+        expert = tl.load(idx_ptr + p)
+        slot = tl.load(table_ptr + expert).to(tl.int64)
+        w_row = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, INTER, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < INTER
+            h = tl.load(h_ptr + p * stride_hp + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+            w = tl.load(w_row + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+        tl.store(y_ptr + p * stride_yp + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    @triton.jit
+    def _weighted_sum_kernel(
+        y_ptr, wts_ptr, out_ptr, D, stride_yp, stride_ot, TOP_K: tl.constexpr, BLOCK: tl.constexpr
+    ):
+        # out[t] = sum_j w[t, j] * y[t*k + j] in fp32, in j order, one rounding: what the fused kernel does
+        t = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < D
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for j in tl.static_range(TOP_K):
+            p = t * TOP_K + j
+            gate_w = tl.load(wts_ptr + p).to(tl.float32)
+            acc += tl.load(y_ptr + p * stride_yp + offs, mask=ok, other=0.0).to(tl.float32) * gate_w
+        tl.store(out_ptr + t * stride_ot + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
 
 def triton_available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda"
 
 
 # (BLOCK_N, BLOCK_K, num_warps) tried on first use of a shape; the fastest is kept (see `_tuned`)
-CONFIGS = ((16, 256, 4), (32, 128, 4), (32, 256, 8), (64, 128, 8), (8, 512, 4))
-_best: dict[tuple, tuple[int, int, int]] = {}
+CONFIGS = ((16, 256, 4), (32, 128, 4), (32, 256, 8), (64, 128, 8), (8, 512, 4), (8, 256, 4), (16, 512, 8))
+# the down projection also picks its strategy: "fused" (one kernel, programs per token) or "split" (a
+# kernel per pair, then the weighted sum): the first saves a launch, the second fills the GPU at batch 1
+DOWN_CONFIGS = tuple(("fused", *c) for c in CONFIGS) + tuple(("split", *c) for c in CONFIGS)
+_best: dict[tuple, tuple] = {}
 
 
 def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
@@ -172,16 +225,16 @@ def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
     )  # fmt: skip
 
 
-def _tuned(key: tuple, run) -> tuple[int, int, int]:
+def _tuned(key: tuple, run, configs: tuple = CONFIGS) -> tuple:
     """The fastest config for this shape, timed once with CUDA events (never while a graph is captured:
     a decode step is always run eagerly, which tunes it, before it is captured)."""
     cfg = _best.get(key)
     if cfg is not None:
         return cfg
     if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
-        return CONFIGS[0]
+        return configs[0]
     times = []
-    for c in CONFIGS:
+    for c in configs:
         run(c)  # compile and warm
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -218,9 +271,12 @@ def fused_silu_experts(
     slot_row: torch.Tensor,
     gate_up: torch.Tensor,
     down: torch.Tensor,
+    up_cfg: tuple | None = None,
+    down_cfg: tuple | None = None,
 ) -> torch.Tensor:
-    """The common expert (gate/up halves, SiLU, no bias, not transposed) in two kernels, slots looked up
-    inside them. hidden: [T, D]; top_k_*: [T, k]; gate_up: [S, 2I, D]; down: [S, D, I] -> [T, D]."""
+    """The common expert (gate/up halves, SiLU, no bias, not transposed) in two or three kernels, slots
+    looked up inside them. hidden: [T, D]; top_k_*: [T, k]; gate_up: [S, 2I, D]; down: [S, D, I] -> [T, D].
+    `up_cfg` / `down_cfg` force a kernel configuration (tests); otherwise the fastest is timed once."""
     t, k = top_k_index.shape
     d, i2 = hidden.shape[1], gate_up.shape[1]
     inter = i2 // 2
@@ -238,16 +294,32 @@ def fused_silu_experts(
             BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
         )  # fmt: skip
 
-    def dn(cfg) -> None:
-        bn, bk, warps = cfg
-        _down_sum_kernel[(t, triton.cdiv(d, bn))](
-            h, idx, wts, slot_row, down, y, d, inter,
-            h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
-            TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-        )  # fmt: skip
+    pairs = None
 
-    up(_tuned(("gate_up_silu", inter, d, t * k, hidden.dtype), up))
-    dn(_tuned(("down_sum", d, inter, t, k, hidden.dtype), dn))
+    def dn(cfg) -> None:
+        nonlocal pairs
+        how, bn, bk, warps = cfg
+        if how == "fused":
+            _down_sum_kernel[(t, triton.cdiv(d, bn))](
+                h, idx, wts, slot_row, down, y, d, inter,
+                h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
+                TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+            )  # fmt: skip
+            return
+        if pairs is None:
+            pairs = torch.empty((t * k, d), dtype=hidden.dtype, device=hidden.device)  # [P, D]
+        _down_pairs_kernel[(t * k, triton.cdiv(d, bn))](
+            h, idx, slot_row, down, pairs, d, inter,
+            h.stride(0), down.stride(0), down.stride(1), down.stride(2), pairs.stride(0),
+            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        )  # fmt: skip
+        block = min(1024, triton.next_power_of_2(d))
+        _weighted_sum_kernel[(t, triton.cdiv(d, block))](
+            pairs, wts, y, d, pairs.stride(0), y.stride(0), TOP_K=k, BLOCK=block, num_warps=4
+        )
+
+    up(up_cfg or _tuned(("gate_up_silu", inter, d, t * k, hidden.dtype), up))
+    dn(down_cfg or _tuned(("down_sum", d, inter, t, k, hidden.dtype), dn, DOWN_CONFIGS))
     return y
 
 

@@ -115,6 +115,55 @@ def active_bytes_per_token(om) -> dict:
     return {"dense_bytes": dense, "expert_bytes": experts, "total_bytes": dense + experts}
 
 
+class experts_on_device:
+    """Context: every expert back in its module on the GPU and transformers' default experts code, so
+    `om.model` is the unmodified transformers model; the offloaded set-up is restored on exit. The caller
+    must have shrunk the expert cache first (the experts take its place on the GPU)."""
+
+    def __init__(self, om) -> None:
+        self.om = om
+
+    def __enter__(self) -> str:
+        from torch import nn
+
+        om = self.om
+        for lay in om.layers:
+            views = om.store.layout.views(om.store.buffers[lay.index])
+            for name, v in views.items():
+                setattr(lay.experts, name, nn.Parameter(v.to(om.device), requires_grad=False))
+        try:
+            impl = om.model.get_correct_experts_implementation(None)
+        except Exception:  # older transformers: the eager loop
+            impl = "eager"
+        om.model.set_experts_implementation(impl)
+        return impl
+
+    def __exit__(self, *exc) -> None:
+        from engine.offload import install_offload, strip_expert_weights
+
+        for lay in self.om.layers:
+            strip_expert_weights(lay.experts)
+        torch.cuda.empty_cache()
+        install_offload(self.om.model, self.om.cache, self.om.layers)
+
+
+@torch.inference_mode()
+def plain_logits(om, prompt: list[int], feed: list[int]) -> torch.Tensor:
+    """The unmodified transformers forward's next-token logits before each fed token: [len(feed), V]
+    (float32, on the CPU). Same caveat as `experts_on_device`."""
+    from transformers import DynamicCache
+
+    dev = om.device
+    out = []
+    with experts_on_device(om):
+        kv = DynamicCache()
+        logits = om.model(torch.tensor([prompt], device=dev), past_key_values=kv, use_cache=True).logits
+        for tok in feed:
+            out.append(logits[0, -1].float().cpu())
+            logits = om.model(torch.tensor([[tok]], device=dev), past_key_values=kv, use_cache=True).logits
+    return torch.stack(out)
+
+
 @torch.inference_mode()
 def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
     """Decode speed of the unmodified transformers forward: every expert back in its module on the GPU,
@@ -124,24 +173,12 @@ def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
     offloaded set-up is restored afterwards."""
     import time
 
-    from torch import nn
     from transformers import DynamicCache
 
-    from engine.offload import install_offload, strip_expert_weights
-
     dev = om.device
-    for lay in om.layers:
-        views = om.store.layout.views(om.store.buffers[lay.index])
-        for name, v in views.items():
-            setattr(lay.experts, name, nn.Parameter(v.to(dev), requires_grad=False))
-    try:
-        impl = om.model.get_correct_experts_implementation(None)
-    except Exception:  # older transformers: the eager loop
-        impl = "eager"
-    om.model.set_experts_implementation(impl)
     per_token = []
     argmax: list[torch.Tensor] = []
-    try:
+    with experts_on_device(om) as impl:
         for r in range(runs + 1):
             kv = DynamicCache()
             logits = om.model(torch.tensor([prompt], device=dev), past_key_values=kv, use_cache=True).logits
@@ -156,11 +193,6 @@ def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
             torch.cuda.synchronize(dev)
             if r:  # the first run warms up
                 per_token.append((time.perf_counter() - t0) / len(feed))
-    finally:
-        for lay in om.layers:
-            strip_expert_weights(lay.experts)
-        torch.cuda.empty_cache()
-        install_offload(om.model, om.cache, om.layers)
     med = statistics.median(per_token)
     return {
         "experts_implementation": impl,

@@ -12,12 +12,14 @@ together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
 from engine.decode_graphs import GraphCapture, GraphReplayer, StepGraph
 from engine.fused_norm import fuse_rms_norms
+from engine.fused_rope import fused_rope_active, install_fused_rope
 from engine.grouped_experts import GroupedExperts, triton_available
 from engine.kv_cache import MaskBuilder, StaticKV
 from engine.loader import OffloadedModel
@@ -52,9 +54,12 @@ class ModelRunner:
         if getattr(cfg, "output_router_logits", False):
             cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
         self.use_triton = triton_available(self.device)
+        self.fused_rope = False  # RoPE as one kernel inside this runner's forwards (`engine.fused_rope`)
         if self.use_triton:
             n = fuse_rms_norms(om.model)
             log.debug("%d RMSNorm modules run as one fused kernel", n)
+            self.fused_rope = install_fused_rope(om.model)
+            log.debug("RoPE %s", "runs as one fused kernel" if self.fused_rope else "stays unfused")
         cuda = self.device.type == "cuda"
         self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
         self.graph_failure: str | None = None
@@ -99,15 +104,17 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- forwards
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask) -> torch.Tensor:
-        # ids, pos: [B, t] -> next-token logits [B, V]
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self.kv,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        # ids, pos: [B, t] -> next-token logits [B, V]. Every prefill, eager decode step and graph capture
+        # runs here, so the fused RoPE is on exactly for the runner's own forwards (replays need nothing)
+        with fused_rope_active() if self.fused_rope else contextlib.nullcontext():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.kv,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1]
 
     @torch.inference_mode()

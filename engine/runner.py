@@ -20,6 +20,7 @@ import torch
 from engine.decode_graphs import GraphCapture, GraphReplayer, StepGraph
 from engine.fused_norm import fuse_rms_norms
 from engine.fused_rope import fused_rope_active, install_fused_rope
+from engine.fused_router import fuse_routers
 from engine.grouped_experts import GroupedExperts, triton_available
 from engine.kv_cache import MaskBuilder, StaticKV
 from engine.loader import OffloadedModel
@@ -55,9 +56,11 @@ class ModelRunner:
             cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
         self.use_triton = triton_available(self.device)
         self.fused_rope = False  # RoPE as one kernel inside this runner's forwards (`engine.fused_rope`)
+        self.fused_routers = 0  # routers whose softmax/top-k run as one kernel (`engine.fused_router`)
         if self.use_triton:
             n = fuse_rms_norms(om.model)
-            log.debug("%d RMSNorm modules run as one fused kernel", n)
+            self.fused_routers = fuse_routers(om.model)
+            log.debug("%d RMSNorm modules and %d routers run fused", n, self.fused_routers)
             self.fused_rope = install_fused_rope(om.model)
             log.debug("RoPE %s", "runs as one fused kernel" if self.fused_rope else "stays unfused")
         cuda = self.device.type == "cuda"

@@ -9,6 +9,10 @@ replayed. It speaks the one method transformers' attention modules call on a cac
 - `set_decode(batch, kv_len, pos)`: one new token for each of rows `0..batch-1`, row b at position
   `pos[b]` (a device tensor, so a captured graph reads the positions of the step it replays);
   attention sees each row's first `kv_len` positions, the mask hides the ones past `pos[b]`.
+  `decode_step()` tells the attention function so (`engine.decode_attention`), which then needs no mask.
+
+At decode, on CUDA with Triton, one kernel writes every row's new key and value
+(`engine.decode_kernels.write_step_kv`); elsewhere two `index_put_` do the same copy.
 
 Rows are compact: sequences that decode together occupy rows 0..n-1 (`move_row` fills a hole).
 Buffers are allocated on first write (prefill always comes first), with whatever per-layer shapes the
@@ -20,6 +24,10 @@ from __future__ import annotations
 
 import torch
 
+from engine.decode_attention import NAME as DECODE_ATTENTION
+from engine.decode_kernels import kernels_run_on, write_step_kv
+from engine.grouped_experts import triton_available
+
 # Shapes: R = rows, B = rows in a step, H = kv heads, L = max_len, D = head dim, t = new tokens.
 
 
@@ -27,12 +35,17 @@ class StaticKV:
     is_compileable = False  # transformers must not try to compile around it
     is_sliding = [False]  # read by transformers' mask functions before they take the 4-D mask as given
 
-    def __init__(self, rows: int, max_len: int, device: torch.device) -> None:
+    def __init__(
+        self, rows: int, max_len: int, device: torch.device, fused_write: bool | None = None
+    ) -> None:
+        """fused_write: decode steps write with the Triton kernel where it can run (None: on CUDA with
+        Triton; True also on CPU under Triton's interpreter, for tests; False: never)."""
         if rows < 1 or max_len < 1:
             raise ValueError("a static KV cache needs at least one row and one position")
         self.rows = rows
         self.max_len = max_len
         self.device = device
+        self.fused_write = triton_available(device) if fused_write is None else fused_write
         self.keys: list[torch.Tensor | None] = []  # per layer [R, H, L, Dk]
         self.values: list[torch.Tensor | None] = []  # per layer [R, H, L, Dv]
         self._mode: tuple = ()
@@ -54,6 +67,12 @@ class StaticKV:
             idx = self._batch_index[batch] = torch.arange(batch, device=self.device)
         self._mode = ("decode", batch, kv_len, pos, idx)
 
+    def decode_step(self) -> tuple[int, int, torch.Tensor] | None:
+        """(rows, kv_len, positions [B]) while the next forward is a decode step; None otherwise."""
+        if not self._mode or self._mode[0] != "decode":
+            return None
+        return self._mode[1], self._mode[2], self._mode[3]
+
     # ---------------------------------------------------------------- the transformers side
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         # key_states: [b, H, t, Dk]; value_states: [b, H, t, Dv]
@@ -67,9 +86,17 @@ class StaticKV:
             end = start + length
             return keys[row : row + 1, :, :end], values[row : row + 1, :, :end]
         _, batch, kv_len, pos, idx = self._mode
-        # [R, L, H, D] views: (row, position) pairs index the first two dims
-        keys.transpose(1, 2).index_put_((idx, pos), key_states[:, :, 0])  # [B, H, Dk]
-        values.transpose(1, 2).index_put_((idx, pos), value_states[:, :, 0])
+        if (
+            self.fused_write
+            and key_states.dtype == keys.dtype
+            and value_states.dtype == values.dtype
+            and kernels_run_on(keys)
+        ):
+            write_step_kv(keys, values, key_states, value_states, pos)  # rows 0..B-1, one launch
+        else:
+            # [R, L, H, D] views: (row, position) pairs index the first two dims
+            keys.transpose(1, 2).index_put_((idx, pos), key_states[:, :, 0])  # [B, H, Dk]
+            values.transpose(1, 2).index_put_((idx, pos), value_states[:, :, 0])
         return keys[:batch, :, :kv_len], values[:batch, :, :kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -113,12 +140,13 @@ class MaskBuilder:
 
     transformers uses a 4-D mask as given. Layers of type "sliding_attention" (a `layer_types` list in
     the config) get a dict of masks by type, as those families expect; a model-wide `sliding_window`
-    narrows the single mask. sdpa takes booleans (True = attend), eager an additive float mask.
+    narrows the single mask. sdpa takes booleans (True = attend), eager an additive float mask; the
+    decode attention ("moe_decode") hands every call it does not do itself to sdpa, so it gets booleans.
     """
 
     def __init__(self, config, dtype: torch.dtype, device: torch.device) -> None:
         impl = getattr(config, "_attn_implementation", None) or "sdpa"
-        if impl not in ("sdpa", "eager"):
+        if impl not in ("sdpa", "eager", DECODE_ATTENTION):
             raise ValueError(f"the static KV runner supports sdpa and eager attention, not {impl!r}")
         self.additive = impl == "eager"
         self.dtype = dtype
@@ -126,10 +154,17 @@ class MaskBuilder:
         window = getattr(config, "sliding_window", None)
         types = getattr(config, "layer_types", None)
         self.by_type = bool(types) and isinstance(types, (list, tuple))
+        self.types = list(types) if self.by_type else []
         self.window = window if window else None
         self._arange: torch.Tensor | None = None
         self._zero = torch.zeros((), dtype=dtype, device=device)  # additive-mask values, made once
         self._low = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of decoder layer `layer`'s mask (keys j > q - window), None if causal only."""
+        if self.by_type and self.types[layer] != "sliding_attention":
+            return None
+        return self.window
 
     def _j(self, n: int) -> torch.Tensor:
         if self._arange is None or self._arange.numel() < n:

@@ -4,7 +4,9 @@ Knows nothing about requests, text or queues: it turns token ids into next-token
 is static (`engine.kv_cache`), so a decode step of a given shape always looks the same; on CUDA it is
 captured once as CUDA graphs and replayed (`engine.decode_graphs`), and on the CPU, or where capture is
 off or failed, the same forward runs eagerly. Prefill always runs eagerly (its length varies), with
-the experts computed one by one so their copies overlap (`engine.offload`).
+the experts computed one by one so their copies overlap (`engine.offload`). On CUDA with Triton, a
+decode step's attention runs as one kernel per layer (`engine.decode_attention`: the runner switches its
+own model to it) and its KV write as another (`engine.kv_cache`).
 
 Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
 together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
@@ -17,6 +19,8 @@ import logging
 
 import torch
 
+from engine.decode_attention import KWARG as DECODE_ATTENTION_KWARG
+from engine.decode_attention import use_decode_attention
 from engine.decode_graphs import GraphCapture, GraphReplayer, StepGraph
 from engine.fused_norm import fuse_rms_norms
 from engine.fused_rope import fused_rope_active, install_fused_rope
@@ -41,8 +45,16 @@ def _bucket(n: int, smallest: int, largest: int) -> int:
 
 class ModelRunner:
     def __init__(
-        self, om: OffloadedModel, rows: int = 1, max_len: int | None = None, graphs: bool | None = None
+        self,
+        om: OffloadedModel,
+        rows: int = 1,
+        max_len: int | None = None,
+        graphs: bool | None = None,
+        attention_kernels: bool | None = None,
     ) -> None:
+        """attention_kernels: the decode step's KV write and attention as Triton kernels where they can run
+        (None: on CUDA with Triton; True also on CPU under Triton's interpreter, for tests; False: never).
+        The attention kernel needs the model on sdpa attention; it then switches the model to it."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -50,11 +62,17 @@ class ModelRunner:
         model_len = int(getattr(cfg, "max_position_embeddings", DEFAULT_MAX_LEN) or DEFAULT_MAX_LEN)
         self.max_len = min(max_len or DEFAULT_MAX_LEN, model_len)
         self.rows = rows
-        self.kv = StaticKV(rows, self.max_len, self.device)
+        self.use_triton = triton_available(self.device)
+        kernels = self.use_triton if attention_kernels is None else attention_kernels
+        self.kv = StaticKV(rows, self.max_len, self.device, fused_write=kernels)
         self.masks = MaskBuilder(cfg, om.dtype, self.device)
+        self.attention = None  # the DecodeAttention passed with every forward; None: the model's own
+        if kernels:
+            windows = [self.masks.layer_window(i) for i in range(cfg.num_hidden_layers)]
+            self.attention = use_decode_attention(om.model, self.kv, windows)
+        self._forward_kwargs = {} if self.attention is None else {DECODE_ATTENTION_KWARG: self.attention}
         if getattr(cfg, "output_router_logits", False):
             cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
-        self.use_triton = triton_available(self.device)
         self.fused_rope = False  # RoPE as one kernel inside this runner's forwards (`engine.fused_rope`)
         self.fused_routers = 0  # routers whose softmax/top-k run as one kernel (`engine.fused_router`)
         if self.use_triton:
@@ -117,6 +135,7 @@ class ModelRunner:
                 past_key_values=self.kv,
                 use_cache=True,
                 logits_to_keep=1,
+                **self._forward_kwargs,
             )
         return out.logits[:, -1]
 

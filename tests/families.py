@@ -98,9 +98,21 @@ def family_configs() -> dict:
 FAMILIES = sorted(family_configs())
 
 
-def build_model(family: str, seed: int = 0, scale: float = 4.0):
-    """A random model of `family` in float32 on CPU, weights scaled by `scale` for clear logit margins."""
+def family_config(family: str, **overrides):
+    """`family`'s tiny config with `overrides` given to its config class, so derived fields (layer_types
+    from use_sliding_window, ...) follow them."""
     cfg = family_configs()[family]
+    if not overrides:
+        return cfg
+    fields = {**cfg.to_dict(), **overrides}
+    if "layer_types" not in overrides:
+        fields.pop("layer_types", None)
+    return type(cfg)(**fields)
+
+
+def build_model(family: str, seed: int = 0, scale: float = 4.0, **overrides):
+    """A random model of `family` in float32 on CPU, weights scaled by `scale` for clear logit margins."""
+    cfg = family_config(family, **overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
@@ -113,9 +125,9 @@ def build_model(family: str, seed: int = 0, scale: float = 4.0):
     return model
 
 
-def write_checkpoint(family: str, out: Path, seed: int = 0) -> Path:
+def write_checkpoint(family: str, out: Path, seed: int = 0, **overrides) -> Path:
     """Save a tiny random checkpoint of `family` (safetensors + config) under `out` and return it."""
-    model = build_model(family, seed)
+    model = build_model(family, seed, **overrides)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     return out

@@ -45,6 +45,19 @@ def test_decode_writes_each_row_at_its_own_position():
     assert torch.all(kv.keys[0][3] == 0)  # row 3 was not in the step
 
 
+def test_decode_step_is_known_only_while_decoding():
+    kv = StaticKV(rows=2, max_len=8, device=torch.device("cpu"))
+    assert kv.decode_step() is None
+    kv.set_prefill(0, 0, 3)
+    assert kv.decode_step() is None
+    pos = torch.tensor([3, 6])
+    kv.set_decode(batch=2, kv_len=8, pos=pos)
+    batch, kv_len, got = kv.decode_step()
+    assert (batch, kv_len) == (2, 8) and got is pos  # the device tensor itself: what a graph replays
+    kv.set_prefill(1, 0, 2)
+    assert kv.decode_step() is None
+
+
 def test_move_row_copies_the_filled_positions_of_every_layer():
     kv = StaticKV(rows=3, max_len=6, device=torch.device("cpu"))
     for layer in range(2):
@@ -88,6 +101,26 @@ def test_masks_causal_windowed_and_by_layer_type():
     assert torch.equal(both["full_attention"], m) and torch.equal(both["sliding_attention"], w)
     prefill = MaskBuilder(config(sliding_window=None), torch.float32, cpu).build(torch.arange(3)[None], 3)
     assert prefill[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+
+
+def test_layer_window_is_the_window_of_that_layers_mask():
+    cpu = torch.device("cpu")
+    assert MaskBuilder(config(sliding_window=None), torch.float32, cpu).layer_window(0) is None
+    assert MaskBuilder(config(sliding_window=5), torch.float32, cpu).layer_window(2) == 5  # model-wide
+    by_type = MaskBuilder(
+        config(sliding_window=5, layer_types=["sliding_attention", "full_attention"]), torch.float32, cpu
+    )
+    assert [by_type.layer_window(i) for i in range(2)] == [5, None]
+    no_window = MaskBuilder(  # sliding layers without a window size get the causal mask
+        config(sliding_window=0, layer_types=["sliding_attention", "full_attention"]), torch.float32, cpu
+    )
+    assert [no_window.layer_window(i) for i in range(2)] == [None, None]
+
+
+def test_the_decode_attention_gets_sdpas_boolean_masks():
+    """A model already switched to "moe_decode" (by another runner) gets what its sdpa fallback takes."""
+    m = MaskBuilder(config(impl="moe_decode", sliding_window=None), torch.float32, torch.device("cpu"))
+    assert m.build(torch.tensor([[1]]), 3).dtype == torch.bool
 
 
 def test_eager_attention_gets_an_additive_mask():

@@ -139,7 +139,9 @@ def main() -> None:
             flush=True,
         )
         for r in prof["kernels"][:45]:
-            print(f"  {r['us_per_step']:8.1f} us {r['per_step']:6.1f}x {r['us_each']:6.1f} us  {r['kernel'][:110]}")
+            print(
+                f"  {r['us_per_step']:8.1f} us {r['per_step']:6.1f}x {r['us_each']:6.1f} us  {r['kernel'][:110]}"
+            )
         if not graphs:
             for k, v in list(prof["aten_ops_per_step"].items())[:45]:
                 print(f"  {v:7.1f}  {k}")

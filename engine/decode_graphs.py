@@ -60,7 +60,7 @@ class StepGraph:
     events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
     logits: torch.Tensor | None = None  # [B, V] static output
     route_log: torch.Tensor | None = None  # whole-step graphs: [L, B, k] routed ids on the device
-    route_log_host: torch.Tensor | None = None  # its pinned copy, made after each replay
+    route_log_host: list[torch.Tensor] = field(default_factory=list)  # two pinned copies, used in turn
     whole: bool = False
 
     def pin_buffers(self) -> None:
@@ -68,10 +68,11 @@ class StepGraph:
         for _, action in self.segments:
             if action is not None and action.dev is not None:
                 action.host = torch.empty(action.dev.shape, dtype=action.dev.dtype, pin_memory=True)
-        if self.route_log is not None:
-            self.route_log_host = torch.empty(
-                self.route_log.shape, dtype=self.route_log.dtype, pin_memory=True
-            )
+        if self.route_log is not None:  # two, so a step's log is read while the next one is copied
+            self.route_log_host = [
+                torch.empty(self.route_log.shape, dtype=self.route_log.dtype, pin_memory=True)
+                for _ in range(2)
+            ]
 
 
 class GraphCapture:
@@ -166,8 +167,9 @@ class GraphReplayer:
         cache.sync_slot_table(action.layer)
         return acq
 
-    def account_whole_step(self, sg: StepGraph, n: int) -> None:
-        """After a whole-step graph ran (its outputs read): resident hits from the routing log."""
-        routed = sg.route_log_host[:, :n].flatten(1).tolist()  # pinned [L, n*k], copied after the replay
+    def account_whole_step(self, route_log_host: torch.Tensor, n: int) -> None:
+        """After a whole-step graph ran: resident hits from its routing log (pinned [L, B, k], copied
+        after the replay)."""
+        routed = route_log_host[:, :n].flatten(1).tolist()
         for layer, ids in enumerate(routed):
             self.cache.count_resident(layer, sorted(set(ids)))

@@ -225,24 +225,30 @@ def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
     )  # fmt: skip
 
 
+def gpu_time_ms(run, reps: int = 10) -> float:
+    """GPU time of `reps` calls of `run` (CUDA events), not the host's launch time: a sleep kernel first
+    holds the stream while the launches queue up behind it, so the kernels then run back to back."""
+    run()  # compile and warm
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(2_000_000)  # ~1 ms: longer than the host needs to queue the launches
+    a.record()
+    for _ in range(reps):
+        run()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / reps
+
+
 def _tuned(key: tuple, run, configs: tuple = CONFIGS) -> tuple:
-    """The fastest config for this shape, timed once with CUDA events (never while a graph is captured:
-    a decode step is always run eagerly, which tunes it, before it is captured)."""
+    """The fastest config for this shape, timed once on the GPU (never while a graph is captured: a
+    decode step is always run eagerly, which tunes it, before it is captured)."""
     cfg = _best.get(key)
     if cfg is not None:
         return cfg
     if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
         return configs[0]
-    times = []
-    for c in configs:
-        run(c)  # compile and warm
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(5):
-            run(c)
-        b.record()
-        b.synchronize()
-        times.append((a.elapsed_time(b), c))
+    times = [(gpu_time_ms(lambda c=c: run(c)), c) for c in configs]
     cfg = _best[key] = min(times)[1]
     log.debug("slot GEMV %s: %s (%s)", key, cfg, times)
     return cfg

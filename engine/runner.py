@@ -91,8 +91,11 @@ class ModelRunner:
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
         self._staging = torch.zeros((2, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions
         self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
-        self._whole_done = torch.cuda.Event() if cuda else None  # recorded after each whole-step replay
-        self._pending_whole: tuple[StepGraph, int] | None = None
+        # whole-step graphs: the routing log of step t is read after step t+1 is launched, so the GPU
+        # never waits for the host between steps; two events and host buffers, used in turn
+        self._whole_done = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
+        self._whole_turn = 0
+        self._pending_whole: list[tuple[torch.Tensor | None, int, torch.cuda.Event]] = []
         self._grouped: GroupedExperts | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -205,7 +208,8 @@ class ModelRunner:
             sg = None
         if sg is None:
             return self._warm_and_capture(tokens, positions, batch, kv_len)
-        self._settle()
+        if not sg.whole:
+            self._settle()  # the host decides what to load from here on: every count must be in
         self._staged.synchronize()  # the staging buffer's last copy is done before it is rewritten
         pad = batch - n
         self._staging[0, :batch] = torch.tensor(tokens + tokens[:1] * pad)
@@ -216,10 +220,14 @@ class ModelRunner:
         if sg.whole:
             for graph, _ in sg.segments:
                 graph.replay()
+            turn, host = self._whole_turn, None
+            self._whole_turn ^= 1
             if sg.route_log is not None:
-                sg.route_log_host.copy_(sg.route_log, non_blocking=True)
-            self._whole_done.record()
-            self._pending_whole = (sg, n)
+                host = sg.route_log_host[turn]
+                host.copy_(sg.route_log, non_blocking=True)
+            self._whole_done[turn].record()
+            self._settle()  # the previous step's log, while this one runs
+            self._pending_whole.append((host, n, self._whole_done[turn]))
         else:
             GraphReplayer(self.om.cache).replay(sg, n)
         self.steps["graph"] += 1
@@ -283,13 +291,12 @@ class ModelRunner:
         )
 
     def _settle(self) -> None:
-        """Account the last whole-step graph's routing once it has run."""
-        if self._pending_whole is not None:
-            sg, n = self._pending_whole
-            self._pending_whole = None
-            self._whole_done.synchronize()
-            if sg.route_log_host is not None:
-                GraphReplayer(self.om.cache).account_whole_step(sg, n)
+        """Account the launched whole-step graphs' routing, waiting for them to have run."""
+        while self._pending_whole:
+            host, n, done = self._pending_whole.pop(0)
+            done.synchronize()
+            if host is not None:
+                GraphReplayer(self.om.cache).account_whole_step(host, n)
 
     # ---------------------------------------------------------------- rows and bookkeeping
     @torch.inference_mode()

@@ -3,7 +3,7 @@
     python bench/expert_kernels.py --preset qwen3-30b-a3b --tokens 1
 
 Random slot pool of the preset's expert shape (bf16), `--tokens` tokens with top-k experts each; prints
-GPU microseconds per call (median of 5 timings of 20 queued calls) for the gate/up kernel and for
+GPU microseconds per call (median of 5 timings of 10 queued calls) for the gate/up kernel and for
 both strategies of the down projection, and the bandwidth each reaches on the weight bytes it reads.
 """
 
@@ -23,7 +23,7 @@ from engine.grouped_experts import CONFIGS, DOWN_CONFIGS, fused_silu_experts, gp
 from engine.presets import preset_config  # noqa: E402
 
 
-def timed(fn, reps: int = 20) -> float:
+def timed(fn, reps: int = 10) -> float:
     """Median over 5 measurements of the GPU microseconds per call (see gpu_time_ms)."""
     return statistics.median(1e3 * gpu_time_ms(fn, reps) for _ in range(5))
 

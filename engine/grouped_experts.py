@@ -231,7 +231,7 @@ def gpu_time_ms(run, reps: int = 10) -> float:
     run()  # compile and warm
     torch.cuda.synchronize()
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda._sleep(2_000_000)  # ~1 ms: longer than the host needs to queue the launches
+    torch.cuda._sleep(10_000_000)  # ~5 ms: longer than the host needs to queue the launches
     a.record()
     for _ in range(reps):
         run()

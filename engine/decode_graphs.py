@@ -137,11 +137,15 @@ class GraphReplayer:
         stream = torch.cuda.current_stream(cache.device)
         held: list[Acquired] = []
         predictions: list[tuple[Action, torch.cuda.Event, float]] = []
+        ready: tuple[Action, list[int]] | None = None  # routed experts already usable on the device
         for (graph, action), ev in zip(sg.segments, sg.events, strict=True):
             graph.replay()
             for acq in held:  # the experts of the last routed layer are in this segment: now they may go
                 cache.release(acq)
             held.clear()
+            if ready is not None:  # their segment is queued: the bookkeeping runs while it computes
+                held.append(self._route(*ready))
+                ready = None
             if action is None:
                 continue
             if action.dev is not None:
@@ -155,13 +159,18 @@ class GraphReplayer:
                 pred.issuer.issue_captured(pred.layer, pred.host, n, t0)
             predictions.clear()
             ev.synchronize()  # the routed ids are on the host
-            held.append(self._route(action, n))
+            experts = sorted(set(action.host[:n].reshape(-1).tolist()))
+            if cache.ready_on_device(action.layer, experts):
+                ready = (action, experts)  # launch the next segment first
+            else:
+                held.append(self._route(action, experts))
+        if ready is not None:
+            held.append(self._route(*ready))
         for acq in held:
             cache.release(acq)
 
-    def _route(self, action: Action, n: int) -> Acquired:
+    def _route(self, action: Action, experts: list[int]) -> Acquired:
         cache = self.cache
-        experts = sorted(set(action.host[:n].reshape(-1).tolist()))
         cache.account_routing(action.layer, experts)
         acq = cache.acquire(action.layer, experts)  # demand copies; the compute stream waits on them
         cache.sync_slot_table(action.layer)

@@ -390,6 +390,21 @@ class ExpertCache:
         return out
 
     # ---------------------------------------------------------------- device-side lookups
+    def ready_on_device(self, layer: int, ids: Sequence[int]) -> bool:
+        """True when the device can compute `layer`'s experts `ids` right now with no host action: all
+        resident, their copies finished, the device slot-table row current. Then a captured step may
+        run on before `account_routing` and `acquire` do the bookkeeping (nothing is evicted between)."""
+        if layer in self._dirty:
+            return False
+        for e in ids:
+            slot = self._slot_of.get((layer, int(e)))
+            if slot is None:
+                return False
+            ev = self._copy_done[slot]
+            if ev is not None and not ev.query():
+                return False
+        return True
+
     def sync_slot_table(self, layer: int) -> None:
         """Send `layer`'s slot-table row to the device if it changed (on the current stream)."""
         if layer in self._dirty:

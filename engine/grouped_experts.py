@@ -34,6 +34,7 @@ if triton is not None:
         x_ptr,
         w_ptr,
         slot_ptr,
+        table_ptr,
         y_ptr,
         N,
         K,
@@ -44,11 +45,17 @@ if triton is not None:
         stride_yp,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        LOOKUP: tl.constexpr,
     ):
-        # y[p, n] = sum_k W[slot[p], n, k] * x[p, k]   (fp32 accumulation)
+        # y[p, n] = sum_k W[slot[p], n, k] * x[p, k]   (fp32 accumulation, y rounded to its dtype); with
+        # LOOKUP, `slot_ptr` holds pair p's expert id and the slot is table[expert] (the down projection of
+        # the fused SiLU experts, one program per pair and block, so a step of a few tokens fills the GPU)
         p = tl.program_id(0)
         nb = tl.program_id(1)
-        slot = tl.load(slot_ptr + p).to(tl.int64)
+        if LOOKUP:
+            slot = tl.load(table_ptr + tl.load(slot_ptr + p)).to(tl.int64)
+        else:
+            slot = tl.load(slot_ptr + p).to(tl.int64)
         offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -154,41 +161,6 @@ if triton is not None:
         tl.store(y_ptr + t * stride_yt + offs_n, out.to(dt), mask=n_ok)
 
     @triton.jit
-    def _down_pairs_kernel(
-        h_ptr,
-        idx_ptr,
-        table_ptr,
-        w_ptr,
-        y_ptr,
-        D,
-        INTER,
-        stride_hp,
-        stride_ws,
-        stride_wn,
-        stride_wk,
-        stride_yp,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
-        # y[p] = W_down[slot(p)] h[p], rounded to the dtype: one program per (pair, block of D), so a
-        # step of a few tokens still spreads over every SM (the fused kernel has one per token and block)
-        p = tl.program_id(0)
-        nb = tl.program_id(1)
-        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < D
-        expert = tl.load(idx_ptr + p)
-        slot = tl.load(table_ptr + expert).to(tl.int64)
-        w_row = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, INTER, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < INTER
-            h = tl.load(h_ptr + p * stride_hp + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            w = tl.load(w_row + offs_k[None, :] * stride_wk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        tl.store(y_ptr + p * stride_yp + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
-
-    @triton.jit
     def _weighted_sum_kernel(
         y_ptr, wts_ptr, out_ptr, D, stride_yp, stride_ot, TOP_K: tl.constexpr, BLOCK: tl.constexpr
     ):
@@ -220,8 +192,8 @@ def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
     block_n, block_k, warps = cfg
     grid = (x.shape[0], triton.cdiv(n, block_n))
     _slot_gemv_kernel[grid](
-        x, w, slots, y, n, k, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        x, w, slots, slots, y, n, k, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, LOOKUP=False, num_warps=warps,
     )  # fmt: skip
 
 
@@ -314,10 +286,10 @@ def fused_silu_experts(
             return
         if pairs is None:
             pairs = torch.empty((t * k, d), dtype=hidden.dtype, device=hidden.device)  # [P, D]
-        _down_pairs_kernel[(t * k, triton.cdiv(d, bn))](
-            h, idx, slot_row, down, pairs, d, inter,
+        _slot_gemv_kernel[(t * k, triton.cdiv(d, bn))](
+            h, down, idx, slot_row, pairs, d, inter,
             h.stride(0), down.stride(0), down.stride(1), down.stride(2), pairs.stride(0),
-            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+            BLOCK_N=bn, BLOCK_K=bk, LOOKUP=True, num_warps=warps,
         )  # fmt: skip
         block = min(1024, triton.next_power_of_2(d))
         _weighted_sum_kernel[(t, triton.cdiv(d, block))](

@@ -9,17 +9,12 @@ nothing at all. On a GPU: tests/engine/test_decode_attention_gpu.py.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from families import FAMILIES
+from interpreted import needs_triton, run_interpreted
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from engine.decode_attention import KWARG, NAME, NOT_A_DECODE, DecodeAttention, moe_decode_attention_forward
@@ -27,23 +22,6 @@ from engine.decode_kernels import kernels_run_on
 from engine.kv_cache import StaticKV
 from engine.loader import CacheBudget, load_checkpoint
 from engine.runner import ModelRunner
-
-ROOT = Path(__file__).resolve().parents[2]
-needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU-only torch)"
-)
-
-
-def run_interpreted(tmp_path: Path, code: str, timeout: int = 600) -> None:
-    """Run `code` in a fresh interpreter with TRITON_INTERPRET=1 (Triton kernels on CPU tensors)."""
-    script = tmp_path / "check.py"
-    script.write_text(textwrap.dedent(code))
-    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    res = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path
-    )
-    assert res.returncode == 0 and "ok" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
 
 
 @needs_triton

@@ -104,3 +104,15 @@ def test_slots_for_budget():
     assert slots_for_budget(100, 10**9, min_slots=2, gigabytes=5.5) == 5
     assert slots_for_budget(100, 10, min_slots=2, gigabytes=1e6) == 100
     assert slots_for_budget(100, 10, min_slots=2, free_bytes=305) == 30
+
+
+def test_ready_on_device_only_when_resident_and_the_slot_table_is_current():
+    cache = make_cache(3)
+    assert not cache.ready_on_device(0, [1])  # not resident
+    cache.release(cache.acquire(0, [1, 2]))
+    assert not cache.ready_on_device(0, [1, 2])  # resident, but the device row was never sent
+    cache.sync_slot_table(0)
+    assert cache.ready_on_device(0, [1, 2])
+    assert not cache.ready_on_device(0, [1, 3])  # 3 must be loaded: the host decides
+    cache.release(cache.acquire(1, [0, 4]))  # evicts one of layer 0's experts: layer 0's row is stale
+    assert not cache.ready_on_device(0, [1, 2])

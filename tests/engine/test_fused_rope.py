@@ -4,15 +4,12 @@ the runner is not running on a GPU (no Triton needed)."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from families import build_model
+from interpreted import needs_triton, run_interpreted
 from transformers.models.deepseek_v2 import modeling_deepseek_v2
 from transformers.models.qwen3_moe import modeling_qwen3_moe
 
@@ -93,16 +90,13 @@ def test_supported_shapes():
         assert not fr.supported(torch.zeros(2, 4, 3, 16, requires_grad=True), k, cos, cos)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU-only torch)"
-)
+@needs_triton
 def test_fused_rope_is_exact_in_the_triton_interpreter(tmp_path):
     """Bit-equal to transformers' apply_rotary_pos_emb (qwen3_moe's rotate_half form; glm4_moe's partial
     form) in float32, bfloat16 and float16, on transposed views of a projection, T = 1 and 3; the install
     check accepts those forms and rejects gpt-oss's; a whole model's logits are unchanged with the kernel
     in every layer (qwen3_moe in bfloat16, mixtral in float32)."""
-    script = tmp_path / "check.py"
-    script.write_text(
+    code = (
         "import torch\n"
         "from transformers.models.glm4_moe import modeling_glm4_moe as glm\n"
         "from transformers.models.gpt_oss import modeling_gpt_oss as oss\n"
@@ -155,8 +149,4 @@ def test_fused_rope_is_exact_in_the_triton_interpreter(tmp_path):
         "    assert len(calls) == model.config.num_hidden_layers and torch.equal(got, want), family\n"
         "print('ok')\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    run_interpreted(tmp_path, code, timeout=300)

@@ -4,14 +4,8 @@ transformers' routers, ties included."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 import torch
+from interpreted import needs_triton, run_interpreted
 from transformers import Qwen3MoeConfig
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeTopKRouter
 
@@ -38,17 +32,9 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU-only torch)"
-)
+@needs_triton
 def test_softmax_topk_kernel_in_the_triton_interpreter(tmp_path):
-    script = tmp_path / "check.py"
-    script.write_text(SCRIPT)
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    run_interpreted(tmp_path, SCRIPT, timeout=300)
 
 
 def test_routers_on_the_cpu_keep_their_own_forward():

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from families import FAMILIES
+from interpreted import needs_triton, run_interpreted
 from transformers import AutoModelForCausalLM
 
 from engine.grouped_experts import GroupedExperts
@@ -46,14 +41,11 @@ def test_grouped_experts_match_the_eager_experts(family, checkpoints):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="Triton is not installed (CPU-only torch)"
-)
+@needs_triton
 def test_slot_gemv_kernel_in_the_triton_interpreter(tmp_path):
     """The Triton kernels' indexing (slots, strides, transposed layout, edge blocks, the fused SiLU
     experts and RMSNorm), run by Triton's CPU interpreter; on a GPU they run in the gpu-marked tests."""
-    script = tmp_path / "check.py"
-    script.write_text(
+    code = (
         "import torch\n"
         "from engine.grouped_experts import slot_gemv, _gather_linear\n"
         "torch.manual_seed(0)\n"
@@ -84,8 +76,4 @@ def test_slot_gemv_kernel_in_the_triton_interpreter(tmp_path):
         "torch.testing.assert_close(rms_norm(x, wt, 1e-6), want, rtol=1e-5, atol=1e-5)\n"
         "print('ok')\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    run_interpreted(tmp_path, code, timeout=300)

@@ -109,7 +109,13 @@ class AsyncEngine:
             )
         self.om, self.tokenizer = om, om.tokenizer
         mcfg = om.model.config
-        self.runner = ModelRunner(om, rows=cfg.max_running, max_len=cfg.max_model_len or DEFAULT_MAX_LEN)
+        self.runner = ModelRunner(
+            om,
+            rows=cfg.max_running,
+            max_len=cfg.max_model_len or DEFAULT_MAX_LEN,
+            graphs=cfg.cuda_graphs,
+            kernels=cfg.fused_kernels,
+        )
         kv_bytes = self.runner.allocate()
         replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters
         if om.cache.load_all():

@@ -25,4 +25,6 @@ class EngineConfig:
     max_model_len: int | None = None
     max_running: int = 8
     max_waiting: int = 64
+    cuda_graphs: bool = True
+    fused_kernels: bool = True
     seed: int = 0

@@ -51,10 +51,13 @@ class ModelRunner:
         max_len: int | None = None,
         graphs: bool | None = None,
         attention_kernels: bool | None = None,
+        kernels: bool = True,
     ) -> None:
-        """attention_kernels: the decode step's KV write and attention as Triton kernels where they can run
-        (None: on CUDA with Triton; True also on CPU under Triton's interpreter, for tests; False: never).
-        The attention kernel needs the model on sdpa attention; it then switches the model to it."""
+        """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
+        kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
+        step's KV write and attention as Triton kernels where they can run (None: on CUDA with Triton when
+        `kernels`; True also on CPU under Triton's interpreter, for tests; False: never). The attention
+        kernel needs the model on sdpa attention; it then switches the model to it."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -62,12 +65,13 @@ class ModelRunner:
         model_len = int(getattr(cfg, "max_position_embeddings", DEFAULT_MAX_LEN) or DEFAULT_MAX_LEN)
         self.max_len = min(max_len or DEFAULT_MAX_LEN, model_len)
         self.rows = rows
-        self.use_triton = triton_available(self.device)
-        kernels = self.use_triton if attention_kernels is None else attention_kernels
-        self.kv = StaticKV(rows, self.max_len, self.device, fused_write=kernels)
+        self.kernels = kernels
+        self.use_triton = kernels and triton_available(self.device)
+        attn = self.use_triton if attention_kernels is None else attention_kernels
+        self.kv = StaticKV(rows, self.max_len, self.device, fused_write=attn)
         self.masks = MaskBuilder(cfg, om.dtype, self.device)
         self.attention = None  # the DecodeAttention passed with every forward; None: the model's own
-        if kernels:
+        if attn:
             windows = [self.masks.layer_window(i) for i in range(cfg.num_hidden_layers)]
             self.attention = use_decode_attention(om.model, self.kv, windows)
         self._forward_kwargs = {} if self.attention is None else {DECODE_ATTENTION_KWARG: self.attention}

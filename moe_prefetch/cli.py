@@ -59,9 +59,17 @@ def serve(
     record_routing: Path = typer.Option(
         None, help="Write this run's routing here at shutdown [MOE_RECORD_ROUTING]."
     ),
-    max_model_len: int = typer.Option(None, help="Context window in tokens; default: the model's, at most 4096 [MOE_MAX_MODEL_LEN]."),
+    max_model_len: int = typer.Option(
+        None, help="Context window in tokens; default: the model's, at most 4096 [MOE_MAX_MODEL_LEN]."
+    ),
     max_running: int = typer.Option(None, help="Requests decoded together [MOE_MAX_RUNNING]."),
     max_waiting: int = typer.Option(None, help="Waiting requests before 429 [MOE_MAX_WAITING]."),
+    cuda_graphs: bool = typer.Option(
+        None, "--cuda-graphs/--no-cuda-graphs", help="Decode steps as CUDA graphs [MOE_CUDA_GRAPHS]."
+    ),
+    fused_kernels: bool = typer.Option(
+        None, "--fused-kernels/--no-fused-kernels", help="Triton kernels on CUDA [MOE_FUSED_KERNELS]."
+    ),
     max_body_bytes: int = typer.Option(None, help="Largest request body in bytes [MOE_MAX_BODY_BYTES]."),
     api_key: str = typer.Option(None, help="Bearer key required on /v1 [MOE_API_KEY]."),
     host: str = typer.Option(None, help="Bind address [MOE_HOST]."),

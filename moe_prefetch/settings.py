@@ -70,7 +70,9 @@ class Settings(BaseSettings):
         description="Record every layer-step's routed experts to this file at shutdown (for the oracle policy).",
     )
     max_model_len: int | None = Field(
-        None, ge=16, description="Context window in tokens; default: the model's, at most 4096 (KV rows are allocated up front)."
+        None,
+        ge=16,
+        description="Context window in tokens; default: the model's, at most 4096 (KV rows are allocated up front).",
     )
     max_running: int = Field(
         8,
@@ -79,6 +81,13 @@ class Settings(BaseSettings):
         description="Requests decoded together: one batched step per round, each in its own KV row.",
     )
     max_waiting: int = Field(64, ge=0, description="Requests allowed to wait; one more is answered 429.")
+    cuda_graphs: bool = Field(
+        True, description="Replay decode steps as CUDA graphs (off: every step runs eagerly, much slower)."
+    )
+    fused_kernels: bool = Field(
+        True,
+        description="Triton kernels for experts, attention, norms, RoPE and routers on CUDA (off: torch ops only).",
+    )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )
@@ -128,6 +137,8 @@ class Settings(BaseSettings):
             max_model_len=self.max_model_len,
             max_running=self.max_running,
             max_waiting=self.max_waiting,
+            cuda_graphs=self.cuda_graphs,
+            fused_kernels=self.fused_kernels,
             seed=self.seed,
         )
 

@@ -44,6 +44,20 @@ def test_flags_override_env(monkeypatch):
     assert cfg.policy == "exact" and cfg.expert_cache_fraction == 0.25
 
 
+def test_escape_hatches_reach_the_runner(monkeypatch):
+    monkeypatch.setenv("MOE_CUDA_GRAPHS", "false")
+    monkeypatch.setenv("MOE_FUSED_KERNELS", "0")
+    cfg = load_settings(device="cpu").engine_config()
+    assert cfg.cuda_graphs is False and cfg.fused_kernels is False
+    from engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine.from_config(cfg)
+    engine.load()  # the built-in model on the CPU; no loop thread is started
+    assert engine.runner.kernels is False and engine.runner.use_triton is False
+    assert engine.runner.graphs_enabled is False and engine.runner.attention is None
+    assert load_settings(cuda_graphs=True).engine_config().cuda_graphs is True  # a flag wins over the env
+
+
 def test_every_setting_is_described():
     rows = describe_variables()
     assert len(rows) == len(Settings.model_fields)

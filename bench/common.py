@@ -204,3 +204,42 @@ def plain_decode(om, prompt: list[int], feed: list[int], runs: int) -> dict:
         "tok_s_max": 1 / min(per_token),
         "tokens": [int(t) for t in argmax],  # argmax before each fed token, as bench/decode.py records
     }
+
+
+@torch.inference_mode()
+def plain_batched(om, rows: list[tuple[list[int], list[int]]], runs: int) -> dict:
+    """Decode throughput of the unmodified transformers forward for len(rows) sequences at once: the
+    prompts (all of one length) prefilled as a batch, then one step per fed token for every row.
+    Same caveat as `experts_on_device`; tokens/s count every row's tokens."""
+    import time
+
+    from transformers import DynamicCache
+
+    dev = om.device
+    prompts = torch.tensor([p for p, _ in rows], device=dev)  # [B, T]
+    steps = min(len(f) for _, f in rows)
+    feed = torch.tensor([f[:steps] for _, f in rows], device=dev)  # [B, steps]
+    per_step = []
+    with experts_on_device(om):
+        for r in range(runs + 1):
+            kv = DynamicCache()
+            om.model(prompts, past_key_values=kv, use_cache=True)
+            torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                om.model(feed[:, i : i + 1], past_key_values=kv, use_cache=True)
+            torch.cuda.synchronize(dev)
+            if r:
+                per_step.append((time.perf_counter() - t0) / steps)
+    return _throughput(per_step, len(rows))
+
+
+def _throughput(per_step: list[float], batch: int) -> dict:
+    med = statistics.median(per_step)
+    return {
+        "batch": batch,
+        "ms_per_step": [1e3 * t for t in per_step],
+        "tok_s_median": batch / med,
+        "tok_s_min": batch / max(per_step),
+        "tok_s_max": batch / min(per_step),
+    }

@@ -45,10 +45,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
+    _throughput,
     active_bytes_per_token,
     device_bandwidth,
     device_name,
     pinned_bandwidth,
+    plain_batched,
     plain_decode,
 )
 from engine.builtin import builtin_tokenizer  # noqa: E402
@@ -392,6 +394,32 @@ def run_config(om, runner, workload, bank, manifest, policy, fraction, routing, 
     return s, cache.capacity, time.perf_counter() - t0
 
 
+def batch_rows(segments: list, batch: int, run: int) -> list:
+    """The (prompt, fed tokens) of each row of one batched run: the measured segments, in turn."""
+    pool = segments[1:]
+    return [pool[(run * batch + b) % len(pool)] for b in range(batch)]
+
+
+def engine_batched(runner: ModelRunner, segments: list, batch: int, runs: int) -> dict:
+    """Decode throughput of the engine with `batch` rows decoding together (a warm-up run, then `runs`)."""
+    per_step = []
+    for r in range(runs + 1):
+        rows = batch_rows(segments, batch, r)
+        for b, (prompt, _) in enumerate(rows):
+            runner.prefill(b, prompt)
+        steps = min(len(f) for _, f in rows)
+        pos = [len(p) for p, _ in rows]
+        sync(runner.device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            runner.decode([f[i] for _, f in rows], [p + i for p in pos])
+        sync(runner.device)
+        runner.after_step()
+        if r:
+            per_step.append((time.perf_counter() - t0) / steps)
+    return _throughput(per_step, batch)
+
+
 def diagnose_recall(om, runner, workload, bank, bank_fp32, manifest) -> dict:
     """Online recall of the `exact` policy on one run of the workload, along every path a prediction can
     take (inline, worker thread, per-tap CUDA graphs, captured decode steps), in the bank's dtype and in
@@ -452,6 +480,9 @@ def main() -> None:
         "--deadline", type=float, default=0.0, help="seconds; skip the remaining configs after it"
     )
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--batches", default="4,8", help="batch sizes of the throughput runs (resident and 50%%); empty: none"
+    )
     ap.add_argument(
         "--diagnose-recall", action="store_true", help="online recall along every prediction path"
     )
@@ -528,6 +559,7 @@ def main() -> None:
         for i in range(args.runs + 1)
     ]
     long_prompt = ids[-args.prefill_tokens :]
+    batches = [int(b) for b in args.batches.split(",") if b]
 
     # ---- the plain transformers forward, if every weight fits on the GPU
     plain_tokens = None
@@ -542,6 +574,10 @@ def main() -> None:
             log(
                 f"plain transformers forward: {result['plain']['tok_s_median']:.2f} tok/s ({result['plain']['experts_implementation']})"
             )
+            for b in batches:
+                res = plain_batched(om, batch_rows(segments, b, 1)[:b], runs=2)
+                result.setdefault("batched", {}).setdefault("plain", {})[str(b)] = res
+                log(f"plain transformers forward, batch {b}: {res['tok_s_median']:.1f} tok/s")
         else:
             result["plain"] = {
                 "skipped": f"the weights need {need / 1e9:.0f} GB, {free / 1e9:.0f} GB free of {total / 1e9:.0f}"
@@ -616,6 +652,23 @@ def main() -> None:
             )
             record("exact", fraction, s, slots, wall, variant="eager")
             runner.graphs_enabled = True
+
+    # ---- throughput: several rows decoding together, every expert resident and at a 50% cache
+    if batches and not late():
+        runner_b = ModelRunner(om, rows=max(batches), max_len=1024)
+        for fraction in (1.0, 0.5):
+            cache = replace_cache(om, CacheBudget(fraction=fraction))
+            if fraction >= 1.0:
+                cache.load_all()
+            runner_b.invalidate()
+            for b in batches:
+                res = engine_batched(runner_b, workload.segments, b, runs=3)
+                result.setdefault("batched", {}).setdefault("engine", {}).setdefault(str(fraction), {})[
+                    str(b)
+                ] = res
+                log(f"engine, batch {b} @ {100 * fraction:.0f}% (none): {res['tok_s_median']:.1f} tok/s")
+            write()
+        del runner_b
 
     # ---- prefill of a long prompt at the smallest cache
     smallest = min(fractions)

@@ -6,7 +6,8 @@ transformers forward, on a random-weight model of a real shape, on one GPU.
 One run does everything on one GPU and reports medians of `--runs` runs with min and max:
 1. builds the model on the device (experts in pinned host memory) and measures host->device and
    device-memory bandwidth;
-2. collects routing traces over MMLU prompts and trains Arch-2 predictors on them (the model's own
+2. collects routing traces over MMLU prompts spread over every subject (the last 80 prompts, whose text
+   the decode runs feed, are never traced) and trains Arch-2 predictors on them (the model's own
    traces, a few epochs); with `--predictor-report`, both paper pairings with the full evaluation
    table (baselines included), as `bench/predictors_gpu.py` does;
 3. the plain transformers forward (every expert on the GPU, transformers' default experts code,
@@ -394,6 +395,16 @@ def run_config(om, runner, workload, bank, manifest, policy, fraction, routing, 
     return s, cache.capacity, time.perf_counter() - t0
 
 
+def spread(prompts: list[str], n: int) -> list[str]:
+    """`n` prompts taken evenly over the list: MMLU files come one subject after another, so the first n
+    would all be one subject (a random-weight model routes by token, and predictors trained on algebra
+    questions then meet another vocabulary in the benchmark's text)."""
+    if n >= len(prompts):
+        return list(prompts)
+    step = len(prompts) / n
+    return [prompts[int(i * step)] for i in range(n)]
+
+
 def batch_rows(segments: list, batch: int, run: int) -> list:
     """The (prompt, fed tokens) of each row of one batched run: the measured segments, in turn."""
     pool = segments[1:]
@@ -545,8 +556,9 @@ def main() -> None:
 
     prompts = read_prompts(args.prompts)
     fresh = prompts[-80:-60] if args.diagnose_recall else []
+    traced = spread(prompts[:-80], args.collect_prompts)
     bank, bank_fp32, manifest, result["predictors"] = train_predictors(
-        om, tok, prompts[: args.collect_prompts], args.work, args, args.out, tag, fresh
+        om, tok, traced, args.work, args, args.out, tag, fresh
     )
     write()
     text = " ".join(prompts[-80:])  # not among the traced prompts

@@ -150,10 +150,11 @@ def _variant(mod: nn.Module) -> tuple[int, bool, bool] | None:
 
 
 def fuse_routers(model: nn.Module) -> int:
-    """Give every top-k router whose output the kernel reproduces the fused forward; returns how many."""
+    """Give every top-k router whose output the kernel reproduces the fused forward; returns how many.
+    The check runs once per router class, k, expert count and dtype (a model's layers share one)."""
     if triton is None:
         return 0
-    checked: dict[type, bool] = {}
+    checked: dict[tuple, tuple[int, bool, bool] | None] = {}
     fused = 0
     for mod in model.modules():
         w = getattr(mod, "weight", None)
@@ -164,15 +165,16 @@ def fuse_routers(model: nn.Module) -> int:
             or getattr(mod, "_fused_topk", None) is not None
         ):
             continue
-        variant = _variant(mod)
-        if variant is None:
-            if checked.get(type(mod)) is None:
+        key = (type(mod), getattr(mod, "top_k", None), tuple(w.shape), w.dtype)
+        if key not in checked:
+            checked[key] = _variant(mod)
+            if checked[key] is None:
                 log.info(
                     "%s keeps its own forward: the fused router does not reproduce it", type(mod).__name__
                 )
-            checked[type(mod)] = False
+        variant = checked[key]
+        if variant is None:
             continue
-        checked[type(mod)] = True
         mod._fused_topk, mod._fused_norm, mod._fused_cast = variant
         mod.forward = types.MethodType(_fused_forward, mod)
         fused += 1

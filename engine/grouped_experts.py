@@ -272,10 +272,7 @@ def fused_silu_experts(
             BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
         )  # fmt: skip
 
-    pairs = None
-
     def dn(cfg) -> None:
-        nonlocal pairs
         how, bn, bk, warps = cfg
         if how == "fused":
             _down_sum_kernel[(t, triton.cdiv(d, bn))](
@@ -284,8 +281,7 @@ def fused_silu_experts(
                 TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
             )  # fmt: skip
             return
-        if pairs is None:
-            pairs = torch.empty((t * k, d), dtype=hidden.dtype, device=hidden.device)  # [P, D]
+        pairs = torch.empty((t * k, d), dtype=hidden.dtype, device=hidden.device)  # [P, D]
         _slot_gemv_kernel[(t * k, triton.cdiv(d, bn))](
             h, down, idx, slot_row, pairs, d, inter,
             h.stride(0), down.stride(0), down.stride(1), down.stride(2), pairs.stride(0),

@@ -231,10 +231,11 @@ def plain_batched(om, rows: list[tuple[list[int], list[int]]], runs: int) -> dic
             torch.cuda.synchronize(dev)
             if r:
                 per_step.append((time.perf_counter() - t0) / steps)
-    return _throughput(per_step, len(rows))
+    return throughput(per_step, len(rows))
 
 
-def _throughput(per_step: list[float], batch: int) -> dict:
+def throughput(per_step: list[float], batch: int) -> dict:
+    """Tokens/s of `batch` rows from per-step times (median, min and max over the runs)."""
     med = statistics.median(per_step)
     return {
         "batch": batch,

@@ -46,13 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    _throughput,
     active_bytes_per_token,
     device_bandwidth,
     device_name,
     pinned_bandwidth,
     plain_batched,
     plain_decode,
+    throughput,
 )
 from engine.builtin import builtin_tokenizer  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
@@ -428,7 +428,7 @@ def engine_batched(runner: ModelRunner, segments: list, batch: int, runs: int) -
         runner.after_step()
         if r:
             per_step.append((time.perf_counter() - t0) / steps)
-    return _throughput(per_step, batch)
+    return throughput(per_step, batch)
 
 
 def diagnose_recall(om, runner, workload, bank, bank_fp32, manifest) -> dict:

@@ -145,3 +145,17 @@ def greedy_reference(checkpoint: Path, prompt: list[int], new_tokens: int, devic
             pad_token_id=0,
         )
     return out[0, len(prompt) :].tolist()
+
+
+def decode_rows(runner, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy tokens of `prompts` decoded together by a ModelRunner in rows 0..n-1 (each prefilled first)."""
+    toks, pos = [], []
+    for row, p in enumerate(prompts):
+        toks.append([int(torch.argmax(runner.prefill(row, p)))])
+        pos.append(len(p))
+    for _ in range(new_tokens - 1):
+        logits = runner.decode([t[-1] for t in toks], pos)
+        for i, t in enumerate(toks):
+            t.append(int(torch.argmax(logits[i])))
+            pos[i] += 1
+    return toks

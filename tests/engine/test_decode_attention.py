@@ -110,7 +110,7 @@ def test_runner_with_the_kernels_in_the_triton_interpreter(tmp_path):
         from pathlib import Path
 
         import torch
-        from families import greedy_reference, write_checkpoint
+        from families import decode_rows, greedy_reference, write_checkpoint
 
         from engine.decode_attention import NOT_A_DECODE
         from engine.loader import CacheBudget, load_checkpoint
@@ -132,15 +132,7 @@ def test_runner_with_the_kernels_in_the_triton_interpreter(tmp_path):
             runner = ModelRunner(om, rows=4, attention_kernels=True)
             assert runner.kv.fused_write and om.model.config._attn_implementation == "moe_decode"
             assert runner.greedy(prompts[0], NEW) == want[0], family
-            toks, pos = [], []
-            for row, p in enumerate(prompts):
-                toks.append([int(torch.argmax(runner.prefill(row, p)))])
-                pos.append(len(p))
-            for _ in range(NEW - 1):
-                logits = runner.decode([t[-1] for t in toks], pos)
-                for i, t in enumerate(toks):
-                    t.append(int(torch.argmax(logits[i])))
-                    pos[i] += 1
+            toks = decode_rows(runner, prompts, NEW)
             assert toks == want, (family, toks, want)
             calls = runner.attention.calls
             assert calls["kernel"] > 0 and set(calls) == {"kernel", NOT_A_DECODE}, (family, calls)

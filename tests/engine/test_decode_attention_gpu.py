@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from families import greedy_reference
+from families import decode_rows, greedy_reference
 
 from engine.decode_attention import NAME, NOT_A_DECODE
 from engine.decode_kernels import SPLIT, decode_attention, write_step_kv
@@ -101,20 +101,6 @@ def test_kernels_replay_from_a_cuda_graph_with_the_new_positions():
         torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def decode_rows(runner: ModelRunner, prompts: list[list[int]]) -> list[list[int]]:
-    """Greedy tokens of `prompts` decoded together in rows 0..n-1."""
-    toks, pos = [], []
-    for row, p in enumerate(prompts):
-        toks.append([int(torch.argmax(runner.prefill(row, p)))])
-        pos.append(len(p))
-    for _ in range(NEW - 1):
-        logits = runner.decode([t[-1] for t in toks], pos)
-        for i, t in enumerate(toks):
-            t.append(int(torch.argmax(logits[i])))
-            pos[i] += 1
-    return toks
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_runner_with_the_kernels_gives_the_reference_tokens(family, checkpoints, references):
     """fp32, every expert resident (whole-step graphs): batch 1, then three rows padded to four."""
@@ -126,7 +112,7 @@ def test_runner_with_the_kernels_gives_the_reference_tokens(family, checkpoints,
     runner = ModelRunner(om, rows=4)
     assert runner.kv.fused_write
     assert runner.greedy(prompts[0], NEW) == want[0]
-    assert decode_rows(runner, prompts) == want
+    assert decode_rows(runner, prompts, NEW) == want
     torch.cuda.synchronize()
     runner.after_step()
     assert runner.graph_failure is None and runner.steps["graph"] > 0

@@ -35,6 +35,7 @@ if triton is not None:
         w_ptr,
         slot_ptr,
         table_ptr,
+        host_ptr,
         y_ptr,
         N,
         K,
@@ -43,23 +44,32 @@ if triton is not None:
         stride_wn,
         stride_wk,
         stride_yp,
+        stride_hs,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         LOOKUP: tl.constexpr,
+        HOST: tl.constexpr,
     ):
         # y[p, n] = sum_k W[slot[p], n, k] * x[p, k]   (fp32 accumulation, y rounded to its dtype); with
         # LOOKUP, `slot_ptr` holds pair p's expert id and the slot is table[expert] (the down projection of
-        # the fused SiLU experts, one program per pair and block, so a step of a few tokens fills the GPU)
+        # the fused SiLU experts, one program per pair and block, so a step of a few tokens fills the GPU);
+        # with HOST, an expert without a slot (table[expert] < 0) is read from host memory instead
         p = tl.program_id(0)
         nb = tl.program_id(1)
         if LOOKUP:
-            slot = tl.load(table_ptr + tl.load(slot_ptr + p)).to(tl.int64)
+            expert = tl.load(slot_ptr + p).to(tl.int64)
+            slot = tl.load(table_ptr + expert).to(tl.int64)
         else:
+            expert = p
             slot = tl.load(slot_ptr + p).to(tl.int64)
         offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        w_row = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+        w_base = w_ptr + slot * stride_ws
+        if HOST:
+            if slot < 0:
+                w_base = host_ptr + expert * stride_hs
+        w_row = w_base + offs_n[:, None].to(tl.int64) * stride_wn
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
@@ -74,6 +84,8 @@ if triton is not None:
         idx_ptr,
         table_ptr,
         w_ptr,
+        host_ptr,
+        log_ptr,
         h_ptr,
         INTER,
         D,
@@ -83,19 +95,29 @@ if triton is not None:
         stride_wn,
         stride_wd,
         stride_hp,
+        stride_hs,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        HOST: tl.constexpr,
+        LOG: tl.constexpr,
     ):
         # pair p = (token t, choice j): h[p] = silu(W_gate[slot] x[t]) * (W_up[slot] x[t]), with the
-        # slot looked up in the table and the roundings of the unfused ops (linear out, silu out, product)
+        # slot looked up in the table and the roundings of the unfused ops (linear out, silu out, product).
+        # HOST: an expert without a slot (table < 0) is read from host memory; LOG: log[p] = the slot read
         p = tl.program_id(0)
         nb = tl.program_id(1)
         t = p // TOP_K
-        expert = tl.load(idx_ptr + p)
+        expert = tl.load(idx_ptr + p).to(tl.int64)
         slot = tl.load(table_ptr + expert).to(tl.int64)
+        if LOG:
+            tl.store(log_ptr + p, slot.to(tl.int32), mask=nb == 0)
         offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < INTER
-        w_gate = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+        w_base = w_ptr + slot * stride_ws
+        if HOST:
+            if slot < 0:
+                w_base = host_ptr + expert * stride_hs
+        w_gate = w_base + offs_n[:, None].to(tl.int64) * stride_wn
         w_up = w_gate + INTER * stride_wn
         acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -123,6 +145,7 @@ if triton is not None:
         wts_ptr,
         table_ptr,
         w_ptr,
+        host_ptr,
         y_ptr,
         D,
         INTER,
@@ -131,9 +154,11 @@ if triton is not None:
         stride_wn,
         stride_wk,
         stride_yt,
+        stride_hs,
         TOP_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        HOST: tl.constexpr,
     ):
         # y[t] = sum_j w[t, j] * (W_down[slot(t, j)] h[t*k + j])   (fp32 sum, one rounding at the end)
         t = tl.program_id(0)
@@ -144,10 +169,14 @@ if triton is not None:
         out = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for j in tl.static_range(TOP_K):
             p = t * TOP_K + j
-            expert = tl.load(idx_ptr + p)
+            expert = tl.load(idx_ptr + p).to(tl.int64)
             slot = tl.load(table_ptr + expert).to(tl.int64)
             gate_w = tl.load(wts_ptr + p).to(tl.float32)
-            w_row = w_ptr + slot * stride_ws + offs_n[:, None].to(tl.int64) * stride_wn
+            w_base = w_ptr + slot * stride_ws
+            if HOST:
+                if slot < 0:
+                    w_base = host_ptr + expert * stride_hs
+            w_row = w_base + offs_n[:, None].to(tl.int64) * stride_wn
             acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for k0 in range(0, INTER, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -192,8 +221,8 @@ def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
     block_n, block_k, warps = cfg
     grid = (x.shape[0], triton.cdiv(n, block_n))
     _slot_gemv_kernel[grid](
-        x, w, slots, slots, y, n, k, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, LOOKUP=False, num_warps=warps,
+        x, w, slots, slots, w, y, n, k, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0), 0,
+        BLOCK_N=block_n, BLOCK_K=block_k, LOOKUP=False, HOST=False, num_warps=warps,
     )  # fmt: skip
 
 
@@ -251,10 +280,17 @@ def fused_silu_experts(
     down: torch.Tensor,
     up_cfg: tuple | None = None,
     down_cfg: tuple | None = None,
+    host: tuple[torch.Tensor, torch.Tensor] | None = None,
+    slot_log: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The common expert (gate/up halves, SiLU, no bias, not transposed) in two or three kernels, slots
     looked up inside them. hidden: [T, D]; top_k_*: [T, k]; gate_up: [S, 2I, D]; down: [S, D, I] -> [T, D].
-    `up_cfg` / `down_cfg` force a kernel configuration (tests); otherwise the fastest is timed once."""
+
+    `host`: the layer's (gate_up [E, 2I, D], down [E, D, I]) in host memory the GPU can address (mapped
+    page-locked memory): a pair whose expert has no slot (slot_row[e] < 0) reads its weights from there,
+    over PCIe, inside the same kernels. `slot_log` ([T*k] int32): each pair's slot as the kernels saw it
+    (-1: read from host). `up_cfg` / `down_cfg` force a kernel configuration (tests); otherwise the fastest
+    is timed once."""
     t, k = top_k_index.shape
     d, i2 = hidden.shape[1], gate_up.shape[1]
     inter = i2 // 2
@@ -263,37 +299,45 @@ def fused_silu_experts(
     wts = top_k_weights.reshape(-1).contiguous()  # [P]
     h = torch.empty((t * k, inter), dtype=hidden.dtype, device=hidden.device)  # [P, I]
     y = torch.empty((t, d), dtype=hidden.dtype, device=hidden.device)  # [T, D]
+    on_host = host is not None
+    host_gu, host_dn = host if on_host else (gate_up, down)
+    if on_host and (
+        host_gu.stride()[1:] != gate_up.stride()[1:] or host_dn.stride()[1:] != down.stride()[1:]
+    ):
+        raise ValueError("host expert weights must have the slot pool's layout within an expert")
+    log = slot_log if slot_log is not None else idx
 
     def up(cfg) -> None:
         bn, bk, warps = cfg
         _gate_up_silu_kernel[(t * k, triton.cdiv(inter, bn))](
-            hidden, idx, slot_row, gate_up, h, inter, d, k,
+            hidden, idx, slot_row, gate_up, host_gu, log, h, inter, d, k,
             hidden.stride(0), gate_up.stride(0), gate_up.stride(1), gate_up.stride(2), h.stride(0),
-            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+            host_gu.stride(0),
+            BLOCK_N=bn, BLOCK_K=bk, HOST=on_host, LOG=slot_log is not None, num_warps=warps,
         )  # fmt: skip
 
     def dn(cfg) -> None:
         how, bn, bk, warps = cfg
         if how == "fused":
             _down_sum_kernel[(t, triton.cdiv(d, bn))](
-                h, idx, wts, slot_row, down, y, d, inter,
-                h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0),
-                TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                h, idx, wts, slot_row, down, host_dn, y, d, inter,
+                h.stride(0), down.stride(0), down.stride(1), down.stride(2), y.stride(0), host_dn.stride(0),
+                TOP_K=k, BLOCK_N=bn, BLOCK_K=bk, HOST=on_host, num_warps=warps,
             )  # fmt: skip
             return
         pairs = torch.empty((t * k, d), dtype=hidden.dtype, device=hidden.device)  # [P, D]
         _slot_gemv_kernel[(t * k, triton.cdiv(d, bn))](
-            h, down, idx, slot_row, pairs, d, inter,
-            h.stride(0), down.stride(0), down.stride(1), down.stride(2), pairs.stride(0),
-            BLOCK_N=bn, BLOCK_K=bk, LOOKUP=True, num_warps=warps,
+            h, down, idx, slot_row, host_dn, pairs, d, inter,
+            h.stride(0), down.stride(0), down.stride(1), down.stride(2), pairs.stride(0), host_dn.stride(0),
+            BLOCK_N=bn, BLOCK_K=bk, LOOKUP=True, HOST=on_host, num_warps=warps,
         )  # fmt: skip
         block = min(1024, triton.next_power_of_2(d))
         _weighted_sum_kernel[(t, triton.cdiv(d, block))](
             pairs, wts, y, d, pairs.stride(0), y.stride(0), TOP_K=k, BLOCK=block, num_warps=4
         )
 
-    up(up_cfg or _tuned(("gate_up_silu", inter, d, t * k, hidden.dtype), up))
-    dn(down_cfg or _tuned(("down_sum", d, inter, t, k, hidden.dtype), dn, DOWN_CONFIGS))
+    up(up_cfg or _tuned(("gate_up_silu", inter, d, t * k, hidden.dtype, on_host), up))
+    dn(down_cfg or _tuned(("down_sum", d, inter, t, k, hidden.dtype, on_host), dn, DOWN_CONFIGS))
     return y
 
 
@@ -328,6 +372,17 @@ class GroupedExperts:
         self.use_triton = use_triton
         self._fusable: dict[type, bool] = {}
 
+    def fusable(self, mod: nn.Module) -> bool:
+        """Whether `mod`'s experts run as the fused SiLU kernels (which can also read from host memory)."""
+        fusable = self._fusable.get(type(mod))
+        if fusable is None:
+            fusable = self._fusable[type(mod)] = _plain_silu_expert(mod)
+        return fusable
+
+    def reads_host(self, mod: nn.Module) -> bool:
+        """Whether a step may leave `mod`'s missing experts in host memory (read there by the kernels)."""
+        return self.use_triton and self.fusable(mod)
+
     def _linear(
         self, mod: nn.Module, x: torch.Tensor, name: str, slots: torch.Tensor
     ) -> torch.Tensor:  # x: [P, K] -> [P, N]
@@ -347,17 +402,20 @@ class GroupedExperts:
         slot_row: torch.Tensor,
         top_k_index: torch.Tensor,
         top_k_weights: torch.Tensor,
+        host: dict[str, torch.Tensor] | None = None,
+        slot_log: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # hidden: [T, D]; slot_row: [E] int32 (expert -> slot); top_k_index, top_k_weights: [T, k]
-        if self.use_triton:
-            fusable = self._fusable.get(type(mod))
-            if fusable is None:
-                fusable = self._fusable[type(mod)] = _plain_silu_expert(mod)
-            if fusable:
-                w = self.weights
-                return fused_silu_experts(
-                    hidden, top_k_index, top_k_weights, slot_row, w["gate_up_proj"], w["down_proj"]
-                )
+        # hidden: [T, D]; slot_row: [E] int32 (expert -> slot); top_k_index, top_k_weights: [T, k].
+        # host (name -> [E, *shape] views of the layer's mapped host store) and slot_log: see
+        # `fused_silu_experts`; only for experts `reads_host(mod)` accepts
+        if self.use_triton and self.fusable(mod):
+            w = self.weights
+            return fused_silu_experts(
+                hidden, top_k_index, top_k_weights, slot_row, w["gate_up_proj"], w["down_proj"],
+                host=None if host is None else (host["gate_up_proj"], host["down_proj"]), slot_log=slot_log,
+            )  # fmt: skip
+        if host is not None:
+            raise ValueError(f"{type(mod).__name__} experts cannot read missing experts from host memory")
         t, k = top_k_index.shape
         slots = slot_row.index_select(0, top_k_index.reshape(-1)).long()  # [P]
         x = hidden.repeat_interleave(k, dim=0)  # [P, D]

@@ -94,6 +94,13 @@ class ExpertStore:
             raise RuntimeError(f"expert store: layer {layer} was never filled")
         return buf[expert]
 
+    def layer_views(self, layer: int) -> dict[str, torch.Tensor]:
+        """name -> [E, *shape] views of a layer's experts (what kernels reading host memory are given)."""
+        buf = self.buffers[layer]
+        if buf is None:
+            raise RuntimeError(f"expert store: layer {layer} was never filled")
+        return self.layout.views(buf)
+
     def expert_tensors(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
         """One expert's weights as views of the store (for tests and reference checks)."""
         row = self.row(layer, expert).unsqueeze(0)

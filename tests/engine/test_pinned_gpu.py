@@ -22,3 +22,35 @@ def test_page_locked_tensor_copies_asynchronously_and_exactly():
     assert torch.equal(dev.cpu(), host)
     del host  # the finalizer unregisters before the pages are freed: nothing to observe but no crash
     torch.cuda.synchronize()
+
+
+def test_a_kernel_reads_the_page_locked_tensor_where_it_lies():
+    from engine.grouped_experts import fused_silu_experts, triton
+    from engine.pinned import device_readable
+
+    assert device_readable(page_locked_empty((4, 64), torch.bfloat16))
+    assert not device_readable(torch.empty((4, 64), dtype=torch.bfloat16))  # ordinary pageable memory
+    if triton is None:
+        pytest.skip("needs Triton")
+    gen = torch.Generator().manual_seed(0)
+    gu, dn = torch.randn(5, 256, 128, generator=gen), torch.randn(5, 128, 128, generator=gen)
+    store_gu, store_dn = (
+        page_locked_empty(tuple(gu.shape), gu.dtype),
+        page_locked_empty(tuple(dn.shape), dn.dtype),
+    )
+    store_gu.copy_(gu)
+    store_dn.copy_(dn)
+    x, w = torch.randn(2, 128, device="cuda"), torch.rand(2, 3, device="cuda")
+    idx = torch.tensor([[0, 2, 4], [1, 2, 3]], device="cuda")
+    table = torch.arange(5, dtype=torch.int32, device="cuda")
+    want = fused_silu_experts(
+        x, idx, w, table, gu.cuda(), dn.cuda(), up_cfg=(16, 128, 4), down_cfg=("fused", 16, 128, 4)
+    )
+    gone = torch.tensor([0, -1, -1, 3, -1], dtype=torch.int32, device="cuda")  # 1, 2, 4 only on the host
+    log = torch.zeros(6, dtype=torch.int32, device="cuda")
+    got = fused_silu_experts(
+        x, idx, w, gone, gu.cuda(), dn.cuda(), up_cfg=(16, 128, 4), down_cfg=("fused", 16, 128, 4),
+        host=(store_gu, store_dn), slot_log=log,
+    )  # fmt: skip
+    assert torch.equal(got, want)
+    assert log.tolist() == [0, -1, -1, -1, -1, 3]

@@ -16,6 +16,15 @@ lives, so code that runs without the host (a captured decode step) can find rout
 the host updates its pinned mirror on every install/eviction and `sync_slot_table(layer)` sends a
 changed row before that layer's experts run.
 
+Streamed decode steps (`engine.decode_graphs`: one captured graph per step at any cache size, missing
+experts read from host memory by the kernels) never wait for the host. The host accounts each step
+after it ran (`stream_account`), queues the missed and predicted experts (`stream_queue`) and, before the
+next step is launched, `stream_publish` makes the copies that landed visible in the device table,
+evicts for the queued experts (their entries become -1 in the same table upload), and starts their
+copies behind an event recorded after that upload: every step that could still read an evicted slot
+was launched before it. An expert's table entry stays -1 until its copy has landed, so a step sees
+either a complete slot or the host copy, never a slot being written.
+
 Hot path note: ids arrive as Python ints (the routed ids are read on the host once per layer).
 """
 
@@ -119,6 +128,9 @@ class ExpertCache:
         self.slot_host = torch.full((n_layers, n_experts), -1, dtype=torch.int32, pin_memory=self.cuda)
         self.slot_dev = self.slot_host.to(device) if self.cuda else self.slot_host  # [L, E]
         self._dirty: set[int] = set()  # layers whose device slot-table row is stale
+        self._landing: dict[Key, int] = {}  # streamed fills whose copy may still be in flight (entry -1)
+        self._queued: dict[Key, bool] = {}  # streamed fills to start at the next publish (True: prefetch)
+        self._unwaited: set[int] = set()  # slots visible in the table whose copy no compute has waited for
 
     # ---------------------------------------------------------------- queries
     def resident(self, layer: int, expert: int) -> bool:
@@ -144,6 +156,8 @@ class ExpertCache:
     def _evict(self, key: Key) -> None:
         slot = self._slot_of.pop(key)
         del self._lru[key]
+        self._landing.pop(key, None)
+        self._unwaited.discard(slot)
         self._key_of[slot] = None
         self.slot_host[key[0], key[1]] = -1
         self._dirty.add(key[0])
@@ -152,19 +166,24 @@ class ExpertCache:
             self.counters.prefetch_wasted[key[0]] += 1
         self.counters.slots_used -= 1
 
-    def _install(self, key: Key, slot: int) -> None:
+    def _install(self, key: Key, slot: int, visible: bool = True) -> None:
         self._slot_of[key] = slot
         self._key_of[slot] = key
         self._lru[key] = None
-        self.slot_host[key[0], key[1]] = slot
-        self._dirty.add(key[0])
+        if visible:
+            self.slot_host[key[0], key[1]] = slot
+            self._dirty.add(key[0])
+        else:  # the table says -1 until the copy has landed (streamed steps)
+            self._landing[key] = slot
         self.counters.slots_used += 1
 
-    def _copy_in(self, key: Key, slot: int) -> None:
+    def _copy_in(self, key: Key, slot: int, after: torch.cuda.Event | None = None) -> None:
         src = self.store.row(*key)  # [numel] pinned host
         dst = self.pool[slot]  # [numel] device
         if self.cuda:
             with torch.cuda.stream(self.copy_stream):
+                if after is not None:
+                    self.copy_stream.wait_event(after)
                 last = self._last_use[slot]
                 if last is not None:
                     self.copy_stream.wait_event(last)  # never overwrite weights still being read
@@ -172,6 +191,8 @@ class ExpertCache:
                 ev = torch.cuda.Event(enable_timing=False)
                 ev.record(self.copy_stream)
             self._copy_done[slot] = ev
+            if key not in self._landing:  # prefetch / acquire: the table shows it before the copy lands
+                self._unwaited.add(slot)
         else:
             dst.copy_(src)
 
@@ -306,6 +327,10 @@ class ExpertCache:
                 kinds.append(HIT)
                 c.hits_resident[layer] += 1
                 self._lru.move_to_end(key)
+            if key in self._landing:  # a streamed fill: the compute stream waits for its copy below
+                del self._landing[key]
+                self.slot_host[layer, key[1]] = slot
+                self._dirty.add(layer)
             if key in pf.keys:  # the prefetch pin becomes the step pin
                 pf.keys.discard(key)
             else:
@@ -313,6 +338,7 @@ class ExpertCache:
             if self.cuda:
                 events.append(self._copy_done[slot])
                 self._copy_done[slot] = None
+                self._unwaited.discard(slot)
             slots.append(slot)
         c.requests[layer] += len(ids)
         c.bytes_demand += demand * self.layout.nbytes
@@ -397,8 +423,9 @@ class ExpertCache:
         if layer in self._dirty:
             return False
         for e in ids:
-            slot = self._slot_of.get((layer, int(e)))
-            if slot is None:
+            key = (layer, int(e))
+            slot = self._slot_of.get(key)
+            if slot is None or key in self._landing:  # a streamed fill: its table entry is still -1
                 return False
             ev = self._copy_done[slot]
             if ev is not None and not ev.query():
@@ -414,7 +441,7 @@ class ExpertCache:
 
     @property
     def holds_everything(self) -> bool:
-        return len(self._slot_of) == self.store.total_experts
+        return len(self._slot_of) == self.store.total_experts and not self._landing
 
     def load_all(self) -> bool:
         """Copy every expert in (a warm start when the cache has a slot for each); True if it did.
@@ -434,6 +461,7 @@ class ExpertCache:
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_stream(self.copy_stream)
             self._copy_done = [None] * self.capacity
+            self._unwaited.clear()
             self.slot_dev.copy_(self.slot_host, non_blocking=True)
         self._dirty.clear()
         return True
@@ -450,6 +478,103 @@ class ExpertCache:
             self._lru.move_to_end((layer, int(e)))
         if self.on_stall is not None:
             self.on_stall(0.0)
+
+    # ---------------------------------------------------------------- streamed decode steps
+    def stream_account(
+        self, layer: int, routed: Sequence[int], slots_seen: Sequence[int], predicted: set[int] | None
+    ) -> list[int]:
+        """Account one layer of a streamed step that already ran: `routed` experts (distinct), the slot
+        each was read from (-1: host memory) and the step's prediction for the layer (None: no policy).
+        Returns the experts read from host memory (the misses)."""
+        c = self.counters
+        if self.on_route is not None:
+            self.on_route(layer, list(routed))
+        misses = []
+        for e, slot in zip(routed, slots_seen, strict=True):
+            key = (layer, int(e))
+            if slot < 0:
+                c.misses[layer] += 1
+                misses.append(int(e))
+                continue
+            if key in self._fresh:
+                self._fresh.discard(key)
+                c.hits_prefetched[layer] += 1
+                c.prefetch_used[layer] += 1
+            else:
+                c.hits_resident[layer] += 1
+            if key in self._lru:
+                self._lru.move_to_end(key)
+        c.requests[layer] += len(routed)
+        c.bytes_host_read += len(misses) * self.layout.nbytes
+        if predicted is not None:
+            c.routed_scored[layer] += len(routed)
+            c.predicted_routed[layer] += sum(1 for e in routed if int(e) in predicted)
+        return misses
+
+    def stream_queue(self, layer: int, ids: Sequence[int], prefetch: bool = False) -> None:
+        """Queue `layer`'s experts `ids` to be copied in at the next `stream_publish` (those neither
+        resident, landing nor queued already). Misses are queued before predictions."""
+        for e in ids:
+            key = (layer, int(e))
+            if key not in self._slot_of and key not in self._queued:
+                self._queued[key] = prefetch
+
+    def stream_publish(self, max_inflight_bytes: int | None = None) -> int:
+        """Before a streamed step is launched (host side, on the compute stream): landed copies become
+        visible, queued experts get slots (evicting the least recently used) and their copies start
+        behind this table upload, as many as keep the copies in flight under `max_inflight_bytes` (at
+        least one when none is in flight; the rest are dropped: a miss queues its expert again).
+        Returns the copies started."""
+        if self._unwaited:  # copies made visible by prefetch or acquire (eager steps, prefill): the step
+            stream = torch.cuda.current_stream(self.device)  # must not read their slots before they land
+            for slot in self._unwaited:
+                ev = self._copy_done[slot]
+                if ev is not None:
+                    stream.wait_event(ev)
+                    self._copy_done[slot] = None
+            self._unwaited.clear()
+        for key, slot in list(self._landing.items()):
+            ev = self._copy_done[slot]
+            if ev is None or ev.query():
+                self._copy_done[slot] = None
+                del self._landing[key]
+                self.slot_host[key[0], key[1]] = slot
+                self._dirty.add(key[0])
+        fills: list[tuple[Key, int]] = []
+        c = self.counters
+        budget = self.capacity
+        if max_inflight_bytes is not None:
+            budget = max(
+                0 if self._landing else 1, max_inflight_bytes // self.layout.nbytes - len(self._landing)
+            )
+        for key, prefetch in self._queued.items():
+            if len(fills) >= budget:
+                break
+            slot = self._take_slot()
+            if slot is None:
+                break
+            self._install(key, slot, visible=False)
+            fills.append((key, slot))
+            if prefetch:
+                self._fresh.add(key)
+                c.prefetch_issued[key[0]] += 1
+                c.bytes_prefetch += self.layout.nbytes
+            else:
+                c.bytes_fill += self.layout.nbytes
+        self._queued.clear()
+        if self._dirty:
+            self._dirty.clear()
+            if self.cuda:
+                self.slot_dev.copy_(self.slot_host, non_blocking=True)
+        if not fills:
+            return 0
+        published = None
+        if self.cuda:
+            published = torch.cuda.Event()
+            published.record(torch.cuda.current_stream(self.device))
+        for key, slot in fills:
+            self._copy_in(key, slot, after=published)
+        return len(fills)
 
     def reset_prefetch(self) -> None:
         """Forget every outstanding prediction (e.g. after an aborted step)."""

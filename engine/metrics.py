@@ -98,7 +98,7 @@ CACHE_METRICS = {
     "moe_prefetch_wasted_total": "Prefetched experts not picked by the router in their step, by layer.",
     "moe_predictor_routed_total": "Routed experts for which a prediction existed (recall denominator), by layer.",
     "moe_predictor_hits_total": "Routed experts the prediction contained (recall numerator), by layer.",
-    "moe_expert_bytes_copied_total": "Bytes copied host->device, by reason (prefetch|demand).",
+    "moe_expert_bytes_copied_total": "Bytes moved host->device, by reason (prefetch|demand|fill|host_read).",
     "moe_expert_cache_slots_used": "Expert cache slots holding an expert.",
     "moe_expert_cache_slots_capacity": "Expert cache slots on the device.",
 }
@@ -140,6 +140,8 @@ class _CacheCollector:
         )
         by.add_metric(["prefetch"], c.bytes_prefetch)
         by.add_metric(["demand"], c.bytes_demand)
+        by.add_metric(["fill"], c.bytes_fill)
+        by.add_metric(["host_read"], c.bytes_host_read)
         yield by
         yield GaugeMetricFamily(
             "moe_expert_cache_slots_used", CACHE_METRICS["moe_expert_cache_slots_used"], value=c.slots_used

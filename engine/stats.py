@@ -46,6 +46,8 @@ class CacheCounters:
     routed_scored: list[int] = field(default_factory=list)  # routed experts for which a prediction existed
     bytes_prefetch: int = 0
     bytes_demand: int = 0
+    bytes_host_read: int = 0  # expert weights read by a step's kernels from host memory (streamed decode)
+    bytes_fill: int = 0  # missed experts copied in after a streamed step read them from host memory
     slots_used: int = 0
     slots_capacity: int = 0
 
@@ -59,7 +61,12 @@ class CacheCounters:
 
     def totals(self) -> dict[str, int]:
         out = {name: sum(getattr(self, name)) for name in PER_LAYER}
-        out.update(bytes_prefetch=self.bytes_prefetch, bytes_demand=self.bytes_demand)
+        out.update(
+            bytes_prefetch=self.bytes_prefetch,
+            bytes_demand=self.bytes_demand,
+            bytes_host_read=self.bytes_host_read,
+            bytes_fill=self.bytes_fill,
+        )
         return out
 
 

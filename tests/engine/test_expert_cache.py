@@ -116,3 +116,47 @@ def test_ready_on_device_only_when_resident_and_the_slot_table_is_current():
     assert not cache.ready_on_device(0, [1, 3])  # 3 must be loaded: the host decides
     cache.release(cache.acquire(1, [0, 4]))  # evicts one of layer 0's experts: layer 0's row is stale
     assert not cache.ready_on_device(0, [1, 2])
+
+
+def test_streamed_steps_fill_behind_and_publish_only_landed_copies():
+    """A streamed step's misses are read from host memory: the host counts them after the step, queues
+    them, and the next publish copies them in; their table entries stay -1 until then."""
+    cache = make_cache(3)
+    nbytes = cache.layout.nbytes
+    misses = cache.stream_account(0, [1, 4], [-1, -1], predicted={4, 5})
+    assert misses == [1, 4]
+    c = cache.counters.totals()
+    assert (c["misses"], c["requests"], c["bytes_host_read"]) == (2, 2, 2 * nbytes)
+    assert (c["routed_scored"], c["predicted_routed"]) == (2, 1)
+    cache.stream_queue(0, misses)
+    cache.stream_queue(0, [4, 5], prefetch=True)  # 4 is queued already: only 5 is a prefetch
+    assert cache.slot_dev[0].tolist() == [-1] * E  # nothing visible before a publish
+    assert cache.stream_publish() == 3
+    c = cache.counters.totals()
+    assert (c["prefetch_issued"], c["bytes_fill"], c["bytes_prefetch"]) == (1, 2 * nbytes, nbytes)
+    # the copies ran (synchronously on the CPU) but only the next publish shows them
+    assert cache.slot_dev[0].tolist() == [-1] * E
+    assert cache.stream_publish() == 0
+    table = cache.slot_dev[0].tolist()
+    for e in (1, 4, 5):
+        assert table[e] >= 0 and torch.all(cache.pool[table[e]] == e)
+    assert [e for e in range(E) if table[e] < 0] == [0, 2, 3]
+    # the next step found 4 and 5 in their slots: a resident hit and a prefetch hit
+    assert cache.stream_account(0, [4, 5], [table[4], table[5]], predicted=None) == []
+    c = cache.counters.totals()
+    assert (c["hits_resident"], c["hits_prefetched"], c["prefetch_used"]) == (1, 1, 1)
+    # a fourth expert evicts the least recently used (1): its entry goes -1 in the same publish
+    cache.stream_queue(0, [2])
+    assert cache.stream_publish() == 1
+    assert cache.slot_dev[0, 1] == -1 and cache.slot_dev[0, 2] == -1  # 2 is landing, not visible
+    cache.stream_publish()
+    assert cache.slot_dev[0, 2] >= 0 and torch.all(cache.pool[int(cache.slot_dev[0, 2])] == 2)
+
+
+def test_streamed_fills_stop_at_the_bytes_in_flight():
+    cache = make_cache(3)
+    cache.stream_queue(1, [0, 1, 2])
+    assert cache.stream_publish(max_inflight_bytes=2 * cache.layout.nbytes) == 2  # the third is dropped
+    assert cache.stream_publish(max_inflight_bytes=0) == 0  # nothing queued, two landed
+    cache.stream_queue(1, [3])
+    assert cache.stream_publish(max_inflight_bytes=0) == 1  # one at least when none is in flight

@@ -21,6 +21,15 @@ When the cache holds every expert (it never misses), nothing needs the host: the
 graph, the slots come from the device slot table, and the routed ids go to a device log that is read
 after the step for the cache counters.
 
+Streamed steps (the default where the expert store is mapped into the GPU's address space and every
+MoE layer runs the fused SiLU kernels) are whole-step graphs at any cache size: a routed expert with no
+slot in the device table is read from host memory by the expert kernels themselves, over PCIe. The
+step logs its routed ids, the slot each pair was read from and each prefetch tap's prediction; the host
+reads the logs one step late (while the next step runs), counts hits and misses, scores the predictions
+and queues the missed and predicted experts, which `ExpertCache.stream_publish` copies in before a
+later step (see `engine.expert_cache` for why no step ever reads a slot being written). So prefetch
+works one step behind: a prediction made in step t is filled in for steps t+2 on.
+
 A shape is captured on its first use, right after an eager run of the same shape on the capture
 stream (which gives that step's result and warms every kernel, Triton autotuning included). Every
 capture shares one memory pool; segments replay in capture order and one step's outputs are
@@ -37,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.expert_cache import Acquired, ExpertCache
+from engine.prefetch import union_best_first
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +69,44 @@ class StepGraph:
     segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = field(default_factory=list)
     events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
     logits: torch.Tensor | None = None  # [B, V] static output
-    route_log: torch.Tensor | None = None  # whole-step graphs: [L, B, k] routed ids on the device
-    route_log_host: list[torch.Tensor] = field(default_factory=list)  # two pinned copies, used in turn
-    whole: bool = False
+    whole: bool = False  # one graph for the step (every expert resident, or streamed)
+    stream: bool = False  # streamed: missing experts are read from host memory inside the step
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # whole-step graphs' device logs, by name
+    logs_host: list[dict[str, torch.Tensor]] = field(default_factory=list)  # two pinned copies, in turn
+    predictors: dict[int, object] = field(default_factory=dict)  # streamed: target layer -> its prefetcher
 
     def pin_buffers(self) -> None:
         """Pinned host buffers for every device result the host reads (made after capture, not during)."""
         for _, action in self.segments:
             if action is not None and action.dev is not None:
                 action.host = torch.empty(action.dev.shape, dtype=action.dev.dtype, pin_memory=True)
-        if self.route_log is not None:  # two, so a step's log is read while the next one is copied
-            self.route_log_host = [
-                torch.empty(self.route_log.shape, dtype=self.route_log.dtype, pin_memory=True)
-                for _ in range(2)
-            ]
+        # two of each log, so a step's logs are read while the next step's are copied
+        self.logs_host = [
+            {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in self.logs.items()}
+            for _ in range(2)
+        ]
+
+    def copy_logs(self, turn: int) -> dict[str, torch.Tensor]:
+        """Queue the copies of this step's logs to host buffer `turn` (on the current stream)."""
+        host = self.logs_host[turn]
+        for name, t in self.logs.items():
+            host[name].copy_(t, non_blocking=True)
+        return host
 
 
 class GraphCapture:
     """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
 
-    def __init__(self, pool, whole: bool, layers: int) -> None:
+    def __init__(self, pool, whole: bool, layers: int, host_views=None) -> None:
+        """whole: the step is one graph; `host_views(layer)` (streamed steps): the layer's experts in
+        mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot."""
         self.pool = pool
         self.whole = whole
+        self.host_views = host_views
         self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
-        self.route_log: torch.Tensor | None = None  # [L, B, k] on the device (whole-step graphs)
+        self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
+        # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
+        self.predictors: dict[int, object] = {}
         self._layers = layers
         self._cur = torch.cuda.CUDAGraph()
         self._cur.capture_begin(pool=pool, capture_error_mode="thread_local")
@@ -108,20 +132,33 @@ class GraphCapture:
                 pass
 
     # ---------------------------------------------------------------- called from the model's forward
-    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> None:
+    def _log(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The per-layer device log `name` ([L, *shape]; made on first use in the graph's pool, so it lives
+        as long as the graph; every layer's row is written by every replay)."""
+        log_ = self.logs.get(name)
+        if log_ is None:
+            log_ = self.logs[name] = torch.empty((self._layers, *shape), dtype=dtype, device=device)
+        return log_
+
+    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
         # top_k_index: [B, k] on the device
         if self.whole:
-            if self.route_log is None:
-                self.route_log = torch.empty(
-                    (self._layers, *top_k_index.shape), dtype=top_k_index.dtype, device=top_k_index.device
-                )  # allocated in the graph's pool, lives as long as the graph
-            self.route_log[layer].copy_(top_k_index)
-            return
+            dev = top_k_index.device
+            self._log("route", tuple(top_k_index.shape), top_k_index.dtype, dev)[layer].copy_(top_k_index)
+            if self.host_views is None:
+                return {}
+            slots = self._log("slots", (top_k_index.numel(),), torch.int32, dev)
+            return {"host": self.host_views(layer), "slot_log": slots[layer]}  # the kernels write the log
         self.split(Action("route", layer, top_k_index))
+        return {}
 
     def on_prediction(self, issuer, target: int, table: torch.Tensor | None) -> None:
         """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
         if self.whole:
+            if self.host_views is not None:  # streamed: logged, filled in one step behind
+                self.predictors[target] = issuer
+                if table is not None:
+                    self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
             return  # every expert is resident: nothing to prefetch
         self.split(Action("predict", target, table, issuer))
 
@@ -176,9 +213,41 @@ class GraphReplayer:
         cache.sync_slot_table(action.layer)
         return acq
 
-    def account_whole_step(self, route_log_host: torch.Tensor, n: int) -> None:
-        """After a whole-step graph ran: resident hits from its routing log (pinned [L, B, k], copied
-        after the replay)."""
-        routed = route_log_host[:, :n].flatten(1).tolist()
+    def account_whole_step(self, logs: dict[str, torch.Tensor], n: int) -> None:
+        """After a whole-step graph with every expert resident ran: resident hits from its routing log
+        (pinned [L, B, k], copied after the replay)."""
+        if "route" not in logs:
+            return
+        routed = logs["route"][:, :n].flatten(1).tolist()
         for layer, ids in enumerate(routed):
             self.cache.count_resident(layer, sorted(set(ids)))
+
+    def account_streamed_step(self, sg: StepGraph, logs: dict[str, torch.Tensor], n: int) -> None:
+        """After a streamed step ran: count its hits and misses, score its predictions, and queue the
+        missed experts, then the predicted ones, to be copied in before a later step."""
+        cache = self.cache
+        if "route" not in logs:
+            return
+        layers, batch, k = logs["route"].shape
+        routed = logs["route"][:, :n].reshape(layers, -1).tolist()
+        seen = logs["slots"].view(layers, batch, k)[:, :n].reshape(layers, -1).tolist()
+        preds = logs["pred"][:, :n].tolist() if "pred" in logs else None
+        wanted: list[tuple[int, list[int]]] = []
+        for layer in range(layers):
+            slot_of: dict[int, int] = {}
+            for e, slot in zip(routed[layer], seen[layer], strict=True):
+                slot_of.setdefault(e, slot)
+            predicted = None
+            issuer = sg.predictors.get(layer)
+            if issuer is not None:
+                if issuer.replay is not None:  # oracle: the recorded routing of this step
+                    ids = list(issuer.replay.next(layer))
+                else:
+                    ids = union_best_first(preds[layer], issuer.policy.counted)
+                issuer.predictions += 1
+                predicted = set(ids)
+                wanted.append((layer, ids))
+            misses = cache.stream_account(layer, list(slot_of), list(slot_of.values()), predicted)
+            cache.stream_queue(layer, misses)
+        for layer, ids in wanted:
+            cache.stream_queue(layer, ids, prefetch=True)

@@ -43,7 +43,9 @@ class OffloadHandle:
 
 
 class RoutingCapture(Protocol):
-    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> None: ...
+    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
+        """Called inside the capture; returns extra keyword arguments for `GroupedExperts.forward`."""
+        ...
 
 
 @dataclass
@@ -52,6 +54,7 @@ class DecodeMode:
 
     grouped: GroupedExperts
     capture: RoutingCapture | None = None  # set while the step is being captured as a CUDA graph
+    host_reads: bool = False  # streamed steps: eager runs use the kernels that can read host memory too
 
 
 def _project(mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -100,8 +103,10 @@ def offloaded_experts_forward(
     cache, layer = handle.cache, handle.layer
     decode = cache.decode
     if decode is not None and decode.capture is not None:  # inside a CUDA graph capture: no host work
-        decode.capture.on_routing(layer, top_k_index)
-        return decode.grouped.forward(self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights)
+        extra = decode.capture.on_routing(layer, top_k_index)
+        return decode.grouped.forward(
+            self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights, **extra
+        )
     groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer
     experts = sorted(groups)
     if cache.before_routing is not None:  # a prefetch still being issued for this layer finishes first
@@ -113,8 +118,10 @@ def offloaded_experts_forward(
         acq = cache.acquire(layer, experts)
         try:
             cache.sync_slot_table(layer)
+            # with host_reads, the same kernels a streamed step runs (nothing misses here: all acquired)
+            host = cache.store.layer_views(layer) if decode.host_reads else None
             return decode.grouped.forward(
-                self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights
+                self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights, host=host
             )
         finally:
             cache.release(acq)

@@ -8,6 +8,15 @@ the experts computed one by one so their copies overlap (`engine.offload`). On C
 decode step's attention runs as one kernel per layer (`engine.decode_attention`: the runner switches its
 own model to it) and its KV write as another (`engine.kv_cache`).
 
+Where the expert store is mapped into the GPU's address space and every MoE layer runs the fused SiLU
+expert kernels, decode steps are streamed (`host_reads`): one graph per step at any cache size, the
+experts with no slot read from host memory by the kernels, the cache filled behind the steps
+(`engine.decode_graphs`). Otherwise a step whose experts may miss is captured in segments, the host
+making each layer's experts resident before they compute. Where both are possible the runner picks per
+step: streamed while the recent steps missed fewer than `stream_miss_limit` bytes of experts (kernels
+reading host memory are slower than the copy engines; with many misses per step the host's decisions
+cost less than the slower reads), segmented above it, back to streamed below half of it.
+
 Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
 together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
 """
@@ -29,11 +38,16 @@ from engine.grouped_experts import GroupedExperts, triton_available
 from engine.kv_cache import MaskBuilder, StaticKV
 from engine.loader import OffloadedModel
 from engine.offload import DecodeMode
+from engine.pinned import device_readable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LEN = 4096  # positions per KV row when neither the caller nor the model says fewer
 MIN_KV_BUCKET = 64
+STREAM_INFLIGHT_BYTES = 512 * 2**20  # streamed steps: expert copies in flight at once (~10 ms of PCIe)
+# streamed steps while the recent steps missed fewer expert bytes than this per step (measured on an H200,
+# docs/performance.md: at 24 MB per step streamed steps were 24% faster, at 179 MB 4% slower)
+STREAM_MISS_LIMIT = 128 * 2**20
 
 
 def _bucket(n: int, smallest: int, largest: int) -> int:
@@ -52,12 +66,16 @@ class ModelRunner:
         graphs: bool | None = None,
         attention_kernels: bool | None = None,
         kernels: bool = True,
+        host_reads: bool = True,
+        stream_miss_mb: float | None = STREAM_MISS_LIMIT / 2**20,
     ) -> None:
         """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
         kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
         step's KV write and attention as Triton kernels where they can run (None: on CUDA with Triton when
         `kernels`; True also on CPU under Triton's interpreter, for tests; False: never). The attention
-        kernel needs the model on sdpa attention; it then switches the model to it."""
+        kernel needs the model on sdpa attention; it then switches the model to it. host_reads: stream
+        decode steps where the store and the experts allow it; stream_miss_mb: the missed MB per step
+        above which they are segmented instead (None or 0: always streamed; see the module's docstring)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -87,9 +105,16 @@ class ModelRunner:
             log.debug("RoPE %s", "runs as one fused kernel" if self.fused_rope else "stays unfused")
         cuda = self.device.type == "cuda"
         self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
+        self.host_reads = host_reads
+        self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
+        # bytes per step; None: always streamed
+        self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
+        self._miss_bytes = 0.0  # moving average of the expert bytes decode steps missed, per step
+        self._missed_seen = 0  # the cache's missed-expert count when last looked at
+        self._streaming = True  # the current choice (with hysteresis)
         self.graph_failure: str | None = None
-        self.steps = {"graph": 0, "eager": 0, "captures": 0}
-        self._graphs: dict[tuple[int, int], StepGraph] = {}
+        self.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0}
+        self._graphs: dict[tuple[int, int, bool], StepGraph] = {}  # (rows, KV positions, streamed)
         self._graph_cache = None  # the expert cache the graphs read (slot pool, slot table)
         self._pool = None
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
@@ -99,7 +124,7 @@ class ModelRunner:
         # never waits for the host between steps; two events and host buffers, used in turn
         self._whole_done = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
         self._whole_turn = 0
-        self._pending_whole: list[tuple[torch.Tensor | None, int, torch.cuda.Event]] = []
+        self._pending_whole: list[tuple[StepGraph, dict | None, int, torch.cuda.Event]] = []
         self._grouped: GroupedExperts | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -123,12 +148,37 @@ class ModelRunner:
         self._grouped = None
         self._graph_cache = None
         self.graph_failure = None
+        self._streams = None
+        self._miss_bytes, self._streaming = 0.0, True
 
     def grouped(self) -> GroupedExperts:
         cache = self.om.cache
         if self._grouped is None or self._grouped.weights is not cache.weights:
             self._grouped = GroupedExperts(cache.weights, self.use_triton)
         return self._grouped
+
+    @property
+    def streams(self) -> bool:
+        """Whether decode steps are streamed: captured whole at any cache size, misses read from host."""
+        if self._streams is None:
+            self._streams = self._can_stream()
+        return self._streams
+
+    def _can_stream(self) -> bool:
+        if not (self.host_reads and self.graphs_enabled and self.use_triton):
+            return False
+        store = self.om.store
+        if not all(device_readable(store.row(lay.index, 0)) for lay in self.om.layers):
+            log.info(
+                "decode steps are not streamed: the expert store is not mapped into the GPU's address space"
+            )
+            return False
+        grouped = self.grouped()
+        odd = {type(lay.experts).__name__ for lay in self.om.layers if not grouped.reads_host(lay.experts)}
+        if odd:
+            log.info("decode steps are not streamed: %s experts do not run the fused kernels", ", ".join(odd))
+            return False
+        return True
 
     # ---------------------------------------------------------------- forwards
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask) -> torch.Tensor:
@@ -154,7 +204,9 @@ class ModelRunner:
         self.kv.set_prefill(row, start, t)
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)  # [1, t]
         pos = torch.arange(start, start + t, device=self.device)[None]  # [1, t]
-        return self._forward(ids, pos, self.masks.build(pos, start + t))[0]
+        out = self._forward(ids, pos, self.masks.build(pos, start + t))[0]
+        self._missed_seen = self._missed()  # a prefill's loads say nothing about decode steps
+        return out
 
     def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
         # ids: [B, 1]; pos: [B] -> [B, V]
@@ -186,7 +238,7 @@ class ModelRunner:
         ids = torch.tensor([tokens + tokens[:1] * pad], dtype=torch.long, device=self.device).T  # [B, 1]
         pos = torch.tensor(positions + positions[:1] * pad, dtype=torch.long, device=self.device)  # [B]
         cache = self.om.cache
-        cache.decode = DecodeMode(self.grouped())
+        cache.decode = DecodeMode(self.grouped(), host_reads=self.graphs_enabled and self.streams)
         try:
             return self._decode_forward(ids, pos, kv_len)
         finally:
@@ -200,18 +252,42 @@ class ModelRunner:
         if cache is not self._graph_cache:
             self.invalidate()
             self._graph_cache = cache
+        if self.streams:
+            return True  # a streamed step runs at any cache size
         # a captured step cannot split a layer's experts into chunks: they must all fit at once
         return cache.holds_everything or cache.capacity >= batch * self.om.top_k
 
+    def _missed(self) -> int:
+        """Routed experts the cache did not hold before their step's own prefetch (misses + prefetch hits)."""
+        c = self.om.cache.counters
+        return sum(c.misses) + sum(c.hits_prefetched)
+
+    def _choose_stream(self, batch: int) -> bool:
+        """Streamed or segmented for this step (see the module's docstring)."""
+        cache = self.om.cache
+        if not self.streams:
+            return False
+        if self.stream_miss_limit is None or cache.capacity < batch * self.om.top_k:
+            return True  # a segmented step needs room for a layer's experts at once
+        missed = self._missed()
+        self._miss_bytes = 0.8 * self._miss_bytes + 0.2 * (missed - self._missed_seen) * cache.layout.nbytes
+        self._missed_seen = missed
+        if self._streaming and self._miss_bytes > self.stream_miss_limit:
+            self._streaming = False
+        elif not self._streaming and self._miss_bytes < self.stream_miss_limit / 2:
+            self._streaming = True
+        return self._streaming
+
     def _decode_graph(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
         n = len(tokens)
-        sg = self._graphs.get((batch, kv_len))
-        if sg is not None and sg.whole and not self.om.cache.holds_everything:
+        stream = self._choose_stream(batch)
+        sg = self._graphs.get((batch, kv_len, stream))
+        if sg is not None and sg.whole and not sg.stream and not self.om.cache.holds_everything:
             self.invalidate()  # captured when everything was resident; no longer true
             self._graph_cache = self.om.cache
             sg = None
         if sg is None:
-            return self._warm_and_capture(tokens, positions, batch, kv_len)
+            return self._warm_and_capture(tokens, positions, batch, kv_len, stream)
         if not sg.whole:
             self._settle()  # the host decides what to load from here on: every count must be in
         self._staged.synchronize()  # the staging buffer's last copy is done before it is rewritten
@@ -222,22 +298,25 @@ class ModelRunner:
         sg.pos.copy_(self._staging[1, :batch], non_blocking=True)
         self._staged.record()
         if sg.whole:
+            # the table as the step must see it; streamed: the copies earlier steps asked for start behind it
+            self.om.cache.stream_publish(STREAM_INFLIGHT_BYTES)
             for graph, _ in sg.segments:
                 graph.replay()
-            turn, host = self._whole_turn, None
+            turn = self._whole_turn
             self._whole_turn ^= 1
-            if sg.route_log is not None:
-                host = sg.route_log_host[turn]
-                host.copy_(sg.route_log, non_blocking=True)
+            host = sg.copy_logs(turn) if sg.logs else None
             self._whole_done[turn].record()
-            self._settle()  # the previous step's log, while this one runs
-            self._pending_whole.append((host, n, self._whole_done[turn]))
+            self._settle()  # the previous step's logs, while this one runs
+            self._pending_whole.append((sg, host, n, self._whole_done[turn]))
         else:
             GraphReplayer(self.om.cache).replay(sg, n)
         self.steps["graph"] += 1
+        self.steps["streamed"] += sg.stream
         return sg.logits[:n]
 
-    def _warm_and_capture(self, tokens: list[int], positions: list[int], batch: int, kv_len: int):
+    def _warm_and_capture(
+        self, tokens: list[int], positions: list[int], batch: int, kv_len: int, stream: bool
+    ):
         """Run this step eagerly on the capture stream (its result is returned), then capture its shape."""
         self._settle()
         cur = torch.cuda.current_stream(self.device)
@@ -247,30 +326,32 @@ class ModelRunner:
         cur.wait_stream(self._stream)
         self.steps["eager"] += 1
         try:
-            self._capture(batch, kv_len)
+            self._capture(batch, kv_len, stream)
         except Exception as err:  # a family whose forward syncs with the host cannot be captured
             self.graph_failure = f"{type(err).__name__}: {err}"
             self._graphs.clear()
             log.warning("decode steps stay eager: capturing one failed (%s)", self.graph_failure)
         return out[: len(tokens)]
 
-    def _capture(self, batch: int, kv_len: int) -> None:
+    def _capture(self, batch: int, kv_len: int, stream: bool) -> None:
         cache = self.om.cache
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        whole = cache.holds_everything
+        whole = stream or cache.holds_everything
         sg = StepGraph(
             batch,
             kv_len,
             ids=torch.zeros((batch, 1), dtype=torch.long, device=self.device),
             pos=torch.zeros((batch,), dtype=torch.long, device=self.device),
             whole=whole,
+            stream=stream,
         )
         torch.cuda.synchronize(self.device)
         cap = None
         with torch.cuda.stream(self._stream):
             try:
-                cap = GraphCapture(self._pool, whole, len(self.om.layers))
+                views = self.om.store.layer_views if stream else None
+                cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views)
                 cache.decode = DecodeMode(self.grouped(), capture=cap)
                 sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                 cap.close()
@@ -282,24 +363,33 @@ class ModelRunner:
                 cache.decode = None
         torch.cuda.synchronize(self.device)
         sg.segments = cap.segments
-        sg.route_log = cap.route_log
+        sg.logs = cap.logs
+        sg.predictors = cap.predictors
         sg.pin_buffers()
         sg.events = [torch.cuda.Event() for _ in sg.segments]
-        self._graphs[(batch, kv_len)] = sg
+        self._graphs[(batch, kv_len, stream)] = sg
         self.steps["captures"] += 1
         log.info(
             "captured decode step: %d rows, %d KV positions, %s",
             batch,
             kv_len,
-            "one graph" if whole else f"{len(sg.segments)} graph segments",
+            "one streamed graph"
+            if stream
+            else "one graph"
+            if whole
+            else f"{len(sg.segments)} graph segments",
         )
 
     def _settle(self) -> None:
         """Account the launched whole-step graphs' routing, waiting for them to have run."""
         while self._pending_whole:
-            host, n, done = self._pending_whole.pop(0)
+            sg, host, n, done = self._pending_whole.pop(0)
             done.synchronize()
-            if host is not None:
+            if host is None:
+                continue
+            if sg.stream:
+                GraphReplayer(self.om.cache).account_streamed_step(sg, host, n)
+            else:
                 GraphReplayer(self.om.cache).account_whole_step(host, n)
 
     # ---------------------------------------------------------------- rows and bookkeeping

@@ -115,6 +115,8 @@ class AsyncEngine:
             max_len=cfg.max_model_len or DEFAULT_MAX_LEN,
             graphs=cfg.cuda_graphs,
             kernels=cfg.fused_kernels,
+            host_reads=cfg.host_reads,
+            stream_miss_mb=cfg.stream_miss_mb,
         )
         kv_bytes = self.runner.allocate()
         replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters

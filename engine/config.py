@@ -27,4 +27,6 @@ class EngineConfig:
     max_waiting: int = 64
     cuda_graphs: bool = True
     fused_kernels: bool = True
+    host_reads: bool = True
+    stream_miss_mb: float = 128.0  # 0: always streamed
     seed: int = 0

@@ -70,6 +70,14 @@ def serve(
     fused_kernels: bool = typer.Option(
         None, "--fused-kernels/--no-fused-kernels", help="Triton kernels on CUDA [MOE_FUSED_KERNELS]."
     ),
+    host_reads: bool = typer.Option(
+        None,
+        "--host-reads/--no-host-reads",
+        help="Decode steps read missing experts from host memory [MOE_HOST_READS].",
+    ),
+    stream_miss_mb: float = typer.Option(
+        None, help="Missed MB per step above which decode steps are segmented; 0: never [MOE_STREAM_MISS_MB]."
+    ),
     max_body_bytes: int = typer.Option(None, help="Largest request body in bytes [MOE_MAX_BODY_BYTES]."),
     api_key: str = typer.Option(None, help="Bearer key required on /v1 [MOE_API_KEY]."),
     host: str = typer.Option(None, help="Bind address [MOE_HOST]."),

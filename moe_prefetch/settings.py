@@ -88,6 +88,17 @@ class Settings(BaseSettings):
         True,
         description="Triton kernels for experts, attention, norms, RoPE and routers on CUDA (off: torch ops only).",
     )
+    host_reads: bool = Field(
+        True,
+        description="Decode steps read experts missing from the GPU cache from host memory inside one CUDA graph "
+        "(off: the host makes each layer's experts resident first).",
+    )
+    stream_miss_mb: float = Field(
+        128.0,
+        ge=0,
+        description="With host reads: decode steps stay streamed while recent steps missed fewer MB of experts "
+        "than this per step, and are segmented above it (0: always streamed).",
+    )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )
@@ -139,6 +150,8 @@ class Settings(BaseSettings):
             max_waiting=self.max_waiting,
             cuda_graphs=self.cuda_graphs,
             fused_kernels=self.fused_kernels,
+            host_reads=self.host_reads,
+            stream_miss_mb=self.stream_miss_mb,
             seed=self.seed,
         )
 

@@ -47,14 +47,19 @@ def test_flags_override_env(monkeypatch):
 def test_escape_hatches_reach_the_runner(monkeypatch):
     monkeypatch.setenv("MOE_CUDA_GRAPHS", "false")
     monkeypatch.setenv("MOE_FUSED_KERNELS", "0")
+    monkeypatch.setenv("MOE_HOST_READS", "no")
+    monkeypatch.setenv("MOE_STREAM_MISS_MB", "0")
     cfg = load_settings(device="cpu").engine_config()
-    assert cfg.cuda_graphs is False and cfg.fused_kernels is False
+    assert cfg.cuda_graphs is False and cfg.fused_kernels is False and cfg.host_reads is False
     from engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(cfg)
     engine.load()  # the built-in model on the CPU; no loop thread is started
     assert engine.runner.kernels is False and engine.runner.use_triton is False
     assert engine.runner.graphs_enabled is False and engine.runner.attention is None
+    assert engine.runner.host_reads is False and engine.runner.streams is False
+    assert engine.runner.stream_miss_limit is None  # 0 MB: always streamed where streaming is possible
+    assert load_settings(stream_miss_mb=64).engine_config().stream_miss_mb == 64
     assert load_settings(cuda_graphs=True).engine_config().cuda_graphs is True  # a flag wins over the env
 
 

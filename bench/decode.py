@@ -148,7 +148,10 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
     d = {k: sum(r["delta"][k] for r in runs) for k in runs[0]["delta"]}
     n = new * len(runs)
     req = max(1, d["requests"])
-    bytes_tok = (d["bytes_prefetch"] + d["bytes_demand"]) / n
+    # the bytes a step needs over PCIe: copies made for it (prefetch, demand) and weights its kernels read
+    # from host memory (streamed steps); the fills behind streamed steps are counted apart
+    bytes_tok = (d["bytes_prefetch"] + d["bytes_demand"] + d.get("bytes_host_read", 0)) / n
+    fill_tok = d.get("bytes_fill", 0) / n
     out = {
         "tok_s": tok_s,
         "tok_s_median": statistics.median(tok_s),
@@ -162,6 +165,8 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
         "stall_ms_per_token": 1e3 * sum(r["stall_s"] for r in runs) / n,
         "bytes_per_token": bytes_tok,
         "demand_bytes_per_token": d["bytes_demand"] / n,
+        "host_read_bytes_per_token": d.get("bytes_host_read", 0) / n,
+        "fill_bytes_per_token": fill_tok,
         "prefetch_issued_per_token": d["prefetch_issued"] / n,
         "wasted_per_token": d["prefetch_wasted"] / n,
         "wasted_ratio": d["prefetch_wasted"] / d["prefetch_issued"] if d["prefetch_issued"] else None,
@@ -170,6 +175,7 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
     }
     if bw:
         out["pcie_ms_per_token"] = 1e3 * bytes_tok / bw
+        out["pcie_ms_per_token_with_fills"] = 1e3 * (bytes_tok + fill_tok) / bw
     return out
 
 
@@ -312,10 +318,11 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     by_policy: dict[str, list[tuple[float, float, float, float]]] = {}
     for c in result["configs"]:
-        if c.get("variant"):
+        if c.get("variant") not in (None, "segmented"):
             continue
         s = c["summary"]
-        by_policy.setdefault(c["policy"], []).append(
+        name = c["policy"] + (" (segmented steps)" if c.get("variant") else "")
+        by_policy.setdefault(name, []).append(
             (c["fraction"], s["tok_s_median"], s["tok_s_min"], s["tok_s_max"])
         )
     for policy, pts in by_policy.items():
@@ -323,7 +330,9 @@ def plot(result: dict, path: Path) -> None:
         x = [100 * p[0] for p in pts]
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=policy)
+        ax.errorbar(
+            x, y, yerr=err, marker="o", capsize=3, label=policy, ls="--" if "segmented" in policy else "-"
+        )
     plain = result.get("plain")
     if plain and "tok_s_median" in plain:
         ax.axhline(
@@ -346,7 +355,8 @@ def add_ratios(result: dict) -> None:
     resident = by.get(("none", 1.0))
     plain = result.get("plain", {}).get("tok_s_median")
     ratios = {}
-    for (policy, fraction), s in by.items():
+    for c in result["configs"]:
+        policy, fraction, s = c["policy"], c["fraction"], c["summary"]
         row = {}
         for base in ("none", "oracle"):
             b = by.get((base, fraction))
@@ -359,7 +369,11 @@ def add_ratios(result: dict) -> None:
             floor = s["pcie_ms_per_token"] + resident["ms_per_token_median"]
             row["pcie_floor_ms"] = floor
             row["time_ratio_to_pcie_floor"] = s["ms_per_token_median"] / floor
-        ratios[f"{policy}@{fraction}"] = row
+            if "pcie_ms_per_token_with_fills" in s:  # stricter: the fills behind streamed steps count too
+                floor_all = s["pcie_ms_per_token_with_fills"] + resident["ms_per_token_median"]
+                row["time_ratio_to_pcie_floor_with_fills"] = s["ms_per_token_median"] / floor_all
+        key = f"{policy}@{fraction}" + (f"/{c['variant']}" if c.get("variant") else "")
+        ratios[key] = row
     if resident and result.get("hbm_floor_ms"):
         ratios["resident_time_ratio_to_hbm_floor"] = resident["ms_per_token_median"] / result["hbm_floor_ms"]
     result["ratios"] = ratios
@@ -414,21 +428,37 @@ def batch_rows(segments: list, batch: int, run: int) -> list:
 def engine_batched(runner: ModelRunner, segments: list, batch: int, runs: int) -> dict:
     """Decode throughput of the engine with `batch` rows decoding together (a warm-up run, then `runs`)."""
     per_step = []
+    counters = runner.om.counters
+    delta: dict[str, int] = {}
+    total_steps = 0
     for r in range(runs + 1):
         rows = batch_rows(segments, batch, r)
         for b, (prompt, _) in enumerate(rows):
             runner.prefill(b, prompt)
         steps = min(len(f) for _, f in rows)
         pos = [len(p) for p, _ in rows]
+        runner.after_step()
+        before = counters.totals()
         sync(runner.device)
         t0 = time.perf_counter()
         for i in range(steps):
             runner.decode([f[i] for _, f in rows], [p + i for p in pos])
         sync(runner.device)
+        elapsed = time.perf_counter() - t0
         runner.after_step()
         if r:
-            per_step.append((time.perf_counter() - t0) / steps)
-    return throughput(per_step, batch)
+            per_step.append(elapsed / steps)
+            after = counters.totals()
+            for k in after:
+                delta[k] = delta.get(k, 0) + after[k] - before[k]
+            total_steps += steps
+    out = throughput(per_step, batch)
+    out["hit_rate"] = (delta["hits_resident"] + delta["hits_prefetched"]) / max(1, delta["requests"])
+    out["misses_per_step"] = delta["misses"] / total_steps
+    for k in ("bytes_demand", "bytes_host_read", "bytes_fill"):
+        out[f"{k.removeprefix('bytes_')}_mb_per_step"] = delta[k] / total_steps / 1e6
+    out["streamed"] = runner.streams
+    return out
 
 
 def diagnose_recall(om, runner, workload, bank, bank_fp32, manifest) -> dict:
@@ -496,6 +526,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--diagnose-recall", action="store_true", help="online recall along every prediction path"
+    )
+    ap.add_argument(
+        "--segmented",
+        default="none,overprovision",
+        help="policies also run with segmented steps (MOE_HOST_READS=false) below a full cache",
     )
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
     args = ap.parse_args()
@@ -624,7 +659,8 @@ def main() -> None:
         log(
             f"{policy:>13} {variant or '':14} @ {100 * fraction:3.0f}%: {s['tok_s_median']:7.2f} tok/s "
             f"[{s['tok_s_min']:.2f}-{s['tok_s_max']:.2f}], hit {100 * s['hit_rate']:5.1f}%, "
-            f"stall {s['stall_ms_per_token']:6.2f} ms/tok, {s['bytes_per_token'] / 1e6:7.1f} MB/tok, "
+            f"stall {s['stall_ms_per_token']:6.2f} ms/tok, {s['bytes_per_token'] / 1e6:7.1f} MB/tok "
+            f"(host reads {s['host_read_bytes_per_token'] / 1e6:.1f}, fills {s['fill_bytes_per_token'] / 1e6:.1f}), "
             f"same tokens {s['same_tokens_as_reference']}, graphs {runner.steps}"
         )
 
@@ -640,7 +676,7 @@ def main() -> None:
                 continue
             if policy == "none" and fraction < 1.0:
                 routing.unlink(missing_ok=True)  # record this cache size's routing for its oracle
-            runner.steps = {"graph": 0, "eager": 0, "captures": 0}
+            runner.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0}
             s, slots, wall = run_config(
                 om, runner, workload, bank, manifest, policy, fraction, routing, args, bw
             )
@@ -664,6 +700,21 @@ def main() -> None:
             )
             record("exact", fraction, s, slots, wall, variant="eager")
             runner.graphs_enabled = True
+        if cuda and fraction < 1.0:  # the same policies with segmented steps (no reads from host memory)
+            for policy in [p for p in args.segmented.split(",") if p in here]:
+                if late():
+                    result.setdefault("skipped", []).append(f"{policy}@{fraction}/segmented")
+                    continue
+                runner.host_reads = False
+                runner.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0}
+                try:
+                    s, slots, wall = run_config(
+                        om, runner, workload, bank, manifest, policy, fraction, routing, args, bw
+                    )
+                finally:
+                    runner.host_reads = True
+                    runner.invalidate()
+                record(policy, fraction, s, slots, wall, variant="segmented")
 
     # ---- throughput: several rows decoding together, every expert resident and at a 50% cache
     if batches and not late():
@@ -672,14 +723,23 @@ def main() -> None:
             cache = replace_cache(om, CacheBudget(fraction=fraction))
             if fraction >= 1.0:
                 cache.load_all()
-            runner_b.invalidate()
-            for b in batches:
-                res = engine_batched(runner_b, workload.segments, b, runs=3)
-                result.setdefault("batched", {}).setdefault("engine", {}).setdefault(str(fraction), {})[
-                    str(b)
-                ] = res
-                log(f"engine, batch {b} @ {100 * fraction:.0f}% (none): {res['tok_s_median']:.1f} tok/s")
-            write()
+            for streamed in (True, False) if fraction < 1.0 else (True,):
+                runner_b.host_reads = streamed
+                runner_b.invalidate()
+                name = "engine" if streamed else "engine_segmented"
+                for b in batches:
+                    res = engine_batched(runner_b, workload.segments, b, runs=3)
+                    result.setdefault("batched", {}).setdefault(name, {}).setdefault(str(fraction), {})[
+                        str(b)
+                    ] = res
+                    log(
+                        f"{name}, batch {b} @ {100 * fraction:.0f}% (none): {res['tok_s_median']:.1f} tok/s, "
+                        f"hit {100 * res['hit_rate']:.1f}%, {res['misses_per_step']:.1f} misses/step, "
+                        f"host reads {res['host_read_mb_per_step']:.0f} MB/step, "
+                        f"fills {res['fill_mb_per_step']:.0f} MB/step, demand {res['demand_mb_per_step']:.0f} MB/step"
+                    )
+                write()
+            runner_b.host_reads = True
         del runner_b
 
     # ---- prefill of a long prompt at the smallest cache

@@ -50,6 +50,25 @@ STREAM_INFLIGHT_BYTES = 512 * 2**20  # streamed steps: expert copies in flight a
 STREAM_MISS_LIMIT = 128 * 2**20
 
 
+class StreamChoice:
+    """Streamed or segmented decode steps, from the expert bytes recent steps missed: a moving average
+    (weight 0.2 on the newest step), segmented above `limit` bytes per step, streamed again below half."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.miss_bytes = 0.0
+        self.streaming = True
+
+    def update(self, missed_bytes: float) -> bool:
+        """Account one step's missed bytes; True if the next step should be streamed."""
+        self.miss_bytes = 0.8 * self.miss_bytes + 0.2 * missed_bytes
+        if self.streaming and self.miss_bytes > self.limit:
+            self.streaming = False
+        elif not self.streaming and self.miss_bytes < self.limit / 2:
+            self.streaming = True
+        return self.streaming
+
+
 def _bucket(n: int, smallest: int, largest: int) -> int:
     b = smallest
     while b < n:
@@ -109,9 +128,8 @@ class ModelRunner:
         self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
         # bytes per step; None: always streamed
         self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
-        self._miss_bytes = 0.0  # moving average of the expert bytes decode steps missed, per step
+        self._choice = StreamChoice(self.stream_miss_limit or 0)
         self._missed_seen = 0  # the cache's missed-expert count when last looked at
-        self._streaming = True  # the current choice (with hysteresis)
         self.graph_failure: str | None = None
         self.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0}
         self._graphs: dict[tuple[int, int, bool], StepGraph] = {}  # (rows, KV positions, streamed)
@@ -149,7 +167,7 @@ class ModelRunner:
         self._graph_cache = None
         self.graph_failure = None
         self._streams = None
-        self._miss_bytes, self._streaming = 0.0, True
+        self._choice = StreamChoice(self.stream_miss_limit or 0)
 
     def grouped(self) -> GroupedExperts:
         cache = self.om.cache
@@ -270,13 +288,10 @@ class ModelRunner:
         if self.stream_miss_limit is None or cache.capacity < batch * self.om.top_k:
             return True  # a segmented step needs room for a layer's experts at once
         missed = self._missed()
-        self._miss_bytes = 0.8 * self._miss_bytes + 0.2 * (missed - self._missed_seen) * cache.layout.nbytes
+        self._choice.limit = self.stream_miss_limit
+        stream = self._choice.update((missed - self._missed_seen) * cache.layout.nbytes)
         self._missed_seen = missed
-        if self._streaming and self._miss_bytes > self.stream_miss_limit:
-            self._streaming = False
-        elif not self._streaming and self._miss_bytes < self.stream_miss_limit / 2:
-            self._streaming = True
-        return self._streaming
+        return stream
 
     def _decode_graph(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
         n = len(tokens)

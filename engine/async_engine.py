@@ -138,6 +138,7 @@ class AsyncEngine:
             self.recorder = RoutingRecorder(len(om.layers))
             om.cache.on_route = self.recorder.record
         self.metrics.attach_cache(om.counters)
+        self.metrics.attach_steps(self.runner.step_kinds)
         self.metrics.set_info(
             policy=cfg.policy,
             model=name,

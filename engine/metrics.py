@@ -9,7 +9,7 @@ README lists them. Ratios (hit rate, recall, wasted share) are left to PromQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -92,7 +92,7 @@ TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
 CACHE_METRICS = {
     "moe_expert_requests_total": "Routed experts asked of the expert cache, by MoE layer.",
     "moe_expert_hits_total": "Routed experts found on the device, by layer and source (resident|prefetched).",
-    "moe_expert_misses_total": "Routed experts that had to be loaded on demand (a stall), by layer.",
+    "moe_expert_misses_total": "Routed experts not on the device when their step ran (loaded on demand, or read from host memory by a streamed step), by layer.",
     "moe_prefetch_issued_total": "Expert copies started by a prefetch, by layer.",
     "moe_prefetch_used_total": "Prefetched experts that the router then picked, by layer.",
     "moe_prefetch_wasted_total": "Prefetched experts not picked by the router in their step, by layer.",
@@ -102,6 +102,30 @@ CACHE_METRICS = {
     "moe_expert_cache_slots_used": "Expert cache slots holding an expert.",
     "moe_expert_cache_slots_capacity": "Expert cache slots on the device.",
 }
+
+
+STEP_METRIC = (
+    "moe_decode_steps_total",
+    "Decode steps run, by kind (streamed|segmented|whole|eager).",
+)
+STEP_KINDS = ("streamed", "segmented", "whole", "eager")
+
+
+class _StepCollector:
+    """Decode steps by kind, read from the runner at scrape time."""
+
+    def __init__(self, kinds: Callable[[], dict[str, int]]) -> None:
+        self.kinds = kinds
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        counts = self.kinds()
+        fam = CounterMetricFamily(STEP_METRIC[0][: -len("_total")], STEP_METRIC[1], labels=["kind"])
+        for kind in STEP_KINDS:
+            fam.add_metric([kind], counts.get(kind, 0))
+        yield fam
 
 
 class _CacheCollector:
@@ -225,6 +249,10 @@ class Metrics:
 
     def attach_cache(self, counters: CacheCounters) -> None:
         self.registry.register(_CacheCollector(counters))
+
+    def attach_steps(self, kinds: Callable[[], dict[str, int]]) -> None:
+        """`kinds()` gives the decode steps run so far by kind (see `STEP_KINDS`)."""
+        self.registry.register(_StepCollector(kinds))
 
     def set_info(self, **labels: str) -> None:
         self.info.info({k: str(v) for k, v in labels.items()})

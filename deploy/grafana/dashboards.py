@@ -311,7 +311,8 @@ def main_dashboard() -> dict:
         panel(
             "timeseries",
             "Host-to-device bytes per second by reason",
-            "Expert bytes copied to the GPU: prefetch (ahead of time, overlapped) vs demand (a stall).",
+            "Expert bytes moved to the GPU: prefetch (ahead of time, overlapped), demand (a stall), and with streamed "
+            "decode steps host_read (missed experts read by the kernels over PCIe) and fill (copied in behind the step).",
             targets((rate("moe_expert_bytes_copied_total", "instance, reason"), "{{reason}} {{instance}}")),
             unit="Bps",
             w=8,
@@ -363,6 +364,16 @@ def main_dashboard() -> dict:
                 (f"moe_expert_cache_slots_used{{{INST}}}", "used {{instance}}"),
                 (f"moe_expert_cache_slots_capacity{{{INST}}}", "capacity {{instance}}"),
             ),
+            w=8,
+        ),
+        panel(
+            "timeseries",
+            "Decode steps per second by kind",
+            "streamed: one CUDA graph, missing experts read from host memory; segmented: graph segments, the host "
+            "copies each layer's experts in first (many misses per step); whole: one graph, every expert resident; "
+            "eager: no graph (CPU, capture off, or the first step of a shape).",
+            targets((rate("moe_decode_steps_total", "instance, kind"), "{{kind}} {{instance}}")),
+            unit="ops",
             w=8,
         ),
         row("Requests"),

@@ -28,7 +28,8 @@ step logs its routed ids, the slot each pair was read from and each prefetch tap
 reads the logs one step late (while the next step runs), counts hits and misses, scores the predictions
 and queues the missed and predicted experts, which `ExpertCache.stream_publish` copies in before a
 later step (see `engine.expert_cache` for why no step ever reads a slot being written). So prefetch
-works one step behind: a prediction made in step t is filled in for steps t+2 on.
+works behind the steps: an expert missed or predicted in step t is copied while step t+2 runs and read
+from its slot from step t+3 on.
 
 A shape is captured on its first use, right after an eager run of the same shape on the capture
 stream (which gives that step's result and warms every kernel, Triton autotuning included). Every
@@ -155,7 +156,7 @@ class GraphCapture:
     def on_prediction(self, issuer, target: int, table: torch.Tensor | None) -> None:
         """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
         if self.whole:
-            if self.host_views is not None:  # streamed: logged, filled in one step behind
+            if self.host_views is not None:  # streamed: logged, filled in behind the steps
                 self.predictors[target] = issuer
                 if table is not None:
                     self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)

@@ -37,4 +37,9 @@ def test_decode_bench_smoke_run(tmp_path):
     for fraction in ("1.0", "0.5"):
         runs = out["batched"]["engine"][fraction]
         assert set(runs) == {"2", "4"} and all(r["tok_s_median"] > 0 for r in runs.values())
+        assert all(0 < r["hit_rate"] <= 1 and r["streamed"] is False for r in runs.values())  # CPU: eager
+    assert set(out["batched"]["engine_segmented"]) == {"0.5"}  # both kinds of step at 50%
+    half = next(c["summary"] for c in out["configs"] if c["policy"] == "none" and c["fraction"] == 0.5)
+    assert half["misses_per_token"] > 0 and half["demand_bytes_per_token"] > 0  # CPU: demand loads
+    assert half["host_read_bytes_per_token"] == 0 == half["fill_bytes_per_token"]
     assert out["prefill"]["tok_s_median"] > 0 and "ratios" in out

@@ -676,7 +676,7 @@ def main() -> None:
                 continue
             if policy == "none" and fraction < 1.0:
                 routing.unlink(missing_ok=True)  # record this cache size's routing for its oracle
-            runner.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0}
+            runner.reset_steps()
             s, slots, wall = run_config(
                 om, runner, workload, bank, manifest, policy, fraction, routing, args, bw
             )
@@ -706,7 +706,7 @@ def main() -> None:
                     result.setdefault("skipped", []).append(f"{policy}@{fraction}/segmented")
                     continue
                 runner.host_reads = False
-                runner.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0}
+                runner.reset_steps()
                 try:
                     s, slots, wall = run_config(
                         om, runner, workload, bank, manifest, policy, fraction, routing, args, bw

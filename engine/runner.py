@@ -131,7 +131,7 @@ class ModelRunner:
         self._choice = StreamChoice(self.stream_miss_limit or 0)
         self._missed_seen = 0  # the cache's missed-expert count when last looked at
         self.graph_failure: str | None = None
-        self.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0, "segmented": 0}
+        self.reset_steps()
         self._graphs: dict[tuple[int, int, bool], StepGraph] = {}  # (rows, KV positions, streamed)
         self._graph_cache = None  # the expert cache the graphs read (slot pool, slot table)
         self._pool = None
@@ -408,14 +408,17 @@ class ModelRunner:
             else:
                 GraphReplayer(self.om.cache).account_whole_step(host, n)
 
+    def reset_steps(self) -> None:
+        """Zero the step counts (`steps`: graph steps, of which streamed and segmented; eager; captures)."""
+        self.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0, "segmented": 0}
+
     def step_kinds(self) -> dict[str, int]:
         """Decode steps run so far by kind (the `moe_decode_steps_total` metric)."""
         s = self.steps
-        streamed, segmented = s.get("streamed", 0), s.get("segmented", 0)
         return {
-            "streamed": streamed,
-            "segmented": segmented,
-            "whole": s["graph"] - streamed - segmented,
+            "streamed": s["streamed"],
+            "segmented": s["segmented"],
+            "whole": s["graph"] - s["streamed"] - s["segmented"],
             "eager": s["eager"],
         }
 

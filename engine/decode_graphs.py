@@ -160,7 +160,7 @@ class GraphCapture:
                 self.predictors[target] = issuer
                 if table is not None:
                     self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
-            return  # every expert is resident: nothing to prefetch
+            return  # every expert is resident, or streamed: nothing to decide inside the step
         self.split(Action("predict", target, table, issuer))
 
 

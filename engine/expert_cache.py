@@ -171,11 +171,29 @@ class ExpertCache:
         self._key_of[slot] = key
         self._lru[key] = None
         if visible:
-            self.slot_host[key[0], key[1]] = slot
-            self._dirty.add(key[0])
+            self._show(key, slot)
         else:  # the table says -1 until the copy has landed (streamed steps)
             self._landing[key] = slot
         self.counters.slots_used += 1
+
+    def _show(self, key: Key, slot: int) -> None:
+        """Point the table entry of `key` at `slot` (sent to the device with its layer's row)."""
+        self._landing.pop(key, None)
+        self.slot_host[key[0], key[1]] = slot
+        self._dirty.add(key[0])
+
+    def _hit(self, key: Key) -> str:
+        """Count a routed expert found in its slot: a prefetch hit on the first use of a prefetched expert,
+        else a resident hit; it becomes the most recently used."""
+        c, layer = self.counters, key[0]
+        self._lru.move_to_end(key)
+        if key in self._fresh:
+            self._fresh.discard(key)
+            c.hits_prefetched[layer] += 1
+            c.prefetch_used[layer] += 1
+            return PREFETCH_HIT
+        c.hits_resident[layer] += 1
+        return HIT
 
     def _copy_in(self, key: Key, slot: int, after: torch.cuda.Event | None = None) -> None:
         src = self.store.row(*key)  # [numel] pinned host
@@ -317,20 +335,10 @@ class ExpertCache:
                 kinds.append(MISS)
                 c.misses[layer] += 1
                 demand += 1
-            elif key in self._fresh:
-                self._fresh.discard(key)
-                kinds.append(PREFETCH_HIT)
-                c.hits_prefetched[layer] += 1
-                c.prefetch_used[layer] += 1
-                self._lru.move_to_end(key)
             else:
-                kinds.append(HIT)
-                c.hits_resident[layer] += 1
-                self._lru.move_to_end(key)
+                kinds.append(self._hit(key))
             if key in self._landing:  # a streamed fill: the compute stream waits for its copy below
-                del self._landing[key]
-                self.slot_host[layer, key[1]] = slot
-                self._dirty.add(layer)
+                self._show(key, slot)
             if key in pf.keys:  # the prefetch pin becomes the step pin
                 pf.keys.discard(key)
             else:
@@ -495,15 +503,10 @@ class ExpertCache:
             if slot < 0:
                 c.misses[layer] += 1
                 misses.append(int(e))
-                continue
-            if key in self._fresh:
-                self._fresh.discard(key)
-                c.hits_prefetched[layer] += 1
-                c.prefetch_used[layer] += 1
+            elif key in self._lru:  # found in its slot (and not evicted since)
+                self._hit(key)
             else:
                 c.hits_resident[layer] += 1
-            if key in self._lru:
-                self._lru.move_to_end(key)
         c.requests[layer] += len(routed)
         c.bytes_host_read += len(misses) * self.layout.nbytes
         if predicted is not None:
@@ -537,9 +540,7 @@ class ExpertCache:
             ev = self._copy_done[slot]
             if ev is None or ev.query():
                 self._copy_done[slot] = None
-                del self._landing[key]
-                self.slot_host[key[0], key[1]] = slot
-                self._dirty.add(key[0])
+                self._show(key, slot)
         fills: list[tuple[Key, int]] = []
         c = self.counters
         budget = self.capacity

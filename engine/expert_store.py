@@ -68,6 +68,7 @@ class ExpertStore:
         self.num_layers = num_layers
         self.pinned = pin
         self.buffers: list[torch.Tensor | None] = [None] * num_layers
+        self._views: dict[int, dict[str, torch.Tensor]] = {}  # layer_views, made once per buffer
 
     def allocate(self, layer: int) -> torch.Tensor:
         shape = (self.layout.num_experts, self.layout.numel)
@@ -77,6 +78,7 @@ class ExpertStore:
             else torch.empty(shape, dtype=self.layout.dtype)
         )
         self.buffers[layer] = buf
+        self._views.pop(layer, None)
         return buf
 
     def fill_from_module(self, layer: int, experts: torch.nn.Module) -> None:
@@ -88,18 +90,21 @@ class ExpertStore:
                 src = getattr(experts, spec.name)
                 views[spec.name].copy_(src.detach().reshape(self.layout.num_experts, *spec.shape))
 
-    def row(self, layer: int, expert: int) -> torch.Tensor:
+    def _filled(self, layer: int) -> torch.Tensor:
         buf = self.buffers[layer]
         if buf is None:
             raise RuntimeError(f"expert store: layer {layer} was never filled")
-        return buf[expert]
+        return buf
+
+    def row(self, layer: int, expert: int) -> torch.Tensor:
+        return self._filled(layer)[expert]
 
     def layer_views(self, layer: int) -> dict[str, torch.Tensor]:
         """name -> [E, *shape] views of a layer's experts (what kernels reading host memory are given)."""
-        buf = self.buffers[layer]
-        if buf is None:
-            raise RuntimeError(f"expert store: layer {layer} was never filled")
-        return self.layout.views(buf)
+        views = self._views.get(layer)
+        if views is None:
+            views = self._views[layer] = self.layout.views(self._filled(layer))
+        return views
 
     def expert_tensors(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
         """One expert's weights as views of the store (for tests and reference checks)."""

@@ -13,9 +13,9 @@ expert kernels, decode steps are streamed (`host_reads`): one graph per step at 
 experts with no slot read from host memory by the kernels, the cache filled behind the steps
 (`engine.decode_graphs`). Otherwise a step whose experts may miss is captured in segments, the host
 making each layer's experts resident before they compute. Where both are possible the runner picks per
-step: streamed while the recent steps missed fewer than `stream_miss_limit` bytes of experts (kernels
-reading host memory are slower than the copy engines; with many misses per step the host's decisions
-cost less than the slower reads), segmented above it, back to streamed below half of it.
+step: streamed while the recent steps missed fewer than `stream_miss_limit` bytes of experts, segmented
+above it, back to streamed below half of it (a streamed step's miss crosses PCIe twice, read by the
+kernels and then filled in behind the step; with many misses that costs more than the host's decisions).
 
 Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
 together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.

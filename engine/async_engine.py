@@ -126,13 +126,18 @@ class AsyncEngine:
         log.info(
             "KV cache: %d rows x %d positions, %.2f GB on %s", cfg.max_running, ctx, kv_bytes / 1e9, device
         )
-        self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()))
+        vocab = int(om.model.get_input_embeddings().num_embeddings)  # ids past it would index out of range
+        self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self._eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
         om.cache.on_stall = self.metrics.stall.observe
         self.prefetcher = build_prefetcher(
-            om, cfg, builtin_bundle, on_latency=self.metrics.prediction_latency.observe
+            om,
+            cfg,
+            builtin_bundle,
+            on_latency=self.metrics.prediction_latency.observe,
+            graphs_enabled=self.runner.graphs_enabled,
         )
         if cfg.record_routing:
             self.recorder = RoutingRecorder(len(om.layers))

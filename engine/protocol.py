@@ -52,6 +52,7 @@ class ModelCard:
     context_length: int
     created: int = 0
     owned_by: str = "moe-prefetch"
+    vocab_size: int | None = None  # token ids a prompt may hold are 0..vocab_size-1 (None: unknown)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,14 @@ from torch import nn
 from engine.errors import ModelLoadError
 from engine.expert_cache import ExpertCache, slots_for_budget
 from engine.expert_store import ExpertLayout, ExpertStore
-from engine.model_map import MoELayer, expert_param_names, find_moe_layers, is_experts_module, top_k_of
+from engine.model_map import (
+    MoELayer,
+    expert_param_names,
+    find_moe_layers,
+    fix_latent_attention_groups,
+    is_experts_module,
+    top_k_of,
+)
 from engine.offload import install_offload, strip_expert_weights
 from engine.stats import CacheCounters
 
@@ -191,6 +198,8 @@ def offload(
 ) -> OffloadedModel:
     """Split an already-built model (experts on CPU) into device weights + pinned store + cache."""
     layers = find_moe_layers(model)
+    if fix_latent_attention_groups(model):
+        log.info("%s: latent attention keys have one head per query head (num_key_value_groups = 1)", source)
     layout = _layout_of(layers[0].experts, dtype)
     store = ExpertStore(layout, len(layers), pin=device.type == "cuda")
     for layer in layers:
@@ -288,6 +297,8 @@ def build_synthetic(
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     layers = find_moe_layers(model)
+    if fix_latent_attention_groups(model):
+        log.info("%s: latent attention keys have one head per query head (num_key_value_groups = 1)", source)
     layout = _layout_of(layers[0].experts, dtype)
     store = ExpertStore(layout, len(layers), pin=device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(seed)

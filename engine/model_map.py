@@ -118,3 +118,20 @@ def top_k_of(model: nn.Module) -> int:
         if isinstance(v, int):
             return v
     raise ValueError(f"{type(cfg).__name__}: cannot find the number of experts per token")
+
+
+def fix_latent_attention_groups(model: nn.Module) -> int:
+    """Multi-head latent attention (DeepSeek-V2/V3) expands its keys and values to one head per query head
+    (`kv_b_proj`), yet transformers derives `num_key_value_groups` from `num_key_value_heads`, so a config
+    with fewer KV heads than query heads makes sdpa repeat keys that are already full width (transformers
+    itself only works there when it passes no mask, which the static KV runner always does). Such modules
+    get `num_key_value_groups = 1`, which is what their keys are; returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        heads = getattr(module, "num_heads", None)
+        if heads is None or not hasattr(module, "kv_b_proj"):
+            continue
+        if getattr(module, "num_key_value_groups", 1) != 1:
+            module.num_key_value_groups = 1
+            changed += 1
+    return changed

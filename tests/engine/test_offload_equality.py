@@ -42,3 +42,19 @@ def test_no_expert_weights_left_in_the_model(checkpoints):
     expert_bytes = om.store.nbytes
     assert expert_bytes == om.store.total_experts * om.store.layout.nbytes
     assert om.cache.pool.numel() * om.cache.pool.element_size() == om.cache.capacity * om.store.layout.nbytes
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, MIN], ids=["cache100", "cache50", "cachemin"])
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_latent_attention_with_fewer_kv_heads(kv_heads, fraction, tmp_path):
+    """DeepSeek-V2 configs may say fewer KV heads than query heads (transformers accepts any divisor); its
+    latent attention still has one key head per query head. The engine must start and match transformers."""
+    from families import greedy_reference, write_checkpoint
+
+    path = write_checkpoint("deepseek_v2", tmp_path / "ds", num_key_value_heads=kv_heads)
+    prompt = [5, 17, 42, 9, 100, 7]
+    ref = greedy_reference(path, prompt, NEW)
+    om = load_checkpoint(path, torch.device("cpu"), torch.float32, CacheBudget(fraction=fraction))
+    runner = ModelRunner(om, rows=2)
+    runner.allocate()  # the start-up step that failed: a one-token prefill with the static KV cache's mask
+    assert runner.greedy(prompt, NEW) == ref

@@ -67,6 +67,7 @@ class StepGraph:
     kv_len: int
     ids: torch.Tensor  # [B, 1] static input
     pos: torch.Tensor  # [B] static input
+    src: torch.Tensor | None = None  # [B] static input: each row's routing source (None: B rows always real)
     segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = field(default_factory=list)
     events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
     logits: torch.Tensor | None = None  # [B, V] static output

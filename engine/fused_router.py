@@ -61,7 +61,8 @@ if triton is not None:
         top_i = tl.zeros((KP,), dtype=tl.int32)
         for j in tl.static_range(K):
             v = tl.max(p, axis=0)
-            i = tl.min(tl.where(p == v, offs, BLOCK_E), axis=0)
+            # a NaN row matches no lane: clamp so the id stays an expert (NaN must never index past E)
+            i = tl.minimum(tl.min(tl.where(p == v, offs, BLOCK_E), axis=0), E - 1)
             top_v = tl.where(js == j, v, top_v)
             top_i = tl.where(js == j, i, top_i)
             p = tl.where(offs == i, -2.0, p)

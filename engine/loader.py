@@ -298,7 +298,7 @@ def build_synthetic(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     layers = find_moe_layers(model)
     if fix_latent_attention_groups(model):
-        log.info("%s: latent attention keys have one head per query head (num_key_value_groups = 1)", source)
+        log.info("%s: latent attention keys have one head per query head (num_key_value_groups = 1)", name)
     layout = _layout_of(layers[0].experts, dtype)
     store = ExpertStore(layout, len(layers), pin=device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -55,6 +55,9 @@ class DecodeMode:
     grouped: GroupedExperts
     capture: RoutingCapture | None = None  # set while the step is being captured as a CUDA graph
     host_reads: bool = False  # streamed steps: eager runs use the kernels that can read host memory too
+    # [B] long on the device, row b -> the row whose routed experts row b computes with: b for the step's
+    # real rows, 0 for the padding rows of a step shape larger than its rows (None: no padding possible)
+    row_source: torch.Tensor | None = None
 
 
 def _project(mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -102,6 +105,11 @@ def offloaded_experts_forward(
     handle: OffloadHandle = self._moe_offload
     cache, layer = handle.cache, handle.layer
     decode = cache.decode
+    if decode is not None and decode.row_source is not None:
+        # A padding row attends over its own (stale) KV row, so its router picks experts of its own; the host
+        # makes only the real rows' experts resident, and a slot-less expert read by a segmented step's kernels
+        # is an out-of-bounds read. Padding rows compute with row 0's experts instead (their output is dropped).
+        top_k_index = top_k_index.index_select(0, decode.row_source)  # [T, k]
     if decode is not None and decode.capture is not None:  # inside a CUDA graph capture: no host work
         extra = decode.capture.on_routing(layer, top_k_index)
         return decode.grouped.forward(

@@ -76,6 +76,16 @@ def _bucket(n: int, smallest: int, largest: int) -> int:
     return min(b, largest)
 
 
+def _pads(batch: int, rows: int) -> bool:
+    """Whether a decode step of `batch` rows can run fewer real rows (n < batch with the same bucket)."""
+    return batch > 1 and _bucket(batch - 1, 1, rows) == batch
+
+
+def _row_sources(n: int, batch: int) -> list[int]:
+    """Row b's routing source in a step of `n` real rows padded to `batch`: itself, or row 0 for padding."""
+    return list(range(n)) + [0] * (batch - n)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -136,7 +146,7 @@ class ModelRunner:
         self._graph_cache = None  # the expert cache the graphs read (slot pool, slot table)
         self._pool = None
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
-        self._staging = torch.zeros((2, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions
+        self._staging = torch.zeros((3, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions, sources
         self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
         # whole-step graphs: the routing log of step t is read after step t+1 is launched, so the GPU
         # never waits for the host between steps; two events and host buffers, used in turn
@@ -252,11 +262,16 @@ class ModelRunner:
         return self._decode_eager(tokens, positions, n, need)[:n]
 
     def _decode_eager(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
-        pad = batch - len(tokens)  # padded rows repeat row 0: same experts, finite values, free rows
+        # padded rows repeat row 0's token and position (finite values, free KV rows) and route as row 0
+        n = len(tokens)
+        pad = batch - n
         ids = torch.tensor([tokens + tokens[:1] * pad], dtype=torch.long, device=self.device).T  # [B, 1]
         pos = torch.tensor(positions + positions[:1] * pad, dtype=torch.long, device=self.device)  # [B]
+        src = torch.tensor(_row_sources(n, batch), device=self.device) if pad else None  # [B]
         cache = self.om.cache
-        cache.decode = DecodeMode(self.grouped(), host_reads=self.graphs_enabled and self.streams)
+        cache.decode = DecodeMode(
+            self.grouped(), host_reads=self.graphs_enabled and self.streams, row_source=src
+        )
         try:
             return self._decode_forward(ids, pos, kv_len)
         finally:
@@ -311,6 +326,9 @@ class ModelRunner:
         self._staging[1, :batch] = torch.tensor(positions + positions[:1] * pad)
         sg.ids.copy_(self._staging[0, :batch, None], non_blocking=True)
         sg.pos.copy_(self._staging[1, :batch], non_blocking=True)
+        if sg.src is not None:
+            self._staging[2, :batch] = torch.tensor(_row_sources(n, batch))
+            sg.src.copy_(self._staging[2, :batch], non_blocking=True)
         self._staged.record()
         if sg.whole:
             # the table as the step must see it; streamed: the copies earlier steps asked for start behind it
@@ -359,6 +377,7 @@ class ModelRunner:
             kv_len,
             ids=torch.zeros((batch, 1), dtype=torch.long, device=self.device),
             pos=torch.zeros((batch,), dtype=torch.long, device=self.device),
+            src=torch.arange(batch, device=self.device) if _pads(batch, self.rows) else None,
             whole=whole,
             stream=stream,
         )
@@ -368,7 +387,7 @@ class ModelRunner:
             try:
                 views = self.om.store.layer_views if stream else None
                 cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views)
-                cache.decode = DecodeMode(self.grouped(), capture=cap)
+                cache.decode = DecodeMode(self.grouped(), capture=cap, row_source=sg.src)
                 sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                 cap.close()
             except BaseException:

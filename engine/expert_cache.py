@@ -167,6 +167,8 @@ class ExpertCache:
         self.counters.slots_used -= 1
 
     def _install(self, key: Key, slot: int, visible: bool = True) -> None:
+        if key in self._slot_of:  # a second slot for one expert would orphan the first for good
+            raise RuntimeError(f"expert cache: {key} installed twice (slots {self._slot_of[key]} and {slot})")
         self._slot_of[key] = slot
         self._key_of[slot] = key
         self._lru[key] = None
@@ -549,6 +551,8 @@ class ExpertCache:
                 0 if self._landing else 1, max_inflight_bytes // self.layout.nbytes - len(self._landing)
             )
         for key, prefetch in self._queued.items():
+            if key in self._slot_of:  # made resident since it was queued (a prefill or an eager step)
+                continue
             if len(fills) >= budget:
                 break
             slot = self._take_slot()

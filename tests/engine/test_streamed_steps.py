@@ -66,3 +66,17 @@ def test_the_choice_switches_with_hysteresis():
         assert not choice.update(0)  # 115, 92, 74, 59: above half the limit, stays segmented
     assert choice.update(0)  # 47 < 50: streamed again
     assert choice.update(90)  # 56: between half and the limit, stays streamed
+
+
+def test_an_expert_made_resident_after_it_was_queued_is_not_filled_again():
+    """A streamed step's miss is queued; before the next publish a prefill (or an eager step) acquires the
+    same expert. The publish must not give it a second slot: the first would be orphaned (neither free nor
+    evictable) and, one leak at a time, acquires would fail with every slot free of pins (GPU serving)."""
+    cache = make_cache(4)
+    for _ in range(8):
+        cache.stream_queue(0, [1, 2])
+        cache.release(cache.acquire(0, [1, 2, 3]))  # a prefill makes them resident meanwhile
+        cache.stream_publish()
+        assert len(cache.resident_keys()) == cache.counters.slots_used <= cache.capacity
+        assert sorted(set(cache._slot_of.values())) == sorted(cache._slot_of.values())  # one slot each
+    cache.release(cache.acquire(1, [0, 1, 2, 3]))  # every slot can still be taken at once

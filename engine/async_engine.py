@@ -1,12 +1,18 @@
 """The real `EngineClient`: one engine thread owns the model; the event loop only awaits.
 
-`generate()` tokenises and validates on the caller's side, then hands a `_Sequence` to the
+`generate()` tokenises and validates on the caller's side, then hands a `Sequence` to the
 scheduler; the engine thread runs rounds: newly admitted sequences are prefilled one by one into
 free KV rows (each gets its first token), then every running sequence gets one more token from one
 batched decode step over KV rows 0..n-1. Each `TokenDelta` goes into the request's own asyncio queue
 with `loop.call_soon_threadsafe`. A consumer that
-stops iterating (client gone) aborts its sequence in a `finally`. A failure inside the model marks
-the engine dead: pending requests get `EngineDead`, `/health` says so.
+stops iterating (client gone) aborts its sequence in a `finally`.
+
+Bad input is refused before queuing (`engine.admission`). A failure inside the engine is classified
+(`engine.faults`): one sequence's prefill, sampling or detokenisation failing fails that request alone with
+`RequestFailed`; a failed batched decode step fails the requests of that batch; after a failure inside the
+model the runner and the prefetcher are reset, and the engine serves on. A fatal fault (the device is
+poisoned) answers every request with `EngineDead`, logs the cause once and marks the engine fatal:
+`/health` says so and the serving process exits (`server.run`) to be restarted.
 """
 
 from __future__ import annotations
@@ -15,63 +21,55 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
-import torch
-
+from engine import admission
 from engine.config import EngineConfig
 from engine.devices import resolve_device, resolve_dtype
-from engine.errors import EngineDead, EngineError, MaxTokensTooLarge, PromptTooLong
+from engine.errors import EngineDead, EngineError, RequestFailed
+from engine.faults import classify, device_probe
 from engine.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
 from engine.metrics import Metrics
 from engine.prefetch import PREDICTOR_POLICIES, Prefetcher, build_prefetcher, resolve_bundle
-from engine.protocol import EngineHealth, GenerationRequest, ModelCard, SamplingParams, TokenDelta
+from engine.prompt_bound import max_prompt_chars
+from engine.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
 from engine.routing_trace import RoutingRecorder
 from engine.runner import DEFAULT_MAX_LEN, ModelRunner
 from engine.sampling import make_generator, sample
 from engine.scheduler import Scheduler
-from engine.stats import RequestStats
+from engine.sequence import Sequence
 from engine.text_stream import TextStream
 
 log = logging.getLogger(__name__)
 
+MODEL_STAGES = ("prefill", "decode step")  # a failure there may leave the runner or the prefetcher mid-step
 
-@dataclass(eq=False)
-class _Sequence:
-    request_id: str
-    params: SamplingParams
-    prompt_ids: list[int]
-    max_tokens: int
-    emit: Callable[[TokenDelta | BaseException], None]
-    stream: TextStream
-    arrival: float
-    row: int | None = None  # KV row while running
-    length: int = 0  # tokens in its KV row
-    done: bool = False
-    generator: torch.Generator | None = None
-    out_ids: list[int] = field(default_factory=list)
-    scheduled_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    gaps: list[float] = field(default_factory=list)
+
+class _Fatal(Exception):
+    """Raised inside a round when a fault is fatal; the loop ends the engine with `cause`."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
 
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.scheduler: Scheduler[_Sequence] = Scheduler(config.max_running, config.max_waiting)
+        self.scheduler: Scheduler[Sequence] = Scheduler(config.max_running, config.max_waiting)
         self.om: OffloadedModel | None = None
         self.runner: ModelRunner | None = None
         self.tokenizer = None
         self._card: ModelCard | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._dead: str | None = None
+        self._dead: str | None = None  # why the engine cannot serve (a fatal fault); None while it can
+        self._probe = None  # the device sync that tells a poisoned device (engine.faults)
+        self._max_prompt_chars: int | None = None  # longer text cannot fit (engine.prompt_bound)
         self._eos: set[int] = set()
         self._seed_counter = 0
-        self._rows: list[_Sequence] = []  # _rows[i] decodes in KV row i
+        self._rows: list[Sequence] = []  # _rows[i] decodes in KV row i
         self.prefetcher: Prefetcher | None = None
         self.recorder: RoutingRecorder | None = None
 
@@ -128,6 +126,8 @@ class AsyncEngine:
         )
         vocab = int(om.model.get_input_embeddings().num_embeddings)  # ids past it would index out of range
         self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
+        self._max_prompt_chars = max_prompt_chars(self.tokenizer, ctx)
+        self._probe = device_probe(device)
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self._eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
@@ -187,7 +187,7 @@ class AsyncEngine:
     def health(self) -> EngineHealth:
         running, waiting = self.scheduler.counts
         if self._dead is not None:
-            return EngineHealth(False, self._dead, running, waiting)
+            return EngineHealth(False, self._dead, running, waiting, fatal=True)
         if self.om is None or self._thread is None or not self._thread.is_alive():
             return EngineHealth(False, "engine not running", running, waiting)
         return EngineHealth(True, "ok", running, waiting, {"cache_slots": self.om.cache.capacity})
@@ -198,52 +198,28 @@ class AsyncEngine:
     async def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
 
-    def tokenize(self, request: GenerationRequest) -> list[int]:
-        if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
-        tok = self.tokenizer
-        if request.messages is not None:
-            if getattr(tok, "chat_template", None):
-                ids = tok.apply_chat_template(
-                    list(request.messages), add_generation_prompt=True, tokenize=True
-                )
-                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                    ids = ids["input_ids"]
-                return list(ids)
-            text = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages) + "\nassistant:"
-            return tok.encode(text, add_special_tokens=False)
-        return tok.encode(request.prompt or "", add_special_tokens=False)
-
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         if self._dead is not None:
-            raise EngineDead(f"engine is not healthy: {self._dead}")
+            raise self._dead_error()
         card = self.model_card
-        prompt_ids = await asyncio.to_thread(self.tokenize, request)
-        param = "messages" if request.messages is not None else "prompt"
-        if not prompt_ids:
-            raise PromptTooLong("the prompt is empty after tokenisation", param=param)
-        room = card.context_length - len(prompt_ids)
-        if room < 1:
-            raise PromptTooLong(
-                f"the prompt has {len(prompt_ids)} tokens; the context window is {card.context_length}",
-                param=param,
-            )
         p = request.params
-        max_tokens = p.max_tokens if p.max_tokens is not None else room
-        if max_tokens > room:
-            raise MaxTokensTooLarge(
-                f"max_tokens={max_tokens} does not fit: the prompt has {len(prompt_ids)} tokens and the context "
-                f"window is {card.context_length} (at most {room})",
-                param="max_tokens",
-            )
+        admission.check_params(p)
+        admission.check_prompt_size(request, self._max_prompt_chars, card.context_length)
+        prompt_ids = await asyncio.to_thread(admission.tokenize, self.tokenizer, request)
+        param = admission.prompt_param(request)
+        admission.check_token_ids(prompt_ids, card.vocab_size, param)
+        max_tokens = admission.tokens_to_generate(len(prompt_ids), p.max_tokens, card.context_length, param)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
 
         def emit(item: TokenDelta | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's event loop is closed: nobody reads this request any more
+                pass
 
         self._seed_counter += 1
-        seq = _Sequence(
+        seq = Sequence(
             request_id=request.request_id,
             params=p,
             prompt_ids=prompt_ids,
@@ -254,6 +230,8 @@ class AsyncEngine:
         )
         seq.generator = make_generator(p, self.om.device, self.config.seed * 1_000_003 + self._seed_counter)
         self.scheduler.submit(seq)
+        if self._dead is not None:  # the engine died while this request was being tokenised
+            self._answer_dead()
         self.metrics.set_queue(*self.scheduler.counts)
         finished = False
         try:
@@ -272,29 +250,29 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ engine thread
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            running = self.scheduler.admit()
-            for seq in self.scheduler.take_dropped():
-                self._record(seq, "abort")
-            if not running:
-                self.metrics.set_queue(*self.scheduler.counts)
-                self.scheduler.wait_for_work(0.05)
-                continue
-            try:
+        try:
+            while not self._stop.is_set():
+                running = self.scheduler.admit()
+                for seq in self.scheduler.take_dropped():
+                    self._record(seq, "abort")
+                if not running:
+                    self.metrics.set_queue(*self.scheduler.counts)
+                    self.scheduler.wait_for_work(0.05)
+                    continue
                 self._round(running)
-            except Exception as err:  # a model failure: the engine cannot be trusted any more
-                if self.prefetcher is not None:
-                    try:
-                        self.prefetcher.reset()
-                    except Exception:
-                        log.exception("prefetcher reset failed")
-                log.exception("engine step failed")
-                self._die(f"{type(err).__name__}: {err}")
-                return
-            self.runner.after_step()
-            self.metrics.set_queue(*self.scheduler.counts)
+                self.runner.after_step()
+                self.metrics.set_queue(*self.scheduler.counts)
+        except Exception as err:  # fatal, or a failure outside any request: the engine cannot be trusted
+            cause = err.cause if isinstance(err, _Fatal) else f"{type(err).__name__}: {err}"
+            log.critical("fatal engine error, the engine stops serving: %s", cause, exc_info=err)
+            if self.prefetcher is not None:
+                try:
+                    self.prefetcher.reset()
+                except Exception as reset_err:
+                    log.warning("prefetcher reset after the fatal error failed too: %s", reset_err)
+            self._die(cause)
 
-    def _round(self, running: list[_Sequence]) -> None:
+    def _round(self, running: list[Sequence]) -> None:
         """Prefill the newcomers, then one batched decode step for every sequence with a KV row."""
         for seq in running:
             if self.scheduler.is_aborted(seq.request_id):
@@ -305,41 +283,78 @@ class AsyncEngine:
             seq.scheduled_at = time.perf_counter()
             seq.row = len(self._rows)
             self._rows.append(seq)
-            logits = self.runner.prefill(seq.row, seq.prompt_ids)
+            try:
+                logits = self.runner.prefill(seq.row, seq.prompt_ids)
+            except Exception as err:
+                self._fail([seq], "prefill", err)
+                continue
             seq.length = len(seq.prompt_ids)
             self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
             self._accept(seq, logits)
         batch = list(self._rows)
         if not batch:
             return
-        logits = self.runner.decode([s.out_ids[-1] for s in batch], [s.length for s in batch])  # [n, V]
+        try:
+            logits = self.runner.decode([s.out_ids[-1] for s in batch], [s.length for s in batch])  # [n, V]
+        except Exception as err:  # a batched step cannot be pinned on one of its requests
+            self._fail(batch, "decode step", err)
+            return
         for i, seq in enumerate(batch):
             seq.length += 1
             self._accept(seq, logits[i])
 
-    def _accept(self, seq: _Sequence, logits) -> None:
+    def _fail(self, seqs: list[Sequence], stage: str, err: Exception) -> None:
+        """Fail these requests alone, or raise `_Fatal` when the fault is the device's."""
+        fault = classify(err, self._probe)
+        if fault.fatal:
+            raise _Fatal(f"{fault.cause} (during {stage})") from err
+        ids = ", ".join(s.request_id for s in seqs)
+        log.error("%s failed for %s: %s", stage, ids, fault.cause, exc_info=err)
+        for seq in sorted(seqs, key=lambda s: -1 if s.row is None else s.row, reverse=True):
+            seq.done = True  # freed last row first: no KV row of a failed request is moved
+            self._free_row(seq)
+            self.scheduler.finish(seq)
+            seq.emit(
+                err if isinstance(err, RequestFailed) else RequestFailed(f"{stage} failed: {fault.cause}")
+            )
+            self._record(seq, "error")
+        if stage in MODEL_STAGES:
+            if self.prefetcher is not None:
+                self.prefetcher.reset()
+            self.runner.invalidate()
+
+    def _accept(self, seq: Sequence, logits) -> None:
         """Sample the sequence's next token from its logits [V] and pass it on."""
-        tok = sample(logits, seq.params, seq.generator)
-        now = time.perf_counter()
-        if seq.first_token_at is None:
-            seq.first_token_at = now
-        else:
-            seq.gaps.append(now - seq.last_token_at)
-        seq.last_token_at = now
+        try:
+            tok = sample(logits, seq.params, seq.generator)
+        except Exception as err:
+            self._fail([seq], "sampling", err)
+            return
+        seq.token_at(time.perf_counter())
         seq.out_ids.append(tok)
         self.metrics.generation_tokens.inc()
-        if tok in self._eos and not seq.params.ignore_eos:
-            self._finish(seq, "stop", seq.stream.finish(), token=tok)
+        try:
+            reason, text = self._next_text(seq, tok)
+        except Exception as err:
+            self._fail([seq], "detokenisation", err)
             return
-        text, stopped = seq.stream.push(tok)
-        if stopped:
-            self._finish(seq, "stop", text, token=tok)
-        elif len(seq.out_ids) >= seq.max_tokens:
-            self._finish(seq, "length", text + seq.stream.finish(), token=tok)
+        if reason is not None:
+            self._finish(seq, reason, text, token=tok)
         else:
             seq.emit(TokenDelta(text, (tok,), None, len(seq.prompt_ids), len(seq.out_ids)))
 
-    def _free_row(self, seq: _Sequence) -> None:
+    def _next_text(self, seq: Sequence, tok: int) -> tuple[str | None, str]:
+        """(finish reason or None, the text the new token makes final)."""
+        if tok in self._eos and not seq.params.ignore_eos:
+            return "stop", seq.stream.finish()
+        text, stopped = seq.stream.push(tok)
+        if stopped:
+            return "stop", text
+        if len(seq.out_ids) >= seq.max_tokens:
+            return "length", text + seq.stream.finish()
+        return None, text
+
+    def _free_row(self, seq: Sequence) -> None:
         """Give the sequence's KV row back; the last row's sequence moves into the hole (rows stay 0..n-1)."""
         if seq.row is None:
             return
@@ -352,7 +367,7 @@ class AsyncEngine:
         self._rows.pop()
         seq.row = None
 
-    def _finish(self, seq: _Sequence, reason: str, text: str, token: int | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, text: str, token: int | None = None) -> None:
         seq.done = True
         self._free_row(seq)
         self.scheduler.finish(seq)
@@ -360,23 +375,20 @@ class AsyncEngine:
         seq.emit(TokenDelta(text, ids, reason, len(seq.prompt_ids), len(seq.out_ids)))
         self._record(seq, reason)
 
-    def _record(self, seq: _Sequence, reason: str) -> None:
-        end = time.perf_counter()
-        self.metrics.observe_request(
-            RequestStats(
-                prompt_tokens=len(seq.prompt_ids),
-                generation_tokens=len(seq.out_ids),
-                time_to_first_token=None if seq.first_token_at is None else seq.first_token_at - seq.arrival,
-                time_per_output_token=tuple(seq.gaps),
-                e2e_latency=end - seq.arrival,
-                queue_time=(seq.scheduled_at or end) - seq.arrival,
-                finish_reason=reason,
-            )
-        )
+    def _record(self, seq: Sequence, reason: str) -> None:
+        self.metrics.observe_request(seq.stats(reason))
 
-    def _die(self, reason: str) -> None:
-        self._dead = reason
+    def _die(self, cause: str) -> None:
+        self._dead = cause
         self._rows.clear()
         self.metrics.engine_up.set(0)
+        self._answer_dead()
+
+    def _dead_error(self) -> EngineDead:
+        return EngineDead(
+            f"the engine stopped after a fatal error: {self._dead}; the server exits to restart"
+        )
+
+    def _answer_dead(self) -> None:
         for seq in self.scheduler.drain():
-            seq.emit(EngineDead(f"engine failed: {reason}"))
+            seq.emit(self._dead_error())

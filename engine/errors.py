@@ -42,8 +42,17 @@ class QueueFull(EngineError):
     type = "rate_limit_error"
 
 
+class RequestFailed(EngineError):
+    """One request failed inside the engine (its prefill, sampling, detokenisation, or the decode step it
+    shared); the engine and the other requests carry on. The message names the stage and the exception."""
+
+    status = 500
+    code = "request_failed"
+    type = "server_error"
+
+
 class EngineDead(EngineError):
-    """The engine thread died (e.g. a CUDA failure); /health reports it."""
+    """The engine cannot serve any more (a fatal device error, or shut down); /health reports it."""
 
     status = 503
     code = "engine_dead"

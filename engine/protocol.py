@@ -62,6 +62,7 @@ class EngineHealth:
     running: int = 0
     waiting: int = 0
     extra: dict = field(default_factory=dict)
+    fatal: bool = False  # it will never be ok again (a poisoned device): the serving process should exit
 
 
 class EngineClient(Protocol):

@@ -1,7 +1,8 @@
 """The `moe-prefetch` command line: serve, the predictor workflow, and the variable table.
 
 Flags mirror the `MOE_*` variables; a flag given on the command line wins over the variable. All
-parsing happens in the command functions: importing this module has no side effects.
+parsing happens in the command functions: importing this module has no side effects. `serve` exits with
+status 3 (`server.run.EXIT_ENGINE_FATAL`) after a fatal engine error.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def serve(
         None, help="Seed of the built-in/synthetic model and default sampling [MOE_SEED]."
     ),
 ) -> None:
-    """Start the OpenAI-compatible server (the built-in model on CPU when no model is given)."""
+    """Start the OpenAI-compatible server (the built-in model on CPU when no model is given).
+
+    Exit status: 0 after a normal shutdown, 1 if the model cannot be loaded, 2 for bad settings, 3 after a
+    fatal engine error (a poisoned device), so that a supervisor restarts the server."""
     overrides = dict(locals())
     try:
         settings = load_settings(**overrides)
@@ -109,7 +113,11 @@ def serve(
         typer.echo(f"moe-prefetch: cannot start: {err}", err=True)
         raise typer.Exit(1) from None
     config = ServerConfig.from_settings(settings)
-    run_server(create_app(engine, config), settings.host, settings.port, settings.log_level)
+    status = run_server(
+        create_app(engine, config), settings.host, settings.port, settings.log_level, engine=engine
+    )
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

@@ -29,6 +29,11 @@ class Loss(StrEnum):
     focal = "focal"
 
 
+class TargetMetric(StrEnum):
+    resident = "resident"
+    hit = "hit"
+
+
 class Split(StrEnum):
     heldout = "heldout"
     all = "all"
@@ -323,6 +328,13 @@ def simulate(
     target_hit: Annotated[
         float | None, typer.Option(help="Print the smallest cache reaching this hit rate, e.g. 0.9.")
     ] = None,
+    target_metric: Annotated[
+        TargetMetric,
+        typer.Option(
+            help="resident: hits on experts cached before the step's prefetch; hit: the engine's "
+            "hit rate, prefetch hits included."
+        ),
+    ] = TargetMetric.resident,
     max_tokens: Annotated[int | None, typer.Option(help="Replay only the first N steps.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write simulate.json and simulate.png here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -407,13 +419,15 @@ def simulate(
             lfu_half_life=lfu_half_life,
             time=TimeModel(step_ms=step_ms, bandwidth_gbs=bandwidth_gbs),
             target_hit=target_hit,
+            target_metric="resident_hit_rate" if target_metric is TargetMetric.resident else "hit_rate",
             progress=progress,
         )
         doc = sweep(w, sizes, runs, expert_bytes, cfg)
     except (SimulateError, EngineError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]simulate:[/red] {err}")
         raise typer.Exit(2) from None
-    console.print(result_table(doc), width=max(console.width, 150))
+    wide = console if console.is_terminal else Console(width=160)  # a pipe or file gets whole rows
+    wide.print(result_table(doc))
     if expert_bytes:
         console.print(
             f"expert {expert_bytes / 1e6:.2f} MB; overlap ms = max(step {step_ms} ms, MB/tok / {bandwidth_gbs} GB/s) "

@@ -429,14 +429,14 @@ def simulate(
     wide = console if console.is_terminal else Console(width=160)  # a pipe or file gets whole rows
     wide.print(result_table(doc))
     if expert_bytes:
-        console.print(
+        wide.print(
             f"expert {expert_bytes / 1e6:.2f} MB; overlap ms = max(step {step_ms} ms, MB/tok / {bandwidth_gbs} GB/s) "
             "(copies hidden behind compute); serial ms = step + misses x expert / bandwidth (misses stall)"
         )
     else:
         console.print("no expert size (--expert-mb or --model): bytes and modelled times left out")
     for line in capacity_lines(doc):
-        console.print(line)
+        wide.print(line)
     if out is not None:
         js, png = write_outputs(doc, out)
         console.print(f"[green]json[/green] {js}\n[green]plot[/green] {png}")

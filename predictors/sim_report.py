@@ -149,6 +149,15 @@ def sweep(
     }
 
 
+def _fraction_setting(slots: int, total: int) -> float:
+    """The shortest MOE_EXPERT_CACHE_FRACTION the engine turns back into `slots` (round(f * total))."""
+    for digits in range(2, 9):
+        f = round(slots / total, digits)
+        if round(f * total) == slots:
+            return f
+    return slots / total
+
+
 def _capacity(w: Workload, eviction: str, run: PolicyRun, found, eb: int | None) -> dict:
     out = {
         "eviction": eviction,
@@ -157,16 +166,16 @@ def _capacity(w: Workload, eviction: str, run: PolicyRun, found, eb: int | None)
         "fraction": None,
         "gigabytes": None,
         "reached": None,  # the target metric's value at `slots`
+        "moe_expert_cache_fraction": None,
         "moe_expert_cache_gb": None,
     }
     if found is not None:
         slots, hit = found
         out.update(slots=slots, fraction=slots / w.total_experts, reached=hit)
+        out["moe_expert_cache_fraction"] = _fraction_setting(slots, w.total_experts)
         if eb:
             out["gigabytes"] = slots * eb / 1e9
-            out["moe_expert_cache_gb"] = (
-                math.ceil(slots * eb / 1e7) / 100
-            )  # gives back >= slots, 0.01 GB steps
+            out["moe_expert_cache_gb"] = math.ceil(slots * eb / 1e7) / 100  # 0.01 GB steps: >= slots
     return out
 
 
@@ -213,14 +222,11 @@ def capacity_lines(doc: dict) -> list[str]:
         if c["slots"] is None:
             lines.append(f"{who} not reached even with every expert cached")
             continue
-        gb = (
-            f", {c['gigabytes']:.2f} GB (MOE_EXPERT_CACHE_GB={c['moe_expert_cache_gb']:.2f})"
-            if c["gigabytes"]
-            else ""
-        )
+        gb = f", {c['gigabytes']:.3g} GB" if c["gigabytes"] else ""
         lines.append(
             f"{who} {c['slots']} slots = {100 * c['fraction']:.1f}% of the experts{gb}: "
-            f"{100 * c['reached']:.1f}%"
+            f"{100 * c['reached']:.1f}%  (MOE_EXPERT_CACHE_FRACTION={c['moe_expert_cache_fraction']:g}"
+            + (f" or MOE_EXPERT_CACHE_GB={c['moe_expert_cache_gb']:.2f})" if c["gigabytes"] else ")")
         )
     return lines
 

@@ -1,0 +1,172 @@
+"""Eviction orders for the simulated expert cache: `lru` (the engine's), `lfu` (decayed counts), `belady`.
+
+An order only ranks the resident experts; `predictors.sim_cache.SimCache` owns residency, pins and counters
+and asks the order for a victim among the unpinned residents. Keys are (moe layer, expert id), one pool
+over all layers, as in `engine.expert_cache.ExpertCache`.
+
+- `lru`: least recently touched first, exactly the engine's `OrderedDict` (a prefetch of a resident
+  expert touches it, as `ExpertCache.prefetch` does).
+- `lfu`: the smallest exponentially decayed count of routed uses: each use at token t adds
+  2^(t / half_life), so a use `half_life` tokens ago weighs half a use now (half_life = inf: plain LFU).
+  Counts are kept for evicted experts too (an expert that comes back keeps its history); prefetches do not
+  count as uses. Ties go to the least recently touched.
+- `belady`: the expert whose next routed use is farthest in the future (never used again: infinitely
+  far; ties to the least recently touched). Needs the whole future routing (`future`), so it is offline
+  only: the limit any eviction order could reach for demand loads at this cache size.
+
+Pure Python, torch-free. Every order is a lazy-deletion heap (or an OrderedDict) so a victim costs
+O(log n) plus the pinned entries skipped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+Key = tuple[int, int]  # (moe layer index, expert id)
+EVICTIONS = ("lru", "lfu", "belady")
+DEFAULT_LFU_HALF_LIFE = 64.0  # tokens
+
+
+class LRU:
+    name = "lru"
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[Key, None] = OrderedDict()  # oldest first
+
+    def insert(self, key: Key, now: int) -> None:
+        self._order[key] = None
+
+    def touch(self, key: Key, now: int, routed: bool) -> None:
+        self._order.move_to_end(key)
+
+    def remove(self, key: Key) -> None:
+        del self._order[key]
+
+    def victim(self, pinned: Callable[[Key], bool]) -> Key | None:
+        for key in self._order:  # oldest first, as ExpertCache._take_slot
+            if not pinned(key):
+                return key
+        return None
+
+
+class _HeapOrder:
+    """Residents ranked by a priority (smallest evicted first), ties to the least recently touched."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Key]] = []
+        self._entry: dict[Key, tuple[float, int]] = {}  # the valid heap entry of each resident
+        self._seq = 0
+
+    def _priority(self, key: Key) -> float:
+        raise NotImplementedError
+
+    def _push(self, key: Key) -> None:
+        self._seq += 1
+        entry = (self._priority(key), self._seq)
+        self._entry[key] = entry
+        heapq.heappush(self._heap, (*entry, key))
+        if len(self._heap) > 4 * len(self._entry) + 1024:  # drop stale entries now and then
+            self._heap = [(p, s, k) for k, (p, s) in self._entry.items()]
+            heapq.heapify(self._heap)
+
+    def insert(self, key: Key, now: int) -> None:
+        self._push(key)
+
+    def remove(self, key: Key) -> None:
+        del self._entry[key]
+
+    def victim(self, pinned: Callable[[Key], bool]) -> Key | None:
+        skipped = []
+        found = None
+        while self._heap:
+            p, s, key = self._heap[0]
+            if self._entry.get(key) != (p, s):  # stale: touched since, or evicted
+                heapq.heappop(self._heap)
+                continue
+            if pinned(key):
+                skipped.append(heapq.heappop(self._heap))
+                continue
+            found = key
+            break
+        for item in skipped:
+            heapq.heappush(self._heap, item)
+        return found
+
+
+class LFU(_HeapOrder):
+    name = "lfu"
+
+    def __init__(self, half_life: float = DEFAULT_LFU_HALF_LIFE) -> None:
+        super().__init__()
+        self.rate = 0.0 if not half_life or math.isinf(half_life) else 1.0 / half_life
+        self._base = 0.0  # exponent already divided out of every count (keeps the weights finite)
+        self._count: dict[Key, float] = {}  # decayed uses, resident or not
+
+    def _priority(self, key: Key) -> float:
+        return self._count.get(key, 0.0)
+
+    def touch(self, key: Key, now: int, routed: bool) -> None:
+        if routed:
+            exp = now * self.rate - self._base
+            if exp > 512.0:  # rescale every count by the same factor: the order is unchanged
+                shift = math.floor(exp)
+                self._base += shift
+                self._count = {k: v * 2.0**-shift for k, v in self._count.items()}
+                self._heap = []
+                for k in self._entry:
+                    self._entry[k] = (self._count.get(k, 0.0), self._entry[k][1])
+                    self._heap.append((*self._entry[k], k))
+                heapq.heapify(self._heap)
+                exp -= shift
+            self._count[key] = self._count.get(key, 0.0) + 2.0**exp
+        self._push(key)
+
+
+class Belady(_HeapOrder):
+    """Farthest next routed use first. `future` lists, in order, the keys routed at each time step; the
+    cache calls `touch(key, now, routed=True)` for each of them exactly once, in the same order."""
+
+    name = "belady"
+
+    def __init__(self, future: Iterable[tuple[int, Iterable[Key]]]) -> None:
+        super().__init__()
+        self._uses: dict[Key, list[int]] = {}
+        for t, keys in future:
+            for key in keys:
+                self._uses.setdefault(key, []).append(t)
+        self._next: dict[Key, int] = dict.fromkeys(self._uses, 0)  # index of the next unconsumed use
+
+    def _next_use(self, key: Key) -> float:
+        uses = self._uses.get(key)
+        i = self._next.get(key, 0)
+        return uses[i] if uses is not None and i < len(uses) else math.inf
+
+    def _priority(self, key: Key) -> float:
+        return -self._next_use(key)  # the farthest next use is the smallest priority
+
+    def touch(self, key: Key, now: int, routed: bool) -> None:
+        if routed:
+            uses = self._uses.get(key)
+            if uses is None or self._next[key] >= len(uses) or uses[self._next[key]] != now:
+                raise ValueError(f"belady: {key} routed at {now}, not a use its future listed")
+            self._next[key] += 1
+        self._push(key)
+
+
+def build_order(
+    name: str, *, future=None, lfu_half_life: float = DEFAULT_LFU_HALF_LIFE, ticks_per_token: int = 1
+):
+    """The named order. The cache's clock ticks once per layer-step (`ticks_per_token` = MoE layers), so the
+    LFU half-life in tokens is stretched to ticks."""
+    if name == "lru":
+        return LRU()
+    if name == "lfu":
+        return LFU(lfu_half_life * ticks_per_token)
+    if name == "belady":
+        if future is None:
+            raise ValueError("belady eviction needs the future routing")
+        return Belady(future)
+    raise ValueError(f"no eviction order called {name!r}; known: {', '.join(EVICTIONS)}")

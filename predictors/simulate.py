@@ -1,0 +1,362 @@
+"""Trace-driven expert-cache simulation: replay recorded routing through a model of the engine's cache.
+
+Input is a trace set from `moe-prefetch collect` (each prompt's tokens in order, replayed as batch-1
+decode steps, one step per token, prompt after prompt through one cache) or a routing recording from
+`MOE_RECORD_ROUTING` (each recorded layer-step set as it was: prefill and batched steps included). Each
+step runs the engine's order for every MoE layer l: the tap's prefetch (for layer l, or for l+1 with
+`crosslayer`), then the router's set through `SimCache.route` (`predictors.sim_cache`, the engine's
+`ExpertCache` semantics), with eviction `lru`, `lfu` or `belady` (`predictors.eviction`).
+
+Prefetch policies are the engine's (`engine.prefetch.build_policy`, `union_best_first`): `exact`,
+`overprovision`, `top1`, `adaptive` run the bundle's predictors on the trace's stored pre-attention inputs
+(a recording has none); `crosslayer` runs layer l+1's stored router on layer l's input; `oracle`
+prefetches the step's own routed set (the engine's replay of an identical run).
+
+What it does not model: batches of several sequences (a trace replays one stream), copy/compute overlap
+within a step (the time model below is two bounds), streamed decode steps (host reads, fills landing a
+few steps later), prefill of the traced prompts (a trace replays prompt tokens as decode steps).
+
+Time per token is modelled two ways from a resident step time and a host->device bandwidth:
+`overlap_ms` = max(step, all copied bytes / bandwidth) (every copy hidden behind compute: the PCIe floor);
+`serial_ms` = step + demand misses x expert bytes / bandwidth (prefetches hidden, each miss stalls).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.expert_cache import slots_for_budget
+from engine.prefetch import PREDICTOR_POLICIES, build_policy, union_best_first
+from engine.stats import PER_LAYER
+from predictors.eviction import DEFAULT_LFU_HALF_LIFE, build_order
+from predictors.sim_cache import SimCache
+
+log = logging.getLogger(__name__)
+
+NEEDS_INPUTS = (*PREDICTOR_POLICIES, "crosslayer")  # policies that read the pre-attention inputs
+
+
+class SimulateError(ValueError):
+    """The input cannot give what was asked (a policy that needs inputs or a bundle it lacks)."""
+
+
+# ----------------------------------------------------------------------------- the workload
+@dataclass
+class Workload:
+    """Routing to replay: `routed[l][s]` = the sorted distinct experts layer l routed at step s (a numpy
+    row or a list); `inputs(l)` = layer l's pre-attention input rows [N, d] when stored, with step s owning
+    rows `rows[s]` (None: row s); `routers()` = router.{i} [E, d] (and router_bias.{i}) when stored."""
+
+    source: str
+    kind: str  # "traces" | "routing"
+    num_layers: int
+    num_experts: int
+    top_k: int
+    routed: list
+    steps: int
+    streams: int  # prompts (traces) or 1 (a recording)
+    fingerprint: str | None = None
+    inputs: Callable[[int], torch.Tensor] | None = None
+    routers: Callable[[], dict[str, torch.Tensor]] | None = None
+    rows: list[tuple[int, int]] | None = None
+
+    def step_routed(self, s: int, layer: int) -> list[int]:
+        r = self.routed[layer][s]
+        return r.tolist() if isinstance(r, np.ndarray) else list(r)
+
+    @property
+    def total_experts(self) -> int:
+        return self.num_layers * self.num_experts
+
+
+def load_traces(directory: str | Path, max_tokens: int | None = None) -> Workload:
+    """A trace set's tokens, prompt by prompt in storage order, as batch-1 decode steps."""
+    from predictors.traces import TraceSet
+
+    ts = TraceSet(directory)
+    n = ts.samples if max_tokens is None else min(ts.samples, max_tokens)
+    mask = torch.arange(ts.samples) < n
+    routed = []
+    for i in range(ts.num_layers):
+        topk = ts.layer(i, mask).topk  # [N, k]
+        routed.append(np.sort(topk.numpy().astype(np.int32), axis=1))
+    streams = int(ts.prompt_ids()[:n].unique().numel())
+    return Workload(
+        source=str(directory),
+        kind="traces",
+        num_layers=ts.num_layers,
+        num_experts=ts.num_experts,
+        top_k=ts.top_k,
+        routed=routed,
+        steps=n,
+        streams=streams,
+        fingerprint=ts.fingerprint,
+        inputs=lambda i: ts.layer(i, mask).x,
+        routers=ts.routers,
+    )
+
+
+def load_recording(
+    path: str | Path, num_experts: int | None = None, top_k: int | None = None, max_steps: int | None = None
+) -> Workload:
+    """A `MOE_RECORD_ROUTING` file's layer-steps in order. Without `num_experts`, the largest id seen + 1;
+    without `top_k`, the smallest non-empty step set (a batch-1 decode step routes exactly k)."""
+    from engine.routing_trace import RoutingReplay
+
+    layers = RoutingReplay.load(path).layers
+    steps = min(len(s) for s in layers) if layers else 0
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    if steps == 0:
+        raise SimulateError(f"{path}: the recording holds no steps")
+    if any(len(s) != len(layers[0]) for s in layers):
+        log.warning("%s: layers recorded different step counts; replaying the first %d steps", path, steps)
+    seen = [e for lay in layers for st in lay[:steps] for e in st]
+    if num_experts is None:
+        num_experts = max(seen) + 1
+        log.warning(
+            "%s: %d experts per layer assumed (largest id seen + 1); pass --model to be sure",
+            path,
+            num_experts,
+        )
+    elif seen and max(seen) >= num_experts:
+        raise SimulateError(f"{path}: expert id {max(seen)} recorded, the model has {num_experts}")
+    if top_k is None:
+        top_k = min(len(st) for lay in layers for st in lay[:steps] if st)
+    doc = json.loads(Path(path).read_text())
+    return Workload(
+        source=str(path),
+        kind="routing",
+        num_layers=len(layers),
+        num_experts=num_experts,
+        top_k=top_k,
+        routed=[[sorted(set(st)) for st in lay[:steps]] for lay in layers],
+        steps=steps,
+        streams=1,
+        fingerprint=doc.get("fingerprint"),
+    )
+
+
+# ----------------------------------------------------------------------------- predictions
+@dataclass
+class PolicyRun:
+    """A policy's predictions: `tables[l]` = the id table computed at layer l's tap ([N, M(+1)], numpy),
+    for layer l + `shift`; oracle and none have no tables."""
+
+    name: str
+    label: str
+    shift: int = 0
+    counted: bool = False
+    tables: list[np.ndarray] | None = None
+    params: dict = field(default_factory=dict)
+
+    def ids(self, w: Workload, s: int, layer: int) -> list[int]:
+        """The ids the tap at `layer` hands to `cache.prefetch` at step s (best first)."""
+        if self.name == "oracle":
+            return w.step_routed(s, layer)
+        table = self.tables[layer]
+        if w.rows is None:
+            row = table[s].tolist()
+            return row[: row[-1]] if self.counted else row
+        a, b = w.rows[s]
+        return union_best_first(table[a:b].tolist(), self.counted)
+
+
+def policy_runs(
+    w: Workload,
+    names: list[str],
+    bank=None,
+    manifest: dict | None = None,
+    *,
+    overprovision: int | None = None,
+    adaptive_target: float = 0.9,
+    adaptive_max: int | None = None,
+    batch: int = 8192,
+) -> list[PolicyRun]:
+    """Each policy's predictions over the whole workload, one pass over the layers' stored inputs."""
+    for name in names:
+        if name in NEEDS_INPUTS and w.inputs is None:
+            raise SimulateError(
+                f"policy {name} needs the pre-attention inputs, and {w.source} is a routing recording (it "
+                "stores only the routed experts): collect a trace set with `moe-prefetch collect` to simulate "
+                "it; a recording replays none and oracle"
+            )
+        if name in PREDICTOR_POLICIES and bank is None:
+            raise SimulateError(f"policy {name} runs the predictors: pass --predictors BUNDLE")
+    k, e = w.top_k, w.num_experts
+    loss = (manifest or {}).get("loss", "wbce")
+    runs, policies = [], {}
+    for name in names:
+        run = PolicyRun(name, name, shift=1 if name == "crosslayer" else 0)
+        if name in NEEDS_INPUTS:
+            pol = build_policy(
+                name,
+                k,
+                e,
+                overprovision=overprovision,
+                adaptive_target=adaptive_target,
+                adaptive_max=adaptive_max,
+                loss=loss,
+            )
+            policies[name] = pol
+            run.counted, run.tables = pol.counted, []
+            if name == "overprovision":
+                run.label, run.params = f"overprovision({pol.width})", {"k_prime": pol.width}
+            elif name == "adaptive":
+                run.label = f"adaptive({pol.target:g},{pol.width})"
+                run.params = {"target": pol.target, "max": pol.width}
+        runs.append(run)
+    if policies:
+        routers = w.routers() if "crosslayer" in policies else {}
+        with torch.no_grad():
+            for layer in range(w.num_layers):
+                x = w.inputs(layer)  # [N, d]
+                for run in runs:
+                    if run.tables is None:
+                        continue
+                    if run.name == "crosslayer" and layer + 1 >= w.num_layers:
+                        run.tables.append(np.zeros((x.shape[0], 0), dtype=np.int32))  # the last tap: none
+                        continue
+                    parts = []
+                    for a in range(0, x.shape[0], batch):
+                        xb = x[a : a + batch]
+                        if run.name == "crosslayer":
+                            wt = routers[f"router.{layer + 1}"]  # [E, d]
+                            scores = torch.nn.functional.linear(
+                                xb.to(wt.dtype), wt, routers.get(f"router_bias.{layer + 1}")
+                            )
+                        else:
+                            scores = bank.forward_layer(layer, xb)  # [b, E]
+                        parts.append(policies[run.name].select(scores).to(torch.int32))
+                    run.tables.append(torch.cat(parts).numpy())
+                del x
+    return runs
+
+
+# ----------------------------------------------------------------------------- replay
+def replay(
+    w: Workload,
+    capacity: int,
+    eviction: str,
+    run: PolicyRun,
+    *,
+    lfu_half_life: float = DEFAULT_LFU_HALF_LIFE,
+    preload_full: bool = True,
+    lookahead: bool = False,
+    on_steps: Callable[[int], None] | None = None,
+):
+    """The engine's counters (`CacheCounters`) after replaying `w` through a cache of `capacity` slots.
+
+    `preload_full`: a cache with a slot for every expert starts full, as the server's `load_all` does
+    (`ModelRunner` alone starts cold). `lookahead`: chunk oversized layer-steps as on CUDA."""
+    nl = w.num_layers
+    future = None
+    if eviction == "belady":
+        future = (
+            (s * nl + layer, [(layer, e) for e in w.step_routed(s, layer)])
+            for s in range(w.steps)
+            for layer in range(nl)
+        )
+    order = build_order(eviction, future=future, lfu_half_life=lfu_half_life, ticks_per_token=nl)
+    cache = SimCache(capacity, nl, order, lookahead=lookahead)
+    if preload_full and capacity >= w.total_experts:
+        cache.preload([(layer, e) for layer in range(nl) for e in range(w.num_experts)])
+    limit = max(0, capacity - w.top_k) if run.name == "crosslayer" else None
+    predicts = run.name != "none"
+    for s in range(w.steps):
+        for layer in range(nl):
+            cache.now = s * nl + layer
+            if predicts:
+                target = layer + run.shift
+                if target < nl:
+                    cache.prefetch(target, run.ids(w, s, layer), limit=limit)
+            cache.route(layer, w.step_routed(s, layer))
+        if on_steps is not None and (s % 256 == 255 or s == w.steps - 1):
+            on_steps(s % 256 + 1)
+    return cache.counters
+
+
+@dataclass(frozen=True)
+class TimeModel:
+    step_ms: float = 4.6  # resident decode step (Qwen3-30B-A3B shape, engine, H200)
+    bandwidth_gbs: float = 55.0  # pinned host->device (H200, PCIe gen5 x16)
+
+
+def summarize(counters, steps: int, expert_bytes: int | None, tm: TimeModel) -> dict:
+    """Per-token figures of one replay; bytes and times only when the expert size is known."""
+    c = {name: sum(getattr(counters, name)) for name in PER_LAYER}
+    hits = c["hits_resident"] + c["hits_prefetched"]
+    out = {
+        "hit_rate": hits / c["requests"] if c["requests"] else 1.0,  # the engine's: resident + prefetched
+        "resident_hit_rate": c["hits_resident"] / c["requests"] if c["requests"] else 1.0,
+        "misses_per_token": c["misses"] / steps,
+        "prefetches_per_token": c["prefetch_issued"] / steps,
+        "wasted_prefetch_share": c["prefetch_wasted"] / c["prefetch_issued"] if c["prefetch_issued"] else 0.0,
+        "prediction_recall": c["predicted_routed"] / c["routed_scored"] if c["routed_scored"] else None,
+        "counts": c,
+    }
+    if expert_bytes:
+        per_ms = tm.bandwidth_gbs * 1e9 / 1e3  # bytes per millisecond
+        demand = c["misses"] * expert_bytes / steps
+        prefetch = c["prefetch_issued"] * expert_bytes / steps
+        out.update(
+            demand_bytes_per_token=demand,
+            prefetch_bytes_per_token=prefetch,
+            bytes_per_token=demand + prefetch,
+            overlap_ms=max(tm.step_ms, (demand + prefetch) / per_ms),
+            serial_ms=tm.step_ms + demand / per_ms,
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- sweep and capacity
+@dataclass(frozen=True)
+class CacheSize:
+    slots: int
+    asked: str  # "fraction 0.25", "1.5 GB", "bisect"
+
+
+def cache_sizes(
+    w: Workload, fractions: list[float], gigabytes: list[float], expert_bytes: int | None
+) -> list[CacheSize]:
+    """Slots for each asked budget, as the engine sizes its cache (`slots_for_budget`, at least top-k)."""
+    out: dict[int, CacheSize] = {}
+    for f in fractions:
+        n = slots_for_budget(w.total_experts, expert_bytes or 1, w.top_k, fraction=f)
+        out.setdefault(n, CacheSize(n, f"fraction {f:g}"))
+    for gb in gigabytes:
+        if not expert_bytes:
+            raise SimulateError("--cache-gb needs the expert size: pass --expert-mb or --model")
+        n = slots_for_budget(w.total_experts, expert_bytes, w.top_k, gigabytes=gb)
+        out.setdefault(n, CacheSize(n, f"{gb:g} GB"))
+    return sorted(out.values(), key=lambda c: c.slots)
+
+
+def smallest_cache(
+    hit_at: Callable[[int], float], known: dict[int, float], target: float, low: int, high: int
+) -> tuple[int, float] | None:
+    """The fewest slots in [low, high] whose hit rate reaches `target`, bisecting on slots between the
+    simulated sizes that bracket it (`known`: slots -> hit rate, extended by `hit_at`). Assumes the hit
+    rate grows with the cache, which holds for LRU and Belady without prefetch and nearly always with it."""
+    reached = sorted(n for n, h in known.items() if h >= target)
+    if not reached:
+        return None
+    hi = reached[0]
+    below = [n for n, h in known.items() if h < target and n < hi]
+    lo = max(below) if below else low - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid not in known:
+            known[mid] = hit_at(mid)
+        if known[mid] >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, known[hi]

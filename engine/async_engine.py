@@ -299,9 +299,10 @@ class AsyncEngine:
         except Exception as err:  # a batched step cannot be pinned on one of its requests
             self._fail(batch, "decode step", err)
             return
-        for i, seq in enumerate(batch):
+        for seq in batch:  # every row's new position is in its KV row now, before any row can move
             seq.length += 1
-            self._accept(seq, logits[i])
+        for i, seq in enumerate(batch):
+            self._accept(seq, logits[i])  # a finish moves the last row into its hole: with all its positions
 
     def _fail(self, seqs: list[Sequence], stage: str, err: Exception) -> None:
         """Fail these requests alone, or raise `_Fatal` when the fault is the device's."""

@@ -185,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--requests", default="default", help="per level: default | small | N | N1,N2,...")
-    ap.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=None,
-                    help="also send the bodies that killed the engine before (default: on for cuda)")  # fmt: skip
-    ap.add_argument("--deadline", type=float, default=510.0, help="seconds for the whole run")
-    ap.add_argument("--level-seconds", type=float, default=20.0, help="launch budget of one level")
+    hostile = "also send the bodies that killed the engine before (default: on for cuda)"
+    ap.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=None, help=hostile)
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=480.0,
+        help="seconds for the whole run (configurations stop starting before it)",
+    )
+    ap.add_argument("--level-seconds", type=float, default=15.0, help="launch budget of one level")
     ap.add_argument("--request-timeout", type=float, default=120.0)
     ap.add_argument("--start-timeout", type=float, default=240.0)
     ap.add_argument("--max-running", type=int, default=8)
@@ -263,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     configs, errors = asyncio.run(run_plan(args, run, plan, workload, ctx, deadline))
     from bench.soak_report import plot
 
-    png = plot(run.data["records"], f"serve soak, {args.shape} shape, {args.dtype}, {info['gpu'] or args.device}",
-               args.out / f"serve_soak_{args.shape}.png")  # fmt: skip
+    title = f"serve soak, {args.shape} shape, {args.dtype}, {info['gpu'] or args.device}"
+    png = plot(run.data["records"], title, args.out / f"serve_soak_{args.shape}.png")
     run.put("summary", {"configurations": configs, "errors": errors, "png": str(png) if png else None,
                         "wall_s": round(time.monotonic() - t_start, 1)})  # fmt: skip
     run.say(f"soak: {configs} configurations, {errors} errors")

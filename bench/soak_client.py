@@ -58,6 +58,8 @@ def _fail(o: Outcome, err: BaseException) -> None:
         o.detail = str(err.message)[:200]
     elif isinstance(err, openai.APITimeoutError | TimeoutError | asyncio.TimeoutError):
         o.error, o.detail = ("lost" if o.stream else "connection"), "timeout"
+    elif isinstance(err, ValueError):  # a chunk that is not JSON or not the SDK's type (pydantic errors too)
+        o.error, o.detail = "truncated", f"malformed chunk: {err}"[:200]
     elif isinstance(err, openai.APIConnectionError | httpx.HTTPError):
         o.error = "lost" if o.stream and o.status == 200 else "connection"
         o.detail = f"{type(err).__name__}: {err}"[:200]
@@ -72,7 +74,7 @@ def _parse_chunk(kind: str, obj: dict) -> tuple[list[tuple[str, str | None]], ob
     if kind == "chat":
         chunk = ChatCompletionChunk.model_validate(obj)
         return [(c.delta.content or "", c.finish_reason) for c in chunk.choices], chunk.usage
-    choices = obj["choices"]
+    choices = obj.get("choices")
     if not isinstance(choices, list) or obj.get("object") != "text_completion":
         raise ValueError(f"not a text_completion chunk: {str(obj)[:200]}")
     usage = CompletionUsage.model_validate(obj["usage"]) if obj.get("usage") else None
@@ -256,7 +258,8 @@ async def admission_probe(
         asyncio.create_task(run_spec(client, s, model, timeout, o)) for s, o in zip(specs, outs, strict=True)
     ]
     long_out = new_outcome(Spec("probe-long", "completion", True, long, 4, 0.0, None, True, None))
-    t_send = time.perf_counter()
+    t_send = t_first = time.perf_counter()
+    stuck: list[Outcome] = []
     try:
         t0 = time.monotonic()
         while not any(t.done() for t in runs) and min(len(o.chunk_times) for o in outs) < 8:
@@ -266,15 +269,22 @@ async def admission_probe(
         t_send = time.perf_counter()
         long_spec = Spec("probe-long", "completion", True, long, 4, 0.0, None, True, None)
         long_out = await run_spec(client, long_spec, model, timeout, long_out)
-        await asyncio.wait(runs, timeout=timeout)
+        t_first = long_out.chunk_times[0] if long_out.chunk_times else time.perf_counter()
+        t1 = time.monotonic()  # until every running stream has two tokens past the admission; then leave
+        while time.monotonic() - t1 < timeout and not all(
+            t.done() or sum(x > t_first for x in o.chunk_times) >= 2 for t, o in zip(runs, outs, strict=True)
+        ):
+            await asyncio.sleep(0.01)
+        stuck = [o for t, o in zip(runs, outs, strict=True) if not t.done()]
     finally:
         for t in runs:
             t.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
         await client.close()
-    for t, o in zip(runs, outs, strict=True):
-        if t.cancelled() and o.error is None:
-            o.error, o.detail = "lost", "probe stream cancelled at its bound"
+    for o in stuck:  # closed by the probe on purpose once past the admission: a disconnect, not a loss
+        moved = sum(x > t_first for x in o.chunk_times) >= 2
+        o.disconnected, o.error = moved, (None if moved else "lost")
+        o.detail = "" if moved else "no token after the long prompt's admission within the bound"
     first_long = long_out.chunk_times[0] if long_out.chunk_times else None
     before = _gaps_where(outs, lambda b: b <= t_send)
     med = percentile(before, 50) or 0.0

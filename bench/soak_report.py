@@ -16,11 +16,13 @@ def _f(x, width: int, fmt: str = ".3f") -> str:
 
 def table_row(rec: dict) -> str:
     greedy = f"{rec['greedy_equal']}/{rec['greedy_compared']}" if rec["greedy_compared"] else "-"
+    lat = " ".join(_f(rec[k], 7) for k in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99"))
+    mem = f"{_f(rec['rss_mb_end'], 8, '.0f')} {_f(rec['gpu_mb_end'], 8, '.0f')}"
     return (
-        f"{rec['configuration']:<28} {rec['concurrency']:>4} {rec['requests']:>4} {_f(rec['tok_s'], 8, '.1f')} "
-        f"{_f(rec['ttft_p50'], 7)} {_f(rec['ttft_p99'], 7)} {_f(rec['itl_p50'], 7)} {_f(rec['itl_p99'], 7)} "
-        f"{rec['errors']:>4} {greedy:>7} {_f(rec.get('hit_rate'), 5, '.2f')} {_f(rec['rss_mb_end'], 8, '.0f')} "
-        f"{_f(rec['gpu_mb_end'], 8, '.0f')} {'ok' if rec['metrics_consistent'] else 'INCONSISTENT'}"
+        f"{rec['configuration']:<28} {rec['concurrency']:>4} {rec['requests']:>4} "
+        f"{_f(rec['tok_s'], 8, '.1f')} "
+        f"{lat} {rec['errors']:>4} {greedy:>7} {_f(rec.get('hit_rate'), 5, '.2f')} {mem} "
+        f"{'ok' if rec['metrics_consistent'] else 'INCONSISTENT'}"
     )
 
 

@@ -55,7 +55,7 @@ def _smi(*query: str) -> list[list[str]] | None:
 
 
 def gpu_mb(pid: int) -> tuple[float | None, str]:
-    """(MB, source): the process's compute memory, else the first device's used memory, else (None, 'none')."""
+    """(MB, source): the process's compute memory, else the first GPU's memory in use, else (None, 'none')."""
     rows = _smi("--query-compute-apps=pid,used_memory")
     if rows is not None:
         for row in rows:

@@ -146,7 +146,7 @@ class Workload:
         r = rng.random()
         if r < 0.45:
             return "short", rng.choice(self.texts.short)
-        if r < 0.85:
+        if r < 0.90:
             return "medium", self.cut(rng.choice(self.texts.medium), rng.randint(*MEDIUM_TOKENS))
         return "long", self.cut(rng.choice(self.texts.long), rng.randint(*LONG_TOKENS))
 
@@ -156,7 +156,7 @@ class Workload:
         stream = rng.random() < 0.6
         max_tokens = rng.choice(MAX_TOKENS)
         greedy = rng.random() < 0.5
-        disconnect = stream and max_tokens >= 24 and rng.random() < 0.17  # ~10% of all requests
+        disconnect = stream and max_tokens >= 24 and rng.random() < 0.33  # ~10% of all requests
         return Spec(
             key=f"{kind}|{max_tokens}|{size}|{zlib.crc32(prompt.encode()):08x}|{len(prompt)}",
             kind=kind,

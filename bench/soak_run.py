@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 
 import httpx
 
@@ -72,15 +73,8 @@ def _memory_summary(samples: list[dict], baseline_index: int) -> dict:
     return out
 
 
-async def run_config(args, run, conf, workload, ctx: dict, deadline: float, first_refs: dict | None):
-    """(records, errors, greedy references of the concurrency-1 level) of one configuration."""
-    needs = conf.policy in ctx["predictor_policies"]
-    logs = args.out / f"serve_soak_{args.shape}_logs"
-    server = Server(
-        conf.env(ctx["ckpt"], ctx["bundle"], args, needs),
-        logs / f"{conf.name.replace('/', '_').replace('%', 'pct')}.log",
-    )
-    base = dict(
+def _base(args, conf) -> dict:
+    return dict(
         shape=args.shape,
         configuration=conf.name,
         cache_fraction=conf.fraction,
@@ -88,6 +82,37 @@ async def run_config(args, run, conf, workload, ctx: dict, deadline: float, firs
         steps=conf.steps,
         dtype=args.dtype,
     )
+
+
+async def run_config(args, run, conf, workload, ctx: dict, deadline: float, first_refs: dict | None):
+    """(records, errors, greedy references of the concurrency-1 level) of one configuration. A failure of
+    the soak's own code is recorded as an error of the configuration; the server never outlives it."""
+    needs = conf.policy in ctx["predictor_policies"]
+    logs = args.out / f"serve_soak_{args.shape}_logs"
+    server = Server(
+        conf.env(ctx["ckpt"], ctx["bundle"], args, needs),
+        logs / f"{conf.name.replace('/', '_').replace('%', 'pct')}.log",
+    )
+    try:
+        return await _drive(server, args, run, conf, workload, ctx, deadline, first_refs)
+    except Exception:
+        tb = traceback.format_exc()
+        run.say(f"{conf.name}: SOAK SCRIPT ERROR\n{tb}")
+        code, killed = await asyncio.to_thread(server.stop, 30.0)
+        cfg = dict(
+            record="config", **_base(args, conf), errors=1, errors_total=1, exit_code=code, killed=killed
+        )
+        cfg["notes"] = [f"soak script error:\n{tb[-3000:]}", server.log_tail(20)]
+        return [cfg], 1, None
+    finally:
+        if server.alive():
+            await asyncio.to_thread(server.stop, 30.0)
+
+
+async def _drive(
+    server: Server, args, run, conf, workload, ctx: dict, deadline: float, first_refs: dict | None
+):
+    base = _base(args, conf)
     cfg = dict(record="config", **base, errors=0, notes=[], server_log=str(server.log_path))
     records: list[dict] = []
     try:

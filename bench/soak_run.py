@@ -8,6 +8,7 @@ configuration (start-up, admission probe, memory trend, /health after, exit code
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 import traceback
 
@@ -92,6 +93,7 @@ async def run_config(args, run, conf, workload, ctx: dict, deadline: float, firs
     server = Server(
         conf.env(ctx["ckpt"], ctx["bundle"], args, needs),
         logs / f"{conf.name.replace('/', '_').replace('%', 'pct')}.log",
+        wrapper=shlex.split(args.server_wrapper),
     )
     try:
         return await _drive(server, args, run, conf, workload, ctx, deadline, first_refs)

@@ -79,7 +79,8 @@ def gpu_name() -> str | None:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, wrapper: list[str] | None = None) -> None:
+        """wrapper: a command prefix the server runs under (a memory checker), [] for none."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -87,6 +88,7 @@ class Server:
         path = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH", "")) if p)
         self.env = {**clean, **env, "MOE_HOST": "127.0.0.1", "MOE_PORT": str(self.port), "PYTHONPATH": path}
         self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.wrapper = list(wrapper or [])
         self.proc: subprocess.Popen | None = None
         self.started_s: float | None = None
 
@@ -96,7 +98,7 @@ class Server:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moe_prefetch.cli", "serve"],
+                [*self.wrapper, sys.executable, "-m", "moe_prefetch.cli", "serve"],
                 env=self.env,
                 cwd=str(ROOT),
                 stdout=log,

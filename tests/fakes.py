@@ -80,7 +80,12 @@ class FakeEngine:
         max_waiting: int = 16,
     ) -> None:
         self.tokenizer = ByteTokenizer()
-        self._card = ModelCard(id=model_id, context_length=context_length, created=1700000000)
+        self._card = ModelCard(
+            id=model_id,
+            context_length=context_length,
+            created=1700000000,
+            vocab_size=self.tokenizer.vocab_size,
+        )
         self.eos_after = eos_after
         self.token_delay = token_delay
         self.max_running = max_running

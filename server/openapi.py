@@ -4,7 +4,8 @@ Routes declare their error statuses with `error_responses(...)`; `install_openap
 FastAPI generates on its own: it drops the 422 `HTTPValidationError` answers (validation errors are
 400s in the OpenAI shape, see `server/errors.py`), declares error bodies as JSON on every route (also
 on /metrics, whose 200 is text), takes the request schemas from pydantic as they are (FastAPI's
-OpenAPI models hold bounds as floats, and 2^64 - 1 becomes 2^64), adds 401 and a bearer scheme to the
+OpenAPI models hold bounds as floats, and 2^64 - 1 becomes 2^64) and adds the chat chunk that only
+the SSE form of a 200 names, adds 401 and a bearer scheme to the
 /v1 routes when an API key is set, and writes the served model's bounds into the request schemas:
 token ids below its vocabulary size, `max_tokens` below its context length, `n` at most
 `max_choices`.
@@ -21,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from engine.errors import EngineError
 from server.config import ServerConfig
 from server.errors import ErrorResponse
-from server.schemas import ChatCompletionRequest, CompletionRequest
+from server.schemas import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
 
 JSON = "application/json"
 
@@ -44,10 +45,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
 
 
-def streamed(what: str) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` entry that adds the SSE form of a 200 next to its JSON form."""
-    description = f"Server-sent events: `data: <{what} JSON>` per chunk, `data: [DONE]` last"
-    return {200: {"content": {SSE: {"schema": {"type": "string", "description": description}}}}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def streamed(chunk: str) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry that adds the SSE form of a 200 next to its JSON form.
+
+    Before OpenAPI 3.2's `itemSchema`, the `schema` of `text/event-stream` describes one event: its
+    `data` is a chunk or an error in JSON, or the closing `[DONE]`.
+    """
+    json_data = {"contentMediaType": JSON, "contentSchema": {"anyOf": [_ref(chunk), _ref("ErrorResponse")]}}
+    event = {
+        "type": "object",
+        "description": f"One server-sent event: `data: <{chunk} JSON>`, or an error; `data: [DONE]` last",
+        "properties": {"data": {"type": "string", "oneOf": [{"const": "[DONE]"}, json_data]}},
+        "required": ["data"],
+    }
+    return {200: {"content": {SSE: {"schema": event}}}}
 
 
 def _integers(node: Any) -> Iterator[dict[str, Any]]:
@@ -87,10 +102,15 @@ def _fix_errors(doc: dict[str, Any]) -> None:
     schemas.pop("ValidationError", None)
 
 
-def _exact_request_schemas(doc: dict[str, Any]) -> None:
+def _pydantic_schemas(doc: dict[str, Any]) -> None:
+    """The request schemas exactly as pydantic states them, and the chat chunk (only SSE names it)."""
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, CompletionRequest):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for model, mode in (
+        (ChatCompletionRequest, "validation"),
+        (CompletionRequest, "validation"),
+        (ChatCompletionChunk, "serialization"),
+    ):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
 
@@ -134,7 +154,7 @@ def install_openapi(app: FastAPI, config: ServerConfig) -> None:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         _fix_errors(doc)
-        _exact_request_schemas(doc)
+        _pydantic_schemas(doc)
         if config.api_key is not None:
             _require_bearer(doc)
         if _model_bounds(doc, app, config):

@@ -120,3 +120,11 @@ def test_tiny_temperatures_are_greedy(live, path, temperature, sent):
     r = post(live, path, {**body, "temperature": temperature, "max_tokens": 4, "seed": 3})
     assert r.status_code == 200, r.text
     assert live.engine.requests[-1].params.temperature == sent
+
+
+def test_an_integer_json_cannot_hold_is_a_400(live):
+    # json.loads refuses integers of over 4300 digits; the body still gets an OpenAI-shaped 400.
+    body = b'{"prompt": [' + b"9" * 5000 + b"]}"
+    r = live.http.post(COMP, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_json" and r.json()["error"]["type"] == "invalid_request_error"

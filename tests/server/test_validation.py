@@ -127,4 +127,6 @@ def test_an_integer_json_cannot_hold_is_a_400(live):
     body = b'{"prompt": [' + b"9" * 5000 + b"]}"
     r = live.http.post(COMP, content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400
-    assert r.json()["error"]["code"] == "invalid_json" and r.json()["error"]["type"] == "invalid_request_error"
+    assert (
+        r.json()["error"]["code"] == "invalid_json" and r.json()["error"]["type"] == "invalid_request_error"
+    )

@@ -132,11 +132,10 @@ class CompletionRequest(SamplingFields):
                 raise ValueError("the prompt list must not be empty")
             if any(isinstance(x, list) and not x for x in v):
                 raise ValueError("token-id prompts must not be empty")
-            for where, token in token_ids(v):
-                if not 0 <= token <= MAX_TOKEN_ID:
-                    raise ValueError(
-                        f"token id {show_int(token)} at prompt{where} is outside 0..{MAX_TOKEN_ID}"
-                    )
+            bad = first_bad_id(v, MAX_TOKEN_ID + 1)
+            if bad is not None:
+                where, token = bad
+                raise ValueError(f"token id {show_int(token)} at prompt{where} is outside 0..{MAX_TOKEN_ID}")
         return v
 
     @field_validator("echo")
@@ -166,17 +165,19 @@ class CompletionRequest(SamplingFields):
         return [x if isinstance(x, str) else tuple(x) for x in p]
 
 
-def token_ids(prompt: Prompt) -> list[tuple[str, int]]:
-    """Every token id of a token-id prompt with its place ("[3]" or "[1][3]"); none for text prompts."""
-    if isinstance(prompt, str):
-        return []
-    out: list[tuple[str, int]] = []
-    for i, x in enumerate(prompt):
-        if isinstance(x, int):
-            out.append((f"[{i}]", x))
-        elif isinstance(x, list):
-            out.extend((f"[{i}][{j}]", t) for j, t in enumerate(x))
-    return out
+def first_bad_id(prompt: Prompt, stop: int) -> tuple[str, int] | None:
+    """The first token id outside [0, stop) and its place ("[3]" or "[1][3]"); None if there is none.
+
+    min/max first: a 4 MiB body holds ~2M ids, and this runs on the event loop.
+    """
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], str):
+        return None
+    rows = [(None, prompt)] if isinstance(prompt[0], int) else list(enumerate(prompt))
+    for i, row in rows:
+        if row and (min(row) < 0 or max(row) >= stop):
+            j = next(j for j, t in enumerate(row) if not 0 <= t < stop)
+            return (f"[{j}]" if i is None else f"[{i}][{j}]"), row[j]
+    return None
 
 
 def show_int(value: int) -> str:

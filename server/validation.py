@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from server.errors import APIError
-from server.schemas import Prompt, show_int, token_ids
+from server.schemas import Prompt, first_bad_id, show_int
 
 
 def _lone_surrogate(text: str) -> int | None:
@@ -34,6 +34,8 @@ def _strings(value: Any, path: str) -> list[tuple[str, str]]:
             out.extend(_strings(getattr(value, name), f"{path}.{name}" if path else name))
         return out
     if isinstance(value, list | tuple):
+        if value and isinstance(value[0], int):
+            return []  # token ids: validated lists are all of one type, and may hold millions
         return [s for i, item in enumerate(value) for s in _strings(item, f"{path}[{i}]")]
     if isinstance(value, dict):
         return [s for key, item in value.items() for s in _strings(item, f"{path}.{key}")]
@@ -56,14 +58,13 @@ def check_text(body: BaseModel) -> None:
 
 def check_vocabulary(prompt: Prompt, vocab_size: int | None) -> None:
     """400 for the first token id the model has no embedding for (the schema already bounds them)."""
-    if vocab_size is None:
-        return
-    for where, token in token_ids(prompt):
-        if token >= vocab_size:
-            raise APIError(
-                400,
-                f"Token id {show_int(token)} at prompt{where} is outside the model's vocabulary: "
-                f"ids are 0..{vocab_size - 1}.",
-                param="prompt",
-                code="invalid_request",
-            )
+    bad = first_bad_id(prompt, vocab_size) if vocab_size is not None else None
+    if bad is not None:
+        where, token = bad
+        raise APIError(
+            400,
+            f"Token id {show_int(token)} at prompt{where} is outside the model's vocabulary: "
+            f"ids are 0..{vocab_size - 1}.",
+            param="prompt",
+            code="invalid_request",
+        )

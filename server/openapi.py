@@ -1,14 +1,14 @@
 """The OpenAPI document, made to say what the server really answers.
 
-Routes declare their error statuses with `error_responses(...)`; `install_openapi` then corrects what
-FastAPI generates on its own: it drops the 422 `HTTPValidationError` answers (validation errors are
-400s in the OpenAI shape, see `server/errors.py`), declares error bodies as JSON on every route (also
-on /metrics, whose 200 is text), takes the request schemas from pydantic as they are (FastAPI's
-OpenAPI models hold bounds as floats, and 2^64 - 1 becomes 2^64) and adds the chat chunk that only
-the SSE form of a 200 names, adds 401 and a bearer scheme to the
-/v1 routes when an API key is set, and writes the served model's bounds into the request schemas:
-token ids below its vocabulary size, `max_tokens` below its context length, `n` at most
-`max_choices`.
+Routes declare their error statuses with `error_responses(...)` and their SSE form with `streamed()`;
+`install_openapi` then corrects what FastAPI generates on its own:
+- no 422 `HTTPValidationError` (validation errors are 400s in the OpenAI shape, `server/errors.py`);
+- error bodies are JSON on every route, also on /metrics, whose 200 is text;
+- request schemas exactly as pydantic states them (FastAPI's OpenAPI models hold bounds as floats,
+  and 2^64 - 1 becomes 2^64), plus the chat chunk that only the SSE form of a 200 names;
+- 401 and a bearer scheme on the /v1 routes when an API key is set;
+- the served model's bounds: token ids below its vocabulary size, `max_tokens` below its context
+  length, `n` at most `max_choices`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from server.errors import ErrorResponse
 from server.schemas import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
 
 JSON = "application/json"
+SSE = "text/event-stream"
 
 ERRORS = {
     400: "Invalid request (`invalid_json`, `invalid_value`, `invalid_request`, `context_length_exceeded`); "
@@ -36,8 +37,6 @@ ERRORS = {
     500: "`internal_error` (a bug) or `request_failed` (the engine failed this request only)",
     503: "`engine_dead` (the engine died; the process exits to be restarted) or `generation_aborted`",
 }
-
-SSE = "text/event-stream"
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -124,7 +123,7 @@ def _require_bearer(doc: dict[str, Any]) -> None:
             # ErrorResponse is in the components already: every /v1 route declares errors with it.
             operation["responses"]["401"] = {
                 "description": ERRORS[401],
-                "content": {JSON: {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                "content": {JSON: {"schema": _ref("ErrorResponse")}},
             }
 
 

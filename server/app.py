@@ -15,6 +15,7 @@ from engine.protocol import EngineClient
 from server.config import ServerConfig
 from server.errors import install_error_handlers
 from server.limits import BodySizeLimit
+from server.openapi import install_openapi
 from server.routes import routers
 
 
@@ -35,6 +36,7 @@ def create_app(engine: EngineClient, config: ServerConfig | None = None) -> Fast
     app.state.engine = engine
     app.state.config = config
     install_error_handlers(app)
+    install_openapi(app, config)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)

@@ -19,6 +19,7 @@ from server.common import (
     usage,
 )
 from server.deps import ConfigDep, EngineDep
+from server.openapi import error_responses, streamed
 from server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -48,7 +49,11 @@ def _chunk(
     return sse.event(chunk.model_dump(exclude=None if include_usage else {"usage"}))
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={**streamed("ChatCompletionChunk"), **error_responses(400, 404, 413, 429, 500, 503)},
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, engine: EngineDep, config: ConfigDep
 ) -> Response | ChatCompletion:

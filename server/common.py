@@ -23,10 +23,16 @@ from server.config import ServerConfig
 from server.errors import APIError, engine_error_body, error_body
 from server.schemas import UINT64_MAX, SamplingFields, Usage
 from server.streams import ChoiceResult, ChoiceStreams, unless_disconnected
+from server.validation import check_text
 
 logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but the access log shows it
+# Temperatures in (0, GREEDY_BELOW) are decoded greedily, as vLLM does below the same 1e-5. There the
+# runner-up's weight is exp(-gap / temperature), e^-100 for a logit gap of 1e-3: only near-exact ties
+# could come out differently. Far below it, logits / temperature leaves float32's range (1e-300 is 0
+# in float32) and softmax gives NaN.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ def new_call(prefix: str, model: str) -> Call:
 
 
 def check_request(body: SamplingFields, engine: EngineClient, config: ServerConfig, prompts: int) -> str:
-    """Validate what the schema cannot (model name, choice count, stream options); return the model id."""
+    """Validate what the schema cannot (text, model name, choice count, stream options); return the model id."""
+    check_text(body)  # first: the errors below quote the client's strings
     served = engine.model_card.id
     if body.model is not None and body.model != served:
         raise APIError(
@@ -76,9 +83,10 @@ def sampling(body: SamplingFields, max_tokens: int | None, choice: int) -> Sampl
         seed += choice
         if seed > UINT64_MAX:
             seed -= 2**64
+    temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
+        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0,
         seed=seed,

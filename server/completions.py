@@ -22,7 +22,9 @@ from server.common import (
     usage,
 )
 from server.deps import ConfigDep, EngineDep
+from server.openapi import error_responses, streamed
 from server.schemas import Completion, CompletionChoice, CompletionRequest, Usage
+from server.validation import check_vocabulary
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -34,12 +36,17 @@ def _chunk(
     return sse.event(chunk.model_dump(exclude=None if include_usage else {"usage"}))
 
 
-@router.post("/v1/completions", response_model=Completion)
+@router.post(
+    "/v1/completions",
+    response_model=Completion,
+    responses={**streamed("Completion"), **error_responses(400, 404, 413, 429, 500, 503)},
+)
 async def completions(
     body: CompletionRequest, request: Request, engine: EngineDep, config: ConfigDep
 ) -> Response | Completion:
     prompts = body.prompts()
     model = check_request(body, engine, config, prompts=len(prompts))
+    check_vocabulary(body.prompt, engine.model_card.vocab_size)
     call = new_call("cmpl", model)
     n = body.choices_per_prompt
     reqs = []

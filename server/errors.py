@@ -125,7 +125,9 @@ async def _engine_error_handler(request: Request, exc: EngineError) -> JSONRespo
     return JSONResponse(engine_error_body(exc), status_code=exc.status)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+# FastAPI raises a 400 HTTPException only when the body cannot be decoded (e.g. an integer of over
+# 4300 digits, which json.loads refuses); other bad JSON is a RequestValidationError.
+_HTTP_CODES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:

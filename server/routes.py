@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from server import chat, completions
 from server.auth import require_api_key
 from server.deps import EngineDep
 from server.errors import APIError
-from server.schemas import ModelList, ModelObject
+from server.openapi import error_responses
+from server.schemas import Health, ModelList, ModelObject
 
 v1 = APIRouter(dependencies=[Depends(require_api_key)])
 ops = APIRouter()
@@ -22,12 +23,12 @@ def _model(engine: EngineDep) -> ModelObject:
     )
 
 
-@v1.get("/v1/models", response_model=ModelList)
+@v1.get("/v1/models", response_model=ModelList, responses=error_responses(500))
 async def list_models(engine: EngineDep) -> ModelList:
     return ModelList(data=[_model(engine)])
 
 
-@v1.get("/v1/models/{model_id:path}", response_model=ModelObject)
+@v1.get("/v1/models/{model_id:path}", response_model=ModelObject, responses=error_responses(404, 500))
 async def get_model(model_id: str, engine: EngineDep) -> ModelObject:
     model = _model(engine)
     if model_id != model.id:
@@ -35,7 +36,14 @@ async def get_model(model_id: str, engine: EngineDep) -> ModelObject:
     return model
 
 
-@ops.get("/health")
+@ops.get(
+    "/health",
+    response_model=Health,
+    responses={
+        503: {"model": Health, "description": "The engine is not running (e.g. it died)"},
+        **error_responses(500),
+    },
+)
 async def health(engine: EngineDep) -> JSONResponse:
     h = engine.health()
     body = {
@@ -48,7 +56,11 @@ async def health(engine: EngineDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if h.ok else 503)
 
 
-@ops.get("/metrics")
+@ops.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition"}, **error_responses(500)},
+)
 def metrics(engine: EngineDep) -> Response:
     # A plain def: FastAPI runs it in a worker thread, so a slow scrape never blocks the loop.
     payload, content_type = engine.metrics_exposition()

@@ -7,12 +7,23 @@ answer we cannot give (`logprobs`, `echo`) are refused with a 400 rather than si
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 MAX_STOP = 16
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+MAX_TOKEN_ID = 2**31 - 1  # the bound when the model card does not say its vocabulary size
+
+# Bounds that the validators below enforce with their own messages, stated in the JSON schema too (as
+# `Field(ge=...)` inside a union they would make pydantic report every union member's error instead).
+TokenId = Annotated[int, Field(json_schema_extra={"minimum": 0, "maximum": MAX_TOKEN_ID})]
+TokenIds = Annotated[list[TokenId], Field(json_schema_extra={"minItems": 1})]
+StopString = Annotated[str, Field(json_schema_extra={"minLength": 1})]
+StopList = Annotated[list[StopString], Field(json_schema_extra={"maxItems": MAX_STOP})]
+PromptList = Annotated[list[str], Field(json_schema_extra={"minItems": 1})]
+PromptBatch = Annotated[list[TokenIds], Field(json_schema_extra={"minItems": 1})]
+Prompt = str | PromptList | TokenIds | PromptBatch
 
 Role = Literal["system", "developer", "user", "assistant"]
 FinishReasonOut = Literal["stop", "length"]
@@ -26,18 +37,28 @@ class StreamOptions(_Request):
     include_usage: bool | None = False
 
 
+TEXT_PART_SCHEMA = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+TextPart = Annotated[dict[str, Any], WithJsonSchema(TEXT_PART_SCHEMA)]
+
+
 class ChatMessage(_Request):
     role: Role
-    content: str | list[dict[str, Any]]
+    content: str | list[TextPart]
     name: str | None = None
 
     @field_validator("content")
     @classmethod
-    def _text_only(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    def _text_only(cls, v: str | list[TextPart]) -> str | list[TextPart]:
         if isinstance(v, list):
             for part in v:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+            # Keep only what is used, so that every string the request holds is one the model sees.
+            return [{"type": "text", "text": part["text"]} for part in v]
         return v
 
     def text(self) -> str:
@@ -53,7 +74,7 @@ class SamplingFields(_Request):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)  # extension (as in vLLM); 0 = off
     seed: int | None = Field(None, ge=INT64_MIN, le=UINT64_MAX)
-    stop: str | list[str] | None = None
+    stop: StopString | StopList | None = None
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -99,24 +120,22 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     echo: bool | None = None
     logprobs: int | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(
-        cls, v: str | list[str] | list[int] | list[list[int]]
-    ) -> str | list[str] | list[int] | list[list[int]]:
+    def _prompt(cls, v: Prompt) -> Prompt:
         if isinstance(v, list):
             if not v:
                 raise ValueError("the prompt list must not be empty")
             if any(isinstance(x, list) and not x for x in v):
                 raise ValueError("token-id prompts must not be empty")
-            if any(isinstance(x, int) and x < 0 for x in v) or any(
-                isinstance(x, list) and min(x) < 0 for x in v
-            ):
-                raise ValueError("token ids must be non-negative")
+            bad = first_bad_id(v, MAX_TOKEN_ID + 1)
+            if bad is not None:
+                where, token = bad
+                raise ValueError(f"token id {show_int(token)} at prompt{where} is outside 0..{MAX_TOKEN_ID}")
         return v
 
     @field_validator("echo")
@@ -144,6 +163,27 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(x, int) for x in p):
             return [tuple(p)]  # type: ignore[arg-type]
         return [x if isinstance(x, str) else tuple(x) for x in p]
+
+
+def first_bad_id(prompt: Prompt, stop: int) -> tuple[str, int] | None:
+    """The first token id outside [0, stop) and its place ("[3]" or "[1][3]"); None if there is none.
+
+    min/max first: a 4 MiB body holds ~2M ids, and this runs on the event loop.
+    """
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], str):
+        return None
+    rows = [(None, prompt)] if isinstance(prompt[0], int) else list(enumerate(prompt))
+    for i, row in rows:
+        if row and (min(row) < 0 or max(row) >= stop):
+            j = next(j for j, t in enumerate(row) if not 0 <= t < stop)
+            return (f"[{j}]" if i is None else f"[{i}][{j}]"), row[j]
+    return None
+
+
+def show_int(value: int) -> str:
+    """An int for an error message; JSON lets a client send thousands of digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
 
 
 # ---- responses -------------------------------------------------------------------------------
@@ -214,6 +254,16 @@ class ModelObject(BaseModel):
     created: int
     owned_by: str
     max_model_len: int
+
+
+class Health(BaseModel):
+    """GET /health; engines may add fields (e.g. `cache_slots`)."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ok", "unhealthy"]
+    detail: str
+    running: int
+    waiting: int
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,8 @@ Tokens are UTF-8 bytes (id 0-255) plus EOS (256), so multi-byte characters span 
 the real `engine.text_stream.TextStream` must keep them whole. The text is a word sequence drawn
 from a generator seeded by the prompt (greedy, temperature 0) or by the request seed (sampling); it
 ends with EOS after `eos_after` tokens unless max_tokens or a stop string ends it first. Requests
-beyond `max_running` wait (FIFO); more than `max_waiting` waiting raise QueueFull. Prompts longer
+beyond `max_running` wait (FIFO); more than `max_waiting` waiting raise QueueFull. The model card
+states the vocabulary size unless told not to; token ids past it raise InvalidRequest. Prompts longer
 than the context raise PromptTooLong, prompt + max_tokens beyond it MaxTokensTooLarge. `aborted`
 and `health().running` let tests see that a disconnect freed the engine. Request metrics and
 simulated expert-cache counters go through the real `engine.metrics.Metrics`.
@@ -78,9 +79,15 @@ class FakeEngine:
         token_delay: float = 0.0,
         max_running: int = 4,
         max_waiting: int = 16,
+        vocab_size: int | None = ByteTokenizer.vocab_size,  # what the model card says; None: unknown
     ) -> None:
         self.tokenizer = ByteTokenizer()
-        self._card = ModelCard(id=model_id, context_length=context_length, created=1700000000)
+        self._card = ModelCard(
+            id=model_id,
+            context_length=context_length,
+            created=1700000000,
+            vocab_size=vocab_size,
+        )
         self.eos_after = eos_after
         self.token_delay = token_delay
         self.max_running = max_running

@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
-# One GPU call: the serving soak of one shape, then (optionally) a short soak under compute-sanitizer's
-# memcheck (a tiny Qwen3-MoE, bf16, 8 concurrent requests, cache 50% and 25%, streamed and segmented steps).
+# One GPU call for the serving path, results under $OUT (few files: a device call brings back at most 8):
+#  1. MEMCHECK=1: the serving-shape GPU tests (8-row batches padded as rows join and leave, cache 50% and
+#     25%, streamed and segmented steps) under compute-sanitizer's memcheck -> memcheck_serving_shapes.log
+#  2. EXACT=1: a float32 soak of the tiny Qwen3-MoE on the GPU, where batched greedy tokens must equal each
+#     prompt served alone -> serve_soak_tiny.json (+ its logs, tarred)
+#  3. the serving soak of SHAPE (qwen3 | deepseek) in what is left of TOTAL seconds -> serve_soak_SHAPE.*
 # The GPU image lacks the server's own dependencies (fastapi, uvicorn, pydantic-settings, openai): carry
 # them as wheels in .whl (see the device README) and this installs them first.
-#   SHAPE=qwen3 DEADLINE=400 SANITIZE=1 bash bench/gpu_soak_session.sh      (results under $OUT)
+#   SHAPE=deepseek TOTAL=570 MEMCHECK=1 EXACT=1 SOAK_ARGS="--layers 8" bash bench/gpu_soak_session.sh
 set -u
 export PYTHONUNBUFFERED=1
+T0=$(date +%s)
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
+OUTDIR=${OUT:-bench/results}
+SHAPE=${SHAPE:-qwen3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, fastapi, openai; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-OUTDIR=${OUT:-bench/results}
-timeout $(( ${DEADLINE:-400} + 90 )) python3 bench/serve_soak.py --shape ${SHAPE:-qwen3} --out $OUTDIR \
-  --deadline ${DEADLINE:-400} ${SOAK_ARGS:-} 2>&1 | tee $OUTDIR/serve_soak_${SHAPE:-qwen3}.log | grep -v Warning | tail -60
-if [ "${SANITIZE:-0}" = 1 ]; then
-  mkdir -p $OUTDIR/memcheck
-  timeout ${SANITIZE_S:-150} python3 bench/serve_soak.py --shape tiny --device cuda --dtype bfloat16 \
-    --fractions 0.5,0.25 --policies none --steps streamed,segmented --concurrency 8 --requests 16 \
-    --deadline $(( ${SANITIZE_S:-150} - 30 )) --start-timeout 120 --out $OUTDIR/memcheck \
-    --server-wrapper "compute-sanitizer --tool memcheck --print-limit 50 --log-file $OUTDIR/memcheck/memcheck_%p.log" \
-    2>&1 | tail -25
-  echo "memcheck logs:"; for f in $OUTDIR/memcheck/memcheck_*.log; do echo "== $f"; tail -5 "$f"; done
-  tar -czf $OUTDIR/memcheck.tar.gz -C $OUTDIR memcheck && rm -rf $OUTDIR/memcheck
+if [ "${MEMCHECK:-0}" = 1 ]; then
+  timeout ${MEMCHECK_S:-170} compute-sanitizer --tool memcheck --print-limit 50 \
+    --log-file $OUTDIR/memcheck_serving_shapes.log \
+    python3 -m pytest -q -p no:cacheprovider tests/engine/test_serving_shapes_gpu.py \
+    -k "${MEMCHECK_K:-qwen3_moe and (cache50 or cache25) and not policies}" 2>&1 | tail -4
+  echo "memcheck: $(grep -c 'Invalid\|Error' $OUTDIR/memcheck_serving_shapes.log) error lines;" \
+    "$(grep 'ERROR SUMMARY' $OUTDIR/memcheck_serving_shapes.log)"
 fi
-# the servers' logs as one file (what comes back from a device call is a few files)
-if [ -d $OUTDIR/serve_soak_${SHAPE:-qwen3}_logs ]; then
-  tar -czf $OUTDIR/serve_soak_${SHAPE:-qwen3}_logs.tar.gz -C $OUTDIR serve_soak_${SHAPE:-qwen3}_logs \
-    && rm -rf $OUTDIR/serve_soak_${SHAPE:-qwen3}_logs
+if [ "${EXACT:-0}" = 1 ]; then
+  timeout ${EXACT_S:-110} python3 bench/serve_soak.py --shape tiny --device cuda --dtype float32 \
+    --fractions 0.5,0.25 --policies none --steps streamed,segmented --concurrency 1,8,32 --requests small \
+    --deadline $(( ${EXACT_S:-110} - 25 )) --out $OUTDIR 2>&1 | grep -v Warning | tail -14
+  tar -czf $OUTDIR/serve_soak_tiny_logs.tar.gz -C $OUTDIR serve_soak_tiny_logs serve_soak_tiny_build.log \
+    serve_soak_tiny.png 2>/dev/null && rm -rf $OUTDIR/serve_soak_tiny_logs $OUTDIR/serve_soak_tiny_build.log \
+    $OUTDIR/serve_soak_tiny.png
 fi
+LEFT=$(( ${TOTAL:-560} - ($(date +%s) - T0) - 70 ))
+DEADLINE=$(( ${DEADLINE:-480} < LEFT ? ${DEADLINE:-480} : LEFT ))
+echo "soak of $SHAPE with a ${DEADLINE}s deadline"
+timeout $(( DEADLINE + 60 )) python3 bench/serve_soak.py --shape $SHAPE --out $OUTDIR --deadline $DEADLINE \
+  ${SOAK_ARGS:-} 2>&1 | tee $OUTDIR/serve_soak_$SHAPE.log | grep -v Warning | tail -50
+# the servers' logs and the build log as one file
+tar -czf $OUTDIR/serve_soak_${SHAPE}_logs.tar.gz -C $OUTDIR serve_soak_${SHAPE}_logs serve_soak_${SHAPE}_build.log \
+  2>/dev/null && rm -rf $OUTDIR/serve_soak_${SHAPE}_logs $OUTDIR/serve_soak_${SHAPE}_build.log
+ls $OUTDIR

@@ -101,6 +101,8 @@ class Conf:
 
 def make_plan(args) -> list[Conf]:
     fr, po, st = args.fractions, args.policies, args.steps
+    if args.configs:  # an explicit list, in its order: fraction/policy/steps,...
+        return [Conf(*c.split("/")) for c in args.configs.split(",")]
     if args.plan == "cross":
         return [Conf(f, p, s) for f in fr for p in po for s in st]
     plan = [Conf(*c) for c in DEFAULT_PLAN if c[0] in fr and c[1] in po and c[2] in st]
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="streamed,segmented")
     ap.add_argument(
         "--plan", choices=("default", "cross"), default="default", help="cross: every combination"
+    )
+    ap.add_argument(
+        "--configs", default="", help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed"
     )
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--requests", default="default", help="per level: default | small | N | N1,N2,...")

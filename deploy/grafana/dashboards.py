@@ -1,9 +1,12 @@
 """Writes the two Grafana dashboards under `deploy/grafana/dashboards/` from the PromQL kept here.
 
 The JSON files are what Grafana provisions; this script is where they are edited, so every query sits
-in one readable place. `python deploy/grafana/dashboards.py` rewrites both files; a test fails when the
-checked-in JSON differs from what this script makes. Ratios follow one rule: `A / (B > 0)`, so an idle
-server shows "No data" instead of a made-up 0 or a division by zero.
+in one readable place. `python deploy/grafana/dashboards.py` rewrites both files (and their copies under
+deploy/k8s/monitoring/dashboards/ for the Grafana sidecar); tests fail when the checked-in JSON differs
+from what this script makes. Main-dashboard panels show the series summed over all selected servers
+(`pods()`: the pods of a Kubernetes deployment, replicas behind a load balancer) and one per instance.
+Ratios follow one rule: `A / (B > 0)`, so an idle server shows "No data" instead of a made-up 0 or a
+division by zero.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 
 DATASOURCE = {"type": "prometheus", "uid": "moe-prometheus"}  # uid set in provisioning/datasources
 OUT = Path(__file__).resolve().parent / "dashboards"
+# The same files for the Grafana sidecar on Kubernetes (deploy/k8s/monitoring makes ConfigMaps of them).
+K8S_OUT = Path(__file__).resolve().parents[1] / "k8s" / "monitoring" / "dashboards"
 RI = "$__rate_interval"
 INST = 'instance=~"$instance"'
 
@@ -711,10 +716,11 @@ def render() -> dict[str, str]:
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, text in render().items():
-        (OUT / name).write_text(text)
-        print(f"wrote {OUT / name}")
+    for out in (OUT, K8S_OUT):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in render().items():
+            (out / name).write_text(text)
+            print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -480,3 +480,49 @@ def _check_autoscaling_queries(prom: Prometheus, replicas: list[Replica]) -> Non
         )
         result = _query(prom, expr, at)
         assert len(result) == (len(replicas) if group == "pod" else 1), expr
+
+
+def test_multi_gpu_profile_validates(compose_bin: str, tmp_path: Path) -> None:
+    """`docker-compose --profile multi-gpu config` accepts the file; replicas, GPUs, nginx and Prometheus agree."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "COMPOSE_"))}
+    r = subprocess.run(
+        [
+            compose_bin,
+            "--env-file",
+            str(empty),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--profile",
+            "multi-gpu",
+        ]
+        + ["config"],
+        cwd=ROOT,
+        env={**env, "GRAFANA_ADMIN_PASSWORD": "test-only"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    services = yaml.safe_load(r.stdout)["services"]
+    replicas = {n: s for n, s in services.items() if n == "server" or n.startswith("server-gpu")}
+    gpus = {}
+    for name, s in replicas.items():
+        (device,) = s["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "count" not in device, name
+        (gpus[name],) = device["device_ids"]
+        assert s["environment"]["MOE_POLICY"], f"{name} reads deploy/moe.env"
+        assert s.get("ports", []) == [] or name == "server", f"{name} is reached through the balancer"
+    assert len(set(gpus.values())) == len(gpus) >= 2, f"one GPU per replica: {gpus}"
+    upstreams = re.findall(r"^\s*server (\S+):8000 ", NGINX_CONF.read_text(), re.M)
+    assert sorted(upstreams) == sorted(replicas), "nginx balances over every replica of the profile"
+    lb = services["lb"]
+    assert any(v.endswith(":/etc/nginx/nginx.conf:ro") for v in lb["volumes"])
+    assert lb["profiles"] == ["multi-gpu"] and re.search(r":\d+\.\d+\.\d+$", lb["image"])
+    # Prometheus scrapes server by name and the others by their shared alias.
+    job = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"][0]
+    (alias,) = job["dns_sd_configs"][0]["names"]
+    for name, s in replicas.items():
+        if name != "server":
+            assert alias in s["networks"]["default"]["aliases"], name

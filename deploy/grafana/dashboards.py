@@ -1,9 +1,12 @@
 """Writes the two Grafana dashboards under `deploy/grafana/dashboards/` from the PromQL kept here.
 
 The JSON files are what Grafana provisions; this script is where they are edited, so every query sits
-in one readable place. `python deploy/grafana/dashboards.py` rewrites both files; a test fails when the
-checked-in JSON differs from what this script makes. Ratios follow one rule: `A / (B > 0)`, so an idle
-server shows "No data" instead of a made-up 0 or a division by zero.
+in one readable place. `python deploy/grafana/dashboards.py` rewrites both files (and their copies under
+deploy/k8s/monitoring/dashboards/ for the Grafana sidecar); tests fail when the checked-in JSON differs
+from what this script makes. Main-dashboard panels show the series summed over all selected servers
+(`pods()`: the pods of a Kubernetes deployment, replicas behind a load balancer) and one per instance.
+Ratios follow one rule: `A / (B > 0)`, so an idle server shows "No data" instead of a made-up 0 or a
+division by zero.
 """
 
 from __future__ import annotations
@@ -13,13 +16,29 @@ from pathlib import Path
 
 DATASOURCE = {"type": "prometheus", "uid": "moe-prometheus"}  # uid set in provisioning/datasources
 OUT = Path(__file__).resolve().parent / "dashboards"
+# The same files for the Grafana sidecar on Kubernetes (deploy/k8s/monitoring makes ConfigMaps of them).
+K8S_OUT = Path(__file__).resolve().parents[1] / "k8s" / "monitoring" / "dashboards"
 RI = "$__rate_interval"
 INST = 'instance=~"$instance"'
 
 
+def group(i: str, *labels: str) -> str:
+    """The `by` list of a query: `i` is "instance" (one series per pod) or "" (all pods summed)."""
+    return ", ".join(x for x in (i, *labels) if x)
+
+
+def summed(expr: str, by: str) -> str:
+    return f"sum by ({by}) ({expr})" if by else f"sum({expr})"
+
+
 def rate(metric: str, by: str = "instance", window: str = RI, extra: str = "") -> str:
     sel = INST + (f", {extra}" if extra else "")
-    return f"sum by ({by}) (rate({metric}{{{sel}}}[{window}]))"
+    return summed(f"rate({metric}{{{sel}}}[{window}])", by)
+
+
+def gauge(metric: str, by: str = "instance", extra: str = "") -> str:
+    sel = (f"{extra}, " if extra else "") + INST
+    return summed(f"{metric}{{{sel}}}", by)
 
 
 def ratio(num: str, den: str) -> str:
@@ -27,15 +46,33 @@ def ratio(num: str, den: str) -> str:
 
 
 def quantile(q: float, metric: str, by: str = "instance", window: str = RI) -> str:
-    return f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{INST}}}[{window}])))"
+    return f"histogram_quantile({q}, sum by ({group('le', by)}) (rate({metric}_bucket{{{INST}}}[{window}])))"
 
 
 def hit_rate(by: str = "instance", window: str = RI) -> str:
     return ratio(rate("moe_expert_hits_total", by, window), rate("moe_expert_requests_total", by, window))
 
 
-def per_token(metric: str, window: str = RI) -> str:
-    return ratio(rate(metric, window=window), rate("moe_generation_tokens_total", window=window))
+def per_token(metric: str, window: str = RI, by: str = "instance") -> str:
+    return ratio(rate(metric, by, window), rate("moe_generation_tokens_total", by, window))
+
+
+def occupancy(by: str = "instance") -> str:
+    return ratio(gauge("moe_expert_cache_slots_used", by), gauge("moe_expert_cache_slots_capacity", by))
+
+
+def pods(*pairs: tuple) -> list[tuple[str, str]]:
+    """(make, legend) -> the series summed over every selected pod, then one per pod (`instance`).
+
+    `make(i)` builds the query for grouping `i` ("" or "instance"); the summed series' legend says
+    "all" where the per-pod one says {{instance}}. Ratios sum numerator and denominator first, and
+    quantiles sum the buckets, so the "all" series is the deployment's own value, not an average."""
+    out = []
+    for make, legend in pairs:
+        out.append((make(""), legend.replace("{{instance}}", "all")))
+    for make, legend in pairs:
+        out.append((make("instance"), legend))
+    return out
 
 
 def pad_layer(expr: str) -> str:
@@ -56,10 +93,7 @@ WASTED_RATIO = ratio(rate("moe_prefetch_wasted_total"), rate("moe_prefetch_issue
 RECALL = ratio(rate("moe_predictor_hits_total"), rate("moe_predictor_routed_total"))
 TOKENS_PER_S = rate("moe_generation_tokens_total")
 BYTES_PER_S = rate("moe_expert_bytes_copied_total")
-OCCUPANCY = ratio(
-    f"sum by (instance) (moe_expert_cache_slots_used{{{INST}}})",
-    f"sum by (instance) (moe_expert_cache_slots_capacity{{{INST}}})",
-)
+OCCUPANCY = occupancy()
 
 
 def target(
@@ -199,17 +233,20 @@ def dashboard(
 
 
 def main_dashboard() -> dict:
-    hits_by_source = (
-        f"{rate('moe_expert_hits_total', 'instance, source')}\n"
-        f"/ on (instance) group_left ()\n({rate('moe_expert_requests_total')} > 0)"
-    )
+
+    def hits_by_source(i: str) -> str:
+        return (
+            f"{rate('moe_expert_hits_total', group(i, 'source'))}\n"
+            f"/ on ({i}) group_left ()\n({rate('moe_expert_requests_total', i)} > 0)"
+        )
+
     panels = [
         row("Overview"),
         panel(
             "stat",
             "Prefetch hit rate",
             "Routed experts found on the GPU (resident or prefetched) / all routed experts.",
-            targets((hit_rate(), "{{instance}}")),
+            targets(*pods((hit_rate, "{{instance}}"))),
             unit="percentunit",
             w=4,
             h=5,
@@ -218,7 +255,7 @@ def main_dashboard() -> dict:
             "stat",
             "Generated tokens per second",
             "Decode throughput over all requests.",
-            targets((TOKENS_PER_S, "{{instance}}")),
+            targets(*pods((lambda i: rate("moe_generation_tokens_total", i), "{{instance}}"))),
             unit="short",
             w=4,
             h=5,
@@ -227,7 +264,7 @@ def main_dashboard() -> dict:
             "stat",
             "Stall seconds per token",
             "Time spent waiting for expert copies, per generated token.",
-            targets((STALL_PER_TOKEN, "{{instance}}")),
+            targets(*pods((lambda i: per_token("moe_expert_load_stall_seconds_sum", by=i), "{{instance}}"))),
             unit="s",
             w=4,
             h=5,
@@ -236,7 +273,7 @@ def main_dashboard() -> dict:
             "gauge",
             "Cache occupancy",
             "Expert cache slots holding an expert / slots on the GPU.",
-            targets((OCCUPANCY, "{{instance}}")),
+            targets(*pods((occupancy, "{{instance}}"))),
             unit="percentunit",
             w=4,
             h=5,
@@ -246,8 +283,10 @@ def main_dashboard() -> dict:
             "Server and engine up",
             "up: Prometheus reaches /metrics. healthy: the engine can serve (/health is 200).",
             targets(
-                (f'up{{job="moe-prefetch", {INST}}}', "up {{instance}}"),
-                (f"moe_engine_healthy{{{INST}}}", "healthy {{instance}}"),
+                *pods(
+                    (lambda i: gauge("up", i, 'job="moe-prefetch"'), "up {{instance}}"),
+                    (lambda i: gauge("moe_engine_healthy", i), "healthy {{instance}}"),
+                )
             ),
             unit="bool_yes_no",
             w=4,
@@ -258,7 +297,7 @@ def main_dashboard() -> dict:
             "Active policy",
             "moe_policy_info: the prefetch policy, model and predictor bundle each server runs.",
             [target(f"moe_policy_info{{{INST}}}", ref="A", instant=True, fmt="table")],
-            w=24,
+            w=16,
             h=4,
             transformations=[
                 {
@@ -267,12 +306,20 @@ def main_dashboard() -> dict:
                 }
             ],
         ),
+        panel(
+            "stat",
+            "Pods per policy",
+            "Servers (pods, replicas) running each prefetch policy: count of moe_policy_info by policy.",
+            targets((f"count by (policy) (moe_policy_info{{{INST}}})", "{{policy}}")),
+            w=8,
+            h=4,
+        ),
         row("Expert cache and prefetch"),
         panel(
             "timeseries",
             "Prefetch hit rate",
             "Overall per server, and split by where the hit came from: resident (already cached) or prefetched (brought by a prediction).",
-            targets((hit_rate(), "all {{instance}}"), (hits_by_source, "{{source}} {{instance}}")),
+            targets(*pods((hit_rate, "{{instance}}"), (hits_by_source, "{{source}} {{instance}}"))),
             unit="percentunit",
             w=12,
             h=10,
@@ -286,14 +333,14 @@ def main_dashboard() -> dict:
             "timeseries",
             "Misses per generated token",
             "Demand loads (experts not on the GPU when the router picked them) per generated token.",
-            targets((MISSES_PER_TOKEN, "{{instance}}")),
+            targets(*pods((lambda i: per_token("moe_expert_misses_total", by=i), "{{instance}}"))),
             w=8,
         ),
         panel(
             "timeseries",
             "Stall seconds per generated token",
             "Seconds the compute stream waited on expert copies, per generated token.",
-            targets((STALL_PER_TOKEN, "{{instance}}")),
+            targets(*pods((lambda i: per_token("moe_expert_load_stall_seconds_sum", by=i), "{{instance}}"))),
             unit="s",
             w=8,
         ),
@@ -302,8 +349,10 @@ def main_dashboard() -> dict:
             "Expert-load stall p50 / p99",
             "Wait for expert copies in one layer-step (0 when every expert was already there).",
             targets(
-                (quantile(0.5, "moe_expert_load_stall_seconds"), "p50 {{instance}}"),
-                (quantile(0.99, "moe_expert_load_stall_seconds"), "p99 {{instance}}"),
+                *pods(
+                    (lambda i: quantile(0.5, "moe_expert_load_stall_seconds", i), "p50 {{instance}}"),
+                    (lambda i: quantile(0.99, "moe_expert_load_stall_seconds", i), "p99 {{instance}}"),
+                )
             ),
             unit="s",
             w=8,
@@ -313,7 +362,14 @@ def main_dashboard() -> dict:
             "Host-to-device bytes per second by reason",
             "Expert bytes moved to the GPU: prefetch (ahead of time, overlapped), demand (a stall), and with streamed "
             "decode steps host_read (missed experts read by the kernels over PCIe) and fill (copied in behind the step).",
-            targets((rate("moe_expert_bytes_copied_total", "instance, reason"), "{{reason}} {{instance}}")),
+            targets(
+                *pods(
+                    (
+                        lambda i: rate("moe_expert_bytes_copied_total", group(i, "reason")),
+                        "{{reason}} {{instance}}",
+                    )
+                )
+            ),
             unit="Bps",
             w=8,
         ),
@@ -321,7 +377,16 @@ def main_dashboard() -> dict:
             "timeseries",
             "Wasted-prefetch ratio",
             "Prefetched experts the router did not pick / prefetches issued. High = copy bandwidth spent for nothing.",
-            targets((WASTED_RATIO, "{{instance}}")),
+            targets(
+                *pods(
+                    (
+                        lambda i: ratio(
+                            rate("moe_prefetch_wasted_total", i), rate("moe_prefetch_issued_total", i)
+                        ),
+                        "{{instance}}",
+                    )
+                )
+            ),
             unit="percentunit",
             w=8,
         ),
@@ -330,9 +395,11 @@ def main_dashboard() -> dict:
             "Prefetches per second",
             "Prefetch copies issued, and how many were used or wasted.",
             targets(
-                (rate("moe_prefetch_issued_total"), "issued {{instance}}"),
-                (rate("moe_prefetch_used_total"), "used {{instance}}"),
-                (rate("moe_prefetch_wasted_total"), "wasted {{instance}}"),
+                *pods(
+                    (lambda i: rate("moe_prefetch_issued_total", i), "issued {{instance}}"),
+                    (lambda i: rate("moe_prefetch_used_total", i), "used {{instance}}"),
+                    (lambda i: rate("moe_prefetch_wasted_total", i), "wasted {{instance}}"),
+                )
             ),
             unit="ops",
             w=8,
@@ -341,7 +408,16 @@ def main_dashboard() -> dict:
             "timeseries",
             "Online predictor recall",
             "Routed experts the prediction contained / routed experts with a prediction: the predictors' accuracy on live traffic.",
-            targets((RECALL, "{{instance}}")),
+            targets(
+                *pods(
+                    (
+                        lambda i: ratio(
+                            rate("moe_predictor_hits_total", i), rate("moe_predictor_routed_total", i)
+                        ),
+                        "{{instance}}",
+                    )
+                )
+            ),
             unit="percentunit",
             w=8,
         ),
@@ -350,8 +426,10 @@ def main_dashboard() -> dict:
             "Prediction latency p50 / p99",
             "Host time to run one layer's predictor and policy; it must stay well below the attention it overlaps.",
             targets(
-                (quantile(0.5, "moe_prediction_latency_seconds"), "p50 {{instance}}"),
-                (quantile(0.99, "moe_prediction_latency_seconds"), "p99 {{instance}}"),
+                *pods(
+                    (lambda i: quantile(0.5, "moe_prediction_latency_seconds", i), "p50 {{instance}}"),
+                    (lambda i: quantile(0.99, "moe_prediction_latency_seconds", i), "p99 {{instance}}"),
+                )
             ),
             unit="s",
             w=8,
@@ -361,8 +439,10 @@ def main_dashboard() -> dict:
             "Expert cache slots",
             "Slots holding an expert and slots on the GPU.",
             targets(
-                (f"moe_expert_cache_slots_used{{{INST}}}", "used {{instance}}"),
-                (f"moe_expert_cache_slots_capacity{{{INST}}}", "capacity {{instance}}"),
+                *pods(
+                    (lambda i: gauge("moe_expert_cache_slots_used", i), "used {{instance}}"),
+                    (lambda i: gauge("moe_expert_cache_slots_capacity", i), "capacity {{instance}}"),
+                )
             ),
             w=8,
         ),
@@ -372,7 +452,9 @@ def main_dashboard() -> dict:
             "streamed: one CUDA graph, missing experts read from host memory; segmented: graph segments, the host "
             "copies each layer's experts in first (many misses per step); whole: one graph, every expert resident; "
             "eager: no graph (CPU, capture off, or the first step of a shape).",
-            targets((rate("moe_decode_steps_total", "instance, kind"), "{{kind}} {{instance}}")),
+            targets(
+                *pods((lambda i: rate("moe_decode_steps_total", group(i, "kind")), "{{kind}} {{instance}}"))
+            ),
             unit="ops",
             w=8,
         ),
@@ -382,8 +464,10 @@ def main_dashboard() -> dict:
             "Tokens per second",
             "Prompt tokens (prefill) and generated tokens (decode) per second.",
             targets(
-                (rate("moe_prompt_tokens_total"), "prompt {{instance}}"),
-                (TOKENS_PER_S, "generated {{instance}}"),
+                *pods(
+                    (lambda i: rate("moe_prompt_tokens_total", i), "prompt {{instance}}"),
+                    (lambda i: rate("moe_generation_tokens_total", i), "generated {{instance}}"),
+                )
             ),
             w=8,
         ),
@@ -392,8 +476,16 @@ def main_dashboard() -> dict:
             "Time to first token p50 / p99",
             "From a request's arrival to its first generated token.",
             targets(
-                (quantile(0.5, "moe_request_time_to_first_token_seconds"), "p50 {{instance}}"),
-                (quantile(0.99, "moe_request_time_to_first_token_seconds"), "p99 {{instance}}"),
+                *pods(
+                    (
+                        lambda i: quantile(0.5, "moe_request_time_to_first_token_seconds", i),
+                        "p50 {{instance}}",
+                    ),
+                    (
+                        lambda i: quantile(0.99, "moe_request_time_to_first_token_seconds", i),
+                        "p99 {{instance}}",
+                    ),
+                )
             ),
             unit="s",
             w=8,
@@ -403,8 +495,16 @@ def main_dashboard() -> dict:
             "Time per output token p50 / p99",
             "Between consecutive generated tokens of a request.",
             targets(
-                (quantile(0.5, "moe_request_time_per_output_token_seconds"), "p50 {{instance}}"),
-                (quantile(0.99, "moe_request_time_per_output_token_seconds"), "p99 {{instance}}"),
+                *pods(
+                    (
+                        lambda i: quantile(0.5, "moe_request_time_per_output_token_seconds", i),
+                        "p50 {{instance}}",
+                    ),
+                    (
+                        lambda i: quantile(0.99, "moe_request_time_per_output_token_seconds", i),
+                        "p99 {{instance}}",
+                    ),
+                )
             ),
             unit="s",
             w=8,
@@ -414,8 +514,10 @@ def main_dashboard() -> dict:
             "Running and waiting requests",
             "Requests being decoded now, and requests queued for a slot.",
             targets(
-                (f"sum by (instance) (moe_requests_running{{{INST}}})", "running {{instance}}"),
-                (f"sum by (instance) (moe_requests_waiting{{{INST}}})", "waiting {{instance}}"),
+                *pods(
+                    (lambda i: gauge("moe_requests_running", i), "running {{instance}}"),
+                    (lambda i: gauge("moe_requests_waiting", i), "waiting {{instance}}"),
+                )
             ),
             w=8,
         ),
@@ -424,8 +526,10 @@ def main_dashboard() -> dict:
             "End-to-end latency and queue time p99",
             "From arrival to the last token, and from arrival to first being scheduled.",
             targets(
-                (quantile(0.99, "moe_request_e2e_latency_seconds"), "e2e p99 {{instance}}"),
-                (quantile(0.99, "moe_request_queue_time_seconds"), "queue p99 {{instance}}"),
+                *pods(
+                    (lambda i: quantile(0.99, "moe_request_e2e_latency_seconds", i), "e2e p99 {{instance}}"),
+                    (lambda i: quantile(0.99, "moe_request_queue_time_seconds", i), "queue p99 {{instance}}"),
+                )
             ),
             unit="s",
             w=8,
@@ -435,7 +539,12 @@ def main_dashboard() -> dict:
             "Finished requests per second by reason",
             "stop, length, abort (client left) or error.",
             targets(
-                (rate("moe_requests_total", "instance, finish_reason"), "{{finish_reason}} {{instance}}")
+                *pods(
+                    (
+                        lambda i: rate("moe_requests_total", group(i, "finish_reason")),
+                        "{{finish_reason}} {{instance}}",
+                    )
+                )
             ),
             unit="reqps",
             w=8,
@@ -607,10 +716,11 @@ def render() -> dict[str, str]:
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, text in render().items():
-        (OUT / name).write_text(text)
-        print(f"wrote {OUT / name}")
+    for out in (OUT, K8S_OUT):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in render().items():
+            (out / name).write_text(text)
+            print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -92,3 +92,13 @@ def live_server(
                 yield Live(handle, engine, http, client)
             finally:
                 client.close()
+
+
+def wait_until(cond, timeout: float = 30.0, poll: float = 0.01) -> bool:
+    """Poll `cond` until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(poll)
+    return cond()

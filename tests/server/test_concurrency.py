@@ -10,18 +10,9 @@ import httpx
 import pytest
 
 from tests.fakes import FakeEngine
-from tests.server_harness import live_server
+from tests.server_harness import live_server, wait_until
 
 CHAT = "/v1/chat/completions"
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def msgs(i: int) -> list[dict]:

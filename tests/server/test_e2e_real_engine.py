@@ -6,7 +6,6 @@ strings are taken from a greedy answer, and seeds are compared run against run.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from engine.config import EngineConfig
-from tests.server_harness import Live, live_server
+from tests.server_harness import Live, live_server, wait_until
 
 MSG = [{"role": "user", "content": "Write a short sentence about mixture-of-experts models."}]
 
@@ -28,15 +27,6 @@ def real_engine_app() -> Iterator[Live]:
     engine = AsyncEngine.from_config(EngineConfig(device="cpu", max_running=8, max_waiting=16, seed=0))
     with live_server(engine, timeout=120.0) as srv:
         yield srv
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def model_id(live: Live) -> str:

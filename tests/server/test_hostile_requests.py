@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from engine.config import EngineConfig
-from tests.server_harness import Live, live_server
+from tests.server_harness import Live, live_server, wait_until
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
@@ -36,15 +35,6 @@ def real() -> Iterator[Live]:
     with live_server(engine, timeout=120.0) as srv:
         srv.handle.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see test_schemathesis.py
         yield srv
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def post(live: Live, path: str, body: dict) -> httpx.Response:

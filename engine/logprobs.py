@@ -95,9 +95,9 @@ class TokenTable:
 Table = Callable[[int], tuple[str, tuple[int, ...]]]
 
 
-def _entry(table: Table, token_id: int, logprob: float) -> Logprob:
+def _entry(table: Table, token_id: int, logprob: float | None) -> Logprob:
     text, raw = table(token_id)
-    if not logprob >= MIN_LOGPROB:  # -inf, NaN
+    if logprob is not None and not logprob >= MIN_LOGPROB:  # -inf, NaN
         logprob = MIN_LOGPROB
     return Logprob(token_id=token_id, token=text, bytes=raw, logprob=logprob)
 
@@ -120,12 +120,12 @@ def token_logprobs(logits: torch.Tensor, k: int, chosen: int, table: Table) -> T
 
 def prefill_with_prompt_logprobs(
     prefill: Callable[[list[int], int], torch.Tensor], prompt_ids: list[int], k: int, table: Table
-) -> tuple[torch.Tensor, tuple[TokenLogprobs | None, ...]]:
+) -> tuple[torch.Tensor, tuple[TokenLogprobs, ...]]:
     """Prefill one token at a time (`prefill(ids, start)` gives the next-token logits [V]) so that every
     prompt position's logits are seen; returns the last logits and one entry per prompt token (the first
-    has nothing before it: None). The runner keeps only the last position's logits of a prefill, so
+    has nothing before it: its logprob is None). The runner keeps only the last position's logits of a prefill, so
     this costs one forward per prompt token; only requests that ask (echo with logprobs) pay it."""
-    out: list[TokenLogprobs | None] = [None]
+    out = [TokenLogprobs(chosen=_entry(table, prompt_ids[0], None))]
     logits = prefill(prompt_ids[:1], 0)
     for i in range(1, len(prompt_ids)):
         out.append(token_logprobs(logits, k, prompt_ids[i], table))

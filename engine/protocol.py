@@ -51,7 +51,7 @@ class Logprob:
     token_id: int
     token: str
     bytes: tuple[int, ...]
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token: nothing comes before it
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,9 @@ class TokenDelta:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
     logprobs: tuple[TokenLogprobs, ...] = ()  # one per `token_ids` entry when `params.logprobs` is set
-    # With `params.prompt_logprobs`, on the first delta: one per prompt token, None for the first one.
-    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
+    # With `params.prompt_logprobs`, on a first delta of its own: one per prompt token (the first one's
+    # `chosen.logprob` is None and its `top` empty).
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True)

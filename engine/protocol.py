@@ -84,7 +84,7 @@ class TokenizeRequest:
     prompt: str | None = None
     messages: tuple[dict, ...] | None = None
     add_generation_prompt: bool = True  # messages only
-    add_special_tokens: bool = True  # prompt: the tokenizer's BOS etc.; messages: ignored (the template)
+    add_special_tokens: bool = False  # prompt: the tokenizer's BOS etc. (generation adds none); not messages
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,8 @@ class TokenizeRequest(_Request):
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     add_generation_prompt: bool | None = True  # messages only
-    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages (vLLM's)
+    # Default False, as generation tokenises (vLLM's default for a prompt is True: it adds a BOS there).
+    add_special_tokens: bool | None = False
     model: str | None = None
 
 

@@ -46,7 +46,7 @@ async def tokenize(body: TokenizeRequest, engine: EngineDep) -> TokenizeResponse
             add_special_tokens=bool(body.add_special_tokens),
         )
     else:
-        request = EngineTokenize(prompt=body.prompt, add_special_tokens=body.add_special_tokens is not False)
+        request = EngineTokenize(prompt=body.prompt, add_special_tokens=bool(body.add_special_tokens))
     tokens = await engine.tokenize(request)
     return TokenizeResponse(count=len(tokens), max_model_len=engine.model_card.context_length, tokens=tokens)
 

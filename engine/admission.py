@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 
 from engine.errors import InvalidRequest, MaxTokensTooLarge, PromptTooLong
-from engine.protocol import GenerationRequest, SamplingParams
+from engine.protocol import GenerationRequest, SamplingParams, TokenizeRequest
+
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs bound (completions allow 5; the server checks that)
 
 TOKENIZER_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, UnicodeError, LookupError)
 try:  # a chat template that raises (e.g. "roles must alternate") is the request's fault
@@ -35,6 +37,34 @@ def check_params(p: SamplingParams) -> None:
         raise InvalidRequest(f"top_p={p.top_p} is not in (0, 1]", param="top_p")
     if p.top_k < 0:
         raise InvalidRequest(f"top_k={p.top_k} is negative", param="top_k")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(p, name)
+        if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+            raise InvalidRequest(f"{name}={value} is not in [-2, 2]", param=name)
+    if not (math.isfinite(p.repetition_penalty) and p.repetition_penalty > 0.0):
+        raise InvalidRequest(
+            f"repetition_penalty={p.repetition_penalty} is not > 0", param="repetition_penalty"
+        )
+    if not (math.isfinite(p.min_p) and 0.0 <= p.min_p <= 1.0):
+        raise InvalidRequest(f"min_p={p.min_p} is not in [0, 1]", param="min_p")
+    for name in ("logprobs", "prompt_logprobs"):
+        value = getattr(p, name)
+        if value is not None and not 0 <= value <= MAX_LOGPROBS:
+            raise InvalidRequest(f"{name}={value} is not in [0, {MAX_LOGPROBS}]", param=name)
+    for token, bias in p.logit_bias:
+        if not (math.isfinite(bias) and -100.0 <= bias <= 100.0):
+            raise InvalidRequest(
+                f"logit_bias of token {token} is {bias}, not in [-100, 100]", param="logit_bias"
+            )
+
+
+def check_logit_bias(p: SamplingParams, vocab_size: int | None) -> None:
+    for token, _ in p.logit_bias:
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            raise InvalidRequest(
+                f"logit_bias names token id {token}, outside this model's vocabulary [0, {vocab_size})",
+                param="logit_bias",
+            )
 
 
 def prompt_chars(request: GenerationRequest) -> int:
@@ -80,16 +110,31 @@ def tokenize(tokenizer, request: GenerationRequest) -> list[int]:
         ) from err
 
 
-def _encode(tok, request: GenerationRequest) -> list[int]:
+def _encode(
+    tok, request: GenerationRequest | TokenizeRequest, generation_prompt: bool = True, special: bool = False
+) -> list[int]:
     if request.messages is not None:
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=True)
+            ids = tok.apply_chat_template(
+                list(request.messages), add_generation_prompt=generation_prompt, tokenize=True
+            )
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages) + "\nassistant:"
-        return tok.encode(text, add_special_tokens=False)
-    return tok.encode(request.prompt or "", add_special_tokens=False)
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
+        return tok.encode(text + ("\nassistant:" if generation_prompt else ""), add_special_tokens=False)
+    return tok.encode(request.prompt or "", add_special_tokens=special)
+
+
+def tokenize_only(tokenizer, request: TokenizeRequest) -> list[int]:
+    """POST /tokenize: the ids `generate()` would see (with the caller's template and special-token flags)."""
+    try:
+        return _encode(tokenizer, request, request.add_generation_prompt, request.add_special_tokens)
+    except TOKENIZER_ERRORS as err:
+        param = "messages" if request.messages is not None else "prompt"
+        raise InvalidRequest(
+            f"the {param} could not be tokenised ({type(err).__name__}: {err})", param=param
+        ) from err
 
 
 def check_token_ids(ids: list[int], vocab_size: int | None, param: str) -> None:

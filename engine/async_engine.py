@@ -29,13 +29,14 @@ from engine.devices import resolve_device, resolve_dtype
 from engine.errors import EngineDead, EngineError, RequestFailed
 from engine.faults import classify, device_probe
 from engine.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
+from engine.logprobs import TokenTable, prefill_with_prompt_logprobs, token_logprobs
 from engine.metrics import Metrics
 from engine.prefetch import PREDICTOR_POLICIES, Prefetcher, build_prefetcher, resolve_bundle
 from engine.prompt_bound import max_prompt_chars
-from engine.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
+from engine.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta, TokenizeRequest
 from engine.routing_trace import RoutingRecorder
 from engine.runner import DEFAULT_MAX_LEN, ModelRunner
-from engine.sampling import make_generator, sample
+from engine.sampling import make_generator, sample, state_for
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.text_stream import TextStream
@@ -68,6 +69,7 @@ class AsyncEngine:
         self._probe = None  # the device sync that tells a poisoned device (engine.faults)
         self._max_prompt_chars: int | None = None  # longer text cannot fit (engine.prompt_bound)
         self._eos: set[int] = set()
+        self._tokens: TokenTable | None = None  # token texts and bytes for logprobs
         self._seed_counter = 0
         self._rows: list[Sequence] = []  # _rows[i] decodes in KV row i
         self.prefetcher: Prefetcher | None = None
@@ -106,6 +108,7 @@ class AsyncEngine:
                 f"{om.source}: no tokenizer files; the server needs one to turn text into tokens"
             )
         self.om, self.tokenizer = om, om.tokenizer
+        self._tokens = TokenTable(om.tokenizer)
         mcfg = om.model.config
         self.runner = ModelRunner(
             om,
@@ -198,12 +201,21 @@ class AsyncEngine:
     async def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)
 
+    async def tokenize(self, request: TokenizeRequest) -> list[int]:
+        self.model_card  # noqa: B018 - raises EngineDead before the model is loaded
+        return await asyncio.to_thread(admission.tokenize_only, self.tokenizer, request)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        admission.check_token_ids(token_ids, self.model_card.vocab_size, "tokens")
+        return await asyncio.to_thread(self.tokenizer.decode, token_ids, skip_special_tokens=False)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         if self._dead is not None:
             raise self._dead_error()
         card = self.model_card
         p = request.params
         admission.check_params(p)
+        admission.check_logit_bias(p, card.vocab_size)
         admission.check_prompt_size(request, self._max_prompt_chars, card.context_length)
         prompt_ids = await asyncio.to_thread(admission.tokenize, self.tokenizer, request)
         param = admission.prompt_param(request)
@@ -284,7 +296,7 @@ class AsyncEngine:
             seq.row = len(self._rows)
             self._rows.append(seq)
             try:
-                logits = self.runner.prefill(seq.row, seq.prompt_ids)
+                logits = self._prefill(seq)
             except Exception as err:
                 self._fail([seq], "prefill", err)
                 continue
@@ -324,10 +336,27 @@ class AsyncEngine:
                 self.prefetcher.reset()
             self.runner.invalidate()
 
+    def _prefill(self, seq: Sequence):
+        """The prompt's next-token logits [V]; with prompt logprobs asked for, a delta carrying them first."""
+        k = seq.params.prompt_logprobs
+        if k is None:
+            return self.runner.prefill(seq.row, seq.prompt_ids)
+        logits, lps = prefill_with_prompt_logprobs(
+            lambda ids, start: self.runner.prefill(seq.row, ids, start), seq.prompt_ids, k, self._tokens
+        )
+        seq.emit(TokenDelta("", (), None, len(seq.prompt_ids), 0, prompt_logprobs=lps))
+        return logits
+
     def _accept(self, seq: Sequence, logits) -> None:
         """Sample the sequence's next token from its logits [V] and pass it on."""
+        lps = ()
         try:
-            tok = sample(logits, seq.params, seq.generator)
+            seq.sampling = state_for(seq.sampling, seq.params, seq.prompt_ids, logits)
+            tok = sample(logits, seq.params, seq.generator, seq.sampling)
+            if seq.sampling is not None:
+                seq.sampling.accept(tok)
+            if seq.params.logprobs is not None:
+                lps = (token_logprobs(logits, seq.params.logprobs, tok, self._tokens),)
         except Exception as err:
             self._fail([seq], "sampling", err)
             return
@@ -340,9 +369,9 @@ class AsyncEngine:
             self._fail([seq], "detokenisation", err)
             return
         if reason is not None:
-            self._finish(seq, reason, text, token=tok)
+            self._finish(seq, reason, text, token=tok, logprobs=lps)
         else:
-            seq.emit(TokenDelta(text, (tok,), None, len(seq.prompt_ids), len(seq.out_ids)))
+            seq.emit(TokenDelta(text, (tok,), None, len(seq.prompt_ids), len(seq.out_ids), lps))
 
     def _next_text(self, seq: Sequence, tok: int) -> tuple[str | None, str]:
         """(finish reason or None, the text the new token makes final)."""
@@ -368,12 +397,14 @@ class AsyncEngine:
         self._rows.pop()
         seq.row = None
 
-    def _finish(self, seq: Sequence, reason: str, text: str, token: int | None = None) -> None:
+    def _finish(
+        self, seq: Sequence, reason: str, text: str, token: int | None = None, logprobs: tuple = ()
+    ) -> None:
         seq.done = True
         self._free_row(seq)
         self.scheduler.finish(seq)
         ids = (token,) if token is not None else ()
-        seq.emit(TokenDelta(text, ids, reason, len(seq.prompt_ids), len(seq.out_ids)))
+        seq.emit(TokenDelta(text, ids, reason, len(seq.prompt_ids), len(seq.out_ids), logprobs))
         self._record(seq, reason)
 
     def _record(self, seq: Sequence, reason: str) -> None:

@@ -24,6 +24,14 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # Added with issue 18 (engine.sampling applies them to each row's logits after the step):
+    frequency_penalty: float = 0.0  # OpenAI: logit -= f * count over the generated tokens
+    presence_penalty: float = 0.0  # OpenAI: logit -= p if the token was generated at all
+    repetition_penalty: float = 1.0  # vLLM/HF, over prompt + generated: logit > 0 divided, < 0 multiplied
+    min_p: float = 0.0  # vLLM: drop tokens whose probability is below min_p x the top one's
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs added to the logits
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the k most likely
+    prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,25 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """One token's log-probability; `token` is its text, `bytes` its raw bytes (a byte-level BPE token may
+    hold part of a multi-byte character: then `token` writes the odd bytes as `\\xNN`)."""
+
+    token_id: int
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float | None  # None only for a prompt's first token: nothing comes before it
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The chosen token's logprob and the `k` most likely tokens', most likely first."""
+
+    chosen: Logprob
+    top: tuple[Logprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenDelta:
     """New text since the previous delta. The last delta of a stream has `finish_reason` set."""
 
@@ -44,6 +71,20 @@ class TokenDelta:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
+    logprobs: tuple[TokenLogprobs, ...] = ()  # one per `token_ids` entry when `params.logprobs` is set
+    # With `params.prompt_logprobs`, on a first delta of its own: one per prompt token (the first one's
+    # `chosen.logprob` is None and its `top` empty).
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """POST /tokenize: a prompt, or messages rendered with the chat template."""
+
+    prompt: str | None = None
+    messages: tuple[dict, ...] | None = None
+    add_generation_prompt: bool = True  # messages only
+    add_special_tokens: bool = False  # prompt: the tokenizer's BOS etc. (generation adds none); not messages
 
 
 @dataclass(frozen=True)
@@ -86,3 +127,11 @@ class EngineClient(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+    async def tokenize(self, request: TokenizeRequest) -> list[int]:
+        """The token ids of a prompt or of chat messages; raises `engine.errors.InvalidRequest` on bad text."""
+        ...
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids (special tokens included); ids must be in the vocabulary."""
+        ...

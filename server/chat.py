@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from engine.protocol import GenerationRequest
+from engine.protocol import GenerationRequest, TokenDelta
 from server import sse
 from server.auth import require_api_key
 from server.common import (
@@ -19,6 +19,7 @@ from server.common import (
     usage,
 )
 from server.deps import ConfigDep, EngineDep
+from server.logprobs import chat_logprobs
 from server.openapi import error_responses, streamed
 from server.schemas import (
     AssistantMessage,
@@ -27,16 +28,17 @@ from server.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessage,
     Usage,
 )
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def _messages(body: ChatCompletionRequest) -> tuple[dict, ...]:
+def messages_for_engine(messages: list[ChatMessage]) -> tuple[dict, ...]:
     # "developer" is OpenAI's newer name for "system"; chat templates only know the latter.
     return tuple(
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages
     )
 
 
@@ -60,11 +62,11 @@ async def chat_completions(
     model = check_request(body, engine, config, prompts=1)
     call = new_call("chatcmpl", model)
     n = body.choices_per_prompt
-    messages = _messages(body)
+    messages = messages_for_engine(body.messages)
     reqs = [
         GenerationRequest(
             request_id=call.id if n == 1 else f"{call.id}-{i}",
-            params=sampling(body, body.token_limit(), i),
+            params=sampling(body, body.token_limit(), i, logprobs=body.logprobs_k()),
             messages=messages,
         )
         for i in range(n)
@@ -72,12 +74,13 @@ async def chat_completions(
     include_usage = body.include_usage
     if body.stream:
 
-        def chunks(index: int, text: str, finish: str | None) -> list[bytes]:
+        def chunks(index: int, d: TokenDelta) -> list[bytes]:
             out = []
-            if text:
-                out.append(
-                    _chunk(call, [ChatChunkChoice(index=index, delta={"content": text})], include_usage)
-                )
+            finish = d.finish_reason
+            if d.text or d.logprobs:
+                lp = chat_logprobs(d.logprobs) if d.logprobs else None
+                choice = ChatChunkChoice(index=index, delta={"content": d.text}, logprobs=lp)
+                out.append(_chunk(call, [choice], include_usage))
             if finish is not None:
                 out.append(
                     _chunk(
@@ -111,7 +114,12 @@ async def chat_completions(
         model=model,
         usage=usage(results, n),
         choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=r.text),
+                logprobs=chat_logprobs(r.logprobs) if body.logprobs else None,
+                finish_reason=r.finish_reason,
+            )
             for i, r in enumerate(results)
         ],
     )

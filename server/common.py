@@ -17,11 +17,11 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from engine.errors import EngineError
-from engine.protocol import EngineClient, GenerationRequest, SamplingParams
+from engine.protocol import EngineClient, GenerationRequest, SamplingParams, TokenDelta
 from server import sse
 from server.config import ServerConfig
 from server.errors import APIError, engine_error_body, error_body
-from server.schemas import UINT64_MAX, SamplingFields, Usage
+from server.schemas import UINT64_MAX, SamplingFields, Usage, show_int
 from server.streams import ChoiceResult, ChoiceStreams, unless_disconnected
 from server.validation import check_text
 
@@ -74,10 +74,56 @@ def check_request(body: SamplingFields, engine: EngineClient, config: ServerConf
             param="stream_options",
             code="invalid_value",
         )
+    refuse_unserved(body)
+    check_logit_bias(body, engine.model_card.vocab_size)
     return served
 
 
-def sampling(body: SamplingFields, max_tokens: int | None, choice: int) -> SamplingParams:
+def _unsupported(param: str, what: str) -> APIError:
+    return APIError(400, f"{what} is not supported by this server.", param=param, code="invalid_value")
+
+
+def refuse_unserved(body: SamplingFields) -> None:
+    """400 for options that would change the answer and that this server does not serve."""
+    if body.best_of is not None and body.best_of > 1:
+        raise _unsupported("best_of", "best_of > 1 (server-side best-of-n)")
+    if body.web_search_options is not None:
+        raise _unsupported("web_search_options", "Web search")
+    if getattr(body, "suffix", None):
+        raise _unsupported("suffix", "suffix (insertion after the completion)")
+    if getattr(body, "audio", None) is not None:
+        raise _unsupported("audio", "Audio output")
+    modalities = getattr(body, "modalities", None)
+    if modalities is not None and any(m != "text" for m in modalities):
+        raise _unsupported("modalities", "Output other than text")
+    if getattr(body, "top_logprobs", None) is not None and not getattr(body, "logprobs", None):
+        raise APIError(
+            400,
+            "top_logprobs is only allowed when logprobs is true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+
+
+def check_logit_bias(body: SamplingFields, vocab_size: int | None) -> None:
+    for token, _ in body.logit_bias_pairs():
+        if vocab_size is not None and token >= vocab_size:
+            raise APIError(
+                400,
+                f"logit_bias names token id {show_int(token)}, outside the model's vocabulary: "
+                f"ids are 0..{vocab_size - 1}.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+
+
+def sampling(
+    body: SamplingFields,
+    max_tokens: int | None,
+    choice: int,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+) -> SamplingParams:
     seed = body.seed
     if seed is not None and choice:
         seed += choice
@@ -91,6 +137,13 @@ def sampling(body: SamplingFields, max_tokens: int | None, choice: int) -> Sampl
         top_k=body.top_k or 0,
         seed=seed,
         stop=body.stop_tuple(),
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        min_p=body.min_p or 0.0,
+        logit_bias=body.logit_bias_pairs(),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -113,7 +166,7 @@ async def run_to_end(
     return results if connected else None
 
 
-ChunkMaker = Callable[[int, str, str | None], list[bytes]]
+ChunkMaker = Callable[[int, TokenDelta], list[bytes]]
 
 
 async def open_stream(
@@ -142,7 +195,7 @@ async def open_stream(
             for line in opening:
                 yield line
             async for index, delta in streams.deltas():
-                for line in chunks(index, delta.text, delta.finish_reason):
+                for line in chunks(index, delta):
                     yield line
             if usage_chunk is not None:
                 yield usage_chunk(usage(streams.results, per_prompt))

@@ -7,8 +7,8 @@ Routes declare their error statuses with `error_responses(...)` and their SSE fo
 - request schemas exactly as pydantic states them (FastAPI's OpenAPI models hold bounds as floats,
   and 2^64 - 1 becomes 2^64), plus the chat chunk that only the SSE form of a 200 names;
 - 401 and a bearer scheme on the /v1 routes when an API key is set;
-- the served model's bounds: token ids below its vocabulary size, `max_tokens` below its context
-  length, `n` at most `max_choices`.
+- the served model's bounds: token ids (prompts, /detokenize) below its vocabulary size, `max_tokens`
+  below its context length, `n` at most `max_choices`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from fastapi.openapi.utils import get_openapi
 from engine.errors import EngineError
 from server.config import ServerConfig
 from server.errors import ErrorResponse
-from server.schemas import ChatCompletionChunk, ChatCompletionRequest, CompletionRequest
+from server.schemas import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -107,6 +113,8 @@ def _pydantic_schemas(doc: dict[str, Any]) -> None:
     for model, mode in (
         (ChatCompletionRequest, "validation"),
         (CompletionRequest, "validation"),
+        (TokenizeRequest, "validation"),
+        (DetokenizeRequest, "validation"),
         (ChatCompletionChunk, "serialization"),
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
@@ -144,6 +152,7 @@ def _model_bounds(doc: dict[str, Any], app: FastAPI, config: ServerConfig) -> bo
         _set_maximum(schemas, model, field, card.context_length - 1)
     if card.vocab_size is not None:
         _set_maximum(schemas, "CompletionRequest", "prompt", card.vocab_size - 1)
+        _set_maximum(schemas, "DetokenizeRequest", "tokens", card.vocab_size - 1)
     return True
 
 

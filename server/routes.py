@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from server import chat, completions
+from server import chat, completions, tokenize
 from server.auth import require_api_key
 from server.deps import EngineDep
 from server.errors import APIError
@@ -67,4 +67,4 @@ def metrics(engine: EngineDep) -> Response:
     return Response(payload, media_type=content_type)
 
 
-routers = (chat.router, completions.router, v1, ops)
+routers = (chat.router, completions.router, tokenize.router, v1, ops)

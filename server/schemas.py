@@ -1,8 +1,9 @@
 """OpenAI request and response models (chat completions, completions, models).
 
 Requests validate strictly (a string is not a number, 1.5 is not an integer) and ignore fields they
-do not know, so clients that send newer or unsupported OpenAI options still work. Options whose
-answer we cannot give (`logprobs`, `echo`) are refused with a 400 rather than silently dropped.
+do not know, so clients that send newer OpenAI options that do not change the answer still work.
+Options that would change the answer and that we cannot serve (`suffix`, `best_of` > 1, audio output,
+web search) are refused with a 400 naming the field rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 MAX_STOP = 16
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 MAX_TOKEN_ID = 2**31 - 1  # the bound when the model card does not say its vocabulary size
+MAX_TOP_LOGPROBS = 20  # chat `top_logprobs`, as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs`, as OpenAI
+MAX_LOGIT_BIAS = 1024  # entries of `logit_bias`
 
 # Bounds that the validators below enforce with their own messages, stated in the JSON schema too (as
 # `Field(ge=...)` inside a union they would make pydantic report every union member's error instead).
@@ -24,6 +28,15 @@ StopList = Annotated[list[StopString], Field(json_schema_extra={"maxItems": MAX_
 PromptList = Annotated[list[str], Field(json_schema_extra={"minItems": 1})]
 PromptBatch = Annotated[list[TokenIds], Field(json_schema_extra={"minItems": 1})]
 Prompt = str | PromptList | TokenIds | PromptBatch
+
+# logit_bias: token id (a JSON object key, so a string of digits) -> bias in [-100, 100]
+LOGIT_BIAS_SCHEMA = {
+    "type": "object",
+    "propertyNames": {"pattern": "^[0-9]{1,10}$"},
+    "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+    "maxProperties": MAX_LOGIT_BIAS,
+}
+LogitBias = Annotated[dict[str, float], WithJsonSchema(LOGIT_BIAS_SCHEMA)]
 
 Role = Literal["system", "developer", "user", "assistant"]
 FinishReasonOut = Literal["stop", "length"]
@@ -78,6 +91,31 @@ class SamplingFields(_Request):
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: LogitBias | None = None
+    min_p: float | None = Field(None, ge=0.0, le=1.0)  # extension (as in vLLM); 0 = off
+    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)  # extension (vLLM/HF); 1 = off
+    # Accepted to be refused when they would change the answer (server.common.check_request):
+    best_of: int | None = None
+    web_search_options: dict[str, Any] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries are allowed")
+        for key, bias in v.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise ValueError(f"keys must be token ids (decimal digits), not {key[:24]!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"the bias of token {key} is {bias}, not in [-100, 100]")
+        return v
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
 
     @field_validator("stop")
     @classmethod
@@ -107,13 +145,13 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    audio: dict[str, Any] | None = None  # audio output: refused
+    modalities: list[str] | None = None  # only ["text"]
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server")
-        return v
+    def logprobs_k(self) -> int | None:
+        """None: no logprobs; k: the chosen token's and the k most likely."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -122,7 +160,8 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: Prompt
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    suffix: str | None = None  # refused unless empty (server.common.check_request)
 
     @field_validator("prompt")
     @classmethod
@@ -136,20 +175,6 @@ class CompletionRequest(SamplingFields):
             if bad is not None:
                 where, token = bad
                 raise ValueError(f"token id {show_int(token)} at prompt{where} is outside 0..{MAX_TOKEN_ID}")
-        return v
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("echo is not supported by this server")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: int | None) -> int | None:
-        if v is not None:
-            raise ValueError("logprobs are not supported by this server")
         return v
 
     def token_limit(self) -> int | None:
@@ -200,10 +225,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str  # its text; bytes of an incomplete UTF-8 character are written \xNN
+    logprob: float
+    bytes: list[int] | None  # the token's raw bytes
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReasonOut
 
 
@@ -219,7 +259,7 @@ class ChatCompletion(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: dict[str, str]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReasonOut | None = None
 
 
@@ -232,10 +272,19 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy shape: parallel lists, one entry per token; a prompt's first token has no logprob."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReasonOut | None = None
 
 
@@ -269,3 +318,43 @@ class Health(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+# ---- /tokenize and /detokenize (vLLM's shapes) -----------------------------------------------
+
+
+class TokenizeRequest(_Request):
+    """Either `prompt` (text, as completions tokenise it) or `messages` (as chat renders them)."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_generation_prompt: bool | None = True  # messages only
+    # Default False, as generation tokenises (vLLM's default for a prompt is True: it adds a BOS there).
+    add_special_tokens: bool | None = False
+    model: str | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(_Request):
+    tokens: TokenIds
+    model: str | None = None
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("the token list must not be empty")
+        bad = first_bad_id(v, MAX_TOKEN_ID + 1)
+        if bad is not None:
+            where, token = bad
+            raise ValueError(f"token id {show_int(token)} at tokens{where} is outside 0..{MAX_TOKEN_ID}")
+        return v
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

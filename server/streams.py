@@ -22,7 +22,7 @@ import anyio
 from starlette.requests import Request
 
 from engine.errors import EngineError
-from engine.protocol import EngineClient, GenerationRequest, TokenDelta
+from engine.protocol import EngineClient, GenerationRequest, TokenDelta, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +42,8 @@ class ChoiceResult:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
     @property
     def text(self) -> str:
@@ -87,6 +89,9 @@ class ChoiceStreams:
             raise StreamBroken("the engine aborted the generation")
         r = self.results[index]
         r.text_parts.append(item.text)
+        r.logprobs.extend(item.logprobs)
+        if item.prompt_logprobs is not None:
+            r.prompt_logprobs = item.prompt_logprobs
         r.prompt_tokens = max(r.prompt_tokens, item.prompt_tokens)
         r.completion_tokens = max(r.completion_tokens, item.completion_tokens)
         if item.finish_reason is not None:

@@ -56,15 +56,15 @@ def check_text(body: BaseModel) -> None:
             )
 
 
-def check_vocabulary(prompt: Prompt, vocab_size: int | None) -> None:
+def check_vocabulary(prompt: Prompt, vocab_size: int | None, param: str = "prompt") -> None:
     """400 for the first token id the model has no embedding for (the schema already bounds them)."""
     bad = first_bad_id(prompt, vocab_size) if vocab_size is not None else None
     if bad is not None:
         where, token = bad
         raise APIError(
             400,
-            f"Token id {show_int(token)} at prompt{where} is outside the model's vocabulary: "
+            f"Token id {show_int(token)} at {param}{where} is outside the model's vocabulary: "
             f"ids are 0..{vocab_size - 1}.",
-            param="prompt",
+            param=param,
             code="invalid_request",
         )

@@ -6,7 +6,9 @@ from a generator seeded by the prompt (greedy, temperature 0) or by the request 
 ends with EOS after `eos_after` tokens unless max_tokens or a stop string ends it first. Requests
 beyond `max_running` wait (FIFO); more than `max_waiting` waiting raise QueueFull. The model card
 states the vocabulary size unless told not to; token ids past it raise InvalidRequest. Prompts longer
-than the context raise PromptTooLong, prompt + max_tokens beyond it MaxTokensTooLarge. `aborted`
+than the context raise PromptTooLong, prompt + max_tokens beyond it MaxTokensTooLarge. Logprobs, when
+asked for, follow a fixed made-up distribution (the chosen byte 1/2, the next bytes 1/4, 1/8, ...);
+tokenize/detokenize are the byte tokenizer's. `aborted`
 and `health().running` let tests see that a disconnect freed the engine. Request metrics and
 simulated expert-cache counters go through the real `engine.metrics.Metrics`.
 """
@@ -15,13 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator
 
 from engine.errors import EngineError, InvalidRequest, MaxTokensTooLarge, PromptTooLong, QueueFull
 from engine.metrics import Metrics
-from engine.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
+from engine.protocol import (
+    EngineHealth,
+    GenerationRequest,
+    Logprob,
+    ModelCard,
+    TokenDelta,
+    TokenizeRequest,
+    TokenLogprobs,
+)
 from engine.stats import CacheCounters, RequestStats
 from engine.text_stream import TextStream
 
@@ -59,6 +70,17 @@ class ByteTokenizer:
             elif not skip_special_tokens:
                 out.extend(b"</s>")
         return out.decode("utf-8", errors="replace")
+
+
+def _entry(token: int, logprob: float | None) -> Logprob:
+    raw = bytes([token]) if token < 256 else b"</s>"
+    return Logprob(token, raw.decode("utf-8", errors="backslashreplace"), tuple(raw), logprob)
+
+
+def fake_logprobs(token: int, k: int) -> TokenLogprobs:
+    """The chosen token has probability 1/2, tokens token+1, token+2, ... (mod 256) 1/4, 1/8, ..."""
+    top = tuple(_entry((token + i) % 256, -math.log(2) * (i + 1)) for i in range(k))
+    return TokenLogprobs(_entry(token, -math.log(2)), top)
 
 
 def render_messages(messages: tuple[dict, ...]) -> str:
@@ -128,6 +150,22 @@ class FakeEngine:
         self.aborted.add(request_id)
         self._abort_flags.add(request_id)
 
+    async def tokenize(self, request: TokenizeRequest) -> list[int]:
+        if request.messages is not None:
+            text = (
+                render_messages(request.messages)
+                if request.add_generation_prompt
+                else "".join(f"<|{m['role']}|>{m['content']}\n" for m in request.messages)
+            )
+            return self.tokenizer.encode(text)
+        return self.tokenizer.encode(request.prompt or "")
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        bad = [i for i in token_ids if not 0 <= i < self.tokenizer.vocab_size]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary", param="tokens")
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
+
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
             bad = [i for i in request.prompt_token_ids if not 0 <= i < self.tokenizer.vocab_size]
@@ -186,6 +224,13 @@ class FakeEngine:
             rng = self._script(request, prompt)
             stream = TextStream(self.tokenizer, request.params.stop)
             tokens: list[int] = []
+            k = request.params.logprobs
+            if request.params.prompt_logprobs is not None:
+                pk = request.params.prompt_logprobs
+                lps = (TokenLogprobs(_entry(prompt[0], None)),) + tuple(
+                    fake_logprobs(t, pk) for t in prompt[1:]
+                )
+                yield TokenDelta("", (), None, len(prompt), 0, prompt_logprobs=lps)
             while True:
                 if request.request_id in self._abort_flags:
                     yield TokenDelta(
@@ -209,15 +254,16 @@ class FakeEngine:
                 self.cache.requests[n % 2] += 2
                 self.cache.hits_resident[n % 2] += 1
                 self.cache.misses[n % 2] += 1
+                lp = (fake_logprobs(tok, k),) if k is not None else ()
                 text, stopped = ("", False) if tok == EOS else stream.push(tok)
                 if stopped or tok == EOS or n >= limit:
                     reason = "stop" if stopped or tok == EOS else "length"
                     if not stopped:
                         text += stream.finish()
                         reason = "stop" if stream.stopped else reason
-                    yield TokenDelta(text, (tok,), reason, len(prompt), n)
+                    yield TokenDelta(text, (tok,), reason, len(prompt), n, lp)
                     return
-                yield TokenDelta(text, (tok,), None, len(prompt), n)
+                yield TokenDelta(text, (tok,), None, len(prompt), n, lp)
         finally:
             self.running -= 1
             self._slots.release()

@@ -72,12 +72,12 @@ def assert_serving(e: AsyncEngine) -> None:
 def test_a_sampling_failure_fails_only_its_request(eng, monkeypatch):
     real, calls = engine.async_engine.sample, []
 
-    def sample(logits, params, generator):
+    def sample(logits, params, generator, *state):
         if params.seed == 666:
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("injected sampler failure")
-        return real(logits, params, generator)
+        return real(logits, params, generator, *state)
 
     monkeypatch.setattr(engine.async_engine, "sample", sample)
     bad = SamplingParams(temperature=1.0, seed=666, max_tokens=N, ignore_eos=True)

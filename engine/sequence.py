@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.grammar import Matcher
 from engine.protocol import SamplingParams, TokenDelta
 from engine.stats import RequestStats
 from engine.text_stream import TextStream
@@ -34,6 +35,7 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     gaps: list[float] = field(default_factory=list)
+    matcher: Matcher | None = None  # grammar state of a constrained request (engine.grammar)
 
     def token_at(self, now: float) -> None:
         """Account a new token's timing (time to first token, gaps between tokens)."""

@@ -1,12 +1,18 @@
-"""POST /v1/chat/completions: messages in, assistant message(s) out, streamed as SSE or not."""
+"""POST /v1/chat/completions: messages in, assistant message(s) out, streamed as SSE or not.
+
+With tools (`server.structured`), the text of each choice is parsed for tool calls, which come back as
+`message.tool_calls` (streamed: `delta.tool_calls`) with `finish_reason: "tool_calls"`.
+"""
 
 from __future__ import annotations
+
+import json
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from engine.protocol import GenerationRequest
-from server import sse
+from server import sse, structured
 from server.auth import require_api_key
 from server.common import (
     CLIENT_CLOSED,
@@ -27,17 +33,33 @@ from server.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
     Usage,
 )
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def _messages(body: ChatCompletionRequest) -> tuple[dict, ...]:
+def _message(m: ChatMessage) -> dict:
     # "developer" is OpenAI's newer name for "system"; chat templates only know the latter.
-    return tuple(
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
-    )
+    out: dict = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    if m.tool_calls:  # templates take the arguments as a mapping (Qwen, Hermes: `| tojson`)
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments)},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _messages(body: ChatCompletionRequest) -> tuple[dict, ...]:
+    return tuple(_message(m) for m in body.messages)
 
 
 def _chunk(
@@ -46,7 +68,10 @@ def _chunk(
     chunk = ChatCompletionChunk(
         id=call.id, created=call.created, model=call.model, choices=choices, usage=usage
     )
-    return sse.event(chunk.model_dump(exclude=None if include_usage else {"usage"}))
+    body = chunk.model_dump(exclude=None if include_usage else {"usage"})
+    for out, choice in zip(body["choices"], choices, strict=True):
+        out["delta"] = choice.delta.model_dump(exclude_none=True)
+    return sse.event(body)
 
 
 @router.post(
@@ -61,34 +86,43 @@ async def chat_completions(
     call = new_call("chatcmpl", model)
     n = body.choices_per_prompt
     messages = _messages(body)
+    plan = structured.plan(body)
     reqs = [
         GenerationRequest(
             request_id=call.id if n == 1 else f"{call.id}-{i}",
-            params=sampling(body, body.token_limit(), i),
+            params=sampling(body, body.token_limit(), i, plan.constraint),
             messages=messages,
+            tools=plan.tools,
         )
         for i in range(n)
     ]
     include_usage = body.include_usage
     if body.stream:
+        parsers = [structured.StreamedToolCalls() if plan.parse_tool_calls else None for _ in range(n)]
 
         def chunks(index: int, text: str, finish: str | None) -> list[bytes]:
-            out = []
-            if text:
-                out.append(
-                    _chunk(call, [ChatChunkChoice(index=index, delta={"content": text})], include_usage)
-                )
+            parser = parsers[index]
+            if parser is None:
+                deltas = [ChatDelta(content=text)] if text else []
+            else:
+                deltas = parser.deltas(text, final=finish is not None)
+                finish = structured.finish_reason(finish, parser.calls)
+            out = [_chunk(call, [ChatChunkChoice(index=index, delta=d)], include_usage) for d in deltas]
             if finish is not None:
                 out.append(
                     _chunk(
-                        call, [ChatChunkChoice(index=index, delta={}, finish_reason=finish)], include_usage
+                        call,
+                        [ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)],
+                        include_usage,
                     )
                 )
             return out
 
         opening = [
             _chunk(
-                call, [ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""})], include_usage
+                call,
+                [ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))],
+                include_usage,
             )
             for i in range(n)
         ]
@@ -105,13 +139,15 @@ async def chat_completions(
     results = await run_to_end(request, engine, reqs)
     if results is None:
         return Response(status_code=CLIENT_CLOSED)
+    choices = []
+    for i, r in enumerate(results):
+        if plan.parse_tool_calls:
+            content, calls = structured.message_parts(r.text)
+            message = AssistantMessage(content=content, tool_calls=calls or None)
+            finish = structured.finish_reason(r.finish_reason, len(calls))
+        else:
+            message, finish = AssistantMessage(content=r.text), r.finish_reason
+        choices.append(ChatChoice(index=i, message=message, finish_reason=finish))
     return ChatCompletion(
-        id=call.id,
-        created=call.created,
-        model=model,
-        usage=usage(results, n),
-        choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
-            for i, r in enumerate(results)
-        ],
+        id=call.id, created=call.created, model=model, usage=usage(results, n), choices=choices
     )

@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from engine.errors import EngineError
-from engine.protocol import EngineClient, GenerationRequest, SamplingParams
+from engine.protocol import Constraint, EngineClient, GenerationRequest, SamplingParams
 from server import sse
 from server.config import ServerConfig
 from server.errors import APIError, engine_error_body, error_body
@@ -77,7 +77,9 @@ def check_request(body: SamplingFields, engine: EngineClient, config: ServerConf
     return served
 
 
-def sampling(body: SamplingFields, max_tokens: int | None, choice: int) -> SamplingParams:
+def sampling(
+    body: SamplingFields, max_tokens: int | None, choice: int, constraint: Constraint | None = None
+) -> SamplingParams:
     seed = body.seed
     if seed is not None and choice:
         seed += choice
@@ -91,6 +93,7 @@ def sampling(body: SamplingFields, max_tokens: int | None, choice: int) -> Sampl
         top_k=body.top_k or 0,
         seed=seed,
         stop=body.stop_tuple(),
+        constraint=constraint,
     )
 
 

@@ -74,16 +74,20 @@ class Matcher:
         self._bits = None  # int32 [W] bitmask buffer, allocated on the first mask
 
     def allowed(self, device=None):
-        """Bool [V] tensor of the token ids the grammar allows next (on `device`)."""
+        """Bool [V] tensor of the token ids the grammar allows next, on `device` (default: the host).
+
+        The bitmask (V/8 bytes) is what crosses to the device; it is expanded there. The host buffer is
+        pageable, so the copy completes before the next mask overwrites it.
+        """
         import torch
 
         if self._bits is None:
             self._bits = torch.zeros(self._words, dtype=torch.int32)
-            self._shifts = torch.arange(32, dtype=torch.int32)
+            self._shifts = torch.arange(32, dtype=torch.int32, device=device)
         self._m.unsafe_compute_mask_ptr(self._bits.data_ptr(), self._words * 4)
-        bits = (self._bits.unsqueeze(1) >> self._shifts) & 1  # [W, 32]
-        mask = bits.reshape(-1)[: self.vocab_size].bool()  # [V]
-        return mask if device is None else mask.to(device, non_blocking=True)
+        bits = self._bits if device is None else self._bits.to(device)  # [W]
+        shifts = self._shifts if self._shifts.device == bits.device else self._shifts.to(bits.device)
+        return ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1)[: self.vocab_size].bool()  # [W, 32] -> [V]
 
     def advance(self, token: int) -> None:
         if not self._m.consume_token(token):

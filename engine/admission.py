@@ -4,15 +4,18 @@ Defence in depth behind the HTTP layer's validation: anything the engine can che
 as `InvalidRequest` (400) naming the parameter, so it never reaches the model. In order: sampling values
 the sampler cannot use; a prompt with more characters than could ever fit the context window
 (`engine.prompt_bound`, before paying for tokenisation); text the tokenizer cannot encode (a lone
-surrogate, a chat template that refuses the messages); token ids outside the vocabulary; a prompt, or
-prompt + max_tokens, longer than the context window.
+surrogate, a chat template that refuses the messages); a response format or tool schema the grammar library
+cannot compile; token ids outside the vocabulary; a prompt, or prompt + max_tokens, longer than the context
+window.
 """
 
 from __future__ import annotations
 
 import math
 
+from engine import tool_calls
 from engine.errors import InvalidRequest, MaxTokensTooLarge, PromptTooLong
+from engine.grammar import Grammars, Matcher
 from engine.protocol import GenerationRequest, SamplingParams, TokenizeRequest
 
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs bound (completions allow 5; the server checks that)
@@ -114,14 +117,21 @@ def _encode(
     tok, request: GenerationRequest | TokenizeRequest, generation_prompt: bool = True, special: bool = False
 ) -> list[int]:
     if request.messages is not None:
-        if getattr(tok, "chat_template", None):
+        template = getattr(tok, "chat_template", None)
+        tools = list(request.tools) if getattr(request, "tools", None) else None
+        messages = list(request.messages)
+        if template and tool_calls.template_knows_tools(template):
+            kwargs = {"tools": tools} if tools else {}
+        else:  # a template without tools: they (and past calls, tool results) become plain text
+            messages, kwargs = tool_calls.generic_messages(messages, tools), {}
+        if template:
             ids = tok.apply_chat_template(
-                list(request.messages), add_generation_prompt=generation_prompt, tokenize=True
+                messages, add_generation_prompt=generation_prompt, tokenize=True, **kwargs
             )
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
         return tok.encode(text + ("\nassistant:" if generation_prompt else ""), add_special_tokens=False)
     return tok.encode(request.prompt or "", add_special_tokens=special)
 
@@ -135,6 +145,15 @@ def tokenize_only(tokenizer, request: TokenizeRequest) -> list[int]:
         raise InvalidRequest(
             f"the {param} could not be tokenised ({type(err).__name__}: {err})", param=param
         ) from err
+
+
+def compile_constraint(grammars: Grammars | None, p: SamplingParams) -> Matcher | None:
+    """The request's grammar matcher (None without a constraint); `InvalidRequest` if it cannot compile."""
+    if p.constraint is None:
+        return None
+    if grammars is None:
+        raise InvalidRequest("this engine cannot constrain its output", param=p.constraint.param)
+    return grammars.matcher(p.constraint)
 
 
 def check_token_ids(ids: list[int], vocab_size: int | None, param: str) -> None:

@@ -28,6 +28,7 @@ from engine.config import EngineConfig
 from engine.devices import resolve_device, resolve_dtype
 from engine.errors import EngineDead, EngineError, RequestFailed
 from engine.faults import classify, device_probe
+from engine.grammar import Grammars
 from engine.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
 from engine.logprobs import TokenTable, prefill_with_prompt_logprobs, token_logprobs
 from engine.metrics import Metrics
@@ -70,6 +71,7 @@ class AsyncEngine:
         self._max_prompt_chars: int | None = None  # longer text cannot fit (engine.prompt_bound)
         self._eos: set[int] = set()
         self._tokens: TokenTable | None = None  # token texts and bytes for logprobs
+        self._grammars: Grammars | None = None  # compiles response formats and forced tool calls
         self._seed_counter = 0
         self._rows: list[Sequence] = []  # _rows[i] decodes in KV row i
         self.prefetcher: Prefetcher | None = None
@@ -130,6 +132,7 @@ class AsyncEngine:
         vocab = int(om.model.get_input_embeddings().num_embeddings)  # ids past it would index out of range
         self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
         self._max_prompt_chars = max_prompt_chars(self.tokenizer, ctx)
+        self._grammars = Grammars(self.tokenizer, vocab)
         self._probe = device_probe(device)
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
@@ -220,6 +223,7 @@ class AsyncEngine:
         prompt_ids = await asyncio.to_thread(admission.tokenize, self.tokenizer, request)
         param = admission.prompt_param(request)
         admission.check_token_ids(prompt_ids, card.vocab_size, param)
+        matcher = await asyncio.to_thread(admission.compile_constraint, self._grammars, p)
         max_tokens = admission.tokens_to_generate(len(prompt_ids), p.max_tokens, card.context_length, param)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
@@ -239,6 +243,7 @@ class AsyncEngine:
             emit=emit,
             stream=TextStream(self.tokenizer, p.stop, context_ids=prompt_ids[-4:]),
             arrival=time.perf_counter(),
+            matcher=matcher,
         )
         seq.generator = make_generator(p, self.om.device, self.config.seed * 1_000_003 + self._seed_counter)
         self.scheduler.submit(seq)
@@ -351,12 +356,17 @@ class AsyncEngine:
         """Sample the sequence's next token from its logits [V] and pass it on."""
         lps = ()
         try:
+            raw = logits  # logprobs are of the model's distribution, before any constraint or penalty
+            if seq.matcher is not None:  # grammar-constrained: only the tokens it allows can be sampled
+                logits = logits.masked_fill(~seq.matcher.allowed(logits.device), float("-inf"))
             seq.sampling = state_for(seq.sampling, seq.params, seq.prompt_ids, logits)
             tok = sample(logits, seq.params, seq.generator, seq.sampling)
             if seq.sampling is not None:
                 seq.sampling.accept(tok)
+            if seq.matcher is not None:
+                seq.matcher.advance(tok)
             if seq.params.logprobs is not None:
-                lps = (token_logprobs(logits, seq.params.logprobs, tok, self._tokens),)
+                lps = (token_logprobs(raw, seq.params.logprobs, tok, self._tokens),)
         except Exception as err:
             self._fail([seq], "sampling", err)
             return
@@ -380,6 +390,8 @@ class AsyncEngine:
         text, stopped = seq.stream.push(tok)
         if stopped:
             return "stop", text
+        if seq.matcher is not None and seq.matcher.stopped:  # the grammar is complete: nothing may follow
+            return "stop", text + seq.stream.finish()
         if len(seq.out_ids) >= seq.max_tokens:
             return "length", text + seq.stream.finish()
         return None, text

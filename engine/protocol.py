@@ -16,6 +16,27 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What the output must be, enforced token by token by a grammar (`engine.grammar`).
+
+    `json`: one JSON value valid against `schema` (JSON text; `{"type": "object"}` for any object).
+    `tool_calls`: `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` blocks, the name one of
+    `functions` (name, parameters schema as JSON text) and the arguments valid against its schema; one
+    block, or with `parallel` one or more separated by newlines.
+    """
+
+    kind: Literal["json", "tool_calls"]
+    schema: str = "{}"
+    functions: tuple[tuple[str, str], ...] = ()
+    parallel: bool = False
+
+    @property
+    def param(self) -> str:
+        """The request field an error about this constraint names."""
+        return "response_format" if self.kind == "json" else "tools"
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int | None = None  # None = as many as fit in the context window
     temperature: float = 1.0  # 0 = greedy
@@ -32,6 +53,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs added to the logits
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the k most likely
     prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
+    constraint: Constraint | None = None  # grammar-constrained decoding (structured outputs, forced tool calls)
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,7 @@ class GenerationRequest:
     prompt: str | None = None  # raw completion prompt
     messages: tuple[dict, ...] | None = None  # chat messages, rendered with the tokenizer's chat template
     prompt_token_ids: tuple[int, ...] | None = None  # already tokenised prompt (wins over prompt/messages)
+    tools: tuple[dict, ...] | None = None  # OpenAI function tools, rendered with the messages (engine.tool_calls)
 
 
 @dataclass(frozen=True)

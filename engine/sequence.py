@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.grammar import Matcher
 from engine.protocol import SamplingParams, TokenDelta
 from engine.sampling import SamplingState
 from engine.stats import RequestStats
@@ -36,6 +37,7 @@ class Sequence:
     last_token_at: float | None = None
     gaps: list[float] = field(default_factory=list)
     sampling: SamplingState | None = None  # penalties' and logit_bias's state (engine.sampling)
+    matcher: Matcher | None = None  # grammar state of a constrained request (engine.grammar)
 
     def token_at(self, now: float) -> None:
         """Account a new token's timing (time to first token, gaps between tokens)."""

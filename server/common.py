@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from engine.errors import EngineError
-from engine.protocol import EngineClient, GenerationRequest, SamplingParams, TokenDelta
+from engine.protocol import Constraint, EngineClient, GenerationRequest, SamplingParams, TokenDelta
 from server import sse
 from server.config import ServerConfig
 from server.errors import APIError, engine_error_body, error_body
@@ -123,6 +123,7 @@ def sampling(
     choice: int,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    constraint: Constraint | None = None,
 ) -> SamplingParams:
     seed = body.seed
     if seed is not None and choice:
@@ -144,6 +145,7 @@ def sampling(
         logit_bias=body.logit_bias_pairs(),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        constraint=constraint,
     )
 
 

@@ -3,14 +3,25 @@
 Requests validate strictly (a string is not a number, 1.5 is not an integer) and ignore fields they
 do not know, so clients that send newer OpenAI options that do not change the answer still work.
 Options that would change the answer and that we cannot serve (`suffix`, `best_of` > 1, audio output,
-web search) are refused with a 400 naming the field rather than silently dropped.
+web search) are refused with a 400 naming the field rather than silently dropped. `response_format`,
+`tools`, `tool_choice` and `parallel_tool_calls` are served (grammar-constrained decoding and tool-call
+parsing: `server/chat.py`, `engine/grammar.py`, `engine/tool_calls.py`).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 MAX_STOP = 16
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
@@ -38,8 +49,10 @@ LOGIT_BIAS_SCHEMA = {
 }
 LogitBias = Annotated[dict[str, float], WithJsonSchema(LOGIT_BIAS_SCHEMA)]
 
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReasonOut = Literal["stop", "length"]
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
 
 
 class _Request(BaseModel):
@@ -58,14 +71,55 @@ TEXT_PART_SCHEMA = {
 TextPart = Annotated[dict[str, Any], WithJsonSchema(TEXT_PART_SCHEMA)]
 
 
+class CalledFunction(_Request):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class MessageToolCall(_Request):
+    """A call an earlier assistant turn made (sent back with the conversation)."""
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class ChatMessage(_Request):
+    # Field order matters: each validator sees the fields declared before it (`info.data`).
     role: Role
-    content: str | list[TextPart]
+    tool_calls: list[MessageToolCall] | None = None  # assistant only
+    tool_call_id: str | None = Field(None, validate_default=True)  # tool only: the call it answers
+    content: str | list[TextPart] | None = Field(None, validate_default=True)  # None: tool calls alone
     name: str | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls(cls, v: list[MessageToolCall] | None, info: ValidationInfo) -> list[MessageToolCall] | None:
+        if v is not None and info.data.get("role", "assistant") != "assistant":
+            raise ValueError("only assistant messages may have tool_calls")
+        for call in v or ():
+            try:
+                arguments = json.loads(call.function.arguments)
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise ValueError(f"the arguments of tool call {call.id!r} are not a JSON object")
+        return v
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _call_id(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("role") == "tool" and not v:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return v
 
     @field_validator("content")
     @classmethod
-    def _text_only(cls, v: str | list[TextPart]) -> str | list[TextPart]:
+    def _text_only(cls, v: str | list[TextPart] | None, info: ValidationInfo) -> str | list[TextPart] | None:
+        if v is None:
+            if "role" in info.data and not (info.data["role"] == "assistant" and info.data.get("tool_calls")):
+                raise ValueError("content is required, except for an assistant message with tool_calls")
+            return v
         if isinstance(v, list):
             for part in v:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
@@ -75,9 +129,53 @@ class ChatMessage(_Request):
         return v
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "\n".join(part["text"] for part in self.content)
+
+
+class JsonSchemaSpec(_Request):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # None: any JSON value
+    strict: bool | None = None  # the schema is enforced either way
+
+
+class ResponseFormat(_Request):
+    """`text` (no constraint), `json_object` (any JSON object) or `json_schema` (valid against it)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
+
+
+class FunctionDef(_Request):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None  # forced calls follow the schema either way
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class SamplingFields(_Request):
@@ -148,6 +246,10 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     audio: dict[str, Any] | None = None  # audio output: refused
     modalities: list[str] | None = None  # only ["text"]
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None  # default: "auto" with tools, "none" without
+    parallel_tool_calls: bool | None = None  # default true
 
     def logprobs_k(self) -> int | None:
         """None: no logprobs; k: the chosen token's and the k most likely."""
@@ -220,9 +322,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None when the answer is tool calls alone
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -244,7 +358,27 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReasonOut
+    finish_reason: ChatFinishReason
+
+
+class FunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta | None = None
+
+
+class ChatDelta(BaseModel):
+    """The new part of a streamed message; fields that are None are left out of the chunk."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -258,9 +392,9 @@ class ChatCompletion(BaseModel):
 
 class ChatChunkChoice(BaseModel):
     index: int
-    delta: dict[str, str]
+    delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReasonOut | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

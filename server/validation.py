@@ -30,8 +30,9 @@ def _strings(value: Any, path: str) -> list[tuple[str, str]]:
         return [(path, value)]
     if isinstance(value, BaseModel):
         out = []
-        for name in type(value).model_fields:
-            out.extend(_strings(getattr(value, name), f"{path}.{name}" if path else name))
+        for name, info in type(value).model_fields.items():
+            key = info.alias or name  # the name the client sent (`json_schema.schema`, not `schema_`)
+            out.extend(_strings(getattr(value, name), f"{path}.{key}" if path else key))
         return out
     if isinstance(value, list | tuple):
         if value and isinstance(value[0], int):

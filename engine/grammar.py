@@ -1,0 +1,130 @@
+"""Grammar-constrained decoding: a request's `Constraint` compiled into a matcher over the vocabulary.
+
+The library is llguidance (see docs/api.md, "Structured outputs", for why): a JSON schema or a Lark
+grammar is compiled against the model's tokenizer into an `LLMatcher`, which gives, for the current
+state, a bitmask of the token ids that keep the output inside the grammar, and advances by the sampled
+token. `Grammars` (one per engine) holds the tokenizer wrapper, built on first use (~30 ms at a
+4k vocabulary, ~3 s at 152k); `Grammars.matcher()` compiles one request's constraint (a few ms) and
+raises `InvalidRequest` naming the request field when the library cannot compile it.
+
+JSON is generated with fixed separators (", " and ": ", as `json.dumps` writes them) and no other
+whitespace, so a grammar of an object closes after its last `}`: `Matcher.stopped` then says the
+output is complete. EOS is in the mask only where the grammar accepts.
+
+Torch is imported only where a mask meets the logits (`Matcher.allowed`); compiling is torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from engine.errors import InvalidRequest, RequestFailed
+from engine.protocol import Constraint
+
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def _with_options(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "x-guidance": JSON_OPTIONS}
+
+
+def tool_call_schema(functions: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """`{"name": <one of the names>, "arguments": <that function's parameters>}`, in that order."""
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": json.loads(parameters)},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for name, parameters in functions
+        ]
+    }
+
+
+def grammar_text(c: Constraint) -> str:
+    """The llguidance grammar of a constraint (its serialised form; no tokenizer needed)."""
+    from llguidance import LLMatcher
+
+    if c.kind == "json":
+        schema = json.loads(c.schema)
+        if not isinstance(schema, dict):
+            raise InvalidRequest("the JSON schema must be an object", param=c.param)
+        return LLMatcher.grammar_from_json_schema(_with_options(schema))
+    call = json.dumps(_with_options(tool_call_schema(c.functions)))
+    repeat = ' ("\\n" call)*' if c.parallel else ""
+    lark = (
+        f"start: call{repeat}\n"
+        f"call: {json.dumps(TOOL_CALL_OPEN + chr(10))} %json{call} {json.dumps(chr(10) + TOOL_CALL_CLOSE)}\n"
+    )
+    return LLMatcher.grammar_from_lark(lark)
+
+
+class Matcher:
+    """One sequence's grammar state: the allowed tokens now, advanced by each sampled token."""
+
+    def __init__(self, ll_matcher, vocab_size: int) -> None:
+        self._m = ll_matcher
+        self.vocab_size = vocab_size
+        self._words = (vocab_size + 31) // 32
+        self._bits = None  # int32 [W] bitmask buffer, allocated on the first mask
+
+    def allowed(self, device=None):
+        """Bool [V] tensor of the token ids the grammar allows next, on `device` (default: the host).
+
+        The bitmask (V/8 bytes) is what crosses to the device; it is expanded there. The host buffer is
+        pageable, so the copy completes before the next mask overwrites it.
+        """
+        import torch
+
+        if self._bits is None:
+            self._bits = torch.zeros(self._words, dtype=torch.int32)
+            self._shifts = torch.arange(32, dtype=torch.int32, device=device)
+        self._m.unsafe_compute_mask_ptr(self._bits.data_ptr(), self._words * 4)
+        bits = self._bits if device is None else self._bits.to(device)  # [W]
+        shifts = self._shifts if self._shifts.device == bits.device else self._shifts.to(bits.device)
+        return ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1)[: self.vocab_size].bool()  # [W, 32] -> [V]
+
+    def advance(self, token: int) -> None:
+        if not self._m.consume_token(token):
+            raise RequestFailed(f"the grammar refused token {token}: {self._m.get_error()[:300]}")
+
+    @property
+    def stopped(self) -> bool:
+        """The output is complete: the grammar admits nothing more (EOS consumed, or no extension)."""
+        return self._m.is_stopped()
+
+
+class Grammars:
+    """The engine's grammar compiler for one tokenizer and vocabulary size; thread-safe."""
+
+    def __init__(self, hf_tokenizer, vocab_size: int) -> None:
+        self._hf = hf_tokenizer
+        self.vocab_size = vocab_size
+        self._ll = None
+        self._lock = threading.Lock()
+
+    def _tokenizer(self):
+        with self._lock:
+            if self._ll is None:
+                import llguidance.hf
+
+                self._ll = llguidance.hf.from_tokenizer(self._hf, n_vocab=self.vocab_size)
+            return self._ll
+
+    def matcher(self, c: Constraint) -> Matcher:
+        """Compile `c`; `InvalidRequest` (naming `c.param`) when the library cannot."""
+        from llguidance import LLMatcher
+
+        try:
+            grammar = grammar_text(c)
+        except (ValueError, TypeError) as err:
+            raise InvalidRequest(f"the schema could not be compiled: {err}", param=c.param) from err
+        m = LLMatcher(self._tokenizer(), grammar, log_level=0)
+        if m.is_error():
+            raise InvalidRequest(f"the schema could not be compiled: {m.get_error()[:500]}", param=c.param)
+        return Matcher(m, self.vocab_size)

@@ -1,0 +1,149 @@
+"""Structured outputs and tools for chat: what the engine is asked, and tool calls in the answer.
+
+`plan()` reads `response_format`, `tools`, `tool_choice` and `parallel_tool_calls` into a `Plan`: the
+tools the chat template renders, the grammar `Constraint` the engine enforces (JSON, or forced tool
+calls for `required` and a named function) and whether the output is parsed for `<tool_call>` blocks
+(`auto`, `required`, named). `ToolCalls` turns a choice's text, streamed or whole, into OpenAI
+`tool_calls` with the same parser (`engine.tool_calls`), so both forms give the same calls.
+Torch-free; the schemas themselves are compiled (and refused with a 400) by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from engine.protocol import Constraint
+from engine.tool_calls import ParsedCall, ToolCallParser
+from server.errors import APIError
+from server.schemas import (
+    ChatCompletionRequest,
+    ChatDelta,
+    FunctionCall,
+    FunctionDelta,
+    NamedToolChoice,
+    ToolCall,
+    ToolCallDelta,
+)
+
+NO_PARAMETERS = {"type": "object", "properties": {}}
+ANY_OBJECT = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    tools: tuple[dict, ...] | None  # what the chat template renders
+    constraint: Constraint | None
+    parse_tool_calls: bool
+
+
+def _bad(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def plan(body: ChatCompletionRequest) -> Plan:
+    """400 `invalid_value` for a choice that names no given tool, or tools named twice."""
+    tools = body.tools or []
+    choice = body.tool_choice if body.tool_choice is not None else ("auto" if tools else "none")
+    if choice != "none" and not tools:
+        raise _bad("tool_choice needs tools: no tools were given.", "tool_choice")
+    names = [t.function.name for t in tools]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise _bad(f"Two tools are named '{name}'.", f"tools[{i}].function.name")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise _bad(
+            f"tool_choice names '{choice.function.name}', which is not one of the tools.", "tool_choice"
+        )
+    rendered = (
+        tuple(
+            {
+                "type": "function",
+                "function": {
+                    "name": t.function.name,
+                    **({"description": t.function.description} if t.function.description else {}),
+                    "parameters": t.function.parameters or NO_PARAMETERS,
+                },
+            }
+            for t in tools
+        )
+        if choice != "none"
+        else None
+    )
+    constraint = None
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        forced = [t for t in tools if choice == "required" or t.function.name == choice.function.name]
+        constraint = Constraint(
+            "tool_calls",
+            functions=tuple(
+                (t.function.name, json.dumps(t.function.parameters or NO_PARAMETERS)) for t in forced
+            ),
+            parallel=body.parallel_tool_calls is not False,
+        )
+    elif body.response_format is not None and body.response_format.type != "text":
+        fmt = body.response_format
+        schema = ANY_OBJECT if fmt.type == "json_object" else (fmt.json_schema.schema_ or {})
+        constraint = Constraint("json", schema=json.dumps(schema))
+    return Plan(tools=rendered, constraint=constraint, parse_tool_calls=choice != "none")
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def finish_reason(reason: str | None, calls: int) -> str | None:
+    """ "tool_calls" when a generation that ended on its own made calls (a cut one stays "length")."""
+    return "tool_calls" if reason == "stop" and calls else reason
+
+
+def message_parts(text: str) -> tuple[str | None, list[ToolCall]]:
+    """A whole text as (content or None, tool calls)."""
+    parser = ToolCallParser()
+    events = parser.push(text) + parser.finish()
+    content = "".join(e for e in events if isinstance(e, str))
+    calls = [
+        ToolCall(id=_call_id(), function=FunctionCall(name=e.name, arguments=e.arguments))
+        for e in events
+        if isinstance(e, ParsedCall)
+    ]
+    return (content or None), calls
+
+
+class StreamedToolCalls:
+    """One choice's streamed text as deltas: content, and per call an opening delta then its arguments."""
+
+    def __init__(self) -> None:
+        self._parser = ToolCallParser()
+
+    @property
+    def calls(self) -> int:
+        return self._parser.calls
+
+    def deltas(self, text: str, final: bool) -> list[ChatDelta]:
+        events = self._parser.push(text) + (self._parser.finish() if final else [])
+        index = self._parser.calls - sum(isinstance(e, ParsedCall) for e in events)  # of the first new call
+        out = []
+        for e in events:
+            if isinstance(e, str):
+                out.append(ChatDelta(content=e))
+                continue
+            out.append(
+                ChatDelta(
+                    tool_calls=[
+                        ToolCallDelta(
+                            index=index,
+                            id=_call_id(),
+                            type="function",
+                            function=FunctionDelta(name=e.name, arguments=""),
+                        )
+                    ]
+                )
+            )
+            out.append(
+                ChatDelta(
+                    tool_calls=[ToolCallDelta(index=index, function=FunctionDelta(arguments=e.arguments))]
+                )
+            )
+            index += 1
+        return out

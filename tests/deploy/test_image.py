@@ -45,7 +45,9 @@ def _script(*args: str, timeout: float = 120, check: bool = False) -> subprocess
         ["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and r.returncode != 0:
-        pytest.fail(f"build_image.sh {' '.join(args)}: exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        pytest.fail(
+            f"build_image.sh {' '.join(args)}: exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        )
     return r
 
 
@@ -61,8 +63,11 @@ def image() -> str:
     assert r.returncode == 0, r.stdout + r.stderr
     t0 = time.monotonic()
     r = _script("build", timeout=BUILD_TIMEOUT, check=True)
-    sys.stderr.write(f"\nimage built in {time.monotonic() - t0:.0f} s\n" + "\n".join(
-        line for line in r.stderr.splitlines() if line.startswith("build_image:")) + "\n")
+    sys.stderr.write(
+        f"\nimage built in {time.monotonic() - t0:.0f} s\n"
+        + "\n".join(line for line in r.stderr.splitlines() if line.startswith("build_image:"))
+        + "\n"
+    )
     return IMAGE
 
 
@@ -90,7 +95,9 @@ def container(image: str):
             state = podman("inspect", name, "--format", "{{.State.Status}}").stdout.strip()
             if state != "running" or time.monotonic() > deadline:
                 logs = podman("logs", name, check=False)
-                pytest.fail(f"container {state}, no healthy /health on {base}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+                pytest.fail(
+                    f"container {state}, no healthy /health on {base}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+                )
             time.sleep(0.5)
         yield name, base
     finally:
@@ -176,7 +183,9 @@ def test_sigterm_drains_a_running_stream(container) -> None:
 
     def stream() -> None:
         try:
-            with httpx.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+            with httpx.stream(
+                "POST", f"{base}/v1/chat/completions", json={**body, "stream": True}, timeout=60
+            ) as r:
                 r.raise_for_status()
                 for line in r.iter_lines():
                     if line:
@@ -206,7 +215,7 @@ def test_sigterm_drains_a_running_stream(container) -> None:
     assert not errors, errors
 
     assert lines and lines[-1][1] == "data: [DONE]", lines[-3:]
-    chunks = [json.loads(line[len("data: "):]) for _, line in lines[:-1]]
+    chunks = [json.loads(line[len("data: ") :]) for _, line in lines[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert sum(1 for _, line in lines if line.startswith("data: ")) - 1 == len(chunks)
     after = [t for t, _ in lines if t > refused_at]

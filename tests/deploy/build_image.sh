@@ -3,7 +3,8 @@
 #
 #   tests/deploy/build_image.sh build        make the base (once, cached) and `podman build` the image
 #   tests/deploy/build_image.sh podman ARGS  run podman with the same storage and containers.conf
-#   tests/deploy/build_image.sh check        exit 0 when podman can run here, else say why and exit 77
+#   tests/deploy/build_image.sh check        exit 0 when podman can run a container here, else say why, exit 77
+# `build` exits 77 too (the reason on stdout) when debootstrap cannot make the base.
 #
 # The base: `debootstrap --variant=minbase bookworm` with Debian's python3.11 and python3-venv, packed
 # into .cache/image/base-bookworm.tar (kept: the next build skips debootstrap) and `podman import`ed as
@@ -62,11 +63,18 @@ check() {
     elif ! command -v debootstrap >/dev/null && [ ! -s "$CACHE/base-$SUITE.tar" ]; then
         why="debootstrap is not installed and no cached base (.ci/system-deps installs it)"
     fi
-    if [ -z "$why" ] && pm image exists "$BASE_IMAGE" 2>/dev/null; then
-        local out
-        if ! out="$(pm run --rm --network host "$BASE_IMAGE" true 2>&1)"; then
-            why="podman cannot run a container here: $out"
+    if [ -z "$why" ]; then
+        # Can podman run a container at all? A throwaway image of the host's /bin/true and its libraries.
+        local probe out
+        probe="$(mktemp -d)"
+        # shellcheck disable=SC2046
+        cp -L --parents /bin/true $(ldd /bin/true | grep -o '/[^ ]*') "$probe/"
+        if ! out="$(tar -C "$probe" -c . | pm import - localhost/moe-probe:latest 2>&1 >/dev/null &&
+            pm run --rm --network host --read-only --user 10001:10001 localhost/moe-probe:latest /bin/true 2>&1)"; then
+            why="podman cannot run a container here: $(echo "$out" | grep -v systemd | tail -n 3)"
         fi
+        rm -rf "$probe"
+        pm rmi --force localhost/moe-probe:latest >/dev/null 2>&1 || true
     fi
     if [ -n "$why" ]; then echo "$why"; exit 77; fi
 }
@@ -80,8 +88,11 @@ base() {
         say "debootstrap --variant=minbase $SUITE (python3, python3-venv) from $MIRROR"
         if ! debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
             "$SUITE" "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1; then
+            # Where debootstrap cannot run (no mirror, no mknod/chroot) the image cannot be built: exit 77.
+            echo "debootstrap cannot make the base here: $(tail -n 3 "$CACHE/debootstrap.log" | tr '\n' ' ')"
             tail -n 30 "$CACHE/debootstrap.log" >&2
-            exit 1
+            rm -rf "$rootfs"
+            exit 77
         fi
         # What a container base needs no more of: apt lists and caches, docs and man pages.
         rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
@@ -97,6 +108,7 @@ base() {
 # mounts for the local paths it names.
 pip_conf() {
     local conf="$CACHE/pip.conf" mounts="$CACHE/pip.mounts"
+    (umask 077 && : > "$conf")  # it may hold a mirror's credentials: the secret is never in a layer
     "$PYTHON" - "$conf" "$mounts" <<'EOF'
 import os, re, subprocess, sys
 conf, mounts = sys.argv[1:]

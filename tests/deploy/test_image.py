@@ -7,8 +7,9 @@ finds it). Then one container runs as uid 10001 with a read-only root filesystem
 the home directory, on 127.0.0.1 of the host's network at a free MOE_PORT, and the tests check: the
 user and the read-only root, HEALTHCHECK healthy, the `openai` SDK answered, and SIGTERM draining a
 running stream (it completes with its finish reason and `[DONE]`, new connections are refused, the
-container exits 0). Skips with the reason where podman cannot run (not root, podman, runc or debootstrap
-missing); a build that fails where it can run is a failure. About 3 minutes cold, 1 with the cache.
+container exits 0). Skips with the reason where podman cannot run a container (not root, podman, runc
+or debootstrap missing, a probe container failing) or debootstrap cannot make the base; a build that
+fails where both work is a failure. About 3 minutes cold, 1 with the cache.
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def image() -> str:
         pytest.skip(f"cannot build or run the image here: {r.stdout.strip()}")
     assert r.returncode == 0, r.stdout + r.stderr
     t0 = time.monotonic()
-    r = _script("build", timeout=BUILD_TIMEOUT, check=True)
+    r = _script("build", timeout=BUILD_TIMEOUT)
+    if r.returncode == 77:
+        pytest.skip(f"cannot build the image here: {r.stdout.strip()}")
+    if r.returncode != 0:
+        pytest.fail(f"build_image.sh build: exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     sys.stderr.write(
         f"\nimage built in {time.monotonic() - t0:.0f} s\n"
         + "\n".join(line for line in r.stderr.splitlines() if line.startswith("build_image:"))
@@ -208,6 +213,8 @@ def test_sigterm_drains_a_running_stream(container) -> None:
         except httpx.ConnectError:
             refused_at = time.monotonic()
             break
+        except httpx.TransportError:
+            pass  # accepted into the backlog as the listener closed, then dropped unanswered: poll again
         time.sleep(0.02)
     assert refused_at is not None, "the server still accepted connections 5 s after SIGTERM"
     thread.join(GRACEFUL + 10)

@@ -9,7 +9,7 @@ user and the read-only root, HEALTHCHECK healthy, the `openai` SDK answered, and
 running stream (it completes with its finish reason and `[DONE]`, new connections are refused, the
 container exits 0). Skips with the reason where podman cannot run a container (not root, podman, runc
 or debootstrap missing, a probe container failing) or debootstrap cannot make the base; a build that
-fails where both work is a failure. About 3 minutes cold, 1 with the cache.
+fails where both work is a failure. About 3 minutes cold on 2 cores, 30 s with the image cached.
 """
 
 from __future__ import annotations

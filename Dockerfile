@@ -11,13 +11,20 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+# python3, not python: Debian's own python3.11 (a base made with debootstrap) has no `python` command.
+RUN python3 -m venv /opt/venv
+# pip's configuration (a package mirror, a local wheel folder, its CA) may come in as the optional build
+# secret `pipconf` (`--secret id=pipconf,src=pip.conf`), mounted only while pip runs: it stays in no
+# layer. Without it pip uses PyPI and TORCH_INDEX_URL.
 # Dependencies first, each in its own cached layer: editing the source does not reinstall them.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
+    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY deploy/constraints.txt /tmp/constraints.txt
-RUN pip install --requirement /tmp/constraints.txt
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
+    pip install --requirement /tmp/constraints.txt
 COPY . /src
-RUN pip install --no-deps --constraint /tmp/constraints.txt /src \
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
+    pip install --no-deps --constraint /tmp/constraints.txt /src \
     && pip check \
     && pip uninstall --yes pip \
     && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +

@@ -24,24 +24,39 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 import yaml
 
 from tests.bundles import builtin_bundle
 from tests.deploy.conftest import free_port
+from tests.deploy.replicas_stack import (
+    CLIENT_TIMEOUT,
+    MAIN_DASHBOARD,
+    NAMESPACE,
+    NGINX_CONF,
+    ROOT,
+    STREAMS,
+    Replica,
+    StreamResult,
+    Trickle,
+    make_client,
+    need_binary,
+    render_nginx_conf,
+    run_streams,
+    start_prometheus,
+    start_replicas,
+    stream_once,
+    wait_all,
+)
 from tests.deploy.test_prometheus import (
     Prometheus,
     _wait_for_scrapes,
@@ -50,122 +65,14 @@ from tests.deploy.test_prometheus import (
     variable_queries,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
-NAMESPACE = "moe-prefetch"  # what the base's ScaledObject query selects (deploy/k8s)
-STREAMS = 64
-CLIENT_TIMEOUT = 30.0  # seconds, per read: a stream that stalls this long fails instead of hanging
-MAIN_DASHBOARD = "moe-prefetch.json"
-
-
-@dataclass
-class Replica:
-    name: str
-    port: int
-    proc: subprocess.Popen
-    log: Path
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def requests_total(self) -> float:
-        text = httpx.get(f"http://{self.address}/metrics", timeout=5).text
-        return sum(float(v) for v in re.findall(r"^moe_requests_total\{[^}]*\} (\S+)$", text, re.M))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
-def _need(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").is_file() else None)
-    if path is None:
-        pytest.skip(f"{name} is not installed (.ci/system-deps installs it from Debian's packages as root)")
-    return path
-
-
-def _start_replicas(workdir: Path, bundle: Path) -> list[Replica]:
-    replicas = []
-    for name in ("replica-a", "replica-b"):
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
-        env.update(
-            MOE_DEVICE="cpu",
-            MOE_HOST="127.0.0.1",
-            MOE_PORT=str(port),
-            MOE_POLICY="exact",
-            MOE_PREDICTORS=str(bundle),
-            MOE_EXPERT_CACHE_FRACTION="0.9",  # below 1: prefetches are issued, every panel has data
-            MOE_MAX_RUNNING="16",
-            MOE_LOG_LEVEL="warning",
-        )
-        log = workdir / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_prefetch.cli", "serve"],
-            env=env,
-            cwd=ROOT,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        replicas.append(Replica(name, port, proc, log))
-    deadline = time.monotonic() + 120
-    for r in replicas:
-        while True:
-            if r.proc.poll() is not None:
-                pytest.fail(f"{r.name} exited with {r.proc.returncode}:\n{r.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://{r.address}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{r.name} not healthy within 120 s:\n{r.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-    return replicas
-
-
-def render_nginx_conf(upstreams: list[str], port: int, workdir: Path) -> Path:
-    """The shipped config with test ports and paths; the shipped directives are kept as they are."""
-    text = NGINX_CONF.read_text()
-    servers = re.findall(r"^(\s*)server \S+:8000( [^;]*);$", text, re.M)
-    assert len(servers) == 2, "the shipped upstream lists the two replicas of the profile"
-    indent, params = servers[0]
-    text = re.sub(r"^\s*server \S+:8000 [^;]*;\n", "", text, flags=re.M)
-    lines = "".join(f"{indent}server {u}{params};\n" for u in upstreams)
-    text, n = re.subn(r"(\n\s*least_conn;\n)", r"\1" + lines.replace("\\", "\\\\"), text)
-    assert n == 1
-    text, n = re.subn(r"listen 8000;", f"listen 127.0.0.1:{port};", text)
-    assert n == 1
-    # Test only: name the replica that served each response.
-    text, n = re.subn(
-        r"(\n(\s*)proxy_pass http://moe_replicas;\n)",
-        r"\1\2add_header X-Upstream $upstream_addr always;\n",
-        text,
-    )
-    assert n == 1
-    temp = "".join(
-        f"    {kind}_temp_path {workdir / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    text = text.replace("http {\n", "http {\n" + temp, 1)
-    path = workdir / "nginx.conf"
-    path.write_text(text)
-    return path
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """(replicas, nginx base URL, Prometheus): everything running; torn down at the end."""
-    nginx_bin, prometheus_bin = _need("nginx"), _need("prometheus")
+    nginx_bin, prometheus_bin = need_binary("nginx"), need_binary("prometheus")
     workdir = tmp_path_factory.mktemp("replicas")
     bundle = builtin_bundle(workdir / "bundle")
-    replicas = _start_replicas(workdir, bundle)
+    replicas = start_replicas(workdir, bundle)
     procs: list[subprocess.Popen] = []
     try:
         port = free_port()
@@ -205,7 +112,7 @@ def stack(tmp_path_factory):
                 workdir / "nginx-error.log"
             ).read_text()
             time.sleep(0.1)
-        prom = _start_prometheus(prometheus_bin, replicas, workdir)
+        prom = start_prometheus(prometheus_bin, replicas, workdir)
         procs.append(prom.proc)
         yield replicas, base, prom
     finally:
@@ -220,128 +127,16 @@ def stack(tmp_path_factory):
             r.stop()
 
 
-def _start_prometheus(prometheus_bin: str, replicas: list[Replica], workdir: Path) -> Prometheus:
-    cfg = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    cfg.pop("rule_files", None)  # alerts are test_prometheus.py's subject
-    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "moe-prefetch")
-    job.pop("dns_sd_configs", None)  # the compose profile's discovery; here the targets are known
-    # The labels the Prometheus Operator puts on a ServiceMonitor's targets.
-    job["static_configs"] = [
-        {"targets": [r.address], "labels": {"namespace": NAMESPACE, "service": "moe-prefetch", "pod": r.name}}
-        for r in replicas
-    ]
-    config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(cfg))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            prometheus_bin,
-            f"--config.file={config}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={workdir / 'prom-data'}",
-        ],
-        stdout=(workdir / "prometheus.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    return Prometheus(f"http://127.0.0.1:{port}", proc)
-
-
-@dataclass
-class StreamResult:
-    upstream: str = ""
-    first_chunk_at: float | None = None
-    finished_at: float | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    chunks: int = 0
-
-
-def _client(base: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{base}/v1",
-        api_key="unused",
-        max_retries=0,
-        timeout=httpx.Timeout(CLIENT_TIMEOUT, connect=5.0),
-        http_client=httpx.Client(limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)),
-    )
-
-
-def _stream(client: openai.OpenAI, model: str, max_tokens: int, out: StreamResult) -> None:
-    try:
-        stream = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": "Tell me about the sea."}],
-            max_tokens=max_tokens,
-            temperature=0.8,
-            stream=True,
-        )
-        out.upstream = _served_by(stream.response.headers)
-        for chunk in stream:
-            if out.first_chunk_at is None:
-                out.first_chunk_at = time.monotonic()
-            out.chunks += 1
-            if chunk.choices and chunk.choices[0].finish_reason:
-                out.finish_reason = chunk.choices[0].finish_reason
-        if out.finish_reason is None:
-            out.error = "stream ended without a finish_reason"
-    except openai.APIStatusError as err:  # e.g. 502: the replica died after nginx had passed it the request
-        out.upstream = _served_by(err.response.headers)
-        out.error = f"{type(err).__name__}: {err}"
-    except (openai.OpenAIError, httpx.HTTPError) as err:
-        out.error = f"{type(err).__name__}: {err}"
-    out.finished_at = time.monotonic()
-
-
-def _served_by(headers: httpx.Headers) -> str:
-    """The replica that answered: the last of nginx's $upstream_addr ("a, b" when a was tried first)."""
-    return headers.get("x-upstream", "").split(",")[-1].strip()
-
-
-def _run_streams(client, model, n, max_tokens) -> tuple[list[StreamResult], ThreadPoolExecutor, list]:
-    results = [StreamResult() for _ in range(n)]
-    pool = ThreadPoolExecutor(max_workers=n)
-    futures = [pool.submit(_stream, client, model, max_tokens, r) for r in results]
-    return results, pool, futures
-
-
-def _wait(futures, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for f in futures:
-        f.result(timeout=max(0.1, deadline - time.monotonic()))  # raises TimeoutError: a hung stream
-
-
-@dataclass
-class Trickle:
-    """One request at a time through nginx until stopped, so rates over the last 30 s are not empty."""
-
-    client: openai.OpenAI
-    model: str
-    errors: list[str] = field(default_factory=list)
-    sent: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        deadline = time.monotonic() + 60
-        while not self._stop.is_set() and self.sent < 300 and time.monotonic() < deadline:
-            r = StreamResult()
-            _stream(self.client, self.model, 8, r)
-            if r.error:
-                self.errors.append(r.error)
-            self.sent += 1
-            self._stop.wait(0.05)
-
-
 def test_replicas_behind_nginx(stack) -> None:
     replicas, base, prom = stack
     by_addr = {r.address: r for r in replicas}
-    client = _client(base)
+    client = make_client(base)
     model = client.models.list().data[0].id
     before = {r.name: r.requests_total() for r in replicas}
 
     # 1. 64 concurrent streams are spread over both replicas, and all complete.
-    results, pool, futures = _run_streams(client, model, STREAMS, max_tokens=8)
-    _wait(futures, timeout=90)
+    results, pool, futures = run_streams(client, model, STREAMS, max_tokens=8)
+    wait_all(futures, timeout=90)
     pool.shutdown()
     errors = [r.error for r in results if r.error]
     assert not errors, errors[:3]
@@ -369,7 +164,7 @@ def test_replicas_behind_nginx(stack) -> None:
     # 3. Kill one replica while streams run on both.
     survivor, victim = replicas
     counts = {r.name: r.requests_total() for r in replicas}
-    results, pool, futures = _run_streams(client, model, 32, max_tokens=400)
+    results, pool, futures = run_streams(client, model, 32, max_tokens=400)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         started = {r.upstream for r in results if r.first_chunk_at and r.finished_at is None}
@@ -381,7 +176,7 @@ def test_replicas_behind_nginx(stack) -> None:
     victim.proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     victim.proc.wait(timeout=10)
-    _wait(futures, timeout=90)
+    wait_all(futures, timeout=90)
     pool.shutdown()
 
     on_victim = [r for r in results if r.upstream == victim.address]
@@ -400,7 +195,7 @@ def test_replicas_behind_nginx(stack) -> None:
     # New requests go to the survivor (nginx passes a refused connection on); none fails.
     after = [StreamResult() for _ in range(16)]
     with ThreadPoolExecutor(max_workers=8) as ex:
-        list(ex.map(lambda r: _stream(client, model, 8, r), after))
+        list(ex.map(lambda r: stream_once(client, model, 8, r), after))
     assert [r.error for r in after if r.error] == []
     assert {r.upstream for r in after} == {survivor.address}, "new requests went to the dead replica"
     # Every request sent to the survivor is counted there: nothing else was lost.

@@ -7,6 +7,7 @@ import random
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from engine.logprobs import bytes_to_unicode
 from engine.text_stream import IncrementalDetokenizer, TextStream
 
 CORPUS = [
@@ -59,23 +60,6 @@ def test_flush_emits_an_incomplete_character_as_replacement(tok):
     assert detok.flush() == tok.decode(raw)[1:] == "\ufffd"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable char map (what ByteLevel uses)."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 def test_encoded_text_round_trips_streamed(tok):
     for text in CORPUS:
         ids = tok.encode(text).ids
@@ -97,7 +81,7 @@ def test_random_id_sequences_join_to_full_decode(tok):
 def test_random_byte_tokens_of_multibyte_text(tok):
     """Sequences made of single-byte tokens cut multi-byte characters at every possible point."""
     alphabet = {c: i for c, i in tok.get_vocab().items() if len(c) == 1}
-    b2c = _bytes_to_unicode()
+    b2c = bytes_to_unicode()
     rng = random.Random(7)
     for _ in range(200):
         text = "".join(rng.choice("aé日🙂 ß") for _ in range(rng.randrange(1, 12)))
@@ -121,7 +105,7 @@ def test_special_tokens_are_skipped(tok):
 def ids_for_chars(tok, text: str) -> list[int]:
     """One token per byte, so every stop string is split across several tokens."""
     alphabet = {c: i for c, i in tok.get_vocab().items() if len(c) == 1}
-    b2c = _bytes_to_unicode()
+    b2c = bytes_to_unicode()
     return [alphabet[b2c[b]] for b in text.encode()]
 
 

@@ -9,31 +9,16 @@ completions shapes (echo with prompt logprobs, text offsets) are OpenAI's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from engine.logprobs import TokenTable
-from tests.server.real_reference import CONFIG, Reference
-from tests.server_harness import Live, live_server
+from tests.server_harness import Live
 
 MSG = [{"role": "user", "content": "Write a short sentence about ships."}]
 PROMPT = "The sea is"
 TOL = 2e-4
-
-
-@pytest.fixture(scope="module")
-def real() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
-
-    with live_server(AsyncEngine.from_config(CONFIG), timeout=120.0) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return Reference()
 
 
 def chat(live: Live, **kw):

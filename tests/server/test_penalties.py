@@ -6,28 +6,12 @@ definitions by hand to the logits of a second copy of the model (`real_reference
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 
-from tests.server.real_reference import CONFIG, Reference
-from tests.server_harness import Live, live_server
+from tests.server.real_reference import Reference
+from tests.server_harness import Live
 
 MSG = [{"role": "user", "content": "Write a short sentence about ships."}]
-
-
-@pytest.fixture(scope="module")
-def real() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
-
-    with live_server(AsyncEngine.from_config(CONFIG), timeout=120.0) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def ref() -> Reference:
-    return Reference()
 
 
 def tokens(live: Live, **kw) -> list[bytes]:

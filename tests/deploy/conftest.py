@@ -39,8 +39,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _need_binary(name: str) -> str:
-    path = shutil.which(name)
+def need_binary(name: str) -> str:
+    """The binary's path (PATH, or /usr/sbin where Debian puts nginx), or skip the test that needs it."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").is_file() else None)
     if path is None:
         pytest.skip(f"{name} is not installed (.ci/system-deps installs it from Debian's packages as root)")
     return path
@@ -48,17 +49,17 @@ def _need_binary(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    return _need_binary("promtool")
+    return need_binary("promtool")
 
 
 @pytest.fixture(scope="session")
 def prometheus_bin() -> str:
-    return _need_binary("prometheus")
+    return need_binary("prometheus")
 
 
 @pytest.fixture(scope="session")
 def compose_bin() -> str:
-    return _need_binary("docker-compose")
+    return need_binary("docker-compose")
 
 
 @dataclass
@@ -119,26 +120,32 @@ class Target:
             self.proc.wait(timeout=5)
 
 
-def _start_target(policy: str, fraction: float, bundle: Path, workdir: Path) -> Target:
-    """`moe-prefetch serve` as a child process, ready (its /health answers 200)."""
-    port = free_port()
+def spawn_serve(port: int, log: Path, **settings: str) -> subprocess.Popen:
+    """`moe-prefetch serve` on 127.0.0.1:`port` (CPU, the built-in model unless `settings` say otherwise),
+    with only these `MOE_*` settings from the environment, its output in `log`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
     env.update(
-        MOE_DEVICE="cpu",
-        MOE_HOST="127.0.0.1",
-        MOE_PORT=str(port),
-        MOE_POLICY=policy,
-        MOE_PREDICTORS=str(bundle),
-        MOE_EXPERT_CACHE_FRACTION=str(fraction),
-        MOE_LOG_LEVEL="warning",
+        MOE_DEVICE="cpu", MOE_HOST="127.0.0.1", MOE_PORT=str(port), MOE_LOG_LEVEL="warning", **settings
     )
-    log = workdir / f"server-{policy}.log"
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "moe_prefetch.cli", "serve"],
         env=env,
         cwd=ROOT,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+    )
+
+
+def _start_target(policy: str, fraction: float, bundle: Path, workdir: Path) -> Target:
+    """`moe-prefetch serve` as a child process, ready (its /health answers 200)."""
+    port = free_port()
+    log = workdir / f"server-{policy}.log"
+    proc = spawn_serve(
+        port,
+        log,
+        MOE_POLICY=policy,
+        MOE_PREDICTORS=str(bundle),
+        MOE_EXPERT_CACHE_FRACTION=str(fraction),
     )
     target = Target(f"127.0.0.1:{port}", policy, proc, log)
     deadline = time.monotonic() + 120

@@ -4,11 +4,8 @@ stream went and how it ended."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from tests.deploy.conftest import free_port
+from tests.deploy.conftest import free_port, spawn_serve
 from tests.deploy.test_prometheus import (
     Prometheus,
 )
@@ -58,35 +55,18 @@ class Replica:
                 self.proc.wait(timeout=5)
 
 
-def need_binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").is_file() else None)
-    if path is None:
-        pytest.skip(f"{name} is not installed (.ci/system-deps installs it from Debian's packages as root)")
-    return path
-
-
 def start_replicas(workdir: Path, bundle: Path) -> list[Replica]:
     replicas = []
     for name in ("replica-a", "replica-b"):
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_")}
-        env.update(
-            MOE_DEVICE="cpu",
-            MOE_HOST="127.0.0.1",
-            MOE_PORT=str(port),
+        log = workdir / f"{name}.log"
+        proc = spawn_serve(
+            port,
+            log,
             MOE_POLICY="exact",
             MOE_PREDICTORS=str(bundle),
             MOE_EXPERT_CACHE_FRACTION="0.9",  # below 1: prefetches are issued, every panel has data
             MOE_MAX_RUNNING="16",
-            MOE_LOG_LEVEL="warning",
-        )
-        log = workdir / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_prefetch.cli", "serve"],
-            env=env,
-            cwd=ROOT,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
         )
         replicas.append(Replica(name, port, proc, log))
     deadline = time.monotonic() + 120

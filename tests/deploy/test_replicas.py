@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from tests.bundles import builtin_bundle
-from tests.deploy.conftest import free_port
+from tests.deploy.conftest import free_port, need_binary
 from tests.deploy.replicas_stack import (
     CLIENT_TIMEOUT,
     MAIN_DASHBOARD,
@@ -49,7 +49,6 @@ from tests.deploy.replicas_stack import (
     StreamResult,
     Trickle,
     make_client,
-    need_binary,
     render_nginx_conf,
     run_streams,
     start_prometheus,

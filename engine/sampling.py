@@ -116,8 +116,8 @@ def sample(
     state: SamplingState | None = None,
 ) -> int:
     """logits: [V] (any float dtype) -> token id. `state` is required when `needs_state(params)`."""
-    x = logits.double()  # [V]
-    x = x.masked_fill(torch.isnan(x), float("-inf"))
+    inf = float("inf")
+    x = torch.nan_to_num(logits.double(), nan=-inf, posinf=inf, neginf=-inf)  # [V]: NaN never wins
     if state is not None:
         x = state.apply(x)
     if params.temperature == 0.0 or generator is None:

@@ -112,12 +112,18 @@ class Target:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=90)
-        self.proc.terminate()
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            self.proc.wait(timeout=15)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 def spawn_serve(port: int, log: Path, **settings: str) -> subprocess.Popen:

@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from tests.deploy.conftest import free_port, spawn_serve
+from tests.deploy.conftest import free_port, spawn_serve, stop_process
 from tests.deploy.test_prometheus import (
     Prometheus,
 )
@@ -46,13 +46,7 @@ class Replica:
         return sum(float(v) for v in re.findall(r"^moe_requests_total\{[^}]*\} (\S+)$", text, re.M))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 def start_replicas(workdir: Path, bundle: Path) -> list[Replica]:

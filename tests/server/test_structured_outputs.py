@@ -7,15 +7,13 @@ strings and numbers so that the answer also ends within a few dozen tokens.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Literal
 
 import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from engine.config import EngineConfig
-from tests.server_harness import Live, live_server
+from tests.server_harness import Live
 
 MSG = [{"role": "user", "content": "Answer in JSON."}]
 S = {"type": "string", "maxLength": 10}
@@ -76,12 +74,8 @@ class Person(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
-
-    engine = AsyncEngine.from_config(EngineConfig(device="cpu", max_running=4, max_waiting=16, seed=0))
-    with live_server(engine, timeout=120.0) as srv:
-        yield srv
+def live(real: Live) -> Live:
+    return real  # the real engine (tests/server/conftest.py), not the fake one `live` is elsewhere
 
 
 def chat(live: Live, **kw):

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 import jsonschema
 import pytest
 
-from engine.config import EngineConfig
 from engine.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
 from tests.server_harness import Live, live_server
 
@@ -42,12 +41,8 @@ SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
-
-    engine = AsyncEngine.from_config(EngineConfig(device="cpu", max_running=4, max_waiting=16, seed=0))
-    with live_server(engine, timeout=120.0) as srv:
-        yield srv
+def live(real: Live) -> Live:
+    return real  # the real engine (tests/server/conftest.py), not the fake one `live` is elsewhere
 
 
 def chat(live: Live, **kw):

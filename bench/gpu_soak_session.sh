@@ -4,7 +4,9 @@
 #     25%, streamed and segmented steps) under compute-sanitizer's memcheck -> memcheck_serving_shapes.log
 #  2. EXACT=1: a float32 soak of the tiny Qwen3-MoE on the GPU, where batched greedy tokens must equal each
 #     prompt served alone -> serve_soak_tiny.json (+ its logs, tarred)
-#  3. the serving soak of SHAPE (qwen3 | deepseek) in what is left of TOTAL seconds -> serve_soak_SHAPE.*
+#  3. GRAMMAR=1: bench/grammar_cost.py, the cost of grammar-constrained decoding at batch 1 and 8 (with
+#     GRAMMAR_TOKENIZER, a tokenizer.json of Qwen3's vocabulary size) -> grammar_cost.json
+#  4. the serving soak of SHAPE (qwen3 | deepseek) in what is left of TOTAL seconds -> serve_soak_SHAPE.*
 # The GPU image lacks the server's own dependencies (fastapi, uvicorn, pydantic-settings, openai): carry
 # them as wheels in .whl (see the device README) and this installs them first.
 #   SHAPE=deepseek TOTAL=570 MEMCHECK=1 EXACT=1 SOAK_ARGS="--layers 8" bash bench/gpu_soak_session.sh
@@ -35,6 +37,12 @@ if [ "${EXACT:-0}" = 1 ]; then
   tar -czf $OUTDIR/serve_soak_tiny_logs.tar.gz -C $OUTDIR serve_soak_tiny_logs serve_soak_tiny_build.log \
     serve_soak_tiny.png 2>/dev/null && rm -rf $OUTDIR/serve_soak_tiny_logs $OUTDIR/serve_soak_tiny_build.log \
     $OUTDIR/serve_soak_tiny.png
+fi
+if [ "${GRAMMAR:-0}" = 1 ]; then
+  timeout ${GRAMMAR_S:-200} python3 bench/grammar_cost.py --out $OUTDIR \
+    ${GRAMMAR_TOKENIZER:+--tokenizer $GRAMMAR_TOKENIZER} 2>&1 | grep -v Warning | tail -8
+  tar -czf $OUTDIR/grammar_cost_logs.tar.gz -C $OUTDIR grammar_cost_server.log grammar_cost_build.log 2>/dev/null \
+    && rm -f $OUTDIR/grammar_cost_server.log $OUTDIR/grammar_cost_build.log
 fi
 LEFT=$(( ${TOTAL:-560} - ($(date +%s) - T0) - 70 ))
 DEADLINE=$(( ${DEADLINE:-480} < LEFT ? ${DEADLINE:-480} : LEFT ))

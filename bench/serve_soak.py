@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "--plan", choices=("default", "cross"), default="default", help="cross: every combination"
     )
     ap.add_argument(
-        "--configs", default="", help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed"
+        "--configs",
+        default="",
+        help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed",
     )
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--requests", default="default", help="per level: default | small | N | N1,N2,...")

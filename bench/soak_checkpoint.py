@@ -77,10 +77,24 @@ def config_summary(cfg) -> dict:
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
 
 
-def soak_tokenizer():
-    from engine.builtin import builtin_tokenizer
+def soak_tokenizer(path: Path | None = None):
+    """The built-in tokenizer, or (`--tokenizer`) another byte-level tokenizer.json with the built-in chat
+    template and its special tokens (`<|im_end|>` ends a turn, `<|endoftext|>` pads): for measurements
+    whose cost grows with the vocabulary, such as the grammar mask at 151k ids."""
+    from engine.builtin import CHAT_TEMPLATE, builtin_tokenizer
 
-    tok = builtin_tokenizer()
+    if path is None:
+        tok = builtin_tokenizer()
+    else:
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast(
+            tokenizer_file=str(path), eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+            chat_template=CHAT_TEMPLATE,
+        )  # fmt: skip
+        missing = [t for t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>") if t not in tok.get_vocab()]
+        if missing:
+            raise SystemExit(f"--tokenizer {path}: no special tokens {missing}")
     tok.model_max_length = 32768  # the server's context window is MOE_MAX_MODEL_LEN, not the tokenizer's
     return tok
 
@@ -228,11 +242,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bundle", type=Path, default=None, help="predictor bundle folder (none: no bundle)")
     ap.add_argument("--prompts", type=Path, default=None, help="JSON list of prompt texts for the traces")
     ap.add_argument("--shard", default="2GB", help="max_shard_size of save_pretrained")
+    ap.add_argument(
+        "--tokenizer", type=Path, default=None, help="a tokenizer.json (default: the built-in one)"
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
 
     t0 = time.perf_counter()
-    tok = soak_tokenizer()
+    tok = soak_tokenizer(args.tokenizer)
     cfg = shape_config(args.shape, args.layers, len(tok), tok.eos_token_id, tok.pad_token_id)
     spec = {
         "version": SPEC_VERSION,
@@ -242,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         "embed_std": args.embed_std,
         "seed": args.seed,
         "config": config_summary(cfg),
+        "tokenizer": str(args.tokenizer) if args.tokenizer else "built-in",
     }
     prompts = json.loads(args.prompts.read_text()) if args.prompts else ["Hello, how are you today?"] * 8
     summary: dict = {"config": spec["config"], "checkpoint": str(args.out)}

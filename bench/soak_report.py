@@ -63,3 +63,51 @@ def plot(records: list[dict], title: str, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+RUN_KEYS = ("command", "plan", "not_started", "summary", "timings", "checkpoint")
+
+
+def merge(old: dict, new: dict) -> dict:
+    """One soak JSON from two runs on the same checkpoint spec (device calls are at most 10 minutes):
+    records concatenated, each run's command, plan, summary and checkpoint kept under `runs`, and
+    `not_started` recomputed as the configurations planned in any run that no run recorded."""
+    if (old["shape"], old["dtype"], old["routing"]) != (new["shape"], new["dtype"], new["routing"]):
+        raise SystemExit("merge: different shape, dtype or routing")
+    runs = old.get("runs") or [{k: old.get(k) for k in RUN_KEYS}]
+    out = dict(old)
+    out["runs"] = [*runs, {k: new.get(k) for k in RUN_KEYS}]
+    out["records"] = old["records"] + new["records"]
+    out["plan"] = old["plan"] + [p for p in new["plan"] if p not in old["plan"]]
+    done = {r["configuration"] for r in out["records"] if r.get("record") == "level"}
+    out["not_started"] = [p["name"] for p in out["plan"] if p["name"] not in done]
+    out["command"] = [r["command"] for r in out["runs"]]
+    configs = sum(r["summary"]["configurations"] for r in out["runs"] if r.get("summary"))
+    errors = sum(r["summary"]["errors"] for r in out["runs"] if r.get("summary"))
+    out["summary"] = {"configurations": configs, "errors": errors, "png": None,
+                      "wall_s": round(sum(r["summary"]["wall_s"] for r in out["runs"] if r.get("summary")), 1),
+                      "note": f"{len(out['runs'])} device calls on the same checkpoint spec (rebuilt from the same seed)"}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m bench.soak_report merge OLD.json NEW.json  (writes OLD.json and re-plots OLD.png)"""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="merge the JSON of a second soak run into the first")
+    ap.add_argument("what", choices=("merge",))
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    args = ap.parse_args(argv)
+    out = merge(json.loads(args.old.read_text()), json.loads(args.new.read_text()))
+    png = plot(out["records"], f"serve soak, {out['shape']} shape, {out['dtype']}, {out.get('gpu')}",
+               args.old.with_suffix(".png"))  # fmt: skip
+    out["summary"]["png"] = png.name if png else None
+    args.old.write_text(json.dumps(out, indent=1, default=str))
+    print(f"{args.old}: {out['summary']}; not started: {out['not_started']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

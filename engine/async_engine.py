@@ -28,7 +28,7 @@ from engine.config import EngineConfig
 from engine.devices import resolve_device, resolve_dtype
 from engine.errors import EngineDead, EngineError, RequestFailed
 from engine.faults import classify, device_probe
-from engine.grammar import Grammars
+from engine.grammar import BatchMasks, Grammars
 from engine.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
 from engine.logprobs import TokenTable, prefill_with_prompt_logprobs, token_logprobs
 from engine.metrics import Metrics
@@ -72,6 +72,7 @@ class AsyncEngine:
         self._eos: set[int] = set()
         self._tokens: TokenTable | None = None  # token texts and bytes for logprobs
         self._grammars: Grammars | None = None  # compiles response formats and forced tool calls
+        self._masks: BatchMasks | None = None  # a decode step's grammar masks, filled beside the step
         self._seed_counter = 0
         self._rows: list[Sequence] = []  # _rows[i] decodes in KV row i
         self.prefetcher: Prefetcher | None = None
@@ -133,6 +134,7 @@ class AsyncEngine:
         self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
         self._max_prompt_chars = max_prompt_chars(self.tokenizer, ctx)
         self._grammars = Grammars(self.tokenizer, vocab)
+        self._masks = BatchMasks(vocab)
         self._probe = device_probe(device)
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
@@ -177,6 +179,8 @@ class AsyncEngine:
             seq.emit(EngineDead("engine shut down"))
         if self.prefetcher is not None:
             self.prefetcher.remove()
+        if self._masks is not None:
+            self._masks.close()
         if self.recorder is not None and self.om is not None:
             from predictors.fingerprint import model_fingerprint
 
@@ -311,15 +315,31 @@ class AsyncEngine:
         batch = list(self._rows)
         if not batch:
             return
+        constrained = [s for s in batch if s.matcher is not None]
+        if constrained:  # their masks are filled on a helper thread while the device runs the step
+            self._masks.start([s.matcher for s in constrained])
         try:
             logits = self.runner.decode([s.out_ids[-1] for s in batch], [s.length for s in batch])  # [n, V]
         except Exception as err:  # a batched step cannot be pinned on one of its requests
+            if constrained:
+                self._batch_masks(constrained, None)  # the fill must end before any matcher is touched
             self._fail(batch, "decode step", err)
             return
         for seq in batch:  # every row's new position is in its KV row now, before any row can move
             seq.length += 1
-        for i, seq in enumerate(batch):
-            self._accept(seq, logits[i])  # a finish moves the last row into its hole: with all its positions
+        masks = self._batch_masks(constrained, logits.device) if constrained else {}
+        for i, seq in enumerate(batch):  # a finish moves the last row into its hole: with all its positions
+            self._accept(seq, logits[i], masks.get(id(seq)))
+
+    def _batch_masks(self, seqs: list[Sequence], device) -> dict:
+        """id(seq) -> its allowed-token row, from the fill started before the step; {} if it failed (each row
+        then computes its own mask in `_accept`, where a failure fails that request alone)."""
+        try:
+            allowed = self._masks.result(device)
+        except Exception:
+            log.warning("batched grammar masks failed; computing them row by row", exc_info=True)
+            return {}
+        return {id(s): allowed[i] for i, s in enumerate(seqs)}
 
     def _fail(self, seqs: list[Sequence], stage: str, err: Exception) -> None:
         """Fail these requests alone, or raise `_Fatal` when the fault is the device's."""
@@ -352,13 +372,16 @@ class AsyncEngine:
         seq.emit(TokenDelta("", (), None, len(seq.prompt_ids), 0, prompt_logprobs=lps))
         return logits
 
-    def _accept(self, seq: Sequence, logits) -> None:
-        """Sample the sequence's next token from its logits [V] and pass it on."""
+    def _accept(self, seq: Sequence, logits, allowed=None) -> None:
+        """Sample the sequence's next token from its logits [V] and pass it on; `allowed`: its grammar mask
+        when the batch's masks were computed together."""
         lps = ()
         try:
             raw = logits  # logprobs are of the model's distribution, before any constraint or penalty
             if seq.matcher is not None:  # grammar-constrained: only the tokens it allows can be sampled
-                logits = logits.masked_fill(~seq.matcher.allowed(logits.device), float("-inf"))
+                if allowed is None:
+                    allowed = seq.matcher.allowed(logits.device)
+                logits = logits.masked_fill(~allowed, float("-inf"))
             seq.sampling = state_for(seq.sampling, seq.params, seq.prompt_ids, logits)
             tok = sample(logits, seq.params, seq.generator, seq.sampling)
             if seq.sampling is not None:

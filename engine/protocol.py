@@ -53,7 +53,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs added to the logits
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the k most likely
     prompt_logprobs: int | None = None  # the same for every prompt token (the first has none)
-    constraint: Constraint | None = None  # grammar-constrained decoding (structured outputs, forced tool calls)
+    constraint: Constraint | None = (
+        None  # grammar-constrained decoding (structured outputs, forced tool calls)
+    )
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class GenerationRequest:
     prompt: str | None = None  # raw completion prompt
     messages: tuple[dict, ...] | None = None  # chat messages, rendered with the tokenizer's chat template
     prompt_token_ids: tuple[int, ...] | None = None  # already tokenised prompt (wins over prompt/messages)
-    tools: tuple[dict, ...] | None = None  # OpenAI function tools, rendered with the messages (engine.tool_calls)
+    tools: tuple[dict, ...] | None = (
+        None  # OpenAI function tools, rendered with the messages (engine.tool_calls)
+    )
 
 
 @dataclass(frozen=True)

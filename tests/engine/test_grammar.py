@@ -15,7 +15,7 @@ import torch
 
 from engine.builtin import builtin_tokenizer
 from engine.errors import InvalidRequest
-from engine.grammar import Grammars
+from engine.grammar import BatchMasks, Grammars
 from engine.protocol import Constraint
 from engine.tool_calls import ParsedCall, ToolCallParser, generic_messages, parse_all
 
@@ -48,6 +48,25 @@ def walk(grammars, tok, constraint, text):
         assert m.allowed()[t], (t, tok.decode([t]))
         m.advance(t)
     return m
+
+
+def test_batch_masks_equal_each_rows_own_mask(grammars, tok):
+    """The batched fill (one call, helper thread) gives row i exactly matcher i's mask, whatever state
+    each matcher is in, and the buffer is reused across steps of different batch sizes."""
+    texts = ['{"name": "A', '{"name": "Ada", "age": 3', "", '{"name": "Ada", "age": 36, "tags": ["']
+    matchers = [walk(grammars, tok, Constraint("json", json.dumps(PERSON)), t) for t in texts]
+    matchers.append(walk(grammars, tok, Constraint("json", json.dumps({"type": "integer"})), "1"))
+    masks = BatchMasks(len(tok))
+    try:
+        for rows in (matchers, matchers[1:3], matchers):
+            masks.start(rows)
+            got = masks.result()
+            assert got.shape == (len(rows), len(tok)) and got.dtype == torch.bool
+            for i, m in enumerate(rows):
+                assert torch.equal(got[i], m.allowed()), i
+        assert not torch.equal(got[0], got[1])  # the rows differ: not one mask broadcast
+    finally:
+        masks.close()
 
 
 def test_object_grammar_stops_after_its_last_brace(grammars, tok):

@@ -374,7 +374,7 @@ def render_markdown(runs: dict[str, dict], missing: list[str] | None = None) -> 
         "",
         "The twins have the trained model's config and seed: *random init* is the model before its first step "
         "(transformers' init, std 0.02), whose deep layers send most tokens to a few experts; *embeddings std 1* "
-        "redraws its token embeddings with std 1 (as engine.loader.build_synthetic does), which spreads random "
+        "redraws its token embeddings with std 1 (as engine.model.loader.build_synthetic does), which spreads random "
         "routing out. Usage entropy: how evenly the experts are used overall (the load-balancing loss pushes it up); "
         "per-token router entropy: how sure the router is per token; reuse: consecutive tokens of a prompt whose "
         "top-k sets share an expert.",
@@ -390,7 +390,7 @@ def render_markdown(runs: dict[str, dict], missing: list[str] | None = None) -> 
                 f"- {n}: {PAIR_LABEL.get(s['pair'], s['pair'])}; on its {c['prompts']} held-out check prompts "
                 f"({c['samples']:,} tokens): recall@k {_pct(c['recall_at_k'])}, top-1 {_pct(c['top1_accuracy'])}, "
                 f"r@k' {_pct(c['overprov_recall'])}; CPU latency {_ms(c['cpu_latency_ms_median'])} ms per layer. "
-                "tests/engine/test_builtin_model.py measures it again on the committed files."
+                "tests/engine/model/test_builtin_model.py measures it again on the committed files."
             )
         lines.append("")
     samples = {n: r["samples"] for n, r in runs.items() if r.get("samples")}

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import device_name, plain_logits  # noqa: E402
-from engine.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
-from engine.presets import preset_config  # noqa: E402
-from engine.runner import ModelRunner  # noqa: E402
+from engine.model.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
+from engine.model.presets import preset_config  # noqa: E402
+from engine.runner.runner import ModelRunner  # noqa: E402
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""Train the built-in model's byte-level BPE tokenizer and write it to engine/builtin/tokenizer.json.
+"""Train the built-in model's byte-level BPE tokenizer and write it to engine/model/assets/tokenizer.json.
 
 Run once by a developer (the output is committed): reads public-domain books from
 ../shared/data/gutenberg (the first ~8 MB of the training split). Deterministic for a given input.
@@ -35,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--mb", type=float, default=8.0)
-    ap.add_argument("--out", type=Path, default=ROOT / "engine" / "builtin" / "tokenizer.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "engine" / "model" / "assets" / "tokenizer.json")
     args = ap.parse_args()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -1,6 +1,6 @@
 """The built-in model's artefact: checkpoint folder, attribution, the shipped-bundle check, the tarball.
 
-The folder `bench/train_moe.py --size builtin` packs is what `engine/builtin/` holds once unpacked:
+The folder `bench/train_moe.py --size builtin` packs is what `engine/model/assets/` holds once unpacked:
 
     config.json, generation_config.json, model.safetensors (bf16)   the checkpoint (transformers layout)
     ATTRIBUTION.md        what the weights were trained on, and the licences (books, MMLU questions)
@@ -8,9 +8,9 @@ The folder `bench/train_moe.py --size builtin` packs is what `engine/builtin/` h
     predictors/           the predictor bundle the engine uses by default (manifest.json,
                           predictors.safetensors) and heldout_prompts.jsonl: MMLU prompts the predictors never
                           saw, with the recall the bundle reached on them (manifest `shipped_check`); the CPU
-                          test tests/engine/test_builtin_model.py measures it again on the shipped files.
+                          test tests/engine/model/test_builtin_model.py measures it again on the shipped files.
 
-The tokenizer (`engine/builtin/tokenizer.json`) is committed separately and is not in the tarball.
+The tokenizer (`engine/model/assets/tokenizer.json`) is committed separately and is not in the tarball.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ class experts_on_device:
         return impl
 
     def __exit__(self, *exc) -> None:
-        from engine.offload import install_offload, strip_expert_weights
+        from engine.model.offload import install_offload, strip_expert_weights
 
         for lay in self.om.layers:
             strip_expert_weights(lay.experts)

@@ -54,20 +54,20 @@ from bench.common import (  # noqa: E402
     plain_decode,
     throughput,
 )
-from engine.builtin import builtin_tokenizer  # noqa: E402
-from engine.config import EngineConfig  # noqa: E402
-from engine.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
-from engine.prefetch import build_prefetcher  # noqa: E402
-from engine.presets import preset_config  # noqa: E402
-from engine.routing_trace import RoutingRecorder  # noqa: E402
-from engine.runner import ModelRunner  # noqa: E402
+from engine.api.config import EngineConfig  # noqa: E402
+from engine.api.policies import POLICIES  # noqa: E402
+from engine.model.builtin import builtin_tokenizer  # noqa: E402
+from engine.model.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
+from engine.model.presets import preset_config  # noqa: E402
+from engine.prefetch.build import build_prefetcher  # noqa: E402
+from engine.prefetch.routing_trace import RoutingRecorder  # noqa: E402
+from engine.runner.runner import ModelRunner  # noqa: E402
 from predictors.collect import collect, read_prompts  # noqa: E402
 from predictors.fingerprint import model_fingerprint  # noqa: E402
 from predictors.traces import TraceSet  # noqa: E402
 from predictors.train import train_bank  # noqa: E402
 
 PROMPT_TOKENS = 64
-POLICIES = ("none", "exact", "overprovision", "top1", "adaptive", "crosslayer", "oracle")
 SMOKE = dict(
     num_hidden_layers=3,
     hidden_size=64,

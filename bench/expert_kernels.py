@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.grouped_experts import CONFIGS, DOWN_CONFIGS, fused_silu_experts, gpu_time_ms  # noqa: E402
-from engine.presets import preset_config  # noqa: E402
+from engine.kernels.grouped_experts import CONFIGS, DOWN_CONFIGS, fused_silu_experts, gpu_time_ms  # noqa: E402
+from engine.model.presets import preset_config  # noqa: E402
 
 
 def timed(fn, reps: int = 10) -> float:

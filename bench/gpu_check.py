@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import pinned_bandwidth  # noqa: E402
-from engine.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
-from engine.presets import preset_config  # noqa: E402
-from engine.runner import ModelRunner, SequenceState  # noqa: E402
+from engine.model.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
+from engine.model.presets import preset_config  # noqa: E402
+from engine.runner.runner import ModelRunner, SequenceState  # noqa: E402
 
 
 def expert_load_bandwidth(om, n: int = 256, reps: int = 5) -> dict:

@@ -25,7 +25,7 @@ python3 -c "import torch, transformers, fastapi, openai; print('torch', torch.__
 if [ "${MEMCHECK:-0}" = 1 ]; then
   timeout ${MEMCHECK_S:-170} compute-sanitizer --tool memcheck --print-limit 50 \
     --log-file $OUTDIR/memcheck_serving_shapes.log \
-    python3 -m pytest -q -p no:cacheprovider tests/engine/test_serving_shapes_gpu.py \
+    python3 -m pytest -q -p no:cacheprovider tests/engine/frontend/test_serving_shapes_gpu.py \
     -k "${MEMCHECK_K:-qwen3_moe and (cache50 or cache25) and not policies}" 2>&1 | tail -4
   echo "memcheck: $(grep -c 'Invalid\|Error' $OUTDIR/memcheck_serving_shapes.log) error lines;" \
     "$(grep 'ERROR SUMMARY' $OUTDIR/memcheck_serving_shapes.log)"

@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-TOKENIZER = ROOT / "engine" / "builtin" / "tokenizer.json"
+TOKENIZER = ROOT / "engine" / "model" / "assets" / "tokenizer.json"
 EOT = "<|endoftext|>"
 CHAT_PROMPT_FILES = (
     "vicuna_bench/question.jsonl",
@@ -70,7 +70,7 @@ def paragraphs(text: str) -> list[str]:
 
 
 def render_chat(user: str, assistant: str) -> str:
-    """One exchange in the built-in chat template (engine.builtin.CHAT_TEMPLATE), ending the turn."""
+    """One exchange in the built-in chat template (engine.model.builtin.CHAT_TEMPLATE), ending the turn."""
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
 
 

@@ -79,7 +79,7 @@ def choose_experts_implementation(model: nn.Module, device: torch.device) -> dic
     agrees with the per-expert loop (max relative error < 3e-2); else keep transformers' eager experts."""
     from transformers.integrations.moe import ExpertsInterface
 
-    from engine.model_map import find_moe_layers
+    from engine.model.model_map import find_moe_layers
 
     ExpertsInterface.register(IMPLEMENTATION, grouped_experts_forward)
     experts = find_moe_layers(model)[0].experts

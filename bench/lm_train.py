@@ -59,7 +59,7 @@ class Size:
 
 
 def _builtin_kwargs() -> dict:
-    from engine.builtin import builtin_config
+    from engine.model.builtin import builtin_config
 
     cfg = builtin_config(4096)
     keys = (

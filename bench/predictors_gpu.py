@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console  # noqa: E402
 
-from engine.builtin import builtin_tokenizer  # noqa: E402
-from engine.loader import CacheBudget, build_synthetic  # noqa: E402
-from engine.presets import preset_config  # noqa: E402
+from engine.model.builtin import builtin_tokenizer  # noqa: E402
+from engine.model.loader import CacheBudget, build_synthetic  # noqa: E402
+from engine.model.presets import preset_config  # noqa: E402
 from predictors.bundle import bundle_manifest, save_bundle  # noqa: E402
 from predictors.collect import collect, read_prompts  # noqa: E402
 from predictors.evaluate import evaluate, plot_result, result_table  # noqa: E402
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--max-prompts", type=int, default=1500)
     ap.add_argument("--max-samples", type=int, default=120_000)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--embed-std", type=float, default=1.0, help="see engine.loader.build_synthetic")
+    ap.add_argument("--embed-std", type=float, default=1.0, help="see engine.model.loader.build_synthetic")
     args = ap.parse_args()
     dev = torch.device("cuda")
     args.out.mkdir(parents=True, exist_ok=True)

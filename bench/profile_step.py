@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import chrome_trace_overlap, device_name  # noqa: E402
-from engine.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
-from engine.presets import preset_config  # noqa: E402
-from engine.runner import ModelRunner  # noqa: E402
+from engine.model.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
+from engine.model.presets import preset_config  # noqa: E402
+from engine.runner.runner import ModelRunner  # noqa: E402
 
 
 def kernel_table(trace: dict, steps: int) -> list[dict]:

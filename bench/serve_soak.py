@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args.hostile = args.device.startswith("cuda") if args.hostile is None else args.hostile
     from bench.soak_run import run_plan
     from bench.soak_server import gpu_name
-    from engine.config import POLICIES
-    from engine.prefetch import PREDICTOR_POLICIES
+    from engine.api.policies import POLICIES, PREDICTOR_POLICIES
 
     bad = [p for p in args.policies if p not in POLICIES] + [
         s for s in args.steps if s not in ("streamed", "segmented")

@@ -5,10 +5,10 @@
 
 `bench/serve_soak.py` runs this as a child process, so the CUDA memory of the build is gone (the process
 is) before any server starts, and the soak's own process never touches the GPU. The checkpoint is what
-`engine/loader.py` reads: config.json, generation_config.json, safetensors shards (`save_pretrained`),
+`engine/model/loader.py` reads: config.json, generation_config.json, safetensors shards (`save_pretrained`),
 and the built-in tokenizer (4096 ids, chat template). Weights are drawn on `--device` by transformers'
 own init (normal, std 0.02) from a fixed seed; the token embeddings are redrawn with `--embed-std`
-(1.0 by default, as `engine.loader.build_synthetic` explains: with 0.02 a random model routes every
+(1.0 by default, as `engine.model.loader.build_synthetic` explains: with 0.02 a random model routes every
 token of a layer to a dozen experts, which any cache holds, and the soak would never miss).
 
 The bundle is trained with the project's own `predictors.collect` and `predictors.train.train_bank`
@@ -46,7 +46,7 @@ SHAPES = ("qwen3", "deepseek", "tiny")
 
 def shape_config(shape: str, layers: int, vocab_size: int, eos: int, pad: int):
     """The transformers config of a soak shape with the built-in tokenizer's vocabulary and special ids."""
-    from engine.presets import preset_config
+    from engine.model.presets import preset_config
 
     special = dict(vocab_size=vocab_size, eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
     if shape == "qwen3":
@@ -81,7 +81,7 @@ def soak_tokenizer(path: Path | None = None):
     """The built-in tokenizer, or (`--tokenizer`) another byte-level tokenizer.json with the built-in chat
     template and its special tokens (`<|im_end|>` ends a turn, `<|endoftext|>` pads): for measurements
     whose cost grows with the vocabulary, such as the grammar mask at 151k ids."""
-    from engine.builtin import CHAT_TEMPLATE, builtin_tokenizer
+    from engine.model.builtin import CHAT_TEMPLATE, builtin_tokenizer
 
     if path is None:
         tok = builtin_tokenizer()
@@ -204,7 +204,7 @@ def routing_spread(model, tok, prompts: list[str], device: str) -> dict:
     """Distinct experts each MoE layer routes to over a few prompts: shows whether small caches will miss."""
     import torch
 
-    from engine.model_map import find_moe_layers
+    from engine.model.model_map import find_moe_layers
 
     layers = find_moe_layers(model)
     seen: list[set[int]] = [set() for _ in layers]

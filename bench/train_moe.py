@@ -27,7 +27,7 @@ Steps, each written to the run's JSON as soon as it is done (a run cut off keeps
 7. built-in only: the better bundle (held-out recall@k) goes into the checkpoint folder with 48 held-out MMLU
    prompts and the recall it reaches on them (traced on the CPU, as the shipped-artefact test does).
 
-Sizes (model shapes in bench/lm_train.py; the built-in shape is engine.builtin.builtin_config):
+Sizes (model shapes in bench/lm_train.py; the built-in shape is engine.model.builtin.builtin_config):
 - builtin: 6 layers, hidden 256, 16 experts (width 64) top-2, 6.98 M parameters; 64 x 1024-token rows per
   step, peak lr 3e-3; 4.5 min; predictors of hidden 256 (the committed bundle stays small).
 - bench: 12 layers, hidden 512, 64 experts (width 256) top-6 (DeepSeek-V2-Lite's routing), 313.9 M parameters,
@@ -167,7 +167,7 @@ def run_pipeline(args) -> None:
     from bench.predictor_steps import ship_bundle, train_pairs
     from bench.routing_stats import routing_stats
     from bench.run_record import Run
-    from engine.builtin import builtin_tokenizer
+    from engine.model.builtin import builtin_tokenizer
     from predictors.collect import collect
     from predictors.traces import TraceSet
 
@@ -232,7 +232,7 @@ def run_pipeline(args) -> None:
     )
 
     # 5. routing structure vs random-weight twins (same config and seed, untrained), on the same prompts:
-    #    as initialised for training, and with std-1 token embeddings (engine.loader.build_synthetic's fix for
+    #    as initialised for training, and with std-1 token embeddings (engine.model.loader.build_synthetic's fix for
     #    the routing collapse of a deep random model)
     ids = torch.arange(size.twin_prompts)
     routing = {"trained": routing_stats(traces, ids)}

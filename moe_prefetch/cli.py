@@ -101,7 +101,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from engine.async_engine import AsyncEngine
+    from engine.frontend.async_engine import AsyncEngine
     from server.app import create_app
     from server.config import ServerConfig
     from server.run import run_server

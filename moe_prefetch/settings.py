@@ -2,7 +2,7 @@
 
 Built once at start-up (never at import). Invalid values raise `SettingsError` whose message is one
 line naming the variable, so `moe-prefetch serve` can print it and exit. The engine never sees this
-class: it receives the plain frozen `engine.config.EngineConfig` made by `engine_config()`.
+class: it receives the plain frozen `engine.api.config.EngineConfig` made by `engine_config()`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.config import POLICIES, EngineConfig
+from engine.api.config import EngineConfig
+from engine.api.policies import POLICIES
 
 Policy = Literal[POLICIES]  # type: ignore[valid-type]
 

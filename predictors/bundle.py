@@ -9,7 +9,7 @@ A bundle is one directory:
                              per-layer held-out metrics
 
 Loading checks the fingerprint against the served model's when one is given and raises
-`engine.errors.BundleMismatch` naming both fingerprints and the bundle path.
+`engine.api.errors.BundleMismatch` naming both fingerprints and the bundle path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.errors import BundleMismatch
+from engine.api.errors import BundleMismatch
 from predictors.model import PredictorBank
 from predictors.traces import write_json_atomic
 

@@ -342,8 +342,8 @@ def simulate(
 ) -> None:
     """Replay recorded routing through a model of the engine's expert cache: hit rate, misses, bytes copied and
     modelled time per token for each cache size x eviction x prefetch policy."""
-    from engine.config import POLICIES
-    from engine.errors import EngineError
+    from engine.api.errors import EngineError
+    from engine.api.policies import POLICIES
     from predictors.eviction import EVICTIONS
     from predictors.sim_report import (
         SweepConfig,

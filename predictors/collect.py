@@ -4,7 +4,7 @@ the output of `input_layernorm` (the predictor's input), the router's affinity s
 Works on any already-loaded transformers MoE model object (plain, offloaded by the engine, or a synthetic
 random-weight model): it only adds forward hooks on each MoE layer's `input_layernorm` (output) and router
 (outputs[0] = logits -> affinity = softmax in float32; outputs[2] = the true top-k indices), found with
-`engine.model_map.find_moe_layers`, and removes them afterwards. Writing goes through `traces.TraceWriter`.
+`engine.model.model_map.find_moe_layers`, and removes them afterwards. Writing goes through `traces.TraceWriter`.
 `load_model_for_tracing` is the one place that loads a model from disk for the CLI.
 """
 
@@ -20,7 +20,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from engine.model_map import find_moe_layers
+from engine.model.model_map import find_moe_layers
 from predictors.fingerprint import model_essentials, model_fingerprint, router_params
 from predictors.traces import TraceWriter
 

@@ -2,7 +2,7 @@
 
 An order only ranks the resident experts; `predictors.sim_cache.SimCache` owns residency, pins and counters
 and asks the order for a victim among the unpinned residents. Keys are (moe layer, expert id), one pool
-over all layers, as in `engine.expert_cache.ExpertCache`.
+over all layers, as in `engine.experts.cache.ExpertCache`.
 
 - `lru`: least recently touched first, exactly the engine's `OrderedDict` (a prefetch of a resident
   expert touches it, as `ExpertCache.prefetch` does).

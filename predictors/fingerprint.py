@@ -15,7 +15,7 @@ import json
 import torch
 from torch import nn
 
-from engine.model_map import find_moe_layers, top_k_of
+from engine.model.model_map import find_moe_layers, top_k_of
 
 
 def model_essentials(model: nn.Module) -> dict[str, object]:

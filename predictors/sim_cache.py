@@ -1,4 +1,4 @@
-"""A host-only model of `engine.expert_cache.ExpertCache`: the same slots, pins, prefetch and counters, no
+"""A host-only model of `engine.experts.cache.ExpertCache`: the same slots, pins, prefetch and counters, no
 weights, with a pluggable eviction order (`predictors.eviction`).
 
 What is mirrored, method by method (the engine's eager/segmented path, which every CPU run and every
@@ -13,12 +13,12 @@ non-streamed GPU step takes):
   predicted experts that were not routed, counting the copied ones as wasted;
 - `acquire(layer, ids)` + `release`: resident hit, prefetch hit (first use of a fresh expert: also
   `prefetch_used`) or miss (a slot and a demand copy); the prefetch pin becomes the step pin;
-- `route(layer, experts)`: what `engine.offload.offloaded_experts_forward` does with a layer-step's routed
+- `route(layer, experts)`: what `engine.model.offload.offloaded_experts_forward` does with a layer-step's routed
   set: one acquire when it fits in `room_for(layer)`, else the engine's chunks (`unpin_prediction`, chunks
   of the free room; with `lookahead`, as on CUDA, half-room chunks with the next acquired before the
   current is released).
 
-Counters are the engine's own `engine.stats.CacheCounters`, so a simulation and an engine run compare
+Counters are the engine's own `engine.api.stats.CacheCounters`, so a simulation and an engine run compare
 field by field. The clock (`now`) ticks once per layer-step; the eviction order sees it.
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.stats import CacheCounters
+from engine.api.stats import CacheCounters
 from predictors.eviction import Key
 
 

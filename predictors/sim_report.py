@@ -37,13 +37,13 @@ class ModelShape:
 
 def model_shape(spec: str, dtype: str = "bf16") -> ModelShape:
     """The MoE shape and one routed expert's bytes (every weight and bias of its flat row, as the engine's
-    store holds it) of a checkpoint folder (its config.json) or an `engine.presets` name, built on the meta
+    store holds it) of a checkpoint folder (its config.json) or an `engine.model.presets` name, built on the meta
     device (no weights read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.model_map import expert_param_names, find_moe_layers, top_k_of
-    from engine.presets import PRESETS, preset_config
+    from engine.model.model_map import expert_param_names, find_moe_layers, top_k_of
+    from engine.model.presets import PRESETS, preset_config
 
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPE_BYTES)}")

@@ -7,7 +7,7 @@ step runs the engine's order for every MoE layer l: the tap's prefetch (for laye
 `crosslayer`), then the router's set through `SimCache.route` (`predictors.sim_cache`, the engine's
 `ExpertCache` semantics), with eviction `lru`, `lfu` or `belady` (`predictors.eviction`).
 
-Prefetch policies are the engine's (`engine.prefetch.build_policy`, `union_best_first`): `exact`,
+Prefetch policies are the engine's (`engine.prefetch.policies.build_policy`, `union_best_first`): `exact`,
 `overprovision`, `top1`, `adaptive` run the bundle's predictors on the trace's stored pre-attention inputs
 (a recording has none); `crosslayer` runs layer l+1's stored router on layer l's input; `oracle`
 prefetches the step's own routed set (the engine's replay of an identical run).
@@ -32,15 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.expert_cache import slots_for_budget
-from engine.prefetch import PREDICTOR_POLICIES, build_policy, union_best_first
-from engine.stats import PER_LAYER
+from engine.api.policies import INPUT_POLICIES, PREDICTOR_POLICIES
+from engine.api.stats import PER_LAYER
+from engine.experts.cache import slots_for_budget
+from engine.prefetch.policies import build_policy, union_best_first
 from predictors.eviction import DEFAULT_LFU_HALF_LIFE, build_order
 from predictors.sim_cache import SimCache
 
 log = logging.getLogger(__name__)
 
-NEEDS_INPUTS = (*PREDICTOR_POLICIES, "crosslayer")  # policies that read the pre-attention inputs
+NEEDS_INPUTS = INPUT_POLICIES  # policies that read the pre-attention inputs
 
 
 class SimulateError(ValueError):
@@ -108,7 +109,7 @@ def load_recording(
 ) -> Workload:
     """A `MOE_RECORD_ROUTING` file's layer-steps in order. Without `num_experts`, the largest id seen + 1;
     without `top_k`, the smallest non-empty step set (a batch-1 decode step routes exactly k)."""
-    from engine.routing_trace import RoutingReplay
+    from engine.prefetch.routing_trace import RoutingReplay
 
     layers = RoutingReplay.load(path).layers
     steps = min(len(s) for s in layers) if layers else 0

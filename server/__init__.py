@@ -1,2 +1,2 @@
 """HTTP layer: the OpenAI-compatible FastAPI app. Talks to the engine only through
-`engine.protocol.EngineClient`; never imports torch (a test enforces it)."""
+`engine.api.protocol.EngineClient`; never imports torch (a test enforces it)."""

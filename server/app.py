@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from engine.protocol import EngineClient
+from engine.api.protocol import EngineClient
 from server.config import ServerConfig
 from server.errors import install_error_handlers
 from server.limits import BodySizeLimit

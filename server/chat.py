@@ -11,7 +11,7 @@ import json
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from engine.protocol import GenerationRequest, TokenDelta
+from engine.api.protocol import GenerationRequest, TokenDelta
 from server import sse, structured
 from server.auth import require_api_key
 from server.common import (

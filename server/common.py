@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from engine.errors import EngineError
-from engine.protocol import Constraint, EngineClient, GenerationRequest, SamplingParams, TokenDelta
+from engine.api.errors import EngineError
+from engine.api.protocol import Constraint, EngineClient, GenerationRequest, SamplingParams, TokenDelta
 from server import sse
 from server.config import ServerConfig
 from server.errors import APIError, engine_error_body, error_body

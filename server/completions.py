@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from engine.protocol import GenerationRequest, TokenDelta
+from engine.api.protocol import GenerationRequest, TokenDelta
 from server import sse
 from server.auth import require_api_key
 from server.common import (

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from engine.protocol import EngineClient
+from engine.api.protocol import EngineClient
 from server.config import ServerConfig
 
 

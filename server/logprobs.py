@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import codecs
 
-from engine.protocol import Logprob, TokenLogprobs
+from engine.api.protocol import Logprob, TokenLogprobs
 from server.schemas import ChatTokenLogprob, ChoiceLogprobs, CompletionLogprobs, TopLogprob
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from engine.errors import EngineError
+from engine.api.errors import EngineError
 from server.config import ServerConfig
 from server.errors import ErrorResponse
 from server.schemas import (

@@ -21,7 +21,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from engine.protocol import EngineClient
+from engine.api.protocol import EngineClient
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ do not know, so clients that send newer OpenAI options that do not change the an
 Options that would change the answer and that we cannot serve (`suffix`, `best_of` > 1, audio output,
 web search) are refused with a 400 naming the field rather than silently dropped. `response_format`,
 `tools`, `tool_choice` and `parallel_tool_calls` are served (grammar-constrained decoding and tool-call
-parsing: `server/chat.py`, `engine/grammar.py`, `engine/tool_calls.py`).
+parsing: `server/chat.py`, `engine/core/grammar.py`, `engine/core/tool_calls.py`).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from typing import TypeVar
 import anyio
 from starlette.requests import Request
 
-from engine.errors import EngineError
-from engine.protocol import EngineClient, GenerationRequest, TokenDelta, TokenLogprobs
+from engine.api.errors import EngineError
+from engine.api.protocol import EngineClient, GenerationRequest, TokenDelta, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

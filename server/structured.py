@@ -4,7 +4,7 @@
 tools the chat template renders, the grammar `Constraint` the engine enforces (JSON, or forced tool
 calls for `required` and a named function) and whether the output is parsed for `<tool_call>` blocks
 (`auto`, `required`, named). `ToolCalls` turns a choice's text, streamed or whole, into OpenAI
-`tool_calls` with the same parser (`engine.tool_calls`), so both forms give the same calls.
+`tool_calls` with the same parser (`engine.core.tool_calls`), so both forms give the same calls.
 Torch-free; the schemas themselves are compiled (and refused with a 400) by the engine.
 """
 
@@ -14,8 +14,8 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from engine.protocol import Constraint
-from engine.tool_calls import ParsedCall, ToolCallParser
+from engine.api.protocol import Constraint
+from engine.core.tool_calls import ParsedCall, ToolCallParser
 from server.errors import APIError
 from server.schemas import (
     ChatCompletionRequest,

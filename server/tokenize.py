@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from engine.protocol import TokenizeRequest as EngineTokenize
+from engine.api.protocol import TokenizeRequest as EngineTokenize
 from server.chat import messages_for_engine
 from server.deps import EngineDep
 from server.errors import APIError

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from engine.builtin import load_builtin
-from engine.loader import CacheBudget
+from engine.model.builtin import load_builtin
+from engine.model.loader import CacheBudget
 from predictors.bundle import save_bundle
 from predictors.fingerprint import model_fingerprint
 from predictors.model import PredictorBank

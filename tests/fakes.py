@@ -1,7 +1,7 @@
-"""A small scripted engine implementing `engine.protocol.EngineClient`, for HTTP-layer tests.
+"""A small scripted engine implementing `engine.api.protocol.EngineClient`, for HTTP-layer tests.
 
 Tokens are UTF-8 bytes (id 0-255) plus EOS (256), so multi-byte characters span several tokens and
-the real `engine.text_stream.TextStream` must keep them whole. The text is a word sequence drawn
+the real `engine.core.text_stream.TextStream` must keep them whole. The text is a word sequence drawn
 from a generator seeded by the prompt (greedy, temperature 0) or by the request seed (sampling); it
 ends with EOS after `eos_after` tokens unless max_tokens or a stop string ends it first. Requests
 beyond `max_running` wait (FIFO); more than `max_waiting` waiting raise QueueFull. The model card
@@ -10,7 +10,7 @@ than the context raise PromptTooLong, prompt + max_tokens beyond it MaxTokensToo
 asked for, follow a fixed made-up distribution (the chosen byte 1/2, the next bytes 1/4, 1/8, ...);
 tokenize/detokenize are the byte tokenizer's. `aborted`
 and `health().running` let tests see that a disconnect freed the engine. Request metrics and
-simulated expert-cache counters go through the real `engine.metrics.Metrics`.
+simulated expert-cache counters go through the real `engine.api.metrics.Metrics`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import random
 import time
 from collections.abc import AsyncIterator
 
-from engine.errors import EngineError, InvalidRequest, MaxTokensTooLarge, PromptTooLong, QueueFull
-from engine.metrics import Metrics
-from engine.protocol import (
+from engine.api.errors import EngineError, InvalidRequest, MaxTokensTooLarge, PromptTooLong, QueueFull
+from engine.api.metrics import Metrics
+from engine.api.protocol import (
     EngineHealth,
     GenerationRequest,
     Logprob,
@@ -33,8 +33,8 @@ from engine.protocol import (
     TokenizeRequest,
     TokenLogprobs,
 )
-from engine.stats import CacheCounters, RequestStats
-from engine.text_stream import TextStream
+from engine.api.stats import CacheCounters, RequestStats
+from engine.core.text_stream import TextStream
 
 EOS = 256
 WORDS = (

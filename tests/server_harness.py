@@ -20,7 +20,7 @@ import openai
 import uvicorn
 from fastapi import FastAPI
 
-from engine.protocol import EngineClient
+from engine.api.protocol import EngineClient
 from server.app import create_app
 from server.config import ServerConfig
 

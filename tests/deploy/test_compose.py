@@ -24,7 +24,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from engine.config import POLICIES
+from engine.api.policies import POLICIES
 from moe_prefetch.settings import describe_variables
 
 ROOT = Path(__file__).resolve().parents[2]

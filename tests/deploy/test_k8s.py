@@ -29,7 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from engine.config import POLICIES
+from engine.api.policies import POLICIES
 from moe_prefetch.settings import describe_variables
 from server.run import run_server
 
@@ -301,7 +301,7 @@ def test_autoscaling_on_the_queue(rendered) -> None:
     for rule in adapter["rules"] + adapter["externalRules"]:
         assert rule["seriesQuery"].startswith("moe_requests_waiting{")
         assert "<<.Series>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
-    exposition = (ROOT / "engine" / "metrics.py").read_text()
+    exposition = (ROOT / "engine" / "api" / "metrics.py").read_text()
     assert '"moe_requests_waiting"' in exposition
 
 

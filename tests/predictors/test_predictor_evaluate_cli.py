@@ -9,7 +9,7 @@ import torch
 from predictor_fixtures import write_synthetic_traces
 from typer.testing import CliRunner
 
-from engine.errors import BundleMismatch
+from engine.api.errors import BundleMismatch
 from predictors.bundle import load_bundle
 from predictors.cli import app
 from predictors.evaluate import evaluate, plot_result, result_table

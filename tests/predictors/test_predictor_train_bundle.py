@@ -6,7 +6,7 @@ import pytest
 import torch
 from predictor_fixtures import write_synthetic_traces
 
-from engine.errors import BundleMismatch
+from engine.api.errors import BundleMismatch
 from predictors.bundle import bundle_manifest, load_bundle, save_bundle
 from predictors.traces import TraceSet, split_by_prompt
 from predictors.train import train_bank, warmup_cosine

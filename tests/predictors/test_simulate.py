@@ -15,12 +15,13 @@ import random
 import pytest
 import torch
 
-from engine.config import POLICIES, EngineConfig
-from engine.loader import CacheBudget, load_checkpoint
-from engine.prefetch import build_prefetcher
-from engine.routing_trace import RoutingRecorder
-from engine.runner import ModelRunner
-from engine.stats import PER_LAYER
+from engine.api.config import EngineConfig
+from engine.api.policies import POLICIES
+from engine.api.stats import PER_LAYER
+from engine.model.loader import CacheBudget, load_checkpoint
+from engine.prefetch.build import build_prefetcher
+from engine.prefetch.routing_trace import RoutingRecorder
+from engine.runner.runner import ModelRunner
 from predictors.eviction import LFU, LRU, Belady
 from predictors.fingerprint import model_fingerprint, router_params
 from predictors.model import PredictorBank
@@ -50,7 +51,7 @@ def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp
         bank = PredictorBank(2, d, e, len(om.layers), hidden=32).eval()
     pf = build_prefetcher(om, config, bank=bank, manifest={"loss": "wbce"}) if policy != "none" else None
     rec = RoutingRecorder(len(om.layers))
-    om.cache.on_route = rec.record  # as engine/async_engine.py does for MOE_RECORD_ROUTING
+    om.cache.on_route = rec.record  # as engine/frontend/async_engine.py does for MOE_RECORD_ROUTING
     xs: list[list[torch.Tensor]] = [[] for _ in om.layers]
     hooks = [
         lay.input_layernorm.register_forward_hook(

@@ -10,7 +10,7 @@ import torch
 from predictor_fixtures import write_synthetic_traces
 from typer.testing import CliRunner
 
-from engine.routing_trace import RoutingRecorder
+from engine.prefetch.routing_trace import RoutingRecorder
 from predictors.bundle import save_bundle
 from predictors.cli import app
 from predictors.model import PredictorBank

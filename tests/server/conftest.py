@@ -20,7 +20,7 @@ def live() -> Iterator[Live]:
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
+    from engine.frontend.async_engine import AsyncEngine
     from tests.server.real_reference import CONFIG
 
     with live_server(AsyncEngine.from_config(CONFIG), timeout=120.0) as srv:

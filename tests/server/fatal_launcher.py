@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from engine.runner import ModelRunner
+from engine.runner.runner import ModelRunner
 from moe_prefetch.cli import main
 
 ILLEGAL = "CUDA error: an illegal memory access was encountered"

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-from engine.admission import tokenize
-from engine.async_engine import AsyncEngine
-from engine.config import EngineConfig
-from engine.protocol import GenerationRequest, SamplingParams
+from engine.api.config import EngineConfig
+from engine.api.protocol import GenerationRequest, SamplingParams
+from engine.frontend.admission import tokenize
+from engine.frontend.async_engine import AsyncEngine
 
 CONFIG = EngineConfig(device="cpu", max_running=4, max_waiting=16, seed=0)
 

@@ -169,7 +169,7 @@ class _DiesMidStream:
         return getattr(self.inner, name)
 
     async def generate(self, request):
-        from engine.errors import EngineDead
+        from engine.api.errors import EngineDead
 
         n = 0
         async for delta in self.inner.generate(request):

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.builtin import load_builtin
-from engine.config import EngineConfig
-from engine.errors import BundleMismatch, EngineError
-from engine.loader import CacheBudget
+from engine.api.config import EngineConfig
+from engine.api.errors import BundleMismatch, EngineError
+from engine.model.builtin import load_builtin
+from engine.model.loader import CacheBudget
 from tests.bundles import builtin_bundle
 from tests.server_harness import live_server
 
@@ -42,7 +42,7 @@ def sample(text: str, pattern: str) -> float:
 
 
 def engine(**kw):
-    from engine.async_engine import AsyncEngine
+    from engine.frontend.async_engine import AsyncEngine
 
     return AsyncEngine.from_config(EngineConfig(device="cpu", seed=0, **kw))
 

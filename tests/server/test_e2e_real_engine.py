@@ -1,6 +1,6 @@
 """End-to-end checks against the REAL engine (built-in model on CPU) behind the real server.
 
-Skipped until `engine.async_engine` exists. Nothing here knows the model's text in advance: stop
+Skipped until `engine.frontend.async_engine` exists. Nothing here knows the model's text in advance: stop
 strings are taken from a greedy answer, and seeds are compared run against run.
 """
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from engine.config import EngineConfig
+from engine.api.config import EngineConfig
 from tests.server_harness import Live, live_server, wait_until
 
 MSG = [{"role": "user", "content": "Write a short sentence about mixture-of-experts models."}]
@@ -21,7 +21,7 @@ MSG = [{"role": "user", "content": "Write a short sentence about mixture-of-expe
 @pytest.fixture(scope="module")
 def real_engine_app() -> Iterator[Live]:
     try:
-        from engine.async_engine import AsyncEngine
+        from engine.frontend.async_engine import AsyncEngine
     except ImportError:
         pytest.skip("real engine not merged yet")
     engine = AsyncEngine.from_config(EngineConfig(device="cpu", max_running=8, max_waiting=16, seed=0))

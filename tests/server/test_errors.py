@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from engine.errors import EngineDead
+from engine.api.errors import EngineDead
 from server.config import ServerConfig
 from tests.fakes import FakeEngine
 from tests.server_harness import live_server

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from engine.config import EngineConfig
+from engine.api.config import EngineConfig
 from tests.server_harness import Live, live_server, wait_until
 
 CHAT = "/v1/chat/completions"
@@ -27,7 +27,7 @@ MSG = [{"role": "user", "content": "Write a short sentence about ships."}]
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
+    from engine.frontend.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(
         EngineConfig(device="cpu", max_running=8, max_waiting=16, seed=0, max_model_len=512)

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from engine.logprobs import TokenTable
+from engine.core.logprobs import TokenTable
 from tests.server_harness import Live
 
 MSG = [{"role": "user", "content": "Write a short sentence about ships."}]

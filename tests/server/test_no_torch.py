@@ -19,7 +19,7 @@ class Block:
         return None
 
 sys.meta_path.insert(0, Block())
-import server.app, server.run, server.routes, engine.text_stream  # noqa
+import server.app, server.run, server.routes, engine.core.text_stream  # noqa
 from tests.fakes import FakeEngine
 app = server.app.create_app(FakeEngine())
 assert "torch" not in sys.modules and "transformers" not in sys.modules

@@ -23,7 +23,7 @@ def tokens(live: Live, **kw) -> list[bytes]:
 
 
 def as_bytes(ref: Reference, ids: list[int]) -> list[bytes]:
-    from engine.logprobs import TokenTable
+    from engine.core.logprobs import TokenTable
 
     table = TokenTable(ref.engine.tokenizer)
     return [bytes(table(i)[1]) for i in ids]

@@ -1,4 +1,4 @@
-"""A prompt that cannot fit the context window is refused before it is tokenised (engine.prompt_bound).
+"""A prompt that cannot fit the context window is refused before it is tokenised (engine.frontend.prompt_bound).
 
 Through the real server and the real engine (built-in model, CPU): a 4 MiB prompt, which takes seconds of
 tokenising, is a 400 `context_length_exceeded` well under a second. The bound itself is checked against
@@ -14,10 +14,10 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from engine.async_engine import AsyncEngine
-from engine.builtin import builtin_tokenizer
-from engine.config import EngineConfig
-from engine.prompt_bound import longest_token_bytes, max_prompt_chars, shrink_factor
+from engine.api.config import EngineConfig
+from engine.frontend.async_engine import AsyncEngine
+from engine.frontend.prompt_bound import longest_token_bytes, max_prompt_chars, shrink_factor
+from engine.model.builtin import builtin_tokenizer
 from tests.server_harness import Live, live_server
 
 BODY_LIMIT = 4 * 1024 * 1024

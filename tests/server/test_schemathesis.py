@@ -18,7 +18,7 @@ import pytest
 import schemathesis
 from schemathesis.engine import events, from_schema
 
-from engine.config import EngineConfig
+from engine.api.config import EngineConfig
 from tests.server_harness import Live, live_server
 
 CONTEXT = 48
@@ -57,7 +57,7 @@ negative_data_rejection.enabled = true
 
 @pytest.fixture(scope="module")
 def real_server() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
+    from engine.frontend.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(
         EngineConfig(device="cpu", max_running=4, max_waiting=16, seed=0, max_model_len=CONTEXT)

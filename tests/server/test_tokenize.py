@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.config import EngineConfig
+from engine.api.config import EngineConfig
 from tests.server_harness import Live, live_server
 
 TEXT = "héllo wörld 日本語 🙂"
@@ -16,7 +16,7 @@ MSG = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[Live]:
-    from engine.async_engine import AsyncEngine
+    from engine.frontend.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(EngineConfig(device="cpu", max_running=2, max_waiting=4, seed=0))
     with live_server(engine, timeout=120.0) as srv:

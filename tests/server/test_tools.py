@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import jsonschema
 import pytest
 
-from engine.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
+from engine.api.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
 from tests.server_harness import Live, live_server
 
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]

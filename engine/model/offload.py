@@ -1,0 +1,222 @@
+"""Routed experts computed straight from the cache's slot pool.
+
+`install_offload(model, cache, layers)` registers the `moe_offload` implementation in transformers'
+`ExpertsInterface` and switches the model to it, so the model's own forward and router run
+unchanged and only the experts' inner loop reads weights from cache slots. The math mirrors
+transformers' eager experts loop (same ops, experts in ascending id order, `index_add_` per
+expert), generic over the flags every v5 `Experts` module carries: gate or not, bias or not,
+transposed or not, a custom `_apply_gate`, an optional post-expert norm.
+
+Prefill (many tokens): experts run one after another in ascending id order; on CUDA each waits only
+for its own copy, so later experts are still arriving while earlier ones compute. When a layer needs
+more distinct experts than the cache can hold at once (long prefill with a small cache), they are
+processed in chunks, the next chunk's copies starting before the current chunk computes.
+
+Decode (a few tokens; the runner sets `cache.decode`): the routed experts are computed together
+from their slots by `GroupedExperts` (no per-expert host work). Run eagerly, the host reads the routed
+ids once (the layer's one sync) so the cache can make them resident; while a decode step is being
+captured as a CUDA graph, nothing runs on the host: `cache.decode.capture` records the routing (and
+ends the graph segment there when the host must decide what to load) and the slots come from the
+cache's device slot table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.experts.cache import Acquired, ExpertCache
+from engine.kernels.grouped_experts import GroupedExperts
+from engine.model.model_map import MoELayer, expert_param_names
+
+IMPLEMENTATION = "moe_offload"
+
+
+@dataclass
+class OffloadHandle:
+    layer: int  # MoE layer index (cache key)
+    cache: ExpertCache
+
+
+class RoutingCapture(Protocol):
+    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
+        """Called inside the capture; returns extra keyword arguments for `GroupedExperts.forward`."""
+        ...
+
+
+@dataclass
+class DecodeMode:
+    """Set on the cache (`cache.decode`) by the runner for the duration of a decode forward."""
+
+    grouped: GroupedExperts
+    capture: RoutingCapture | None = None  # set while the step is being captured as a CUDA graph
+    host_reads: bool = False  # streamed steps: eager runs use the kernels that can read host memory too
+    # [B] long on the device, row b -> the row whose routed experts row b computes with: b for the step's
+    # real rows, 0 for the padding rows of a step shape larger than its rows (None: no padding possible)
+    row_source: torch.Tensor | None = None
+
+
+def _project(mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    # x: [t, in]; w: [out, in] (or [in, out] when transposed) -> [t, out]
+    y = x @ w if mod.is_transposed else F.linear(x, w)
+    return y + b if b is not None else y
+
+
+def _expert_mlp(mod: nn.Module, weights: dict[str, torch.Tensor], slot: int, x: torch.Tensor) -> torch.Tensor:
+    has_bias = getattr(mod, "has_bias", False)
+    if mod.has_gate:
+        h = _project(
+            mod, x, weights["gate_up_proj"][slot], weights["gate_up_proj_bias"][slot] if has_bias else None
+        )
+        h = mod._apply_gate(h)  # [t, I]
+    else:
+        h = _project(mod, x, weights["up_proj"][slot], weights["up_proj_bias"][slot] if has_bias else None)
+        h = mod.act_fn(h)
+    h = _project(
+        mod, h, weights["down_proj"][slot], weights["down_proj_bias"][slot] if has_bias else None
+    )  # [t, D]
+    if getattr(mod, "has_post_expert_norm", False):
+        h = mod.post_expert_norm(h)
+    return h
+
+
+def _group_by_expert(idx: list[list[int]], num_experts: int) -> dict[int, tuple[list[int], list[int]]]:
+    """expert -> (top-k positions, token indices), ordered by (position, token) like eager's torch.where."""
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    k = len(idx[0]) if idx else 0
+    for p in range(k):
+        for t, row in enumerate(idx):
+            e = row[p]
+            if 0 <= e < num_experts:
+                g = groups.setdefault(e, ([], []))
+                g[0].append(p)
+                g[1].append(t)
+    return groups
+
+
+def offloaded_experts_forward(
+    self: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    # hidden_states: [T, D]; top_k_index, top_k_weights: [T, k]
+    handle: OffloadHandle = self._moe_offload
+    cache, layer = handle.cache, handle.layer
+    decode = cache.decode
+    if decode is not None and decode.row_source is not None:
+        # A padding row attends over its own (stale) KV row, so its router picks experts of its own; the host
+        # makes only the real rows' experts resident, and a slot-less expert read by a segmented step's kernels
+        # is an out-of-bounds read. Padding rows compute with row 0's experts instead (their output is dropped).
+        top_k_index = top_k_index.index_select(0, decode.row_source)  # [T, k]
+    if decode is not None and decode.capture is not None:  # inside a CUDA graph capture: no host work
+        extra = decode.capture.on_routing(layer, top_k_index)
+        return decode.grouped.forward(
+            self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights, **extra
+        )
+    groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer
+    experts = sorted(groups)
+    if cache.before_routing is not None:  # a prefetch still being issued for this layer finishes first
+        cache.before_routing()
+    cache.account_routing(layer, experts)
+    if not experts:
+        return torch.zeros_like(hidden_states)
+    if decode is not None and len(experts) <= cache.room_for(layer):
+        acq = cache.acquire(layer, experts)
+        try:
+            cache.sync_slot_table(layer)
+            # with host_reads, the same kernels a streamed step runs (nothing misses here: all acquired)
+            host = cache.store.layer_views(layer) if decode.host_reads else None
+            return decode.grouped.forward(
+                self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights, host=host
+            )
+        finally:
+            cache.release(acq)
+    return _experts_one_by_one(self, cache, layer, hidden_states, top_k_weights, groups, experts)
+
+
+def _experts_one_by_one(
+    mod: nn.Module,
+    cache: ExpertCache,
+    layer: int,
+    hidden_states: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    groups: dict[int, tuple[list[int], list[int]]],
+    experts: list[int],
+) -> torch.Tensor:
+    """Each routed expert on its own tokens, in ascending id order, like transformers' eager loop."""
+    out = torch.zeros_like(hidden_states)  # [T, D]
+    # Token/position indices for every expert, in one host->device copy.
+    flat_pos = [p for e in experts for p in groups[e][0]]
+    flat_tok = [t for e in experts for t in groups[e][1]]
+    pos_tok = torch.tensor([flat_pos, flat_tok], dtype=torch.long)  # [2, S]
+    if hidden_states.device.type == "cuda":
+        pos_tok = pos_tok.pin_memory().to(hidden_states.device, non_blocking=True)
+    starts, s = {}, 0
+    for e in experts:
+        starts[e] = s
+        s += len(groups[e][1])
+
+    def compute(acq: Acquired, each: bool) -> None:
+        for i, (e, slot) in enumerate(zip(acq.ids, acq.slots, strict=True)):
+            if each:
+                cache.wait_one(acq, i)  # this expert's copy only: later ones keep arriving meanwhile
+            a, b = starts[e], starts[e] + len(groups[e][1])
+            top_k_pos, token_idx = pos_tok[0, a:b], pos_tok[1, a:b]
+            y = _expert_mlp(mod, cache.weights, slot, hidden_states[token_idx])  # [t, D]
+            y = y * top_k_weights[token_idx, top_k_pos, None]
+            out.index_add_(0, token_idx, y.to(out.dtype))
+        if each:
+            cache.finish_waits(acq)
+
+    room = cache.room_for(layer)
+    if len(experts) <= room:
+        acq = cache.acquire(layer, experts, wait=False)
+        try:
+            compute(acq, each=True)
+        finally:
+            cache.release(acq)
+        return out
+
+    # More experts than fit: chunks; on CUDA, start the next chunk's copies before computing this one.
+    cache.unpin_prediction(layer)
+    room = max(1, cache.capacity - cache.pinned_slots())
+    lookahead = cache.cuda and room >= 2
+    size = room // 2 if lookahead else room
+    chunks = [experts[i : i + size] for i in range(0, len(experts), size)]
+    cur = cache.acquire(layer, chunks[0], wait=False)
+    for i in range(len(chunks)):
+        nxt = cache.acquire(layer, chunks[i + 1], wait=False) if lookahead and i + 1 < len(chunks) else None
+        try:
+            compute(cur, each=True)
+        finally:
+            cache.release(cur)
+        if i + 1 < len(chunks):
+            cur = nxt if nxt is not None else cache.acquire(layer, chunks[i + 1], wait=False)
+    return out
+
+
+def register_implementation() -> None:
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(IMPLEMENTATION, offloaded_experts_forward)
+
+
+def strip_expert_weights(experts: nn.Module) -> None:
+    """Replace the module's 3-D expert weights by empty meta tensors so nothing holds them twice."""
+    for name in expert_param_names(experts):
+        p = getattr(experts, name)
+        setattr(
+            experts,
+            name,
+            nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False),
+        )
+
+
+def install_offload(model: nn.Module, cache: ExpertCache, layers: list[MoELayer]) -> None:
+    """Point every MoE layer's experts at the cache and switch the model to `moe_offload`."""
+    register_implementation()
+    for layer in layers:
+        layer.experts._moe_offload = OffloadHandle(layer=layer.index, cache=cache)
+    model.set_experts_implementation(IMPLEMENTATION)

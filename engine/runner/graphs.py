@@ -1,0 +1,255 @@
+"""Decode steps captured as CUDA graphs and replayed, with the host deciding only what it must.
+
+A decode step (B rows, attention over kv_len positions) is captured once and then replayed for every
+later step of that shape. The model's own forward runs during capture; the points where the host has
+to act end one graph segment and start the next:
+
+- `route`: a MoE layer's router has picked experts. The segment ends there; at replay the routed ids
+  are copied to pinned host memory and the host reads them (the layer's one sync), the cache makes those
+  experts resident (demand copies on its copy stream, the compute stream waiting on their events),
+  the layer's slot-table row goes to the device, and the next segment computes the experts from
+  their slots, then runs on to the next layer's router (or prediction tap).
+- `predict` (with a prefetch policy): a layer's pre-attention tap has scored experts. The segment ends
+  there; at replay the id table is copied to the host, the host launches the next segment (the layer's
+  attention and router) first, then waits for the table and issues the prefetch copies, which run on
+  the copy stream while that attention computes.
+
+Device-to-host copies happen between replays, not inside graphs (a graph writing pinned memory is
+what torch's host allocator handles worst); each costs one small copy launch.
+
+When the cache holds every expert (it never misses), nothing needs the host: the whole step is one
+graph, the slots come from the device slot table, and the routed ids go to a device log that is read
+after the step for the cache counters.
+
+Streamed steps (the default where the expert store is mapped into the GPU's address space and every
+MoE layer runs the fused SiLU kernels) are whole-step graphs at any cache size: a routed expert with no
+slot in the device table is read from host memory by the expert kernels themselves, over PCIe. The
+step logs its routed ids, the slot each pair was read from and each prefetch tap's prediction; the host
+reads the logs one step late (while the next step runs), counts hits and misses, scores the predictions
+and queues the missed and predicted experts, which `ExpertCache.stream_publish` copies in before a
+later step (see `engine.experts.cache` for why no step ever reads a slot being written). So prefetch
+works behind the steps: an expert missed or predicted in step t is copied while step t+2 runs and read
+from its slot from step t+3 on.
+
+A shape is captured on its first use, right after an eager run of the same shape on the capture
+stream (which gives that step's result and warms every kernel, Triton autotuning included). Every
+capture shares one memory pool; segments replay in capture order and one step's outputs are
+consumed before another shape's graphs run, which is what sharing a pool requires. If a family's
+forward cannot be captured (a host sync inside it), the runner logs why and stays eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.experts.cache import Acquired, ExpertCache
+from engine.prefetch.policies import union_best_first
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Action:
+    kind: str  # "route" or "predict"
+    layer: int  # the MoE layer routed, or the one the prediction is for
+    dev: torch.Tensor | None  # the segment's static result (ids); None for a host-only prediction (oracle)
+    issuer: object | None = None  # the prefetcher that turns a prediction into copies
+    host: torch.Tensor | None = None  # pinned, same shape as `dev`, filled after each replay
+
+
+@dataclass
+class StepGraph:
+    batch: int
+    kv_len: int
+    ids: torch.Tensor  # [B, 1] static input
+    pos: torch.Tensor  # [B] static input
+    src: torch.Tensor | None = None  # [B] static input: each row's routing source (None: B rows always real)
+    segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = field(default_factory=list)
+    events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
+    logits: torch.Tensor | None = None  # [B, V] static output
+    whole: bool = False  # one graph for the step (every expert resident, or streamed)
+    stream: bool = False  # streamed: missing experts are read from host memory inside the step
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # whole-step graphs' device logs, by name
+    logs_host: list[dict[str, torch.Tensor]] = field(default_factory=list)  # two pinned copies, in turn
+    predictors: dict[int, object] = field(default_factory=dict)  # streamed: target layer -> its prefetcher
+
+    def pin_buffers(self) -> None:
+        """Pinned host buffers for every device result the host reads (made after capture, not during)."""
+        for _, action in self.segments:
+            if action is not None and action.dev is not None:
+                action.host = torch.empty(action.dev.shape, dtype=action.dev.dtype, pin_memory=True)
+        # two of each log, so a step's logs are read while the next step's are copied
+        self.logs_host = [
+            {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in self.logs.items()}
+            for _ in range(2)
+        ]
+
+    def copy_logs(self, turn: int) -> dict[str, torch.Tensor]:
+        """Queue the copies of this step's logs to host buffer `turn` (on the current stream)."""
+        host = self.logs_host[turn]
+        for name, t in self.logs.items():
+            host[name].copy_(t, non_blocking=True)
+        return host
+
+
+class GraphCapture:
+    """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
+
+    def __init__(self, pool, whole: bool, layers: int, host_views=None) -> None:
+        """whole: the step is one graph; `host_views(layer)` (streamed steps): the layer's experts in
+        mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot."""
+        self.pool = pool
+        self.whole = whole
+        self.host_views = host_views
+        self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
+        self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
+        # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
+        self.predictors: dict[int, object] = {}
+        self._layers = layers
+        self._cur = torch.cuda.CUDAGraph()
+        self._cur.capture_begin(pool=pool, capture_error_mode="thread_local")
+        self._open = True
+
+    def split(self, action: Action) -> None:
+        self._cur.capture_end()
+        self.segments.append((self._cur, action))
+        self._cur = torch.cuda.CUDAGraph()
+        self._cur.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+
+    def close(self) -> None:
+        self._cur.capture_end()
+        self._open = False
+        self.segments.append((self._cur, None))
+
+    def abort(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._cur.capture_end()
+            except Exception:  # the capture was already invalidated; ending it is all that is left
+                pass
+
+    # ---------------------------------------------------------------- called from the model's forward
+    def _log(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The per-layer device log `name` ([L, *shape]; made on first use in the graph's pool, so it lives
+        as long as the graph; every layer's row is written by every replay)."""
+        log_ = self.logs.get(name)
+        if log_ is None:
+            log_ = self.logs[name] = torch.empty((self._layers, *shape), dtype=dtype, device=device)
+        return log_
+
+    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
+        # top_k_index: [B, k] on the device
+        if self.whole:
+            dev = top_k_index.device
+            self._log("route", tuple(top_k_index.shape), top_k_index.dtype, dev)[layer].copy_(top_k_index)
+            if self.host_views is None:
+                return {}
+            slots = self._log("slots", (top_k_index.numel(),), torch.int32, dev)
+            return {"host": self.host_views(layer), "slot_log": slots[layer]}  # the kernels write the log
+        self.split(Action("route", layer, top_k_index))
+        return {}
+
+    def on_prediction(self, issuer, target: int, table: torch.Tensor | None) -> None:
+        """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
+        if self.whole:
+            if self.host_views is not None:  # streamed: logged, filled in behind the steps
+                self.predictors[target] = issuer
+                if table is not None:
+                    self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
+            return  # every expert is resident, or streamed: nothing to decide inside the step
+        self.split(Action("predict", target, table, issuer))
+
+
+class GraphReplayer:
+    """Runs a captured step: replays its segments and does each segment's host action."""
+
+    def __init__(self, cache: ExpertCache) -> None:
+        self.cache = cache
+
+    def replay(self, sg: StepGraph, n: int) -> None:
+        cache = self.cache
+        stream = torch.cuda.current_stream(cache.device)
+        held: list[Acquired] = []
+        predictions: list[tuple[Action, torch.cuda.Event, float]] = []
+        ready: tuple[Action, list[int]] | None = None  # routed experts already usable on the device
+        for (graph, action), ev in zip(sg.segments, sg.events, strict=True):
+            graph.replay()
+            for acq in held:  # the experts of the last routed layer are in this segment: now they may go
+                cache.release(acq)
+            held.clear()
+            if ready is not None:  # their segment is queued: the bookkeeping runs while it computes
+                held.append(self._route(*ready))
+                ready = None
+            if action is None:
+                continue
+            if action.dev is not None:
+                action.host.copy_(action.dev, non_blocking=True)
+            ev.record(stream)
+            if action.kind == "predict":
+                predictions.append((action, ev, time.perf_counter()))
+                continue
+            for pred, pev, t0 in predictions:  # the attention segment is queued: now issue the copies
+                pev.synchronize()
+                pred.issuer.issue_captured(pred.layer, pred.host, n, t0)
+            predictions.clear()
+            ev.synchronize()  # the routed ids are on the host
+            experts = sorted(set(action.host[:n].reshape(-1).tolist()))
+            if cache.ready_on_device(action.layer, experts):
+                ready = (action, experts)  # launch the next segment first
+            else:
+                held.append(self._route(action, experts))
+        if ready is not None:
+            held.append(self._route(*ready))
+        for acq in held:
+            cache.release(acq)
+
+    def _route(self, action: Action, experts: list[int]) -> Acquired:
+        cache = self.cache
+        cache.account_routing(action.layer, experts)
+        acq = cache.acquire(action.layer, experts)  # demand copies; the compute stream waits on them
+        cache.sync_slot_table(action.layer)
+        return acq
+
+    def account_whole_step(self, logs: dict[str, torch.Tensor], n: int) -> None:
+        """After a whole-step graph with every expert resident ran: resident hits from its routing log
+        (pinned [L, B, k], copied after the replay)."""
+        if "route" not in logs:
+            return
+        routed = logs["route"][:, :n].flatten(1).tolist()
+        for layer, ids in enumerate(routed):
+            self.cache.count_resident(layer, sorted(set(ids)))
+
+    def account_streamed_step(self, sg: StepGraph, logs: dict[str, torch.Tensor], n: int) -> None:
+        """After a streamed step ran: count its hits and misses, score its predictions, and queue the
+        missed experts, then the predicted ones, to be copied in before a later step."""
+        cache = self.cache
+        if "route" not in logs:
+            return
+        layers, batch, k = logs["route"].shape
+        routed = logs["route"][:, :n].reshape(layers, -1).tolist()
+        seen = logs["slots"].view(layers, batch, k)[:, :n].reshape(layers, -1).tolist()
+        preds = logs["pred"][:, :n].tolist() if "pred" in logs else None
+        wanted: list[tuple[int, list[int]]] = []
+        for layer in range(layers):
+            slot_of: dict[int, int] = {}
+            for e, slot in zip(routed[layer], seen[layer], strict=True):
+                slot_of.setdefault(e, slot)
+            predicted = None
+            issuer = sg.predictors.get(layer)
+            if issuer is not None:
+                if issuer.replay is not None:  # oracle: the recorded routing of this step
+                    ids = list(issuer.replay.next(layer))
+                else:
+                    ids = union_best_first(preds[layer], issuer.policy.counted)
+                issuer.predictions += 1
+                predicted = set(ids)
+                wanted.append((layer, ids))
+            misses = cache.stream_account(layer, list(slot_of), list(slot_of.values()), predicted)
+            cache.stream_queue(layer, misses)
+        for layer, ids in wanted:
+            cache.stream_queue(layer, ids, prefetch=True)

@@ -1,0 +1,471 @@
+"""Runs the model: a sequence's prefill into one KV row, and batched decode steps over rows 0..n-1.
+
+Knows nothing about requests, text or queues: it turns token ids into next-token logits. The KV cache
+is static (`engine.runner.kv_cache`), so a decode step of a given shape always looks the same; on CUDA it is
+captured once as CUDA graphs and replayed (`engine.runner.graphs`), and on the CPU, or where capture is
+off or failed, the same forward runs eagerly. Prefill always runs eagerly (its length varies), with
+the experts computed one by one so their copies overlap (`engine.model.offload`). On CUDA with Triton, a
+decode step's attention runs as one kernel per layer (`engine.model.decode_attention`: the runner switches its
+own model to it) and its KV write as another (`engine.runner.kv_cache`).
+
+Where the expert store is mapped into the GPU's address space and every MoE layer runs the fused SiLU
+expert kernels, decode steps are streamed (`host_reads`): one graph per step at any cache size, the
+experts with no slot read from host memory by the kernels, the cache filled behind the steps
+(`engine.runner.graphs`). Otherwise a step whose experts may miss is captured in segments, the host
+making each layer's experts resident before they compute. Where both are possible the runner picks per
+step: streamed while the recent steps missed fewer than `stream_miss_limit` bytes of experts, segmented
+above it, back to streamed below half of it (a streamed step's miss crosses PCIe twice, read by the
+kernels and then filled in behind the step; with many misses that costs more than the host's decisions).
+
+Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
+together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from engine.experts.pinned import device_readable
+from engine.kernels.fused_norm import fuse_rms_norms
+from engine.kernels.fused_rope import fused_rope_active, install_fused_rope
+from engine.kernels.fused_router import fuse_routers
+from engine.kernels.grouped_experts import GroupedExperts, triton_available
+from engine.model.decode_attention import KWARG as DECODE_ATTENTION_KWARG
+from engine.model.decode_attention import use_decode_attention
+from engine.model.loader import OffloadedModel
+from engine.model.offload import DecodeMode
+from engine.runner.graphs import GraphCapture, GraphReplayer, StepGraph
+from engine.runner.kv_cache import MaskBuilder, StaticKV
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LEN = 4096  # positions per KV row when neither the caller nor the model says fewer
+MIN_KV_BUCKET = 64
+STREAM_INFLIGHT_BYTES = 512 * 2**20  # streamed steps: expert copies in flight at once (~10 ms of PCIe)
+# streamed steps while the recent steps missed fewer expert bytes than this per step (measured on an H200,
+# docs/performance.md: at 24 MB per step streamed steps were 24% faster, at 179 MB 4% slower)
+STREAM_MISS_LIMIT = 128 * 2**20
+
+
+class StreamChoice:
+    """Streamed or segmented decode steps, from the expert bytes recent steps missed: a moving average
+    (weight 0.2 on the newest step), segmented above `limit` bytes per step, streamed again below half."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.miss_bytes = 0.0
+        self.streaming = True
+
+    def update(self, missed_bytes: float) -> bool:
+        """Account one step's missed bytes; True if the next step should be streamed."""
+        self.miss_bytes = 0.8 * self.miss_bytes + 0.2 * missed_bytes
+        if self.streaming and self.miss_bytes > self.limit:
+            self.streaming = False
+        elif not self.streaming and self.miss_bytes < self.limit / 2:
+            self.streaming = True
+        return self.streaming
+
+
+def _bucket(n: int, smallest: int, largest: int) -> int:
+    b = smallest
+    while b < n:
+        b *= 2
+    return min(b, largest)
+
+
+def _pads(batch: int, rows: int) -> bool:
+    """Whether a decode step of `batch` rows can run fewer real rows (n < batch with the same bucket)."""
+    return batch > 1 and _bucket(batch - 1, 1, rows) == batch
+
+
+def _row_sources(n: int, batch: int) -> list[int]:
+    """Row b's routing source in a step of `n` real rows padded to `batch`: itself, or row 0 for padding."""
+    return list(range(n)) + [0] * (batch - n)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        om: OffloadedModel,
+        rows: int = 1,
+        max_len: int | None = None,
+        graphs: bool | None = None,
+        attention_kernels: bool | None = None,
+        kernels: bool = True,
+        host_reads: bool = True,
+        stream_miss_mb: float | None = STREAM_MISS_LIMIT / 2**20,
+    ) -> None:
+        """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
+        kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
+        step's KV write and attention as Triton kernels where they can run (None: on CUDA with Triton when
+        `kernels`; True also on CPU under Triton's interpreter, for tests; False: never). The attention
+        kernel needs the model on sdpa attention; it then switches the model to it. host_reads: stream
+        decode steps where the store and the experts allow it; stream_miss_mb: the missed MB per step
+        above which they are segmented instead (None or 0: always streamed; see the module's docstring)."""
+        self.om = om
+        self.model = om.model
+        self.device = om.device
+        cfg = om.model.config
+        model_len = int(getattr(cfg, "max_position_embeddings", DEFAULT_MAX_LEN) or DEFAULT_MAX_LEN)
+        self.max_len = min(max_len or DEFAULT_MAX_LEN, model_len)
+        self.rows = rows
+        self.kernels = kernels
+        self.use_triton = kernels and triton_available(self.device)
+        attn = self.use_triton if attention_kernels is None else attention_kernels
+        self.kv = StaticKV(rows, self.max_len, self.device, fused_write=attn)
+        self.masks = MaskBuilder(cfg, om.dtype, self.device)
+        self.attention = None  # the DecodeAttention passed with every forward; None: the model's own
+        if attn:
+            windows = [self.masks.layer_window(i) for i in range(cfg.num_hidden_layers)]
+            self.attention = use_decode_attention(om.model, self.kv, windows)
+        self._forward_kwargs = {} if self.attention is None else {DECODE_ATTENTION_KWARG: self.attention}
+        if getattr(cfg, "output_router_logits", False):
+            cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
+        self.fused_rope = (
+            False  # RoPE as one kernel inside this runner's forwards (`engine.kernels.fused_rope`)
+        )
+        self.fused_routers = (
+            0  # routers whose softmax/top-k run as one kernel (`engine.kernels.fused_router`)
+        )
+        if self.use_triton:
+            n = fuse_rms_norms(om.model)
+            self.fused_routers = fuse_routers(om.model)
+            log.debug("%d RMSNorm modules and %d routers run fused", n, self.fused_routers)
+            self.fused_rope = install_fused_rope(om.model)
+            log.debug("RoPE %s", "runs as one fused kernel" if self.fused_rope else "stays unfused")
+        cuda = self.device.type == "cuda"
+        self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
+        self.host_reads = host_reads
+        self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
+        # bytes per step; None: always streamed
+        self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
+        self._choice = StreamChoice(self.stream_miss_limit or 0)
+        self._missed_seen = 0  # the cache's missed-expert count when last looked at
+        self.graph_failure: str | None = None
+        self.reset_steps()
+        self._graphs: dict[tuple[int, int, bool], StepGraph] = {}  # (rows, KV positions, streamed)
+        self._graph_cache = None  # the expert cache the graphs read (slot pool, slot table)
+        self._pool = None
+        self._stream = torch.cuda.Stream(device=self.device) if cuda else None
+        self._staging = torch.zeros((3, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions, sources
+        self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
+        # whole-step graphs: the routing log of step t is read after step t+1 is launched, so the GPU
+        # never waits for the host between steps; two events and host buffers, used in turn
+        self._whole_done = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
+        self._whole_turn = 0
+        self._pending_whole: list[tuple[StepGraph, dict | None, int, torch.cuda.Event]] = []
+        self._grouped: GroupedExperts | None = None
+
+    # ---------------------------------------------------------------- set-up
+    @torch.inference_mode()
+    def allocate(self) -> int:
+        """Allocate the KV cache now (a one-token prefill into row 0); returns its bytes."""
+        if not self.kv.allocated:
+            self.prefill(0, [0])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return self.kv.nbytes
+
+    def invalidate(self) -> None:
+        """Forget captured graphs (after the cache or the prefetch policy changed) and try capturing again.
+
+        The next captures get a fresh memory pool: a pool whose graphs were all destroyed is not reused
+        (torch 2.11's pinned-memory allocator asserts on it)."""
+        self._settle()
+        self._graphs.clear()
+        self._pool = None
+        self._grouped = None
+        self._graph_cache = None
+        self.graph_failure = None
+        self._streams = None
+        self._choice = StreamChoice(self.stream_miss_limit or 0)
+
+    def grouped(self) -> GroupedExperts:
+        cache = self.om.cache
+        if self._grouped is None or self._grouped.weights is not cache.weights:
+            self._grouped = GroupedExperts(cache.weights, self.use_triton)
+        return self._grouped
+
+    @property
+    def streams(self) -> bool:
+        """Whether decode steps are streamed: captured whole at any cache size, misses read from host."""
+        if self._streams is None:
+            self._streams = self._can_stream()
+        return self._streams
+
+    def _can_stream(self) -> bool:
+        if not (self.host_reads and self.graphs_enabled and self.use_triton):
+            return False
+        store = self.om.store
+        if not all(device_readable(store.row(lay.index, 0)) for lay in self.om.layers):
+            log.info(
+                "decode steps are not streamed: the expert store is not mapped into the GPU's address space"
+            )
+            return False
+        grouped = self.grouped()
+        odd = {type(lay.experts).__name__ for lay in self.om.layers if not grouped.reads_host(lay.experts)}
+        if odd:
+            log.info("decode steps are not streamed: %s experts do not run the fused kernels", ", ".join(odd))
+            return False
+        return True
+
+    # ---------------------------------------------------------------- forwards
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask) -> torch.Tensor:
+        # ids, pos: [B, t] -> next-token logits [B, V]. Every prefill, eager decode step and graph capture
+        # runs here, so the fused RoPE is on exactly for the runner's own forwards (replays need nothing)
+        with fused_rope_active() if self.fused_rope else contextlib.nullcontext():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.kv,
+                use_cache=True,
+                logits_to_keep=1,
+                **self._forward_kwargs,
+            )
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def prefill(self, row: int, token_ids: list[int], start: int = 0) -> torch.Tensor:
+        """Feed a sequence's tokens at positions start.. into KV row `row`; next-token logits [V]."""
+        self._settle()
+        t = len(token_ids)
+        self.kv.set_prefill(row, start, t)
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)  # [1, t]
+        pos = torch.arange(start, start + t, device=self.device)[None]  # [1, t]
+        out = self._forward(ids, pos, self.masks.build(pos, start + t))[0]
+        self._missed_seen = self._missed()  # a prefill's loads say nothing about decode steps
+        return out
+
+    def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        # ids: [B, 1]; pos: [B] -> [B, V]
+        self.kv.set_decode(ids.shape[0], kv_len, pos)
+        q = pos[:, None]  # [B, 1]
+        return self._forward(ids, q, self.masks.build(q, kv_len))
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One new token for each of rows 0..n-1 (row i: `tokens[i]` at `positions[i]`); logits [n, V].
+
+        The result may be a view of a graph's static output: read it before the next step.
+        """
+        n = len(tokens)
+        if not 1 <= n <= self.rows:
+            raise ValueError(f"decode of {n} rows; the runner has {self.rows}")
+        need = max(positions) + 1
+        if need > self.max_len:
+            raise ValueError(f"position {need - 1} is past the KV cache's {self.max_len} positions")
+        batch = _bucket(n, 1, self.rows)
+        if self._graphs_usable(batch):
+            return self._decode_graph(tokens, positions, batch, _bucket(need, MIN_KV_BUCKET, self.max_len))
+        self._settle()
+        self.steps["eager"] += 1
+        return self._decode_eager(tokens, positions, n, need)[:n]
+
+    def _decode_eager(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
+        # padded rows repeat row 0's token and position (finite values, free KV rows) and route as row 0
+        n = len(tokens)
+        pad = batch - n
+        ids = torch.tensor([tokens + tokens[:1] * pad], dtype=torch.long, device=self.device).T  # [B, 1]
+        pos = torch.tensor(positions + positions[:1] * pad, dtype=torch.long, device=self.device)  # [B]
+        src = torch.tensor(_row_sources(n, batch), device=self.device) if pad else None  # [B]
+        cache = self.om.cache
+        cache.decode = DecodeMode(
+            self.grouped(), host_reads=self.graphs_enabled and self.streams, row_source=src
+        )
+        try:
+            return self._decode_forward(ids, pos, kv_len)
+        finally:
+            cache.decode = None
+
+    # ---------------------------------------------------------------- CUDA graphs
+    def _graphs_usable(self, batch: int) -> bool:
+        if self.device.type != "cuda" or not self.graphs_enabled or self.graph_failure is not None:
+            return False
+        cache = self.om.cache
+        if cache is not self._graph_cache:
+            self.invalidate()
+            self._graph_cache = cache
+        if self.streams:
+            return True  # a streamed step runs at any cache size
+        # a captured step cannot split a layer's experts into chunks: they must all fit at once
+        return cache.holds_everything or cache.capacity >= batch * self.om.top_k
+
+    def _missed(self) -> int:
+        """Routed experts the cache did not hold before their step's own prefetch (misses + prefetch hits)."""
+        c = self.om.cache.counters
+        return sum(c.misses) + sum(c.hits_prefetched)
+
+    def _choose_stream(self, batch: int) -> bool:
+        """Streamed or segmented for this step (see the module's docstring)."""
+        cache = self.om.cache
+        if not self.streams:
+            return False
+        if self.stream_miss_limit is None or cache.capacity < batch * self.om.top_k:
+            return True  # a segmented step needs room for a layer's experts at once
+        missed = self._missed()
+        self._choice.limit = self.stream_miss_limit
+        stream = self._choice.update((missed - self._missed_seen) * cache.layout.nbytes)
+        self._missed_seen = missed
+        return stream
+
+    def _decode_graph(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
+        n = len(tokens)
+        stream = self._choose_stream(batch)
+        sg = self._graphs.get((batch, kv_len, stream))
+        if sg is not None and sg.whole and not sg.stream and not self.om.cache.holds_everything:
+            self.invalidate()  # captured when everything was resident; no longer true
+            self._graph_cache = self.om.cache
+            sg = None
+        if sg is None:
+            return self._warm_and_capture(tokens, positions, batch, kv_len, stream)
+        if not sg.whole:
+            self._settle()  # the host decides what to load from here on: every count must be in
+        self._staged.synchronize()  # the staging buffer's last copy is done before it is rewritten
+        pad = batch - n
+        self._staging[0, :batch] = torch.tensor(tokens + tokens[:1] * pad)
+        self._staging[1, :batch] = torch.tensor(positions + positions[:1] * pad)
+        sg.ids.copy_(self._staging[0, :batch, None], non_blocking=True)
+        sg.pos.copy_(self._staging[1, :batch], non_blocking=True)
+        if sg.src is not None:
+            self._staging[2, :batch] = torch.tensor(_row_sources(n, batch))
+            sg.src.copy_(self._staging[2, :batch], non_blocking=True)
+        self._staged.record()
+        if sg.whole:
+            # the table as the step must see it; streamed: the copies earlier steps asked for start behind it
+            self.om.cache.stream_publish(STREAM_INFLIGHT_BYTES)
+            for graph, _ in sg.segments:
+                graph.replay()
+            turn = self._whole_turn
+            self._whole_turn ^= 1
+            host = sg.copy_logs(turn) if sg.logs else None
+            self._whole_done[turn].record()
+            self._settle()  # the previous step's logs, while this one runs
+            self._pending_whole.append((sg, host, n, self._whole_done[turn]))
+        else:
+            GraphReplayer(self.om.cache).replay(sg, n)
+        self.steps["graph"] += 1
+        self.steps["streamed"] += sg.stream
+        self.steps["segmented"] += not sg.whole
+        return sg.logits[:n]
+
+    def _warm_and_capture(
+        self, tokens: list[int], positions: list[int], batch: int, kv_len: int, stream: bool
+    ):
+        """Run this step eagerly on the capture stream (its result is returned), then capture its shape."""
+        self._settle()
+        cur = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(cur)
+        with torch.cuda.stream(self._stream):
+            out = self._decode_eager(tokens, positions, batch, kv_len)
+        cur.wait_stream(self._stream)
+        self.steps["eager"] += 1
+        try:
+            self._capture(batch, kv_len, stream)
+        except Exception as err:  # a family whose forward syncs with the host cannot be captured
+            self.graph_failure = f"{type(err).__name__}: {err}"
+            self._graphs.clear()
+            log.warning("decode steps stay eager: capturing one failed (%s)", self.graph_failure)
+        return out[: len(tokens)]
+
+    def _capture(self, batch: int, kv_len: int, stream: bool) -> None:
+        cache = self.om.cache
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        whole = stream or cache.holds_everything
+        sg = StepGraph(
+            batch,
+            kv_len,
+            ids=torch.zeros((batch, 1), dtype=torch.long, device=self.device),
+            pos=torch.zeros((batch,), dtype=torch.long, device=self.device),
+            src=torch.arange(batch, device=self.device) if _pads(batch, self.rows) else None,
+            whole=whole,
+            stream=stream,
+        )
+        torch.cuda.synchronize(self.device)
+        cap = None
+        with torch.cuda.stream(self._stream):
+            try:
+                views = self.om.store.layer_views if stream else None
+                cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views)
+                cache.decode = DecodeMode(self.grouped(), capture=cap, row_source=sg.src)
+                sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
+                cap.close()
+            except BaseException:
+                if cap is not None:
+                    cap.abort()
+                raise
+            finally:
+                cache.decode = None
+        torch.cuda.synchronize(self.device)
+        sg.segments = cap.segments
+        sg.logs = cap.logs
+        sg.predictors = cap.predictors
+        sg.pin_buffers()
+        sg.events = [torch.cuda.Event() for _ in sg.segments]
+        self._graphs[(batch, kv_len, stream)] = sg
+        self.steps["captures"] += 1
+        log.info(
+            "captured decode step: %d rows, %d KV positions, %s",
+            batch,
+            kv_len,
+            "one streamed graph"
+            if stream
+            else "one graph"
+            if whole
+            else f"{len(sg.segments)} graph segments",
+        )
+
+    def _settle(self) -> None:
+        """Account the launched whole-step graphs' routing, waiting for them to have run."""
+        while self._pending_whole:
+            sg, host, n, done = self._pending_whole.pop(0)
+            done.synchronize()
+            if host is None:
+                continue
+            if sg.stream:
+                GraphReplayer(self.om.cache).account_streamed_step(sg, host, n)
+            else:
+                GraphReplayer(self.om.cache).account_whole_step(host, n)
+
+    def reset_steps(self) -> None:
+        """Zero the step counts (`steps`: graph steps, of which streamed and segmented; eager; captures)."""
+        self.steps = {"graph": 0, "eager": 0, "captures": 0, "streamed": 0, "segmented": 0}
+
+    def step_kinds(self) -> dict[str, int]:
+        """Decode steps run so far by kind (the `moe_decode_steps_total` metric)."""
+        s = self.steps
+        return {
+            "streamed": s["streamed"],
+            "segmented": s["segmented"],
+            "whole": s["graph"] - s["streamed"] - s["segmented"],
+            "eager": s["eager"],
+        }
+
+    # ---------------------------------------------------------------- rows and bookkeeping
+    @torch.inference_mode()
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        self.kv.move_row(src, dst, length)
+
+    def after_step(self) -> list[float]:
+        """Settle deferred accounting; read back stall timings that finished (CUDA), in seconds."""
+        self._settle()
+        return self.om.cache.flush_stalls() if self.om.cache.cuda else []
+
+    @torch.inference_mode()
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int, eos: set[int] | None = None) -> list[int]:
+        """Greedy decoding of one prompt in row 0 (tests and benchmarks)."""
+        logits = self.prefill(0, prompt_ids)
+        pos = len(prompt_ids)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            tok = int(torch.argmax(logits))
+            out.append(tok)
+            if eos and tok in eos:
+                break
+            logits = self.decode([tok], [pos])[0]
+            pos += 1
+        return out

@@ -1,0 +1,188 @@
+"""Decode steps as CUDA graphs (skipped without a GPU): same tokens as the unmodified transformers
+model, whole-step graphs when every expert is resident, streamed graphs (misses read from host memory)
+or segmented graphs with host decisions when not, with and without prefetch policies, at batch 1 and
+batched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from families import greedy_reference
+
+from engine.api.config import EngineConfig
+from engine.model.loader import CacheBudget, load_checkpoint
+from engine.prefetch.build import build_prefetcher
+from engine.runner.runner import ModelRunner
+from predictors.model import PredictorBank
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+CUDA = torch.device("cuda")
+NEW = 12
+FAMILIES = ["qwen3_moe", "deepseek_v2", "mixtral", "olmoe", "qwen2_moe", "gpt_oss"]
+NOT_STREAMED = {"gpt_oss"}  # biased experts: not the fused SiLU kernels, so steps stay segmented
+
+
+def reference(checkpoint, prompt: list[int]) -> list[int]:
+    return greedy_reference(checkpoint, prompt, NEW, device="cuda")
+
+
+def check_counts(om) -> dict:
+    c = om.counters.totals()
+    assert c["requests"] > 0
+    assert c["requests"] == c["hits_resident"] + c["hits_prefetched"] + c["misses"]
+    return c
+
+
+@pytest.mark.parametrize("host_reads", [True, False], ids=["streamed", "segmented"])
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.1], ids=["resident", "cache50", "cache10"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graphs_give_the_reference_tokens(family, fraction, host_reads, checkpoints, references):
+    prompt = references[family][0]
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=fraction))
+    if fraction == 1.0:
+        assert om.cache.load_all()
+    runner = ModelRunner(om, rows=2, host_reads=host_reads)
+    tokens = runner.greedy(prompt, NEW)
+    torch.cuda.synchronize()
+    runner.after_step()
+    streamed = host_reads and family not in NOT_STREAMED
+    assert runner.streams is streamed
+    assert runner.graph_failure is None
+    if streamed or fraction >= 0.5:  # a segmented step needs room for a layer's experts at once
+        assert runner.steps["captures"] >= 1 and runner.steps["graph"] >= NEW - 3
+    assert tokens == reference(checkpoints[family], prompt)
+    c = check_counts(om)
+    if fraction == 1.0:
+        assert c["misses"] == 0
+    if streamed:
+        assert c["bytes_demand"] == 0 or fraction < 1.0  # eager steps before the capture may copy
+        assert c["bytes_host_read"] == om.counters.bytes_host_read
+        if fraction == 0.1:
+            assert om.counters.bytes_host_read > 0 and om.counters.bytes_fill > 0
+
+
+def test_streamed_steps_read_misses_from_host_and_fill_the_cache(checkpoints, references):
+    """With a tiny cache every step misses; the kernels read from host memory, the fills land, and the
+    device table only ever points at complete slots (the tokens match the reference)."""
+    prompt = references["qwen3_moe"][0]
+    om = load_checkpoint(checkpoints["qwen3_moe"], CUDA, torch.float32, CacheBudget(fraction=0.25))
+    runner = ModelRunner(om, host_reads=True)
+    tokens = runner.greedy(prompt, 24)
+    torch.cuda.synchronize()
+    runner.after_step()
+    assert runner.streams and runner.graph_failure is None
+    assert tokens == greedy_reference(checkpoints["qwen3_moe"], prompt, 24, device="cuda")
+    c = check_counts(om)
+    assert c["misses"] > 0 and c["hits_resident"] > 0
+    assert om.counters.bytes_host_read == c["misses"] * om.store.layout.nbytes - om.counters.bytes_demand
+    table = om.cache.slot_dev.cpu()
+    for layer, e in om.cache.resident_keys()[:20]:  # every visible entry holds its expert's weights
+        slot = int(table[layer, e])
+        if slot >= 0:
+            assert torch.equal(om.cache.pool[slot].cpu(), om.store.row(layer, e))
+
+
+@pytest.mark.parametrize("policy", ["exact", "overprovision", "adaptive", "crosslayer"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2", "mixtral"])
+def test_graphs_with_prefetch_policies(family, policy, checkpoints, references):
+    prompt = references[family][0]
+    got = {}
+    for graphs in (True, False, "streamed"):  # True: segmented graphs
+        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+        torch.manual_seed(0)
+        bank = PredictorBank(
+            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32
+        )
+        pf = build_prefetcher(
+            om, EngineConfig(policy=policy), bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"}
+        )
+        runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
+        tokens = runner.greedy(prompt, NEW)
+        torch.cuda.synchronize()
+        runner.after_step()
+        pf.remove()
+        assert runner.graph_failure is None
+        assert (runner.steps["graph"] > 0) is (graphs is not False)
+        assert runner.streams is (graphs == "streamed")
+        got[graphs] = (tokens, check_counts(om))
+        assert got[graphs][1]["prefetch_issued"] > 0
+    assert got[True][0] == got[False][0] == got["streamed"][0] == reference(checkpoints[family], prompt)
+    for key in ("routed_scored", "predicted_routed", "prefetch_issued"):  # same predictions, same decisions
+        assert got[True][1][key] == got[False][1][key], key
+    # streamed: the predictions are scored the same; their copies are made one step behind
+    assert got["streamed"][1]["routed_scored"] == got[False][1]["routed_scored"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_online_recall_is_the_same_on_every_prediction_path(dtype, checkpoints, references):
+    """inline, worker thread, worker + per-tap graphs, captured decode steps: one prediction each."""
+    prompt = references["qwen3_moe"][0]
+    seen = {}
+    paths = {
+        "inline": (dict(threaded=False), False),
+        "worker": (dict(threaded=True, graphs_enabled=False), False),
+        "worker+tap graphs": (dict(threaded=True), False),
+        "decode graphs": (dict(), True),
+        "streamed decode graphs": (dict(), "streamed"),
+    }
+    for name, (kw, graphs) in paths.items():
+        om = load_checkpoint(checkpoints["qwen3_moe"], CUDA, dtype, CacheBudget(fraction=0.5))
+        torch.manual_seed(0)
+        bank = PredictorBank(
+            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32
+        )
+        pf = build_prefetcher(
+            om, EngineConfig(policy="exact"), bank=bank.to(CUDA, dtype).eval(), manifest={}, **kw
+        )
+        runner = ModelRunner(om, graphs=bool(graphs), host_reads=graphs == "streamed")
+        runner.greedy(prompt, NEW)
+        torch.cuda.synchronize()
+        runner.after_step()
+        pf.remove()
+        c = om.counters.totals()
+        seen[name] = (c["routed_scored"], c["predicted_routed"])
+    assert len(set(seen.values())) == 1, seen
+
+
+def test_batched_graphs_match_eager_rows(checkpoints):
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (6, 13, 9)]
+    outs = {}
+    for graphs in (True, False):
+        om = load_checkpoint(checkpoints["qwen3_moe"], CUDA, torch.float32, CacheBudget(fraction=0.5))
+        runner = ModelRunner(om, rows=4, graphs=graphs)
+        pos, toks = [], []
+        for row, p in enumerate(prompts):
+            toks.append([int(torch.argmax(runner.prefill(row, p)))])
+            pos.append(len(p))
+        for _ in range(NEW):
+            logits = runner.decode([t[-1] for t in toks], pos)
+            for i in range(3):
+                toks[i].append(int(torch.argmax(logits[i])))
+                pos[i] += 1
+        assert runner.graph_failure is None
+        outs[graphs] = toks
+    assert outs[True] == outs[False]
+
+
+def test_steps_switch_between_streamed_and_segmented(checkpoints, references):
+    """Streamed while few experts miss, segmented when many do, and back: the tokens never change."""
+    prompt = references["qwen3_moe"][0]
+    om = load_checkpoint(checkpoints["qwen3_moe"], CUDA, torch.float32, CacheBudget(fraction=0.5))
+    runner = ModelRunner(om, host_reads=True)
+    logits, pos, tokens = runner.prefill(0, prompt), len(prompt), []
+    for i in range(24):
+        # always streamed; then any missed byte switches to segmented; then back under a huge limit
+        runner.stream_miss_limit = None if i < 8 else 1 if i < 16 else 10**15
+        tokens.append(int(torch.argmax(logits)))
+        logits = runner.decode([tokens[-1]], [pos])[0]
+        pos += 1
+    torch.cuda.synchronize()
+    runner.after_step()
+    assert runner.graph_failure is None
+    assert tokens == greedy_reference(checkpoints["qwen3_moe"], prompt, 24, device="cuda")
+    assert runner.steps["streamed"] >= 12 and runner.steps["graph"] - runner.steps["streamed"] >= 4, (
+        runner.steps
+    )
+    check_counts(om)

@@ -1,10 +1,12 @@
 """Routing twins (issue #21 item 1): a real model's expert topology trained from scratch at a small width,
 traced, measured against the real model's published routing, with its predictors and a replay artefact.
 
+    # the data folder, small enough to carry to the GPU machine (bench/twin_data.py), once
+    python bench/twin_data.py --dst .cache/twin_data
     # one H200, one 10-minute call per shape (the run ends by --deadline seconds after it starts)
-    python bench/train_twin.py --shape qwen3-30b-a3b --train-minutes 5 --deadline 560 --out $OUT
-    python bench/train_twin.py --shape deepseek-v2-lite --train-minutes 3.5 --deadline 560 --table3 --out $OUT
-    python bench/train_twin.py --shape phi-mini-moe --train-minutes 6 --deadline 560 --out $OUT
+    python bench/train_twin.py --shape qwen3-30b-a3b --train-minutes 5 --deadline 560 --data .cache/twin_data --out $OUT
+    python bench/train_twin.py --shape deepseek-v2-lite --train-minutes 4 --deadline 560 --table3 --data .cache/twin_data --out $OUT
+    python bench/train_twin.py --shape phi-mini-moe --train-minutes 6 --deadline 560 --data .cache/twin_data --out $OUT
     # CPU smoke of every phase at toy size (< ~60 s)
     python bench/train_twin.py --shape deepseek-v2-lite --smoke --out /tmp/twin_smoke
 
@@ -283,7 +285,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:9]),
+        epilog="\n".join(__doc__.splitlines()[2:11]),
     )
     ap.add_argument("--shape", choices=SHAPES, required=True)
     ap.add_argument(

@@ -190,3 +190,16 @@ def test_sequence_balance_loss_is_one_when_uniform():
     logits = torch.zeros(2 * 8, 4)  # every expert equally likely; top-k picks the first ones
     v = seq_balance_loss((logits,), 2, 8, 2)
     assert torch.isclose(v, torch.tensor(1.0))
+
+
+def test_twin_data_folder_keeps_the_layout(tmp_path):
+    from bench.lm_data import read_books
+    from bench.twin_data import build
+
+    src = write_data(tmp_path / "src")
+    build(src, tmp_path / "dst", books=0.5)
+    texts, _ = read_books(tmp_path / "dst" / "gutenberg" / "gutenberg_train.jsonl.gz")
+    full, _ = read_books(src / "gutenberg" / "gutenberg_train.jsonl.gz")
+    assert texts == full[:1]
+    for rel in ("wikitext-2/test.txt", "mmlu/test/toy_test.csv", "mt_bench/question.jsonl"):
+        assert (tmp_path / "dst" / rel).read_bytes() == (src / rel).read_bytes()

@@ -305,7 +305,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch for the traces (default: a temp dir)")
     ap.add_argument("--train-chars", type=int, default=None, help="read only this many characters of books")
     ap.add_argument("--heldout-chars", type=int, default=2_000_000, help="characters of each held-out text")
-    ap.add_argument("--replay-max-mb", type=float, default=18.0, help="size cap of the replay arrays (MiB)")
+    ap.add_argument(
+        "--replay-max-mb", type=float, default=15.0, help="replay arrays cap, MiB (< 16: comes back)"
+    )
     ap.add_argument("--workers", type=int, default=12, help="processes for the cache replays")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     ap.add_argument("--seed", type=int, default=0)

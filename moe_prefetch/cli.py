@@ -1,21 +1,26 @@
 """The `moe-prefetch` command line: serve, the predictor workflow, and the variable table.
 
-Flags mirror the `MOE_*` variables; a flag given on the command line wins over the variable. All
-parsing happens in the command functions: importing this module has no side effects. `serve` exits with
-status 3 (`server.run.EXIT_ENGINE_FATAL`) after a fatal engine error.
+The serve flags are made from the settings (`moe_prefetch.settings.OPTIONS`), one per `MOE_*` variable; a
+flag given on the command line wins over the variable. All parsing happens in the command functions:
+importing this module has no side effects. `serve` exits with status 3 (`server.run.EXIT_ENGINE_FATAL`)
+after a fatal engine error.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from moe_prefetch.settings import SettingsError, describe_variables, load_settings
+from engine.api.config import Option
+from moe_prefetch.settings import OPTIONS, SettingsError, describe_variables, load_settings
 
 
 def _variables_epilog() -> str:
@@ -33,68 +38,40 @@ app = typer.Typer(
 )
 
 
+def _flag_type(hint: Any, opt: Option) -> type:
+    """The value type of a setting's flag: a path, bool, int or float, or else a string."""
+    if opt.path:
+        return Path
+    base = next((t for t in get_args(hint) if t is not type(None)), hint)
+    return base if base in (bool, int, float) and not opt.choices else str
+
+
+def _setting_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` one option per setting (`OPTIONS`, in their order), None unless given, so that a
+    flag on the command line wins over its variable and an absent one leaves the variable or default."""
+    params = []
+    for name, (hint, _, opt) in OPTIONS.items():
+        kind = _flag_type(hint, opt)
+        flag = name.replace("_", "-")
+        decls = [f"--{flag}/--no-{flag}"] if kind is bool else []
+        option = typer.Option(None, *decls, help=opt.flag_help)
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        )
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
 @app.command(epilog=_variables_epilog())
-def serve(
-    model: Path = typer.Option(
-        None, help="Local Hugging Face checkpoint directory [MOE_MODEL]; unset = built-in model."
-    ),
-    model_name: str = typer.Option(None, help="Model id served at /v1/models [MOE_MODEL_NAME]."),
-    device: str = typer.Option(None, help="auto | cuda | cpu [MOE_DEVICE]."),
-    dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16 [MOE_DTYPE]."),
-    expert_cache_fraction: float = typer.Option(
-        None, help="Share of routed experts cached on the device, (0,1] [MOE_EXPERT_CACHE_FRACTION]."
-    ),
-    expert_cache_gb: float = typer.Option(None, help="Device expert cache size in GB [MOE_EXPERT_CACHE_GB]."),
-    policy: str = typer.Option(
-        None, help="none|exact|overprovision|top1|adaptive|crosslayer|oracle [MOE_POLICY]."
-    ),
-    predictors: Path = typer.Option(None, help="Predictor bundle directory [MOE_PREDICTORS]."),
-    overprovision: int = typer.Option(None, help="k' of the overprovision policy [MOE_OVERPROVISION]."),
-    adaptive_target: float = typer.Option(
-        None, help="Mass target of the adaptive policy [MOE_ADAPTIVE_TARGET]."
-    ),
-    adaptive_max: int = typer.Option(
-        None, help="Most experts the adaptive policy fetches [MOE_ADAPTIVE_MAX]."
-    ),
-    oracle_trace: Path = typer.Option(None, help="Routing trace for the oracle policy [MOE_ORACLE_TRACE]."),
-    record_routing: Path = typer.Option(
-        None, help="Write this run's routing here at shutdown [MOE_RECORD_ROUTING]."
-    ),
-    max_model_len: int = typer.Option(
-        None, help="Context window in tokens; default: the model's, at most 4096 [MOE_MAX_MODEL_LEN]."
-    ),
-    max_running: int = typer.Option(None, help="Requests decoded together [MOE_MAX_RUNNING]."),
-    max_waiting: int = typer.Option(None, help="Waiting requests before 429 [MOE_MAX_WAITING]."),
-    cuda_graphs: bool = typer.Option(
-        None, "--cuda-graphs/--no-cuda-graphs", help="Decode steps as CUDA graphs [MOE_CUDA_GRAPHS]."
-    ),
-    fused_kernels: bool = typer.Option(
-        None, "--fused-kernels/--no-fused-kernels", help="Triton kernels on CUDA [MOE_FUSED_KERNELS]."
-    ),
-    host_reads: bool = typer.Option(
-        None,
-        "--host-reads/--no-host-reads",
-        help="Decode steps read missing experts from host memory [MOE_HOST_READS].",
-    ),
-    stream_miss_mb: float = typer.Option(
-        None, help="Missed MB per step above which decode steps are segmented; 0: never [MOE_STREAM_MISS_MB]."
-    ),
-    max_body_bytes: int = typer.Option(None, help="Largest request body in bytes [MOE_MAX_BODY_BYTES]."),
-    api_key: str = typer.Option(None, help="Bearer key required on /v1 [MOE_API_KEY]."),
-    host: str = typer.Option(None, help="Bind address [MOE_HOST]."),
-    port: int = typer.Option(None, help="Bind port [MOE_PORT]."),
-    log_level: str = typer.Option(None, help="debug | info | warning | error [MOE_LOG_LEVEL]."),
-    seed: int = typer.Option(
-        None, help="Seed of the built-in/synthetic model and default sampling [MOE_SEED]."
-    ),
-) -> None:
+@_setting_flags
+def serve(**flags: Any) -> None:
     """Start the OpenAI-compatible server (the built-in model on CPU when no model is given).
 
     Exit status: 0 after a normal shutdown, 1 if the model cannot be loaded, 2 for bad settings, 3 after a
     fatal engine error (a poisoned device), so that a supervisor restarts the server."""
-    overrides = dict(locals())
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(**flags)
     except SettingsError as err:
         typer.echo(f"moe-prefetch: {err}", err=True)
         raise typer.Exit(2) from None

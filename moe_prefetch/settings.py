@@ -7,114 +7,73 @@ class: it receives the plain frozen `engine.api.config.EngineConfig` made by `en
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.api.config import EngineConfig
-from engine.api.policies import POLICIES
-
-Policy = Literal[POLICIES]  # type: ignore[valid-type]
+from engine.api.config import EngineConfig, Option, options, setting
 
 
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
 
 
-class Settings(BaseSettings):
+@dataclass(frozen=True)
+class ServingOptions:
+    """The HTTP server's settings (`server.config.ServerConfig` is made from them), in the engine's format."""
+
+    max_body_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Largest request body accepted, in bytes.",
+        "Largest request body in bytes [MOE_MAX_BODY_BYTES].",
+        ge=1024,
+    )
+    api_key: str | None = setting(
+        None,
+        "If set, every /v1 request needs 'Authorization: Bearer <key>'.",
+        "Bearer key required on /v1 [MOE_API_KEY].",
+        secret=True,
+    )
+    host: str = setting("127.0.0.1", "Address the HTTP server binds.", "Bind address [MOE_HOST].")
+    port: int = setting(8000, "Port the HTTP server binds.", "Bind port [MOE_PORT].", ge=1, le=65535)
+    log_level: str = setting(
+        "info",
+        "Log level.",
+        "debug | info | warning | error [MOE_LOG_LEVEL].",
+        choices=("debug", "info", "warning", "error"),
+    )
+
+
+def _table() -> dict[str, tuple[Any, Any, Option]]:
+    """Every setting in the order of the variable table (README.md): the engine's, the server's, the seed."""
+    engine = options(EngineConfig)
+    seed = engine.pop("seed")
+    return {**engine, **options(ServingOptions), "seed": seed}
+
+
+OPTIONS = _table()
+ENGINE_FIELDS = tuple(options(EngineConfig))
+
+
+def _field(hint: Any, default: Any, opt: Option) -> tuple[Any, Any]:
+    """The pydantic (type, Field) of one setting."""
+    kind = Path if opt.path else SecretStr if opt.secret else Literal[opt.choices] if opt.choices else None
+    if kind is not None:
+        hint = kind | None if type(None) in get_args(hint) else kind
+    bounds = {k: getattr(opt, k) for k in ("gt", "ge", "le") if getattr(opt, k) is not None}
+    return hint, Field(default, description=opt.help, **bounds)
+
+
+class _Checks(BaseSettings):
+    """What no single field can say; the fields are added from `OPTIONS` (`Settings` below)."""
+
     model_config = SettingsConfigDict(env_prefix="MOE_", frozen=True, extra="ignore")
 
-    model: Path | None = Field(
-        None, description="Local Hugging Face checkpoint directory; unset = the built-in model."
-    )
-    model_name: str | None = Field(
-        None, description="Model id served at /v1/models; default: the checkpoint folder's name."
-    )
-    device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="Where non-expert weights and the expert cache live."
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype; auto = bfloat16 on CUDA, float32 on CPU."
-    )
-    expert_cache_fraction: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Share of all routed experts that fit in the device cache, in (0, 1].",
-    )
-    expert_cache_gb: float | None = Field(
-        None, gt=0.0, description="Device cache size in GB (alternative to the fraction)."
-    )
-    policy: Policy = Field(
-        "none", description="Prefetch policy: none, exact, overprovision, top1, adaptive, crosslayer, oracle."
-    )
-    predictors: Path | None = Field(
-        None,
-        description="Predictor bundle directory for exact, overprovision, top1 and adaptive; the built-in model brings its own.",
-    )
-    overprovision: int | None = Field(
-        None, ge=1, description="k' for the overprovision policy; default ceil(1.5 k)."
-    )
-    adaptive_target: float = Field(
-        0.9, gt=0.0, le=1.0, description="Probability mass the adaptive policy covers per token."
-    )
-    adaptive_max: int | None = Field(
-        None, ge=1, description="Most experts the adaptive policy prefetches per token; default 2 k."
-    )
-    oracle_trace: Path | None = Field(
-        None, description="Routing file replayed by the oracle policy (recorded with MOE_RECORD_ROUTING)."
-    )
-    record_routing: Path | None = Field(
-        None,
-        description="Record every layer-step's routed experts to this file at shutdown (for the oracle policy).",
-    )
-    max_model_len: int | None = Field(
-        None,
-        ge=16,
-        description="Context window in tokens; default: the model's, at most 4096 (KV rows are allocated up front).",
-    )
-    max_running: int = Field(
-        8,
-        ge=1,
-        le=1024,
-        description="Requests decoded together: one batched step per round, each in its own KV row.",
-    )
-    max_waiting: int = Field(64, ge=0, description="Requests allowed to wait; one more is answered 429.")
-    cuda_graphs: bool = Field(
-        True, description="Replay decode steps as CUDA graphs (off: every step runs eagerly, much slower)."
-    )
-    fused_kernels: bool = Field(
-        True,
-        description="Triton kernels for experts, attention, norms, RoPE and routers on CUDA (off: torch ops only).",
-    )
-    host_reads: bool = Field(
-        True,
-        description="Decode steps read experts missing from the GPU cache from host memory inside one CUDA graph "
-        "(off: the host makes each layer's experts resident first).",
-    )
-    stream_miss_mb: float = Field(
-        128.0,
-        ge=0,
-        description="With host reads: decode steps stay streamed while recent steps missed fewer MB of experts "
-        "than this per step, and are segmented above it (0: always streamed).",
-    )
-    max_body_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
-    )
-    api_key: SecretStr | None = Field(
-        None, description="If set, every /v1 request needs 'Authorization: Bearer <key>'."
-    )
-    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
-    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    seed: int = Field(
-        0, description="Seed of the synthetic and built-in models, and the default sampling seed."
-    )
-
     @model_validator(mode="after")
-    def _one_cache_size(self) -> Settings:
+    def _one_cache_size(self) -> _Checks:
         if self.expert_cache_fraction is not None and self.expert_cache_gb is not None:
             raise ValueError("set MOE_EXPERT_CACHE_FRACTION or MOE_EXPERT_CACHE_GB, not both")
         if self.model is not None and not self.model.is_dir():
@@ -132,29 +91,17 @@ class Settings(BaseSettings):
         return self
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            model=str(self.model) if self.model else None,
-            model_name=self.model_name,
-            device=self.device,
-            dtype=self.dtype,
-            expert_cache_fraction=self.expert_cache_fraction,
-            expert_cache_gb=self.expert_cache_gb,
-            policy=self.policy,
-            predictors=str(self.predictors) if self.predictors else None,
-            overprovision=self.overprovision,
-            adaptive_target=self.adaptive_target,
-            adaptive_max=self.adaptive_max,
-            oracle_trace=str(self.oracle_trace) if self.oracle_trace else None,
-            record_routing=str(self.record_routing) if self.record_routing else None,
-            max_model_len=self.max_model_len,
-            max_running=self.max_running,
-            max_waiting=self.max_waiting,
-            cuda_graphs=self.cuda_graphs,
-            fused_kernels=self.fused_kernels,
-            host_reads=self.host_reads,
-            stream_miss_mb=self.stream_miss_mb,
-            seed=self.seed,
-        )
+        values = {name: getattr(self, name) for name in ENGINE_FIELDS}
+        return EngineConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+
+
+# Every `MOE_*` variable, validated and frozen: the fields of `OPTIONS` on the checks of `_Checks`.
+Settings = create_model(
+    "Settings",
+    __base__=_Checks,
+    __module__=__name__,
+    **{name: _field(*spec) for name, spec in OPTIONS.items()},
+)
 
 
 def _one_line(err: ValidationError) -> str:

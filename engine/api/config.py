@@ -1,30 +1,168 @@
-"""Frozen engine configuration: plain values derived from the settings class. Torch-free."""
+"""The engine's configuration, written once: the frozen `EngineConfig`, whose fields hold every engine
+setting's default, what it means and the values it accepts. Torch-free; imports only `engine.api`.
+
+`moe_prefetch.settings.Settings` (the `MOE_*` variables) and the `moe-prefetch serve` flags are generated
+from these fields (`options()`), so a default, a bound or a help text is changed here and nowhere else.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+from engine.api.policies import POLICIES
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a setting is read: its meaning (the `MOE_*` table), its flag's help and the values it accepts."""
+
+    help: str
+    flag_help: str  # `moe-prefetch serve --help`, naming the variable
+    choices: tuple[str, ...] = ()  # the only values accepted (a plain string otherwise)
+    path: bool = False  # a filesystem path, read as a `pathlib.Path` by the settings class
+    secret: bool = False  # never printed (the settings class holds it as a `SecretStr`)
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+
+
+def setting(default: Any, help: str, flag_help: str, **accepts: Any) -> Any:
+    """A config dataclass field: its default, with its `Option` as the field's metadata."""
+    return field(default=default, metadata={"option": Option(help, flag_help, **accepts)})
+
+
+def options(cls: type) -> dict[str, tuple[Any, Any, Option]]:
+    """name -> (type hint, default, Option) of every field of a config dataclass made with `setting`."""
+    hints = get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default, f.metadata["option"]) for f in fields(cls)}
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str | None = None  # checkpoint dir; None = built-in model
-    model_name: str | None = None
-    device: str = "auto"  # auto | cuda | cpu
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    expert_cache_fraction: float | None = None
-    expert_cache_gb: float | None = None
-    policy: str = "none"
-    predictors: str | None = None
-    overprovision: int | None = None
-    adaptive_target: float = 0.9
-    adaptive_max: int | None = None
-    oracle_trace: str | None = None
-    record_routing: str | None = None
-    max_model_len: int | None = None
-    max_running: int = 8
-    max_waiting: int = 64
-    cuda_graphs: bool = True
-    fused_kernels: bool = True
-    host_reads: bool = True
-    stream_miss_mb: float = 128.0  # 0: always streamed
-    seed: int = 0
+    model: str | None = setting(
+        None,
+        "Local Hugging Face checkpoint directory; unset = the built-in model.",
+        "Local Hugging Face checkpoint directory [MOE_MODEL]; unset = built-in model.",
+        path=True,
+    )
+    model_name: str | None = setting(
+        None,
+        "Model id served at /v1/models; default: the checkpoint folder's name.",
+        "Model id served at /v1/models [MOE_MODEL_NAME].",
+    )
+    device: str = setting(
+        "auto",
+        "Where non-expert weights and the expert cache live.",
+        "auto | cuda | cpu [MOE_DEVICE].",
+        choices=("auto", "cuda", "cpu"),
+    )
+    dtype: str = setting(
+        "auto",
+        "Weight dtype; auto = bfloat16 on CUDA, float32 on CPU.",
+        "auto | float32 | bfloat16 | float16 [MOE_DTYPE].",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    expert_cache_fraction: float | None = setting(
+        None,
+        "Share of all routed experts that fit in the device cache, in (0, 1].",
+        "Share of routed experts cached on the device, (0,1] [MOE_EXPERT_CACHE_FRACTION].",
+        gt=0.0,
+        le=1.0,
+    )
+    expert_cache_gb: float | None = setting(
+        None,
+        "Device cache size in GB (alternative to the fraction).",
+        "Device expert cache size in GB [MOE_EXPERT_CACHE_GB].",
+        gt=0.0,
+    )
+    policy: str = setting(
+        "none",
+        "Prefetch policy: none, exact, overprovision, top1, adaptive, crosslayer, oracle.",
+        "none|exact|overprovision|top1|adaptive|crosslayer|oracle [MOE_POLICY].",
+        choices=POLICIES,
+    )
+    predictors: str | None = setting(
+        None,
+        "Predictor bundle directory for exact, overprovision, top1 and adaptive; the built-in model brings its own.",
+        "Predictor bundle directory [MOE_PREDICTORS].",
+        path=True,
+    )
+    overprovision: int | None = setting(
+        None,
+        "k' for the overprovision policy; default ceil(1.5 k).",
+        "k' of the overprovision policy [MOE_OVERPROVISION].",
+        ge=1,
+    )
+    adaptive_target: float = setting(
+        0.9,
+        "Probability mass the adaptive policy covers per token.",
+        "Mass target of the adaptive policy [MOE_ADAPTIVE_TARGET].",
+        gt=0.0,
+        le=1.0,
+    )
+    adaptive_max: int | None = setting(
+        None,
+        "Most experts the adaptive policy prefetches per token; default 2 k.",
+        "Most experts the adaptive policy fetches [MOE_ADAPTIVE_MAX].",
+        ge=1,
+    )
+    oracle_trace: str | None = setting(
+        None,
+        "Routing file replayed by the oracle policy (recorded with MOE_RECORD_ROUTING).",
+        "Routing trace for the oracle policy [MOE_ORACLE_TRACE].",
+        path=True,
+    )
+    record_routing: str | None = setting(
+        None,
+        "Record every layer-step's routed experts to this file at shutdown (for the oracle policy).",
+        "Write this run's routing here at shutdown [MOE_RECORD_ROUTING].",
+        path=True,
+    )
+    max_model_len: int | None = setting(
+        None,
+        "Context window in tokens; default: the model's, at most 4096 (KV rows are allocated up front).",
+        "Context window in tokens; default: the model's, at most 4096 [MOE_MAX_MODEL_LEN].",
+        ge=16,
+    )
+    max_running: int = setting(
+        8,
+        "Requests decoded together: one batched step per round, each in its own KV row.",
+        "Requests decoded together [MOE_MAX_RUNNING].",
+        ge=1,
+        le=1024,
+    )
+    max_waiting: int = setting(
+        64,
+        "Requests allowed to wait; one more is answered 429.",
+        "Waiting requests before 429 [MOE_MAX_WAITING].",
+        ge=0,
+    )
+    cuda_graphs: bool = setting(
+        True,
+        "Replay decode steps as CUDA graphs (off: every step runs eagerly, much slower).",
+        "Decode steps as CUDA graphs [MOE_CUDA_GRAPHS].",
+    )
+    fused_kernels: bool = setting(
+        True,
+        "Triton kernels for experts, attention, norms, RoPE and routers on CUDA (off: torch ops only).",
+        "Triton kernels on CUDA [MOE_FUSED_KERNELS].",
+    )
+    host_reads: bool = setting(
+        True,
+        "Decode steps read experts missing from the GPU cache from host memory inside one CUDA graph "
+        "(off: the host makes each layer's experts resident first).",
+        "Decode steps read missing experts from host memory [MOE_HOST_READS].",
+    )
+    stream_miss_mb: float = setting(
+        128.0,
+        "With host reads: decode steps stay streamed while recent steps missed fewer MB of experts "
+        "than this per step, and are segmented above it (0: always streamed).",
+        "Missed MB per step above which decode steps are segmented; 0: never [MOE_STREAM_MISS_MB].",
+        ge=0,
+    )
+    seed: int = setting(
+        0,
+        "Seed of the synthetic and built-in models, and the default sampling seed.",
+        "Seed of the built-in/synthetic model and default sampling [MOE_SEED].",
+    )

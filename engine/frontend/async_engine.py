@@ -4,8 +4,8 @@
 scheduler; the engine thread runs rounds: newly admitted sequences are prefilled one by one into
 free KV rows (each gets its first token), then every running sequence gets one more token from one
 batched decode step over KV rows 0..n-1. Each `TokenDelta` goes into the request's own asyncio queue
-with `loop.call_soon_threadsafe`. A consumer that
-stops iterating (client gone) aborts its sequence in a `finally`.
+with `loop.call_soon_threadsafe`. A consumer that stops iterating (client gone) aborts its sequence in a
+`finally`. Loading the model is `engine.frontend.startup`.
 
 Bad input is refused before queuing (`engine.frontend.admission`). A failure inside the engine is classified
 (`engine.frontend.faults`): one sequence's prefill, sampling or detokenisation failing fails that request alone with
@@ -24,9 +24,8 @@ import time
 from collections.abc import AsyncIterator
 
 from engine.api.config import EngineConfig
-from engine.api.errors import EngineDead, EngineError, RequestFailed
+from engine.api.errors import EngineDead, RequestFailed
 from engine.api.metrics import Metrics
-from engine.api.policies import PREDICTOR_POLICIES
 from engine.api.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta, TokenizeRequest
 from engine.core.grammar import BatchMasks, Grammars
 from engine.core.logprobs import TokenTable, prefill_with_prompt_logprobs, token_logprobs
@@ -35,14 +34,12 @@ from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
 from engine.core.text_stream import TextStream
 from engine.frontend import admission
-from engine.frontend.faults import classify, device_probe
-from engine.frontend.prompt_bound import max_prompt_chars
-from engine.model.devices import resolve_device, resolve_dtype
-from engine.model.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
-from engine.prefetch.build import build_prefetcher, resolve_bundle
+from engine.frontend.faults import classify
+from engine.frontend.startup import EngineParts
+from engine.model.loader import OffloadedModel
 from engine.prefetch.prefetcher import Prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
-from engine.runner.runner import DEFAULT_MAX_LEN, ModelRunner
+from engine.runner.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -87,84 +84,16 @@ class AsyncEngine:
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
         """Load the model (blocking). Called by `start()` in a worker thread; tests may call it directly."""
-        cfg = self.config
-        device = resolve_device(cfg.device)
-        dtype = resolve_dtype(cfg.dtype, device)
-        budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
-        # The KV rows come before the expert cache (sized from free GPU memory when automatic): load
-        # with the smallest cache, allocate the KV rows with a one-token step, then make the real cache.
-        load_budget = CacheBudget(gigabytes=0.0)
-        builtin_bundle = None
-        if cfg.model is None:
-            from engine.model.builtin import builtin_predictors, trained_checkpoint
-
-            builtin_bundle = builtin_predictors() if trained_checkpoint() is not None else None
-        resolve_bundle(cfg.policy, cfg.predictors, builtin_bundle)  # fail before a long load, not after
-        if cfg.model is None:
-            from engine.model.builtin import BUILTIN_NAME, load_builtin
-
-            om = load_builtin(device, dtype, load_budget, seed=cfg.seed)
-            name = cfg.model_name or BUILTIN_NAME
-        else:
-            om = load_checkpoint(cfg.model, device, dtype, load_budget)
-            name = cfg.model_name or cfg.model.rstrip("/").rsplit("/", 1)[-1]
-        if om.tokenizer is None:
-            raise EngineError(
-                f"{om.source}: no tokenizer files; the server needs one to turn text into tokens"
-            )
-        self.om, self.tokenizer = om, om.tokenizer
-        self._tokens = TokenTable(om.tokenizer)
-        mcfg = om.model.config
-        self.runner = ModelRunner(
-            om,
-            rows=cfg.max_running,
-            max_len=cfg.max_model_len or DEFAULT_MAX_LEN,
-            graphs=cfg.cuda_graphs,
-            kernels=cfg.fused_kernels,
-            host_reads=cfg.host_reads,
-            stream_miss_mb=cfg.stream_miss_mb,
+        parts = EngineParts(self.config, self.metrics)
+        self.om, self.tokenizer, self.runner = parts.om, parts.tokenizer, parts.runner
+        self.prefetcher, self.recorder = parts.prefetcher, parts.recorder
+        self._card, self._max_prompt_chars, self._eos = parts.card, parts.max_prompt_chars, parts.eos
+        self._tokens, self._grammars, self._masks, self._probe = (
+            parts.tokens,
+            parts.grammars,
+            parts.masks,
+            parts.probe,
         )
-        kv_bytes = self.runner.allocate()
-        replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters
-        if om.cache.load_all():
-            log.info("the cache holds every expert: preloaded, decode steps need no host decisions")
-        ctx = self.runner.max_len
-        log.info(
-            "KV cache: %d rows x %d positions, %.2f GB on %s", cfg.max_running, ctx, kv_bytes / 1e9, device
-        )
-        vocab = int(om.model.get_input_embeddings().num_embeddings)  # ids past it would index out of range
-        self._card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
-        self._max_prompt_chars = max_prompt_chars(self.tokenizer, ctx)
-        self._grammars = Grammars(self.tokenizer, vocab)
-        self._masks = BatchMasks(vocab)
-        self._probe = device_probe(device)
-        eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
-        eos_list = eos if isinstance(eos, list) else [eos]
-        self._eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
-        om.cache.on_stall = self.metrics.stall.observe
-        self.prefetcher = build_prefetcher(
-            om,
-            cfg,
-            builtin_bundle,
-            on_latency=self.metrics.prediction_latency.observe,
-            graphs_enabled=self.runner.graphs_enabled,
-        )
-        if cfg.record_routing:
-            self.recorder = RoutingRecorder(len(om.layers))
-            om.cache.on_route = self.recorder.record
-        self.metrics.attach_cache(om.counters)
-        self.metrics.attach_steps(self.runner.step_kinds)
-        self.metrics.set_info(
-            policy=cfg.policy,
-            model=name,
-            device=str(device),
-            dtype=str(dtype),
-            predictors=cfg.predictors
-            or (str(builtin_bundle) if builtin_bundle and cfg.policy in PREDICTOR_POLICIES else ""),
-            cache_slots=str(om.cache.capacity),
-            experts_total=str(om.store.total_experts),
-        )
-        log.info("model %s ready on %s (%s), context %d tokens", name, device, dtype, ctx)
 
     async def start(self) -> None:
         if self.om is None:

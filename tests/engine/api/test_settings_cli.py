@@ -107,3 +107,16 @@ def test_serve_with_a_predictor_policy_and_no_bundle_says_so(checkpoints):
     assert res.returncode == 1
     assert "MOE_POLICY=exact needs a predictor bundle" in res.stderr and "MOE_PREDICTORS" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_settings_and_flags_are_made_from_the_engine_config():
+    from dataclasses import fields
+
+    from engine.api.config import EngineConfig
+    from moe_prefetch.settings import OPTIONS
+
+    assert list(OPTIONS) == list(Settings.model_fields)
+    for f in fields(EngineConfig):  # one default per engine setting, read by the settings class
+        assert Settings.model_fields[f.name].default == f.default, f.name
+    for name, (_, _, opt) in OPTIONS.items():  # each flag's help names the variable it overrides
+        assert f"[MOE_{name.upper()}]" in opt.flag_help, name

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import engine.frontend.async_engine as async_engine
+import engine.frontend.startup as startup
+from engine.frontend.async_engine import AsyncEngine
 from moe_prefetch.settings import load_settings
 
 
 def test_cuda_graphs_off_reaches_the_prefetcher(monkeypatch):
     seen: dict = {}
-    real = async_engine.build_prefetcher
+    real = startup.build_prefetcher
 
     def recording(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(async_engine, "build_prefetcher", recording)
+    monkeypatch.setattr(startup, "build_prefetcher", recording)
     monkeypatch.setenv("MOE_CUDA_GRAPHS", "false")
     cfg = load_settings(device="cpu", policy="exact").engine_config()
-    engine = async_engine.AsyncEngine.from_config(cfg)
+    engine = AsyncEngine.from_config(cfg)
     engine.load()  # the built-in model and its predictor bundle, on the CPU
     assert engine.prefetcher is not None
     assert seen["graphs_enabled"] is False  # the taps are never captured when the steps are not

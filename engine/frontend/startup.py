@@ -1,0 +1,125 @@
+"""Start-up: from an `EngineConfig` to everything the engine thread serves with, in one blocking load.
+
+`EngineParts(config, metrics)` resolves the device and dtype, loads the checkpoint (or the built-in model)
+with the smallest expert cache, sizes the KV rows, then makes the real cache from the budget, builds the
+prefetcher and the routing recorder, and wires the counters into `metrics`. `AsyncEngine.load` keeps what
+it makes; nothing here runs a round.
+
+May import every other engine subpackage (it is part of `engine.frontend`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from engine.api.config import EngineConfig
+from engine.api.errors import EngineError
+from engine.api.metrics import Metrics
+from engine.api.policies import PREDICTOR_POLICIES
+from engine.api.protocol import ModelCard
+from engine.core.grammar import BatchMasks, Grammars
+from engine.core.logprobs import TokenTable
+from engine.frontend.faults import device_probe
+from engine.frontend.prompt_bound import max_prompt_chars
+from engine.model.devices import resolve_device, resolve_dtype
+from engine.model.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
+from engine.prefetch.build import build_prefetcher, resolve_bundle
+from engine.prefetch.prefetcher import Prefetcher
+from engine.prefetch.routing_trace import RoutingRecorder
+from engine.runner.runner import DEFAULT_MAX_LEN, ModelRunner
+
+log = logging.getLogger(__name__)
+
+
+class EngineParts:
+    """What start-up makes. Constructing one loads the model (blocking)."""
+
+    def __init__(self, config: EngineConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.recorder: RoutingRecorder | None = None
+        self.om: OffloadedModel
+        self.runner: ModelRunner
+        self.prefetcher: Prefetcher | None
+        self._load()
+
+    def _load(self) -> None:
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
+        # The KV rows come before the expert cache (sized from free GPU memory when automatic): load
+        # with the smallest cache, allocate the KV rows with a one-token step, then make the real cache.
+        load_budget = CacheBudget(gigabytes=0.0)
+        builtin_bundle = None
+        if cfg.model is None:
+            from engine.model.builtin import builtin_predictors, trained_checkpoint
+
+            builtin_bundle = builtin_predictors() if trained_checkpoint() is not None else None
+        resolve_bundle(cfg.policy, cfg.predictors, builtin_bundle)  # fail before a long load, not after
+        if cfg.model is None:
+            from engine.model.builtin import BUILTIN_NAME, load_builtin
+
+            om = load_builtin(device, dtype, load_budget, seed=cfg.seed)
+            name = cfg.model_name or BUILTIN_NAME
+        else:
+            om = load_checkpoint(cfg.model, device, dtype, load_budget)
+            name = cfg.model_name or cfg.model.rstrip("/").rsplit("/", 1)[-1]
+        if om.tokenizer is None:
+            raise EngineError(
+                f"{om.source}: no tokenizer files; the server needs one to turn text into tokens"
+            )
+        self.om, self.tokenizer = om, om.tokenizer
+        self.tokens = TokenTable(om.tokenizer)  # token texts and bytes for logprobs
+        mcfg = om.model.config
+        self.runner = ModelRunner(
+            om,
+            rows=cfg.max_running,
+            max_len=cfg.max_model_len or DEFAULT_MAX_LEN,
+            graphs=cfg.cuda_graphs,
+            kernels=cfg.fused_kernels,
+            host_reads=cfg.host_reads,
+            stream_miss_mb=cfg.stream_miss_mb,
+        )
+        kv_bytes = self.runner.allocate()
+        replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters
+        if om.cache.load_all():
+            log.info("the cache holds every expert: preloaded, decode steps need no host decisions")
+        ctx = self.runner.max_len
+        log.info(
+            "KV cache: %d rows x %d positions, %.2f GB on %s", cfg.max_running, ctx, kv_bytes / 1e9, device
+        )
+        vocab = int(om.model.get_input_embeddings().num_embeddings)  # ids past it would index out of range
+        self.card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
+        self.max_prompt_chars = max_prompt_chars(self.tokenizer, ctx)  # longer text cannot fit
+        self.grammars = Grammars(self.tokenizer, vocab)  # compiles response formats and forced tool calls
+        self.masks = BatchMasks(vocab)  # a decode step's grammar masks, filled beside the step
+        self.probe = device_probe(device)  # the device sync that tells a poisoned device
+        eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
+        eos_list = eos if isinstance(eos, list) else [eos]
+        self.eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
+        om.cache.on_stall = self.metrics.stall.observe
+        self.prefetcher = build_prefetcher(
+            om,
+            cfg,
+            builtin_bundle,
+            on_latency=self.metrics.prediction_latency.observe,
+            graphs_enabled=self.runner.graphs_enabled,
+        )
+        if cfg.record_routing:
+            self.recorder = RoutingRecorder(len(om.layers))
+            om.cache.on_route = self.recorder.record
+        self.metrics.attach_cache(om.counters)
+        self.metrics.attach_steps(self.runner.step_kinds)
+        self.metrics.set_info(
+            policy=cfg.policy,
+            model=name,
+            device=str(device),
+            dtype=str(dtype),
+            predictors=cfg.predictors
+            or (str(builtin_bundle) if builtin_bundle and cfg.policy in PREDICTOR_POLICIES else ""),
+            cache_slots=str(om.cache.capacity),
+            experts_total=str(om.store.total_experts),
+        )
+        log.info("model %s ready on %s (%s), context %d tokens", name, device, dtype, ctx)

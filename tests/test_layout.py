@@ -31,7 +31,6 @@ SERVER_MAY_IMPORT = ("engine.api", "engine.core.tool_calls")
 MAX_LINES = 400
 LONGER = {  # one kernel each
     "engine/kernels/fused_rope.py",
-    "engine/kernels/grouped_experts.py",
 }
 
 

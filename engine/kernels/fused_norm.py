@@ -16,7 +16,7 @@ import types
 import torch
 from torch import nn
 
-from engine.kernels.grouped_experts import triton
+from engine.kernels.triton_guard import triton
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from engine.kernels.grouped_experts import triton
+from engine.kernels.triton_guard import triton
 
 log = logging.getLogger(__name__)
 

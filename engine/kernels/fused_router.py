@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.kernels.grouped_experts import triton
+from engine.kernels.triton_guard import triton
 
 log = logging.getLogger(__name__)
 

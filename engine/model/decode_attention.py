@@ -31,7 +31,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from engine.kernels.decode_kernels import MAX_HEAD_DIM, decode_attention, kernels_run_on
+from engine.kernels.decode_kernels import MAX_HEAD_DIM, decode_attention
+from engine.kernels.triton_guard import kernels_run_on
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from engine.experts.pinned import device_readable
 from engine.kernels.fused_norm import fuse_rms_norms
 from engine.kernels.fused_rope import fused_rope_active, install_fused_rope
 from engine.kernels.fused_router import fuse_routers
-from engine.kernels.grouped_experts import GroupedExperts, triton_available
+from engine.kernels.grouped_experts import GroupedExperts
+from engine.kernels.triton_guard import triton_available
 from engine.model.decode_attention import KWARG as DECODE_ATTENTION_KWARG
 from engine.model.decode_attention import use_decode_attention
 from engine.model.loader import OffloadedModel

@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.kernels.grouped_experts import CONFIGS, DOWN_CONFIGS, fused_silu_experts, gpu_time_ms  # noqa: E402
+from engine.kernels.autotune import CONFIGS, DOWN_CONFIGS, gpu_time_ms  # noqa: E402
+from engine.kernels.grouped_experts import fused_silu_experts  # noqa: E402
 from engine.model.presets import preset_config  # noqa: E402
 
 

@@ -14,7 +14,7 @@ sdpa's form (a few more launches) before the attention kernel itself. Here:
 
 Both take any strides (transposed views, MLA's split key/value halves, different key and value head
 dims). They run on CUDA tensors, and on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
-the tests); `kernels_run_on` says which.
+the tests); `engine.kernels.triton_guard.kernels_run_on` says which.
 
 Shapes: B = rows in the step, Hq / Hk = query / KV heads, L = positions (kv_len), Dk / Dv = key / value
 head dims, S = key splits.
@@ -22,15 +22,12 @@ head dims, S = key splits.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from engine.kernels.grouped_experts import triton
+from engine.kernels.triton_guard import triton
 
 MAX_HEAD_DIM = 256  # larger head dims fall back to transformers (one row of K or V per thread block)
 SPLIT = 256  # keys per program when a span is longer than this; shorter spans run in one launch
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 if triton is not None:
     import triton.language as tl
@@ -192,11 +189,6 @@ if triton is not None:
         )
         o = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lsum, axis=0)
         tl.store(out_ptr + b * so_b + h * so_h + dv, o.to(out_ptr.dtype.element_ty), mask=dv < DV)
-
-
-def kernels_run_on(t: torch.Tensor) -> bool:
-    """Whether these kernels can run on `t`'s device: CUDA with Triton, or CPU under its interpreter."""
-    return triton is not None and (t.is_cuda or (_INTERPRETED and t.device.type == "cpu"))
 
 
 def write_step_kv(

@@ -9,25 +9,21 @@ routing weights, a sum over the k choices), so every family's flags work unchang
 
 Shapes: T = tokens, k = experts per token, P = T*k pairs, S = cache slots, D = hidden, N / K = a
 projection's output / input size.
+
+Imports torch, Triton through `engine.kernels.triton_guard`, the block configurations' tuner
+`engine.kernels.autotune`, and (to recognise transformers' default gate) transformers' MoE integration.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
-
-try:  # Triton ships with CUDA builds of torch; CPU builds go without it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-
+from engine.kernels.autotune import DOWN_CONFIGS, _tuned
+from engine.kernels.triton_guard import triton
 
 if triton is not None:
+    import triton.language as tl
 
     @triton.jit
     def _slot_gemv_kernel(
@@ -205,18 +201,6 @@ if triton is not None:
         tl.store(out_ptr + t * stride_ot + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def triton_available(device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda"
-
-
-# (BLOCK_N, BLOCK_K, num_warps) tried on first use of a shape; the fastest is kept (see `_tuned`)
-CONFIGS = ((16, 256, 4), (32, 128, 4), (32, 256, 8), (64, 128, 8), (8, 512, 4), (8, 256, 4), (16, 512, 8))
-# the down projection also picks its strategy: "fused" (one kernel, programs per token) or "split" (a
-# kernel per pair, then the weighted sum): the first saves a launch, the second fills the GPU at batch 1
-DOWN_CONFIGS = tuple(("fused", *c) for c in CONFIGS) + tuple(("split", *c) for c in CONFIGS)
-_best: dict[tuple, tuple] = {}
-
-
 def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
     block_n, block_k, warps = cfg
     grid = (x.shape[0], triton.cdiv(n, block_n))
@@ -224,35 +208,6 @@ def _launch(x, w, slots, y, n, k, stride_n, stride_k, cfg) -> None:
         x, w, slots, slots, w, y, n, k, x.stride(0), w.stride(0), stride_n, stride_k, y.stride(0), 0,
         BLOCK_N=block_n, BLOCK_K=block_k, LOOKUP=False, HOST=False, num_warps=warps,
     )  # fmt: skip
-
-
-def gpu_time_ms(run, reps: int = 10) -> float:
-    """GPU time of `reps` calls of `run` (CUDA events), not the host's launch time: a sleep kernel first
-    holds the stream while the launches queue up behind it, so the kernels then run back to back."""
-    run()  # compile and warm
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda._sleep(10_000_000)  # ~5 ms: longer than the host needs to queue the launches
-    a.record()
-    for _ in range(reps):
-        run()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / reps
-
-
-def _tuned(key: tuple, run, configs: tuple = CONFIGS) -> tuple:
-    """The fastest config for this shape, timed once on the GPU (never while a graph is captured: a
-    decode step is always run eagerly, which tunes it, before it is captured)."""
-    cfg = _best.get(key)
-    if cfg is not None:
-        return cfg
-    if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
-        return configs[0]
-    times = [(gpu_time_ms(lambda c=c: run(c)), c) for c in configs]
-    cfg = _best[key] = min(times)[1]
-    log.debug("slot GEMV %s: %s (%s)", key, cfg, times)
-    return cfg
 
 
 def slot_gemv(x: torch.Tensor, w: torch.Tensor, slots: torch.Tensor, transposed: bool) -> torch.Tensor:

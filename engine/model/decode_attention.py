@@ -18,7 +18,9 @@ Not a plain decode step, so sdpa: prefill (of any length), dropout, a soft cap, 
 whose models are on eager attention and are never switched), a position bias, no mask, head dims above
 `MAX_HEAD_DIM`, dtypes other than float16 / bfloat16 / float32, and tensors the kernels cannot run on.
 `DecodeAttention.calls` counts the kernel's calls and each reason for falling back (host-side calls:
-a captured graph replays without calling Python).
+a captured graph replays without calling Python). Installed by `engine.model.patches.install`.
+
+Imports torch, transformers and `engine.kernels`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from engine.kernels.decode_kernels import MAX_HEAD_DIM, decode_attention, kernels_run_on
+from engine.kernels.decode_kernels import MAX_HEAD_DIM, decode_attention
+from engine.kernels.triton_guard import kernels_run_on
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.kernels.decode_kernels import kernels_run_on, write_step_kv
-from engine.kernels.grouped_experts import triton_available
+from engine.kernels.decode_kernels import write_step_kv
+from engine.kernels.triton_guard import kernels_run_on, triton_available
 from engine.model.decode_attention import NAME as DECODE_ATTENTION
 
 # Shapes: R = rows, B = rows in a step, H = kv heads, L = max_len, D = head dim, t = new tokens.

@@ -29,14 +29,12 @@ import logging
 import torch
 
 from engine.experts.pinned import device_readable
-from engine.kernels.fused_norm import fuse_rms_norms
-from engine.kernels.fused_rope import fused_rope_active, install_fused_rope
-from engine.kernels.fused_router import fuse_routers
-from engine.kernels.grouped_experts import GroupedExperts, triton_available
-from engine.model.decode_attention import KWARG as DECODE_ATTENTION_KWARG
-from engine.model.decode_attention import use_decode_attention
+from engine.kernels.grouped_experts import GroupedExperts
+from engine.kernels.triton_guard import triton_available
 from engine.model.loader import OffloadedModel
 from engine.model.offload import DecodeMode
+from engine.model.patch_rope import fused_rope_active
+from engine.model.patches import install as install_patches
 from engine.runner.graphs import GraphCapture, GraphReplayer, StepGraph
 from engine.runner.kv_cache import MaskBuilder, StaticKV
 
@@ -117,25 +115,14 @@ class ModelRunner:
         attn = self.use_triton if attention_kernels is None else attention_kernels
         self.kv = StaticKV(rows, self.max_len, self.device, fused_write=attn)
         self.masks = MaskBuilder(cfg, om.dtype, self.device)
-        self.attention = None  # the DecodeAttention passed with every forward; None: the model's own
-        if attn:
-            windows = [self.masks.layer_window(i) for i in range(cfg.num_hidden_layers)]
-            self.attention = use_decode_attention(om.model, self.kv, windows)
-        self._forward_kwargs = {} if self.attention is None else {DECODE_ATTENTION_KWARG: self.attention}
         if getattr(cfg, "output_router_logits", False):
             cfg.output_router_logits = False  # the auxiliary loss is for training; serving never needs it
-        self.fused_rope = (
-            False  # RoPE as one kernel inside this runner's forwards (`engine.kernels.fused_rope`)
-        )
-        self.fused_routers = (
-            0  # routers whose softmax/top-k run as one kernel (`engine.kernels.fused_router`)
-        )
-        if self.use_triton:
-            n = fuse_rms_norms(om.model)
-            self.fused_routers = fuse_routers(om.model)
-            log.debug("%d RMSNorm modules and %d routers run fused", n, self.fused_routers)
-            self.fused_rope = install_fused_rope(om.model)
-            log.debug("RoPE %s", "runs as one fused kernel" if self.fused_rope else "stays unfused")
+        windows = [self.masks.layer_window(i) for i in range(cfg.num_hidden_layers)] if attn else None
+        patches = install_patches(om.model, self.kv, windows, fused=self.use_triton)  # engine.model.patches
+        self.attention = patches.attention  # passed with every forward (None: the model's own attention)
+        self._forward_kwargs = patches.forward_kwargs
+        self.fused_rope = patches.fused_rope  # RoPE as one kernel inside this runner's forwards
+        self.fused_routers = patches.fused_routers  # routers whose softmax/top-k run as one kernel
         cuda = self.device.type == "cuda"
         self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
         self.host_reads = host_reads

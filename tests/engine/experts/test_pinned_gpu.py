@@ -26,7 +26,8 @@ def test_page_locked_tensor_copies_asynchronously_and_exactly():
 
 def test_a_kernel_reads_the_page_locked_tensor_where_it_lies():
     from engine.experts.pinned import device_readable
-    from engine.kernels.grouped_experts import fused_silu_experts, triton
+    from engine.kernels.grouped_experts import fused_silu_experts
+    from engine.kernels.triton_guard import triton
 
     assert device_readable(page_locked_empty((4, 64), torch.bfloat16))
     assert not device_readable(torch.empty((4, 64), dtype=torch.bfloat16))  # ordinary pageable memory

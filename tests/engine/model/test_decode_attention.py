@@ -17,7 +17,7 @@ from families import FAMILIES
 from interpreted import needs_triton, run_interpreted
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from engine.kernels.decode_kernels import kernels_run_on
+from engine.kernels.triton_guard import kernels_run_on
 from engine.model.decode_attention import (
     KWARG,
     NAME,

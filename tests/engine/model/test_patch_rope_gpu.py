@@ -12,7 +12,7 @@ from families import greedy_reference
 from transformers.models.glm4_moe import modeling_glm4_moe
 from transformers.models.qwen3_moe import modeling_qwen3_moe
 
-import engine.kernels.fused_rope as fr
+import engine.model.patch_rope as rope
 from engine.model.loader import CacheBudget, load_checkpoint
 from engine.runner.runner import ModelRunner
 
@@ -25,9 +25,9 @@ ROTATE_HALF = ["qwen3_moe", "mixtral", "olmoe", "qwen2_moe"]
 
 @pytest.fixture(autouse=True)
 def unpatched():
-    fr.uninstall_fused_rope()  # runners of earlier tests installed it
+    rope.uninstall_fused_rope()  # runners of earlier tests installed it
     yield
-    fr.uninstall_fused_rope()
+    rope.uninstall_fused_rope()
 
 
 def modeling_module(om):
@@ -40,12 +40,12 @@ def test_installed_for_the_rotate_half_families(family, dtype, checkpoints):
     om = load_checkpoint(checkpoints[family], CUDA, dtype, CacheBudget(fraction=1.0))
     module = modeling_module(om)
     original = module.apply_rotary_pos_emb
-    assert fr.install_fused_rope(om.model)
+    assert rope.install_fused_rope(om.model)
     wrapper = module.apply_rotary_pos_emb
     assert wrapper is not original and wrapper.__wrapped__ is original
     assert wrapper._rope_patch.allows(dtype, partial=False)
-    assert fr.install_fused_rope(om.model) and module.apply_rotary_pos_emb is wrapper  # twice: harmless
-    fr.uninstall_fused_rope()
+    assert rope.install_fused_rope(om.model) and module.apply_rotary_pos_emb is wrapper  # twice: harmless
+    rope.uninstall_fused_rope()
     assert module.apply_rotary_pos_emb is original
 
 
@@ -54,7 +54,7 @@ def test_other_forms_are_left_alone(family, checkpoints):
     om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=1.0))
     module = modeling_module(om)
     before = getattr(module, "apply_rotary_pos_emb", None)
-    assert not fr.install_fused_rope(om.model)
+    assert not rope.install_fused_rope(om.model)
     assert getattr(module, "apply_rotary_pos_emb", None) is before
 
 
@@ -63,7 +63,7 @@ def test_kernel_is_bit_exact_on_cuda(dtype):
     """Qwen3-30B-A3B's attention shape (32 q heads, 4 kv heads, head 128), decode and prefill lengths."""
     gen = torch.Generator(device=CUDA).manual_seed(0)
     inv_freq = 1.0 / (1e6 ** (torch.arange(0, 128, 2, device=CUDA, dtype=torch.float32) / 128))
-    patch = fr.patch_module(modeling_qwen3_moe)
+    patch = rope.patch_module(modeling_qwen3_moe)
     assert patch.check(dtype, CUDA, 128, 32, 4) and patch.allows(dtype, partial=False)
     for t in (1, 7):
         q = (3 * torch.randn(2, t, 32, 128, generator=gen, device=CUDA)).to(dtype).transpose(1, 2)
@@ -78,10 +78,10 @@ def test_kernel_is_bit_exact_on_cuda(dtype):
         ]
         for fn, cos, sin in cases:
             want = fn(q, k, cos, sin)
-            got = fr.fused_rope(q, k, cos, sin)
+            got = rope.fused_rope(q, k, cos, sin)
             for g, w in zip(got, want, strict=True):
                 assert g.dtype == w.dtype and torch.equal(g, w), (dtype, t, (g != w).sum().item())
-        with fr.fused_rope_active():  # the installed wrapper, switched on
+        with rope.fused_rope_active():  # the installed wrapper, switched on
             got = modeling_qwen3_moe.apply_rotary_pos_emb(q, k, cases[0][1], cases[0][2])
         for g, w in zip(got, patch.original(q, k, cases[0][1], cases[0][2]), strict=True):
             assert torch.equal(g, w)
@@ -95,8 +95,8 @@ def test_runner_uses_the_kernel_only_in_its_own_forwards(family, checkpoints, re
     runner = ModelRunner(om, rows=2)
     assert runner.fused_rope
     calls = []
-    kernel = fr.fused_rope
-    monkeypatch.setattr(fr, "fused_rope", lambda *args: calls.append(1) or kernel(*args))
+    kernel = rope.fused_rope
+    monkeypatch.setattr(rope, "fused_rope", lambda *args: calls.append(1) or kernel(*args))
     tokens = runner.greedy(prompt, NEW)
     torch.cuda.synchronize()
     assert runner.graph_failure is None and runner.steps["captures"] >= 1

@@ -7,8 +7,8 @@ import pytest
 import torch
 from families import greedy_reference
 
-from engine.kernels.fused_router import _variant, fuse_routers
 from engine.model.loader import CacheBudget, load_checkpoint
+from engine.model.patch_router import _variant, fuse_routers
 from engine.runner.runner import ModelRunner
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -1,0 +1,64 @@
+"""A profiler trace of a few decode steps at a 50% cache: how much host->device copy time ran while
+compute kernels ran (`none` and `exact`). CUDA only.
+
+Imports torch's profiler, `bench.common`, `engine.api`, `engine.model.loader` and `engine.prefetch` only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.decode_lib.record import log
+from bench.decode_lib.timing import Workload, sync
+from bench.decode_lib.training import Bank
+from engine.api.config import EngineConfig
+from engine.model.loader import CacheBudget, replace_cache
+from engine.prefetch.build import build_prefetcher
+
+
+def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
+    """Profile a few decode steps; how much host->device copy time overlapped compute kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.common import chrome_trace_overlap as overlap
+
+    runner = workload.runner
+    prompt, feed = workload.segments[-1]
+    runner.prefill(0, prompt)
+    pos = len(prompt)
+    for tok in feed[:3]:
+        runner.decode([tok], [pos])
+        pos += 1
+    sync(workload.device)
+    steps = feed[3:9]
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for tok in steps:
+            runner.decode([tok], [pos])
+            pos += 1
+        sync(workload.device)
+    runner.after_step()
+    path = work / f"profile_{tag}.json"
+    prof.export_chrome_trace(str(path))
+    res = overlap(json.loads(path.read_text()))
+    res["decode_steps"] = len(steps)
+    path.unlink()  # tens of MB; the numbers are what we keep
+    return res
+
+
+def overlap_by_policy(workload: Workload, bank: Bank, work: Path) -> dict:
+    """{policy: overlap} for `none` and `exact` at a 50% cache, on the workload's runner."""
+    om, runner = workload.runner.om, workload.runner
+    out = {}
+    for policy in ("none", "exact"):
+        replace_cache(om, CacheBudget(fraction=0.5))
+        pf = build_prefetcher(om, EngineConfig(policy=policy), bank=bank.bank, manifest=bank.manifest)
+        runner.invalidate()
+        try:
+            out[policy] = profile_overlap(workload, work, policy)
+        finally:
+            if pf is not None:
+                pf.remove()
+            runner.invalidate()
+        log(f"overlap {policy} @ 50%: {json.dumps(out[policy])}")
+    return out

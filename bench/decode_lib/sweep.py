@@ -1,0 +1,134 @@
+"""Every policy at every cache size on the batch-1 runner, and the fast path's ablations (CUDA only).
+
+Per cache size: `none` alone with every expert resident, every policy below a full cache (`oracle` replays
+the routing `none` recorded at the same size). With every expert resident also eager steps and the slot
+GEMV's torch fallback; at 50% `exact` with eager steps; below a full cache the `--segmented` policies with
+segmented steps (no reads from host memory). Each configuration goes to the record as it finishes.
+
+Imports `engine.api`, `engine.model.loader`, `engine.prefetch` and `predictors.fingerprint` only.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.decode_lib.model import PROMPT_TOKENS
+from bench.decode_lib.record import Record, log
+from bench.decode_lib.seams import attach_cache_hooks, runner_of_kind, torch_expert_gemv
+from bench.decode_lib.timing import STALLS, Workload, summarise
+from bench.decode_lib.training import Bank
+from engine.api.config import EngineConfig
+from engine.model.loader import CacheBudget, replace_cache
+from engine.prefetch.build import build_prefetcher
+from engine.prefetch.routing_trace import RoutingRecorder
+from predictors.fingerprint import model_fingerprint
+
+
+def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, routing: Path, bw):
+    """One configuration on the workload's runner: a fresh cache of `fraction` (`none` also records its
+    routing for `oracle`, once per file), the policy's prefetcher, the runs; (summary, slots, wall s)."""
+    om, runner = workload.runner.om, workload.runner
+    cache = replace_cache(om, CacheBudget(fraction=fraction))
+    if fraction >= 1.0:
+        cache.load_all()
+    recorder = None
+    if policy == "none" and not routing.exists():
+        recorder = RoutingRecorder(len(om.layers))
+    attach_cache_hooks(cache, STALLS.add, recorder.record if recorder is not None else None)
+    ecfg = EngineConfig(policy=policy, oracle_trace=str(routing) if policy == "oracle" else None)
+    latencies: list[float] = []
+    pf = build_prefetcher(om, ecfg, bank=bank.bank, manifest=bank.manifest, on_latency=latencies.append)
+    runner.invalidate()
+    t0 = time.perf_counter()
+    try:
+        runs = workload.run()
+    finally:
+        if pf is not None:
+            pf.remove()
+        runner.invalidate()
+    if recorder is not None:
+        recorder.save(routing, model_fingerprint(om.model))
+        attach_cache_hooks(cache, STALLS.add, None)
+    s = summarise(runs, PROMPT_TOKENS, bw)
+    if latencies:
+        s["prediction_latency_ms_median"] = 1e3 * statistics.median(latencies)
+        s["prediction_latency_ms_p99"] = 1e3 * sorted(latencies)[math.ceil(0.99 * len(latencies)) - 1]
+    return s, cache.capacity, time.perf_counter() - t0
+
+
+class Deadline:
+    """`--deadline` seconds from the start of the run (0: none)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.started = seconds, time.perf_counter()
+
+    def passed(self) -> bool:
+        return bool(self.seconds) and time.perf_counter() - self.started > self.seconds
+
+
+@dataclass
+class Sweep:
+    """What every configuration of the sweep shares."""
+
+    workload: Workload  # on the main batch-1 runner
+    bank: Bank
+    routing: Path  # `none`'s recorded routing, `oracle`'s trace
+    bw: float | None  # host->device bytes/s (CUDA), for the PCIe floor
+    record: Record
+    deadline: Deadline
+    cuda: bool
+
+    def measure(self, policy: str, fraction: float, variant: str | None = None, workload=None) -> None:
+        workload = workload or self.workload
+        s, slots, wall = run_config(workload, self.bank, policy, fraction, self.routing, self.bw)
+        self.record.add_config(policy, fraction, s, slots, wall, workload.runner.steps, variant=variant)
+
+
+def sweep(sw: Sweep, fractions: list[float], policies: list[str], segmented: list[str]) -> None:
+    runner = sw.workload.runner
+    for fraction in fractions:
+        here = ["none"] if fraction >= 1.0 else policies
+        for policy in here:
+            if sw.deadline.passed():
+                log(f"deadline: {policy} @ {fraction} and later configs skipped")
+                sw.record.skipped(f"{policy}@{fraction}")
+                continue
+            if policy == "oracle" and not sw.routing.exists():
+                log("oracle skipped: no routing recorded (run policy none first)")
+                continue
+            if policy == "none" and fraction < 1.0:
+                sw.routing.unlink(missing_ok=True)  # record this cache size's routing for its oracle
+            runner.reset_steps()
+            sw.measure(policy, fraction)
+        if sw.cuda and fraction >= 1.0 and not sw.deadline.passed():
+            resident_ablations(sw, fraction)
+        if sw.cuda and fraction == 0.5 and "exact" in policies and not sw.deadline.passed():
+            with runner_of_kind(runner.om, graphs=False) as eager:  # the same policy without CUDA graphs
+                sw.measure("exact", fraction, "eager", sw.workload.on(eager))
+        if sw.cuda and fraction < 1.0:
+            segmented_steps(sw, fraction, [p for p in segmented if p in here])
+
+
+def resident_ablations(sw: Sweep, fraction: float) -> None:
+    """The fast path with every expert resident, without CUDA graphs and with the torch GEMV."""
+    with runner_of_kind(sw.workload.runner.om, graphs=False) as eager:
+        sw.measure("none", fraction, "eager", sw.workload.on(eager))
+    with torch_expert_gemv(sw.workload.runner):
+        sw.measure("none", fraction, "torch-gemv")
+
+
+def segmented_steps(sw: Sweep, fraction: float, policies: list[str]) -> None:
+    """The same policies with segmented steps (no reads from host memory), on a runner built for them."""
+    if not policies:
+        return
+    with runner_of_kind(sw.workload.runner.om, host_reads=False) as seg:
+        for policy in policies:
+            if sw.deadline.passed():
+                sw.record.skipped(f"{policy}@{fraction}/segmented")
+                continue
+            seg.reset_steps()
+            sw.measure(policy, fraction, "segmented", sw.workload.on(seg))

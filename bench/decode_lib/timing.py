@@ -1,0 +1,141 @@
+"""Timing prefills and teacher-forced decode steps on one runner, and the summary of a configuration's runs.
+
+A `Workload` is a warm-up and the measured runs, each: prefill a prompt into KV row 0, then decode steps
+that feed the text's next tokens one at a time, recording each step's argmax (kept on the device: no sync
+inside the timed loop) and the cache counters' change. The whole sequence of calls is what `oracle`
+replays.
+
+Imports torch, `engine.runner` (the runner's public methods) and `engine.model.loader` only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from engine.model.loader import CacheBudget, replace_cache
+from engine.runner.runner import ModelRunner
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stalls:
+    """Sums the stall seconds the cache reports (its `on_stall` callback)."""
+
+    total = 0.0
+
+    def add(self, s: float) -> None:
+        self.total += s
+
+
+STALLS = Stalls()  # one for the whole run: each measurement reads its difference
+
+
+class Workload:
+    """A warm-up and `runs` measured runs over `segments` [(prompt, fed tokens)], the first one warming up."""
+
+    def __init__(self, runner: ModelRunner, segments: list[tuple[list[int], list[int]]]) -> None:
+        self.runner, self.segments = runner, segments
+        self.device = runner.device
+
+    def on(self, runner: ModelRunner) -> Workload:
+        """The same text on another runner."""
+        return Workload(runner, self.segments)
+
+    def one(self, prompt: list[int], feed: list[int]) -> dict:
+        om, runner = self.runner.om, self.runner
+        sync(self.device)
+        t0 = time.perf_counter()
+        logits = runner.prefill(0, prompt)
+        sync(self.device)
+        t_prefill = time.perf_counter() - t0
+        runner.after_step()
+        before = om.counters.totals()
+        stall0 = STALLS.total
+        pos = len(prompt)
+        t0 = time.perf_counter()
+        argmax = []
+        for tok in feed:
+            argmax.append(torch.argmax(logits))  # kept on the device: no sync inside the timed loop
+            logits = runner.decode([tok], [pos])[0]
+            pos += 1
+        sync(self.device)
+        t_decode = time.perf_counter() - t0
+        runner.after_step()
+        after = om.counters.totals()
+        return {
+            "prefill_s": t_prefill,
+            "decode_s": t_decode,
+            "tokens": [int(t) for t in argmax],
+            "delta": {k: after[k] - before[k] for k in after},
+            "stall_s": STALLS.total - stall0,
+        }
+
+    def run(self) -> list[dict]:
+        self.one(*self.segments[0])  # warm-up: captures graphs, fills the cache as a running server's is
+        return [self.one(*seg) for seg in self.segments[1:]]
+
+
+def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
+    """Tokens/s (median, min, max), hits, stalls, bytes per token and the PCIe floor of a config's runs."""
+    new = len(runs[0]["tokens"])
+    tok_s = [new / r["decode_s"] for r in runs]
+    d = {k: sum(r["delta"][k] for r in runs) for k in runs[0]["delta"]}
+    n = new * len(runs)
+    req = max(1, d["requests"])
+    # the bytes a step needs over PCIe: copies made for it (prefetch, demand) and weights its kernels read
+    # from host memory (streamed steps); the fills behind streamed steps are counted apart
+    bytes_tok = (d["bytes_prefetch"] + d["bytes_demand"] + d.get("bytes_host_read", 0)) / n
+    fill_tok = d.get("bytes_fill", 0) / n
+    out = {
+        "tok_s": tok_s,
+        "tok_s_median": statistics.median(tok_s),
+        "tok_s_min": min(tok_s),
+        "tok_s_max": max(tok_s),
+        "ms_per_token_median": 1e3 / statistics.median(tok_s),
+        "prefill_tok_s_median": statistics.median(prompt_len / r["prefill_s"] for r in runs),
+        "hit_rate": (d["hits_resident"] + d["hits_prefetched"]) / req,
+        "prefetch_hit_rate": d["hits_prefetched"] / req,
+        "misses_per_token": d["misses"] / n,
+        "stall_ms_per_token": 1e3 * sum(r["stall_s"] for r in runs) / n,
+        "bytes_per_token": bytes_tok,
+        "demand_bytes_per_token": d["bytes_demand"] / n,
+        "host_read_bytes_per_token": d.get("bytes_host_read", 0) / n,
+        "fill_bytes_per_token": fill_tok,
+        "prefetch_issued_per_token": d["prefetch_issued"] / n,
+        "wasted_per_token": d["prefetch_wasted"] / n,
+        "wasted_ratio": d["prefetch_wasted"] / d["prefetch_issued"] if d["prefetch_issued"] else None,
+        "online_recall": d["predicted_routed"] / d["routed_scored"] if d["routed_scored"] else None,
+        "tokens": [r["tokens"] for r in runs],
+    }
+    if bw:
+        out["pcie_ms_per_token"] = 1e3 * bytes_tok / bw
+        out["pcie_ms_per_token_with_fills"] = 1e3 * (bytes_tok + fill_tok) / bw
+    return out
+
+
+def time_prefill(om, fraction: float, prompt: list[int], reps: int = 3) -> dict:
+    """Prefill tokens/s of one long prompt at a cache of `fraction`, on a runner sized for it."""
+    replace_cache(om, CacheBudget(fraction=fraction))
+    runner = ModelRunner(om, rows=1, max_len=len(prompt) + 8)
+    times = []
+    for _ in range(reps):
+        sync(om.device)
+        t0 = time.perf_counter()
+        runner.prefill(0, prompt)
+        sync(om.device)
+        times.append(time.perf_counter() - t0)
+    del runner
+    return {
+        "fraction": fraction,
+        "prompt_tokens": len(prompt),
+        "s": times,
+        "tok_s_median": len(prompt) / statistics.median(times),
+        "tok_s_min": len(prompt) / max(times),
+        "tok_s_max": len(prompt) / min(times),
+    }

@@ -1,0 +1,48 @@
+"""The decode benchmark's library on the CPU smoke shape: runners of another kind give the same greedy
+tokens as the main runner, the torch-GEMV switch puts the runner back as it was, and the record checks
+every configuration's tokens against the first one's."""
+
+from __future__ import annotations
+
+from bench.decode_lib.model import PROMPT_TOKENS, build_bench
+from bench.decode_lib.record import Record, add_ratios
+from bench.decode_lib.seams import BENCH_MAX_LEN, runner_of_kind, torch_expert_gemv
+from bench.decode_lib.timing import Workload, summarise
+from engine.runner.runner import ModelRunner
+
+
+def _segments(vocab: int, runs: int = 2, new: int = 3) -> list[tuple[list[int], list[int]]]:
+    ids = [(7 * i + 3) % vocab for i in range((PROMPT_TOKENS + new) * (runs + 1))]
+    seg = PROMPT_TOKENS + new
+    return [
+        (ids[i * seg : i * seg + PROMPT_TOKENS], ids[i * seg + PROMPT_TOKENS : (i + 1) * seg])
+        for i in range(runs + 1)
+    ]
+
+
+def test_runners_of_another_kind_decode_the_same_tokens():
+    b = build_bench("qwen3-30b-a3b", smoke=True, embed_std=1.0)
+    main = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok)))
+    want = [r["tokens"] for r in main.run()]
+    with runner_of_kind(b.om, graphs=False, host_reads=False) as other:
+        assert other.graphs_enabled is False and other.host_reads is False
+        assert [r["tokens"] for r in main.on(other).run()] == want
+    before = main.runner.use_triton
+    with torch_expert_gemv(main.runner) as runner:
+        assert runner.use_triton is False
+        assert [r["tokens"] for r in main.run()] == want
+    assert main.runner.use_triton is before
+
+
+def test_record_checks_tokens_and_derives_ratios(tmp_path):
+    b = build_bench("qwen3-30b-a3b", smoke=True, embed_std=1.0)
+    workload = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok)))
+    record = Record(tmp_path / "r.json", {"configs": []})
+    s = summarise(workload.run(), PROMPT_TOKENS, None)
+    record.add_config("none", 1.0, s, 48, 0.1, workload.runner.steps)
+    other = {**s, "tokens": [[t + 1 for t in row] for row in s["tokens"]]}
+    record.add_config("exact", 1.0, other, 48, 0.1, workload.runner.steps)
+    assert [c["summary"]["same_tokens_as_reference"] for c in record.data["configs"]] == [True, False]
+    add_ratios(record.data)
+    assert record.data["ratios"]["exact@1.0"]["speedup_vs_none"] > 0
+    assert (tmp_path / "r.json").stat().st_size > 0

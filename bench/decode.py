@@ -57,13 +57,13 @@ from bench.common import (  # noqa: E402
 from engine.api.config import EngineConfig  # noqa: E402
 from engine.api.policies import POLICIES  # noqa: E402
 from engine.model.builtin import builtin_tokenizer  # noqa: E402
+from engine.model.fingerprint import model_fingerprint  # noqa: E402
 from engine.model.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
 from engine.model.presets import preset_config  # noqa: E402
 from engine.prefetch.build import build_prefetcher  # noqa: E402
 from engine.prefetch.routing_trace import RoutingRecorder  # noqa: E402
 from engine.runner.runner import ModelRunner  # noqa: E402
 from predictors.collect import collect, read_prompts  # noqa: E402
-from predictors.fingerprint import model_fingerprint  # noqa: E402
 from predictors.traces import TraceSet  # noqa: E402
 from predictors.train import train_bank  # noqa: E402
 

@@ -225,7 +225,7 @@ def evaluate(
 ) -> None:
     """Per-layer and overall set accuracy, recall@k, over-provisioning recall, top-1 and latency, with the
     router, cross-layer and frequency-prior baselines."""
-    from predictors.bundle import load_bundle
+    from engine.prefetch.bundle import load_bundle
     from predictors.evaluate import evaluate as run_evaluate
     from predictors.evaluate import plot_result, result_table
     from predictors.traces import TraceSet
@@ -390,7 +390,7 @@ def simulate(
         expert_bytes = round(expert_mb * 1e6) if expert_mb else (shape.expert_bytes if shape else None)
         bank = manifest = None
         if predictors is not None:
-            from predictors.bundle import check_fingerprint, load_bundle
+            from engine.prefetch.bundle import check_fingerprint, load_bundle
 
             bank, manifest = load_bundle(predictors)
             if w.fingerprint is not None:

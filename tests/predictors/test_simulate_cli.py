@@ -10,10 +10,10 @@ import torch
 from predictor_fixtures import write_synthetic_traces
 from typer.testing import CliRunner
 
+from engine.prefetch.nets import PredictorBank
 from engine.prefetch.routing_trace import RoutingRecorder
 from predictors.bundle import save_bundle
 from predictors.cli import app
-from predictors.model import PredictorBank
 
 
 def _invoke(*args):

@@ -93,7 +93,7 @@ def write_check_prompts(bundle_dir: Path, prompts: list[str]) -> Path:
 
 def shipped_check(model: nn.Module, tokenizer, bundle_dir: Path, work: Path) -> dict:
     """Recall of the bundle in `bundle_dir` on its own check prompts, traced on `model` (as the test does)."""
-    from predictors.bundle import load_bundle
+    from engine.prefetch.bundle import load_bundle
     from predictors.collect import collect, read_prompts
     from predictors.evaluate import evaluate
     from predictors.traces import TraceSet

@@ -25,8 +25,8 @@ def plan_epochs(budget_s: float, traces, arch: int, loss: str, hidden: int, devi
     """(epochs per layer, seconds per step) so that every layer of `traces` trains within `budget_s`."""
     import torch
 
+    from engine.prefetch.nets import build_predictor
     from predictors.losses import LOSSES
-    from predictors.model import build_predictor
 
     d, e, k = traces.d_model, traces.num_experts, traces.top_k
     net = build_predictor(arch, d, e, hidden).to(device)

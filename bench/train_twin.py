@@ -173,7 +173,7 @@ def run_pipeline(args) -> None:
     from bench.twin_shapes import twin_shape
     from bench.twin_trace import trace_all
     from engine.model.builtin import builtin_tokenizer
-    from predictors.fingerprint import model_fingerprint
+    from engine.model.fingerprint import model_fingerprint
     from predictors.metrics import default_k_prime
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -19,7 +19,7 @@ import torch
 
 from predictors.evaluate import evaluate
 from predictors.losses import LOSSES
-from predictors.model import build_predictor
+from engine.prefetch.nets import build_predictor
 from predictors.train import train_bank
 
 BATCH, LR = 2048, 1.5e-3

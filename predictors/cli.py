@@ -1,5 +1,5 @@
-"""Command line for the predictor workflow: `collect`, `train`, `evaluate`, `simulate` (mounted as
-`moe-prefetch ...`).
+"""Command line for the predictor workflow: `collect`, `train`, `evaluate`, and `simulate`
+(`predictors.simulate_cli`), mounted as `moe-prefetch ...`.
 
 Arguments are parsed only when a command runs; importing this module builds the Typer app and nothing else.
 """
@@ -7,19 +7,19 @@ Arguments are parsed only when a command runs; importing this module builds the 
 from __future__ import annotations
 
 import json
-import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from predictors.simulate_cli import simulate
+from predictors.terminal import console, setup_logging
 
 app = typer.Typer(
     help="Collect routing traces, train per-layer pre-attention predictors, evaluate them.",
     no_args_is_help=True,
 )
-console = Console()
 
 
 class Loss(StrEnum):
@@ -29,22 +29,9 @@ class Loss(StrEnum):
     focal = "focal"
 
 
-class TargetMetric(StrEnum):
-    resident = "resident"
-    hit = "hit"
-
-
 class Split(StrEnum):
     heldout = "heldout"
     all = "all"
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
 
 
 def _parse_consts(items: list[str]) -> dict[str, str]:
@@ -103,7 +90,7 @@ def collect(
     from predictors.collect import collect as run_collect
     from predictors.collect import load_model_for_tracing, read_prompts
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if x_dtype not in ("bf16", "fp16"):
         raise typer.BadParameter("bf16 or fp16", param_hint="--x-dtype")
     texts = read_prompts(prompts)
@@ -173,7 +160,7 @@ def train(
     from predictors.traces import TraceSet
     from predictors.train import train_bank
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if arch not in (1, 2):
         raise typer.BadParameter("1 or 2", param_hint="--arch")
     ts = TraceSet(traces)
@@ -225,12 +212,12 @@ def evaluate(
 ) -> None:
     """Per-layer and overall set accuracy, recall@k, over-provisioning recall, top-1 and latency, with the
     router, cross-layer and frequency-prior baselines."""
-    from predictors.bundle import load_bundle
+    from engine.prefetch.bundle import load_bundle
     from predictors.evaluate import evaluate as run_evaluate
     from predictors.evaluate import plot_result, result_table
     from predictors.traces import TraceSet
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     bank, manifest = load_bundle(predictors)
     result = run_evaluate(
         bank,
@@ -255,188 +242,4 @@ def evaluate(
         console.print(f"[green]plot[/green] {plot_result(result, plot)}")
 
 
-def _floats(text: str | None, what: str) -> list[float]:
-    if not text:
-        return []
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"a comma-separated list of numbers, got {text!r}", param_hint=what
-        ) from None
-
-
-def _names(text: str | None, known: tuple[str, ...], what: str) -> list[str]:
-    names = [v.strip() for v in (text or "").split(",") if v.strip()]
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise typer.BadParameter(f"unknown {', '.join(bad)}; choose from {', '.join(known)}", param_hint=what)
-    return names
-
-
-@app.command()
-def simulate(
-    traces: Annotated[
-        Path | None, typer.Option(help="Trace directory written by `collect` (replayed as batch-1 decode).")
-    ] = None,
-    routing: Annotated[
-        Path | None,
-        typer.Option(help="Routing recording written with MOE_RECORD_ROUTING (none and oracle only)."),
-    ] = None,
-    predictors: Annotated[
-        Path | None, typer.Option(help="Predictor bundle for exact, overprovision, top1 and adaptive.")
-    ] = None,
-    policies: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated MOE_POLICY values (default: every one the input and bundle allow)."
-        ),
-    ] = None,
-    eviction: Annotated[str, typer.Option(help="Comma-separated eviction orders: lru, lfu, belady.")] = (
-        "lru,lfu,belady"
-    ),
-    fractions: Annotated[
-        str, typer.Option(help="Cache sizes as shares of all routed experts, comma-separated.")
-    ] = "0.1,0.25,0.5,0.75,1.0",
-    cache_gb: Annotated[str | None, typer.Option(help="Cache sizes in GB, comma-separated.")] = None,
-    expert_mb: Annotated[
-        float | None, typer.Option(help="One routed expert's size in MB (1e6 bytes).")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Checkpoint folder or preset (qwen3-30b-a3b, ...) giving the expert size and shape."
-        ),
-    ] = None,
-    dtype: Annotated[str, typer.Option(help="Expert dtype for --model: bf16, fp16 or float32.")] = "bf16",
-    overprovision: Annotated[
-        int | None, typer.Option(help="k' of overprovision (default ceil(1.5 k)).")
-    ] = None,
-    adaptive_target: Annotated[float, typer.Option(help="Mass target of adaptive.")] = 0.9,
-    adaptive_max: Annotated[
-        int | None, typer.Option(help="Most experts adaptive fetches (default 2 k).")
-    ] = None,
-    lfu_half_life: Annotated[
-        float, typer.Option(help="LFU decay: a use this many tokens ago counts half (0: no decay).")
-    ] = 64.0,
-    bandwidth_gbs: Annotated[
-        float, typer.Option(help="Host->device GB/s of the time model (H200 pinned: 55).")
-    ] = 55.0,
-    step_ms: Annotated[
-        float, typer.Option(help="Resident decode step in ms (Qwen3-30B-A3B shape on an H200: 4.6).")
-    ] = 4.6,
-    target_hit: Annotated[
-        float | None, typer.Option(help="Print the smallest cache reaching this hit rate, e.g. 0.9.")
-    ] = None,
-    target_metric: Annotated[
-        TargetMetric,
-        typer.Option(
-            help="resident: hits on experts cached before the step's prefetch; hit: the engine's "
-            "hit rate, prefetch hits included."
-        ),
-    ] = TargetMetric.resident,
-    max_tokens: Annotated[int | None, typer.Option(help="Replay only the first N steps.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write simulate.json and simulate.png here.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
-) -> None:
-    """Replay recorded routing through a model of the engine's expert cache: hit rate, misses, bytes copied and
-    modelled time per token for each cache size x eviction x prefetch policy."""
-    from engine.api.errors import EngineError
-    from engine.api.policies import POLICIES
-    from predictors.eviction import EVICTIONS
-    from predictors.sim_report import (
-        SweepConfig,
-        capacity_lines,
-        model_shape,
-        result_table,
-        sweep,
-        write_outputs,
-    )
-    from predictors.simulate import (
-        NEEDS_INPUTS,
-        SimulateError,
-        TimeModel,
-        cache_sizes,
-        load_recording,
-        load_traces,
-        policy_runs,
-    )
-
-    _setup_logging(verbose)
-    if (traces is None) == (routing is None):
-        raise typer.BadParameter("give exactly one of --traces DIR or --routing FILE", param_hint="--traces")
-    if target_hit is not None and not 0.0 < target_hit <= 1.0:
-        raise typer.BadParameter("a hit rate in (0, 1]", param_hint="--target-hit")
-    evictions = _names(eviction, EVICTIONS, "--eviction")
-    asked = _names(policies, POLICIES, "--policies")
-    try:
-        shape = model_shape(model, dtype) if model else None
-        if traces is not None:
-            w = load_traces(traces, max_tokens)
-        else:
-            w = load_recording(
-                routing, shape.num_experts if shape else None, shape.top_k if shape else None, max_tokens
-            )
-        if shape and (shape.num_layers, shape.num_experts, shape.top_k) != (
-            w.num_layers,
-            w.num_experts,
-            w.top_k,
-        ):
-            raise SimulateError(
-                f"--model {model}: {shape.num_layers} MoE layers x {shape.num_experts} experts, top-{shape.top_k}; "
-                f"the input has {w.num_layers} x {w.num_experts}, top-{w.top_k}"
-            )
-        expert_bytes = round(expert_mb * 1e6) if expert_mb else (shape.expert_bytes if shape else None)
-        bank = manifest = None
-        if predictors is not None:
-            from predictors.bundle import check_fingerprint, load_bundle
-
-            bank, manifest = load_bundle(predictors)
-            if w.fingerprint is not None:
-                check_fingerprint(predictors, manifest, w.fingerprint, what=f"the input {w.source}")
-        if not asked:
-            asked = [
-                p
-                for p in POLICIES
-                if (p not in NEEDS_INPUTS or w.inputs is not None)
-                and (p in ("none", "crosslayer", "oracle") or bank is not None)
-            ]
-        runs = policy_runs(
-            w,
-            asked,
-            bank,
-            manifest,
-            overprovision=overprovision,
-            adaptive_target=adaptive_target,
-            adaptive_max=adaptive_max,
-        )
-        sizes = cache_sizes(
-            w, _floats(fractions, "--fractions"), _floats(cache_gb, "--cache-gb"), expert_bytes
-        )
-        cfg = SweepConfig(
-            evictions=tuple(evictions) or EVICTIONS,
-            lfu_half_life=lfu_half_life,
-            time=TimeModel(step_ms=step_ms, bandwidth_gbs=bandwidth_gbs),
-            target_hit=target_hit,
-            target_metric="resident_hit_rate" if target_metric is TargetMetric.resident else "hit_rate",
-            progress=progress,
-        )
-        doc = sweep(w, sizes, runs, expert_bytes, cfg)
-    except (SimulateError, EngineError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]simulate:[/red] {err}")
-        raise typer.Exit(2) from None
-    wide = console if console.is_terminal else Console(width=160)  # a pipe or file gets whole rows
-    wide.print(result_table(doc))
-    if expert_bytes:
-        wide.print(
-            f"expert {expert_bytes / 1e6:.2f} MB; overlap ms = max(step {step_ms} ms, MB/tok / {bandwidth_gbs} GB/s) "
-            "(copies hidden behind compute); serial ms = step + misses x expert / bandwidth (misses stall)"
-        )
-    else:
-        console.print("no expert size (--expert-mb or --model): bytes and modelled times left out")
-    for line in capacity_lines(doc):
-        wide.print(line)
-    if out is not None:
-        js, png = write_outputs(doc, out)
-        console.print(f"[green]json[/green] {js}\n[green]plot[/green] {png}")
+app.command()(simulate)

@@ -20,8 +20,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from engine.model.fingerprint import model_essentials, model_fingerprint, router_params
 from engine.model.model_map import find_moe_layers
-from predictors.fingerprint import model_essentials, model_fingerprint, router_params
 from predictors.traces import TraceWriter
 
 log = logging.getLogger(__name__)

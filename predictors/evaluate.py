@@ -25,9 +25,9 @@ import torch
 from rich import box
 from rich.table import Table
 
-from predictors.bundle import check_fingerprint
+from engine.prefetch.bundle import check_fingerprint
+from engine.prefetch.nets import PredictorBank
 from predictors.metrics import all_metrics, default_k_prime
-from predictors.model import PredictorBank
 from predictors.traces import TraceSet
 from predictors.train import default_device, predict_scores
 

@@ -1,4 +1,4 @@
-"""The `simulate` command's work: expert size from a model, the sweep over cache sizes x evictions x
+"""The `simulate` command's work: the sweep over cache sizes x evictions x
 policies (with a progress bar), the capacity answer, and the outputs (table, simulate.json, simulate.png).
 
 Library code: no argument parsing, no printing (the CLI prints what these functions return).
@@ -23,37 +23,6 @@ from predictors.simulate import (
     smallest_cache,
     summarize,
 )
-
-DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "float32": 4, "fp32": 4}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    num_layers: int
-    num_experts: int
-    top_k: int
-    expert_bytes: int
-
-
-def model_shape(spec: str, dtype: str = "bf16") -> ModelShape:
-    """The MoE shape and one routed expert's bytes (every weight and bias of its flat row, as the engine's
-    store holds it) of a checkpoint folder (its config.json) or an `engine.model.presets` name, built on the meta
-    device (no weights read)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from engine.model.model_map import expert_param_names, find_moe_layers, top_k_of
-    from engine.model.presets import PRESETS, preset_config
-
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPE_BYTES)}")
-    config = preset_config(spec) if spec.lower() in PRESETS else AutoConfig.from_pretrained(spec)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    layers = find_moe_layers(model)
-    experts = layers[0].experts
-    numel = sum(math.prod(getattr(experts, n).shape[1:]) for n in expert_param_names(experts))
-    return ModelShape(len(layers), int(experts.num_experts), top_k_of(model), numel * DTYPE_BYTES[dtype])
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.prefetch.nets import PredictorBank
 from predictors.losses import LOSSES, loss_constants
 from predictors.metrics import all_metrics, default_k_prime
-from predictors.model import PredictorBank
 from predictors.traces import TraceSet
 
 log = logging.getLogger(__name__)

@@ -14,20 +14,7 @@ from fastapi.responses import Response
 from engine.api.protocol import GenerationRequest, TokenDelta
 from server import sse, structured
 from server.auth import require_api_key
-from server.common import (
-    CLIENT_CLOSED,
-    Call,
-    check_request,
-    new_call,
-    open_stream,
-    run_to_end,
-    sampling,
-    usage,
-)
-from server.deps import ConfigDep, EngineDep
-from server.logprobs import chat_logprobs
-from server.openapi import error_responses, streamed
-from server.schemas import (
+from server.chat_schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -36,8 +23,14 @@ from server.schemas import (
     ChatCompletionRequest,
     ChatDelta,
     ChatMessage,
-    Usage,
 )
+from server.deps import ConfigDep, EngineDep
+from server.logprobs import chat_logprobs
+from server.openapi import error_responses, streamed
+from server.respond import CLIENT_CLOSED, Call, new_call, open_stream, run_to_end, usage
+from server.sampling import sampling
+from server.schemas import Usage
+from server.validation import check_request
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

@@ -13,22 +13,15 @@ from fastapi.responses import Response
 from engine.api.protocol import GenerationRequest, TokenDelta
 from server import sse
 from server.auth import require_api_key
-from server.common import (
-    CLIENT_CLOSED,
-    Call,
-    check_request,
-    new_call,
-    open_stream,
-    run_to_end,
-    sampling,
-    usage,
-)
+from server.completion_schemas import Completion, CompletionChoice, CompletionRequest
 from server.deps import ConfigDep, EngineDep
 from server.logprobs import Offsets, completion_logprobs, join
 from server.openapi import error_responses, streamed
-from server.schemas import Completion, CompletionChoice, CompletionRequest, Usage
+from server.respond import CLIENT_CLOSED, Call, new_call, open_stream, run_to_end, usage
+from server.sampling import sampling
+from server.schemas import Usage
 from server.streams import ChoiceResult
-from server.validation import check_vocabulary
+from server.validation import check_request, check_vocabulary
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import codecs
 
 from engine.api.protocol import Logprob, TokenLogprobs
-from server.schemas import ChatTokenLogprob, ChoiceLogprobs, CompletionLogprobs, TopLogprob
+from server.chat_schemas import ChatTokenLogprob, ChoiceLogprobs, TopLogprob
+from server.completion_schemas import CompletionLogprobs
 
 
 def _top(e: Logprob) -> TopLogprob:

@@ -20,15 +20,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from engine.api.errors import EngineError
+from server.chat_schemas import ChatCompletionChunk, ChatCompletionRequest
+from server.completion_schemas import CompletionRequest
 from server.config import ServerConfig
 from server.errors import ErrorResponse
-from server.schemas import (
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    TokenizeRequest,
-)
+from server.tokenize_schemas import DetokenizeRequest, TokenizeRequest
 
 JSON = "application/json"
 SSE = "text/event-stream"

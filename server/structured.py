@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from engine.api.protocol import Constraint
 from engine.core.tool_calls import ParsedCall, ToolCallParser
-from server.errors import APIError
-from server.schemas import (
+from server.chat_schemas import (
     ChatCompletionRequest,
     ChatDelta,
     FunctionCall,
@@ -26,6 +25,7 @@ from server.schemas import (
     ToolCall,
     ToolCallDelta,
 )
+from server.errors import APIError
 
 NO_PARAMETERS = {"type": "object", "properties": {}}
 ANY_OBJECT = {"type": "object"}

@@ -14,7 +14,7 @@ from server.chat import messages_for_engine
 from server.deps import EngineDep
 from server.errors import APIError
 from server.openapi import error_responses
-from server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.tokenize_schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.validation import check_text, check_vocabulary
 
 router = APIRouter()

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from engine.model.builtin import load_builtin
+from engine.model.fingerprint import model_fingerprint
 from engine.model.loader import CacheBudget
+from engine.prefetch.nets import PredictorBank
 from predictors.bundle import save_bundle
-from predictors.fingerprint import model_fingerprint
-from predictors.model import PredictorBank
 
 
 def builtin_bundle(directory: Path, seed: int = 0, fingerprint: str | None = None) -> Path:

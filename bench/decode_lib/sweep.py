@@ -5,7 +5,7 @@ the routing `none` recorded at the same size). With every expert resident also e
 GEMV's torch fallback; at 50% `exact` with eager steps; below a full cache the `--segmented` policies with
 segmented steps (no reads from host memory). Each configuration goes to the record as it finishes.
 
-Imports `engine.api`, `engine.model.loader`, `engine.prefetch` and `predictors.fingerprint` only.
+Imports `engine.api`, `engine.model.loader`, `engine.prefetch` and `engine.model.fingerprint` only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from engine.api.config import EngineConfig
 from engine.model.loader import CacheBudget, replace_cache
 from engine.prefetch.build import build_prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
-from predictors.fingerprint import model_fingerprint
+from engine.model.fingerprint import model_fingerprint
 
 
 def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, routing: Path, bw):

@@ -113,7 +113,7 @@ class AsyncEngine:
         if self._masks is not None:
             self._masks.close()
         if self.recorder is not None and self.om is not None:
-            from predictors.fingerprint import model_fingerprint
+            from engine.model.fingerprint import model_fingerprint
 
             path = self.recorder.save(self.config.record_routing, model_fingerprint(self.om.model))
             log.info("routing of %d layer-steps written to %s", self.recorder.steps(), path)

@@ -1,8 +1,8 @@
 """Building the prefetcher `MOE_POLICY` asks for: its scorer (a predictor bank, or the next layer's router),
 its policy, the bundle it loads and checks against the model, and its installation on the model.
 
-Imports `engine.prefetch.prefetcher`, `engine.prefetch.policies`, `engine.prefetch.routing_trace` and
-`engine.api`.
+Imports `engine.prefetch.prefetcher`, `engine.prefetch.policies`, `engine.prefetch.routing_trace`,
+`engine.prefetch.bundle`, `engine.model.fingerprint` and `engine.api`.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def resolve_bundle(policy: str, predictors: str | None, builtin_bundle: Path | N
 
 def load_predictors(path: str, model, layers: list, device: torch.device, dtype: torch.dtype):
     """The bundle at `path` as a bank on `device`, after checking it belongs to `model`."""
-    from predictors.bundle import load_bundle
-    from predictors.fingerprint import model_fingerprint
+    from engine.model.fingerprint import model_fingerprint
+    from engine.prefetch.bundle import load_bundle
 
     try:
         bank, manifest = load_bundle(path, expected_fingerprint=model_fingerprint(model))
@@ -96,7 +96,7 @@ def build_prefetcher(
             raise EngineError(
                 "MOE_POLICY=oracle needs MOE_ORACLE_TRACE: a routing file recorded with MOE_RECORD_ROUTING"
             )
-        from predictors.fingerprint import model_fingerprint
+        from engine.model.fingerprint import model_fingerprint
 
         replay = RoutingReplay.load(config.oracle_trace, model_fingerprint(om.model), len(layers))
         return Prefetcher(layers, cache, None, replay=replay, on_latency=on_latency, threaded=False).install()

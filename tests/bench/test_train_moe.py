@@ -120,9 +120,9 @@ def test_smoke_run_records_every_step(smoke):
 
 def test_tarball_is_a_checkpoint_the_engine_serves_with_its_bundle(smoke, tmp_path):
     from engine.model.builtin import builtin_tokenizer
+    from engine.model.fingerprint import model_fingerprint
     from engine.model.loader import CacheBudget, load_checkpoint
-    from predictors.bundle import load_bundle
-    from predictors.fingerprint import model_fingerprint
+    from engine.prefetch.bundle import load_bundle
 
     with tarfile.open(smoke / "builtin_checkpoint.tar.gz") as tar:
         names = set(tar.getnames())

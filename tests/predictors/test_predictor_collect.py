@@ -10,9 +10,9 @@ from families import build_model
 from predictor_fixtures import byte_tokenizer
 from transformers import AutoModelForCausalLM
 
+from engine.model.fingerprint import model_fingerprint
 from engine.model.model_map import find_moe_layers
 from predictors.collect import collect, read_prompts
-from predictors.fingerprint import model_fingerprint
 from predictors.traces import TraceSet
 
 

@@ -10,10 +10,10 @@ from predictor_fixtures import write_synthetic_traces
 from typer.testing import CliRunner
 
 from engine.api.errors import BundleMismatch
-from predictors.bundle import load_bundle
+from engine.prefetch.bundle import load_bundle
+from engine.prefetch.nets import PredictorBank
 from predictors.cli import app
 from predictors.evaluate import evaluate, plot_result, result_table
-from predictors.model import PredictorBank
 from predictors.traces import TraceSet
 
 

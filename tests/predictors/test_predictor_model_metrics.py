@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.prefetch.nets import PredictorBank, build_predictor
 from predictors.metrics import (
     default_k_prime,
     overprovision_recall,
@@ -13,7 +14,6 @@ from predictors.metrics import (
     set_accuracy,
     top1_accuracy,
 )
-from predictors.model import PredictorBank, build_predictor
 
 
 @pytest.mark.parametrize("arch", [1, 2])

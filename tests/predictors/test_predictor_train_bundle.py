@@ -7,7 +7,8 @@ import torch
 from predictor_fixtures import write_synthetic_traces
 
 from engine.api.errors import BundleMismatch
-from predictors.bundle import bundle_manifest, load_bundle, save_bundle
+from engine.prefetch.bundle import load_bundle
+from predictors.bundle import bundle_manifest, save_bundle
 from predictors.traces import TraceSet, split_by_prompt
 from predictors.train import train_bank, warmup_cosine
 

@@ -18,13 +18,13 @@ import torch
 from engine.api.config import EngineConfig
 from engine.api.policies import POLICIES
 from engine.api.stats import PER_LAYER
+from engine.model.fingerprint import model_fingerprint, router_params
 from engine.model.loader import CacheBudget, load_checkpoint
 from engine.prefetch.build import build_prefetcher
+from engine.prefetch.nets import PredictorBank
 from engine.prefetch.routing_trace import RoutingRecorder
 from engine.runner.runner import ModelRunner
 from predictors.eviction import LFU, LRU, Belady
-from predictors.fingerprint import model_fingerprint, router_params
-from predictors.model import PredictorBank
 from predictors.sim_cache import SimCache
 from predictors.simulate import PolicyRun, Workload, policy_runs, replay, smallest_cache, summarize
 

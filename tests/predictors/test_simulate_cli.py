@@ -10,10 +10,10 @@ import torch
 from predictor_fixtures import write_synthetic_traces
 from typer.testing import CliRunner
 
+from engine.prefetch.nets import PredictorBank
 from engine.prefetch.routing_trace import RoutingRecorder
 from predictors.bundle import save_bundle
 from predictors.cli import app
-from predictors.model import PredictorBank
 
 
 def _invoke(*args):
@@ -104,7 +104,7 @@ def test_the_top_level_command_list_mounts_simulate():
 
 
 def test_expert_bytes_from_presets_match_the_measured_facts():
-    from predictors.sim_report import model_shape
+    from predictors.sim_inputs import model_shape
 
     assert model_shape("qwen3-30b-a3b").expert_bytes == 3 * 2048 * 768 * 2  # 9.4 MB
     assert model_shape("deepseek-v2-lite").expert_bytes == 3 * 2048 * 1408 * 2  # 17.3 MB

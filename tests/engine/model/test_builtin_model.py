@@ -27,10 +27,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_shipped_predictors_reach_the_recall_in_their_manifest(tmp_path):
-    from predictors.bundle import load_bundle
+    from engine.model.fingerprint import model_fingerprint
+    from engine.prefetch.bundle import load_bundle
     from predictors.collect import collect, read_prompts
     from predictors.evaluate import evaluate
-    from predictors.fingerprint import model_fingerprint
     from predictors.traces import TraceSet
 
     om = load_builtin(torch.device("cpu"), torch.float32, CacheBudget(fraction=1.0))

@@ -22,14 +22,14 @@ from engine.api.errors import EngineError
 from engine.api.policies import POLICIES as ALL_POLICIES
 from engine.experts.cache import ExpertCache
 from engine.experts.store import ExpertLayout, ExpertStore
+from engine.model.fingerprint import model_fingerprint
 from engine.model.loader import CacheBudget, load_checkpoint
 from engine.prefetch.build import build_prefetcher
+from engine.prefetch.nets import PredictorBank
 from engine.prefetch.policies import Adaptive, TopK, union_best_first
 from engine.prefetch.prefetcher import Prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder, RoutingReplay
 from engine.runner.runner import ModelRunner
-from predictors.fingerprint import model_fingerprint
-from predictors.model import PredictorBank
 
 NEW = 16
 POLICIES = tuple(p for p in ALL_POLICIES if p != "none")  # every policy that prefetches

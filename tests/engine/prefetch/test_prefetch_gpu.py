@@ -13,8 +13,8 @@ from families import greedy_reference
 from engine.api.config import EngineConfig
 from engine.model.loader import CacheBudget, load_checkpoint
 from engine.prefetch.build import build_prefetcher
+from engine.prefetch.nets import PredictorBank
 from engine.runner.runner import ModelRunner
-from predictors.model import PredictorBank
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -1,4 +1,4 @@
-"""Predictor architectures and the per-layer bank the engine calls.
+"""Predictor architectures and the per-layer bank the engine calls (`predictors` trains it).
 
 Shape legend: T = tokens, d = model hidden size, H = predictor hidden size, E = routed experts.
 
@@ -6,6 +6,8 @@ Shape legend: T = tokens, d = model hidden size, H = predictor hidden size, E = 
 - Arch 2: Linear(d→H) → SiLU → Linear(H→E)                                  (paper: with weighted BCE)
 
 H = 2048 in the paper. The outputs are logits (one per expert); ranking them gives the predicted experts.
+
+Imports torch only.
 """
 
 from __future__ import annotations

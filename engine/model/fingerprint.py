@@ -5,6 +5,9 @@ and their decoder-layer indices, the number of routed experts, top-k; and (2) ev
 parameters (weight, then bias if any), each first rounded to bfloat16, then cast to float32, copied to the
 CPU and hashed as little-endian bytes. Rounding to bf16 first makes fp32 and bf16 loads of one checkpoint
 agree (bf16 of an fp32 value is the value a bf16 load holds); any other change to a router changes the hash.
+
+The engine checks bundles and routing recordings against it; `predictors` writes it into traces and
+bundles. Imports `engine.model.model_map` only.
 """
 
 from __future__ import annotations

@@ -1,0 +1,169 @@
+"""The `simulate` command (mounted as `moe-prefetch simulate`): its options, their checks, and what it
+prints; the work is `predictors.sim_inputs`, `predictors.simulate` and `predictors.sim_report`.
+
+Arguments are parsed only when the command runs; importing this module imports typer and rich only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from predictors.terminal import console, setup_logging
+
+
+class TargetMetric(StrEnum):
+    resident = "resident"
+    hit = "hit"
+
+
+def _floats(text: str | None, what: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"a comma-separated list of numbers, got {text!r}", param_hint=what
+        ) from None
+
+
+def _names(text: str | None, known: tuple[str, ...], what: str) -> list[str]:
+    names = [v.strip() for v in (text or "").split(",") if v.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise typer.BadParameter(f"unknown {', '.join(bad)}; choose from {', '.join(known)}", param_hint=what)
+    return names
+
+
+def simulate(
+    traces: Annotated[
+        Path | None, typer.Option(help="Trace directory written by `collect` (replayed as batch-1 decode).")
+    ] = None,
+    routing: Annotated[
+        Path | None,
+        typer.Option(help="Routing recording written with MOE_RECORD_ROUTING (none and oracle only)."),
+    ] = None,
+    predictors: Annotated[
+        Path | None, typer.Option(help="Predictor bundle for exact, overprovision, top1 and adaptive.")
+    ] = None,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated MOE_POLICY values (default: every one the input and bundle allow)."
+        ),
+    ] = None,
+    eviction: Annotated[str, typer.Option(help="Comma-separated eviction orders: lru, lfu, belady.")] = (
+        "lru,lfu,belady"
+    ),
+    fractions: Annotated[
+        str, typer.Option(help="Cache sizes as shares of all routed experts, comma-separated.")
+    ] = "0.1,0.25,0.5,0.75,1.0",
+    cache_gb: Annotated[str | None, typer.Option(help="Cache sizes in GB, comma-separated.")] = None,
+    expert_mb: Annotated[
+        float | None, typer.Option(help="One routed expert's size in MB (1e6 bytes).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint folder or preset (qwen3-30b-a3b, ...) giving the expert size and shape."
+        ),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Expert dtype for --model: bf16, fp16 or float32.")] = "bf16",
+    overprovision: Annotated[
+        int | None, typer.Option(help="k' of overprovision (default ceil(1.5 k)).")
+    ] = None,
+    adaptive_target: Annotated[float, typer.Option(help="Mass target of adaptive.")] = 0.9,
+    adaptive_max: Annotated[
+        int | None, typer.Option(help="Most experts adaptive fetches (default 2 k).")
+    ] = None,
+    lfu_half_life: Annotated[
+        float, typer.Option(help="LFU decay: a use this many tokens ago counts half (0: no decay).")
+    ] = 64.0,
+    bandwidth_gbs: Annotated[
+        float, typer.Option(help="Host->device GB/s of the time model (H200 pinned: 55).")
+    ] = 55.0,
+    step_ms: Annotated[
+        float, typer.Option(help="Resident decode step in ms (Qwen3-30B-A3B shape on an H200: 4.6).")
+    ] = 4.6,
+    target_hit: Annotated[
+        float | None, typer.Option(help="Print the smallest cache reaching this hit rate, e.g. 0.9.")
+    ] = None,
+    target_metric: Annotated[
+        TargetMetric,
+        typer.Option(
+            help="resident: hits on experts cached before the step's prefetch; hit: the engine's "
+            "hit rate, prefetch hits included."
+        ),
+    ] = TargetMetric.resident,
+    max_tokens: Annotated[int | None, typer.Option(help="Replay only the first N steps.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write simulate.json and simulate.png here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+) -> None:
+    """Replay recorded routing through a model of the engine's expert cache: hit rate, misses, bytes copied and
+    modelled time per token for each cache size x eviction x prefetch policy."""
+    from engine.api.errors import EngineError
+    from engine.api.policies import POLICIES
+    from predictors.eviction import EVICTIONS
+    from predictors.sim_inputs import default_policies, load_checked_bundle, load_workload
+    from predictors.sim_report import SweepConfig, capacity_lines, result_table, sweep, write_outputs
+    from predictors.simulate import SimulateError, TimeModel, cache_sizes, policy_runs
+
+    setup_logging(verbose)
+    if (traces is None) == (routing is None):
+        raise typer.BadParameter("give exactly one of --traces DIR or --routing FILE", param_hint="--traces")
+    if target_hit is not None and not 0.0 < target_hit <= 1.0:
+        raise typer.BadParameter("a hit rate in (0, 1]", param_hint="--target-hit")
+    evictions = _names(eviction, EVICTIONS, "--eviction")
+    asked = _names(policies, POLICIES, "--policies")
+    try:
+        w, shape = load_workload(traces, routing, model, dtype, max_tokens)
+        expert_bytes = round(expert_mb * 1e6) if expert_mb else (shape.expert_bytes if shape else None)
+        bank = manifest = None
+        if predictors is not None:
+            bank, manifest = load_checked_bundle(predictors, w)
+        if not asked:
+            asked = default_policies(w, bank is not None)
+        runs = policy_runs(
+            w,
+            asked,
+            bank,
+            manifest,
+            overprovision=overprovision,
+            adaptive_target=adaptive_target,
+            adaptive_max=adaptive_max,
+        )
+        sizes = cache_sizes(
+            w, _floats(fractions, "--fractions"), _floats(cache_gb, "--cache-gb"), expert_bytes
+        )
+        cfg = SweepConfig(
+            evictions=tuple(evictions) or EVICTIONS,
+            lfu_half_life=lfu_half_life,
+            time=TimeModel(step_ms=step_ms, bandwidth_gbs=bandwidth_gbs),
+            target_hit=target_hit,
+            target_metric="resident_hit_rate" if target_metric is TargetMetric.resident else "hit_rate",
+            progress=progress,
+        )
+        doc = sweep(w, sizes, runs, expert_bytes, cfg)
+    except (SimulateError, EngineError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]simulate:[/red] {err}")
+        raise typer.Exit(2) from None
+    wide = console if console.is_terminal else Console(width=160)  # a pipe or file gets whole rows
+    wide.print(result_table(doc))
+    if expert_bytes:
+        wide.print(
+            f"expert {expert_bytes / 1e6:.2f} MB; overlap ms = max(step {step_ms} ms, MB/tok / {bandwidth_gbs} GB/s) "
+            "(copies hidden behind compute); serial ms = step + misses x expert / bandwidth (misses stall)"
+        )
+    else:
+        console.print("no expert size (--expert-mb or --model): bytes and modelled times left out")
+    for line in capacity_lines(doc):
+        wide.print(line)
+    if out is not None:
+        js, png = write_outputs(doc, out)
+        console.print(f"[green]json[/green] {js}\n[green]plot[/green] {png}")

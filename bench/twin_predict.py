@@ -17,9 +17,9 @@ import time
 
 import torch
 
+from engine.prefetch.nets import build_predictor
 from predictors.evaluate import evaluate
 from predictors.losses import LOSSES
-from engine.prefetch.nets import build_predictor
 from predictors.train import train_bank
 
 BATCH, LR = 2048, 1.5e-3

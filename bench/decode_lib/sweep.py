@@ -22,10 +22,10 @@ from bench.decode_lib.seams import attach_cache_hooks, runner_of_kind, torch_exp
 from bench.decode_lib.timing import STALLS, Workload, summarise
 from bench.decode_lib.training import Bank
 from engine.api.config import EngineConfig
+from engine.model.fingerprint import model_fingerprint
 from engine.model.loader import CacheBudget, replace_cache
 from engine.prefetch.build import build_prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
-from engine.model.fingerprint import model_fingerprint
 
 
 def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, routing: Path, bw):

@@ -56,6 +56,7 @@ from bench.common import (  # noqa: E402
 )
 from engine.api.config import EngineConfig  # noqa: E402
 from engine.api.policies import POLICIES  # noqa: E402
+from engine.experts.hooks import Listener  # noqa: E402
 from engine.model.builtin import builtin_tokenizer  # noqa: E402
 from engine.model.loader import CacheBudget, build_synthetic, replace_cache  # noqa: E402
 from engine.model.presets import preset_config  # noqa: E402
@@ -381,13 +382,13 @@ def add_ratios(result: dict) -> None:
 
 def run_config(om, runner, workload, bank, manifest, policy, fraction, routing, args, bw):
     cache = replace_cache(om, CacheBudget(fraction=fraction))
-    cache.on_stall = STALLS.add
+    cache.listen(Listener(stall=STALLS.add))
     if fraction >= 1.0:
         cache.load_all()
     recorder = None
     if policy == "none" and not routing.exists():
         recorder = RoutingRecorder(len(om.layers))
-        cache.on_route = recorder.record
+        cache.listen(Listener(stall=STALLS.add, route=recorder.record))
     ecfg = EngineConfig(policy=policy, oracle_trace=str(routing) if policy == "oracle" else None)
     latencies: list[float] = []
     pf = build_prefetcher(om, ecfg, bank=bank, manifest=manifest, on_latency=latencies.append)
@@ -401,7 +402,7 @@ def run_config(om, runner, workload, bank, manifest, policy, fraction, routing, 
         runner.invalidate()
     if recorder is not None:
         recorder.save(routing, model_fingerprint(om.model))
-        cache.on_route = None
+        cache.listen(Listener(stall=STALLS.add))
     s = summarise(runs, PROMPT_TOKENS, bw)
     if latencies:
         s["prediction_latency_ms_median"] = 1e3 * statistics.median(latencies)

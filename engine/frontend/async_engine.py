@@ -34,6 +34,7 @@ from engine.core.sampling import make_generator, sample, state_for
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
 from engine.core.text_stream import TextStream
+from engine.experts.hooks import Listener
 from engine.frontend import admission
 from engine.frontend.faults import classify, device_probe
 from engine.frontend.prompt_bound import max_prompt_chars
@@ -141,7 +142,6 @@ class AsyncEngine:
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self._eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
-        om.cache.on_stall = self.metrics.stall.observe
         self.prefetcher = build_prefetcher(
             om,
             cfg,
@@ -151,7 +151,8 @@ class AsyncEngine:
         )
         if cfg.record_routing:
             self.recorder = RoutingRecorder(len(om.layers))
-            om.cache.on_route = self.recorder.record
+        route = self.recorder.record if self.recorder is not None else None
+        om.cache.listen(Listener(stall=self.metrics.stall.observe, route=route))
         self.metrics.attach_cache(om.counters)
         self.metrics.attach_steps(self.runner.step_kinds)
         self.metrics.set_info(

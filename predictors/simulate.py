@@ -34,7 +34,7 @@ import torch
 
 from engine.api.policies import INPUT_POLICIES, PREDICTOR_POLICIES
 from engine.api.stats import PER_LAYER
-from engine.experts.cache import slots_for_budget
+from engine.experts.slots import slots_for_budget
 from engine.prefetch.policies import build_policy, union_best_first
 from predictors.eviction import DEFAULT_LFU_HALF_LIFE, build_order
 from predictors.sim_cache import SimCache

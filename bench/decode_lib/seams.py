@@ -2,10 +2,10 @@
 
 Runners of another kind are built through `ModelRunner`'s constructor (`graphs`, `host_reads`), as the
 server builds its own from settings. The cache's stall and routing callbacks are attached the way
-`engine.frontend.async_engine.AsyncEngine.load` attaches them. One switch has no public seam:
+`engine.frontend.startup` attaches them. One switch has no public seam:
 `torch_expert_gemv` (see there).
 
-Imports `engine.runner` only.
+Imports `engine.runner` and `engine.experts.hooks` only.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from engine.experts.hooks import Listener
 from engine.runner.runner import ModelRunner
 
 BENCH_MAX_LEN = 1024  # KV positions of the batch-1 and batched runners: a prompt and its decode steps
@@ -35,9 +36,8 @@ def attach_cache_hooks(
     on_route: Callable[[int, list[int]], None] | None,
 ) -> None:
     """The stall timer and the routing recorder on a cache, as the server attaches its metrics and
-    MOE_RECORD_ROUTING's recorder (`ExpertCache.on_stall`, `ExpertCache.on_route`)."""
-    cache.on_stall = on_stall
-    cache.on_route = on_route
+    MOE_RECORD_ROUTING's recorder (`ExpertCache.listen`)."""
+    cache.listen(Listener(stall=on_stall, route=on_route))
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from engine.api.policies import PREDICTOR_POLICIES
 from engine.api.protocol import ModelCard
 from engine.core.grammar import BatchMasks, Grammars
 from engine.core.logprobs import TokenTable
+from engine.experts.hooks import Listener
 from engine.frontend.faults import device_probe
 from engine.frontend.prompt_bound import max_prompt_chars
 from engine.model.devices import resolve_device, resolve_dtype
@@ -99,7 +100,6 @@ class EngineParts:
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self.eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
-        om.cache.on_stall = self.metrics.stall.observe
         self.prefetcher = build_prefetcher(
             om,
             cfg,
@@ -109,7 +109,8 @@ class EngineParts:
         )
         if cfg.record_routing:
             self.recorder = RoutingRecorder(len(om.layers))
-            om.cache.on_route = self.recorder.record
+        route = self.recorder.record if self.recorder is not None else None
+        om.cache.listen(Listener(stall=self.metrics.stall.observe, route=route))
         self.metrics.attach_cache(om.counters)
         self.metrics.attach_steps(self.runner.step_kinds)
         self.metrics.set_info(

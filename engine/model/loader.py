@@ -25,7 +25,8 @@ from torch import nn
 
 from engine.api.errors import ModelLoadError
 from engine.api.stats import CacheCounters
-from engine.experts.cache import ExpertCache, slots_for_budget
+from engine.experts.cache import ExpertCache
+from engine.experts.slots import slots_for_budget
 from engine.experts.store import ExpertLayout, ExpertStore
 from engine.model.model_map import (
     MoELayer,

@@ -12,16 +12,24 @@ for its own copy, so later experts are still arriving while earlier ones compute
 more distinct experts than the cache can hold at once (long prefill with a small cache), they are
 processed in chunks, the next chunk's copies starting before the current chunk computes.
 
-Decode (a few tokens; the runner sets `cache.decode`): the routed experts are computed together
-from their slots by `GroupedExperts` (no per-expert host work). Run eagerly, the host reads the routed
-ids once (the layer's one sync) so the cache can make them resident; while a decode step is being
-captured as a CUDA graph, nothing runs on the host: `cache.decode.capture` records the routing (and
-ends the graph segment there when the host must decide what to load) and the slots come from the
-cache's device slot table.
+Decode (a few tokens; the runner runs the forward inside `decoding(DecodeMode(...))`): the routed
+experts are computed together from their slots by `GroupedExperts` (no per-expert host work). Run
+eagerly, the host reads the routed ids once (the layer's one sync) so the cache can make them resident;
+while a decode step is being captured as a CUDA graph, nothing runs on the host: the mode's `capture` (a
+`StepCapture`, the runner's) records the routing (and ends the graph segment there when the host must
+decide what to load) and the slots come from the cache's device slot table.
+
+The decode mode is the one per-step context of a forward that transformers calls: it lives in a context
+variable set here (`decoding`) and read here and by the prefetch tap (`decode_mode`). This module also
+states what a captured step and the prefetch tap say to each other (`StepCapture`, `CapturedTap`), so
+the runner, the model patches and the prefetcher meet in these types, not in attributes of the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.experts.cache import Acquired, ExpertCache
+from engine.experts.cache import ExpertCache
+from engine.experts.slots import Acquired
 from engine.kernels.grouped_experts import GroupedExperts
 from engine.model.model_map import MoELayer, expert_param_names
 
@@ -42,22 +51,61 @@ class OffloadHandle:
     cache: ExpertCache
 
 
-class RoutingCapture(Protocol):
+class CapturedTap(Protocol):
+    """What replaying a captured decode step needs from a prefetch tap captured in it."""
+
+    def issue_captured(self, target: int, host: torch.Tensor | None, rows: int, t0: float) -> None:
+        """A segmented step: issue the prefetch for `target` from the id table in `host` (its first `rows`
+        rows are real; None: the tap replays recorded routing), `t0` when the prediction was made."""
+        ...
+
+    def streamed_prediction(self, target: int, rows: list[list[int]] | None) -> list[int]:
+        """A streamed step that ran: the tap's prediction for `target` (best first) from the step's logged
+        id table rows (None: the tap replays recorded routing); counted as one prediction."""
+        ...
+
+
+class StepCapture(Protocol):
+    """The runner's object that is live while a decode step is captured as a CUDA graph."""
+
     def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
         """Called inside the capture; returns extra keyword arguments for `GroupedExperts.forward`."""
+        ...
+
+    def on_prediction(self, tap: CapturedTap, target: int, table: torch.Tensor | None) -> None:
+        """A prefetch tap inside the capture: `table` is its device id table (None when the ids are known
+        on the host)."""
         ...
 
 
 @dataclass
 class DecodeMode:
-    """Set on the cache (`cache.decode`) by the runner for the duration of a decode forward."""
+    """How the forward running now decodes (set by the runner with `decoding` for one decode forward)."""
 
     grouped: GroupedExperts
-    capture: RoutingCapture | None = None  # set while the step is being captured as a CUDA graph
+    capture: StepCapture | None = None  # set while the step is being captured as a CUDA graph
     host_reads: bool = False  # streamed steps: eager runs use the kernels that can read host memory too
     # [B] long on the device, row b -> the row whose routed experts row b computes with: b for the step's
     # real rows, 0 for the padding rows of a step shape larger than its rows (None: no padding possible)
     row_source: torch.Tensor | None = None
+
+
+_DECODE: contextvars.ContextVar[DecodeMode | None] = contextvars.ContextVar("moe_decode_mode", default=None)
+
+
+@contextlib.contextmanager
+def decoding(mode: DecodeMode) -> Iterator[None]:
+    """Run the forwards inside this block as decode steps in `mode` (this thread or task only)."""
+    token = _DECODE.set(mode)
+    try:
+        yield
+    finally:
+        _DECODE.reset(token)
+
+
+def decode_mode() -> DecodeMode | None:
+    """The decode mode of the forward running now in this thread; None outside a decode step."""
+    return _DECODE.get()
 
 
 def _project(mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -104,7 +152,7 @@ def offloaded_experts_forward(
     # hidden_states: [T, D]; top_k_index, top_k_weights: [T, k]
     handle: OffloadHandle = self._moe_offload
     cache, layer = handle.cache, handle.layer
-    decode = cache.decode
+    decode = decode_mode()
     if decode is not None and decode.row_source is not None:
         # A padding row attends over its own (stale) KV row, so its router picks experts of its own; the host
         # makes only the real rows' experts resident, and a slot-less expert read by a segmented step's kernels
@@ -117,8 +165,7 @@ def offloaded_experts_forward(
         )
     groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer
     experts = sorted(groups)
-    if cache.before_routing is not None:  # a prefetch still being issued for this layer finishes first
-        cache.before_routing()
+    cache.before_routing()  # a prefetch still being issued for this layer finishes first
     cache.account_routing(layer, experts)
     if not experts:
         return torch.zeros_like(hidden_states)

@@ -11,8 +11,13 @@ On CUDA nothing in the hook makes the host wait. The scorer and the policy run o
 worker thread waits for that copy, builds the id list and issues the expert copies on the cache's
 copy stream, while the main thread goes on launching the layer's attention. Before the layer's
 routed experts are looked up, the offloaded experts forward calls `cache.before_routing()`, which
-waits until the worker has issued everything submitted so far: the cache is only ever touched by
-one thread at a time. On the CPU the same steps run inline.
+waits on the prefetcher (registered as the cache's `RoutingBarrier`) until the worker has issued
+everything submitted so far: the cache is only ever touched by one thread at a time. On the CPU the
+same steps run inline.
+
+Inside a captured decode step (`engine.model.offload.decode_mode()` has a capture) the tap only hands
+its id table to the capture; the prefetcher is then the step's `CapturedTap`: graph replay calls it
+back to issue (segmented steps) or to read (streamed steps) the prediction.
 
 Policies (`MOE_POLICY`) are listed in `engine.api.policies`; `engine.prefetch.policies` turns scores into
 ids and `engine.prefetch.build` makes the prefetcher a configuration asks for.
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.experts.cache import ExpertCache
+from engine.model.offload import decode_mode
 from engine.prefetch.policies import Policy, union_best_first
 from engine.prefetch.routing_trace import RoutingReplay
 
@@ -132,7 +138,7 @@ class Prefetcher:
         """Serve `cache` from now on (benchmarks swap caches of other sizes under one model)."""
         self.wait()
         self.cache = cache
-        cache.before_routing = self.wait if self.threaded else None
+        cache.set_routing_barrier(self if self.threaded else None)
 
     def remove(self) -> None:
         for h in self._hooks:
@@ -145,7 +151,7 @@ class Prefetcher:
         if self._old_switch is not None:
             sys.setswitchinterval(self._old_switch)
             self._old_switch = None
-        self.cache.before_routing = None
+        self.cache.set_routing_barrier(None)
 
     def reset(self) -> None:
         """After a failed step: wait for the worker, then forget every outstanding prediction."""
@@ -164,7 +170,7 @@ class Prefetcher:
     def _tap(self, index: int, output: torch.Tensor) -> None:
         t0 = time.perf_counter()
         target = index + self.shift
-        decode = self.cache.decode
+        decode = decode_mode()
         if decode is not None and decode.capture is not None:  # a decode step is being captured
             table = None
             if self.replay is None:
@@ -203,6 +209,16 @@ class Prefetcher:
             self._issue(target, None, t0, ids=self.replay.next(target))
         else:
             self._issue(target, host[:rows].tolist(), t0)
+
+    def streamed_prediction(self, target: int, rows: list[list[int]] | None) -> list[int]:
+        """A streamed step's prediction for `target`, best first, from the id table rows it logged (its
+        real rows; None for a replayed routing, oracle). Counted; the copies are queued by the caller."""
+        if self.replay is not None:  # oracle: the recorded routing of this step
+            ids = list(self.replay.next(target))
+        else:
+            ids = union_best_first(rows, self.policy.counted)
+        self.predictions += 1
+        return ids
 
     def _select(self, index: int, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -25,7 +25,7 @@ VERSION = 1
 
 
 class RoutingRecorder:
-    """Collects routed expert sets; attach with `cache.on_route = recorder.record`."""
+    """Collects routed expert sets; attach with `cache.listen(Listener(route=recorder.record))` (`engine.experts.hooks`)."""
 
     def __init__(self, num_layers: int) -> None:
         self.layers: list[list[list[int]]] = [[] for _ in range(num_layers)]

@@ -27,7 +27,7 @@ slot in the device table is read from host memory by the expert kernels themselv
 step logs its routed ids, the slot each pair was read from and each prefetch tap's prediction; the host
 reads the logs one step late (while the next step runs), counts hits and misses, scores the predictions
 and queues the missed and predicted experts, which `ExpertCache.stream_publish` copies in before a
-later step (see `engine.experts.cache` for why no step ever reads a slot being written). So prefetch
+later step (see `engine.experts.streamed` for why no step ever reads a slot being written). So prefetch
 works behind the steps: an expert missed or predicted in step t is copied while step t+2 runs and read
 from its slot from step t+3 on.
 
@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.experts.cache import Acquired, ExpertCache
-from engine.prefetch.policies import union_best_first
+from engine.experts.cache import ExpertCache
+from engine.experts.slots import Acquired
+from engine.model.offload import CapturedTap
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Action:
     kind: str  # "route" or "predict"
     layer: int  # the MoE layer routed, or the one the prediction is for
     dev: torch.Tensor | None  # the segment's static result (ids); None for a host-only prediction (oracle)
-    issuer: object | None = None  # the prefetcher that turns a prediction into copies
+    issuer: CapturedTap | None = None  # the prefetch tap that turns a prediction into copies
     host: torch.Tensor | None = None  # pinned, same shape as `dev`, filled after each replay
 
 
@@ -75,7 +76,7 @@ class StepGraph:
     stream: bool = False  # streamed: missing experts are read from host memory inside the step
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # whole-step graphs' device logs, by name
     logs_host: list[dict[str, torch.Tensor]] = field(default_factory=list)  # two pinned copies, in turn
-    predictors: dict[int, object] = field(default_factory=dict)  # streamed: target layer -> its prefetcher
+    predictors: dict[int, CapturedTap] = field(default_factory=dict)  # streamed: target layer -> its tap
 
     def pin_buffers(self) -> None:
         """Pinned host buffers for every device result the host reads (made after capture, not during)."""
@@ -108,7 +109,7 @@ class GraphCapture:
         self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
         self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
         # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
-        self.predictors: dict[int, object] = {}
+        self.predictors: dict[int, CapturedTap] = {}
         self._layers = layers
         self._cur = torch.cuda.CUDAGraph()
         self._cur.capture_begin(pool=pool, capture_error_mode="thread_local")
@@ -154,15 +155,15 @@ class GraphCapture:
         self.split(Action("route", layer, top_k_index))
         return {}
 
-    def on_prediction(self, issuer, target: int, table: torch.Tensor | None) -> None:
+    def on_prediction(self, tap: CapturedTap, target: int, table: torch.Tensor | None) -> None:
         """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
         if self.whole:
             if self.host_views is not None:  # streamed: logged, filled in behind the steps
-                self.predictors[target] = issuer
+                self.predictors[target] = tap
                 if table is not None:
                     self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
             return  # every expert is resident, or streamed: nothing to decide inside the step
-        self.split(Action("predict", target, table, issuer))
+        self.split(Action("predict", target, table, tap))
 
 
 class GraphReplayer:
@@ -240,13 +241,9 @@ class GraphReplayer:
             for e, slot in zip(routed[layer], seen[layer], strict=True):
                 slot_of.setdefault(e, slot)
             predicted = None
-            issuer = sg.predictors.get(layer)
-            if issuer is not None:
-                if issuer.replay is not None:  # oracle: the recorded routing of this step
-                    ids = list(issuer.replay.next(layer))
-                else:
-                    ids = union_best_first(preds[layer], issuer.policy.counted)
-                issuer.predictions += 1
+            tap = sg.predictors.get(layer)
+            if tap is not None:
+                ids = tap.streamed_prediction(layer, preds[layer] if preds is not None else None)
                 predicted = set(ids)
                 wanted.append((layer, ids))
             misses = cache.stream_account(layer, list(slot_of), list(slot_of.values()), predicted)

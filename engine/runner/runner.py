@@ -13,9 +13,7 @@ expert kernels, decode steps are streamed (`host_reads`): one graph per step at 
 experts with no slot read from host memory by the kernels, the cache filled behind the steps
 (`engine.runner.graphs`). Otherwise a step whose experts may miss is captured in segments, the host
 making each layer's experts resident before they compute. Where both are possible the runner picks per
-step: streamed while the recent steps missed fewer than `stream_miss_limit` bytes of experts, segmented
-above it, back to streamed below half of it (a streamed step's miss crosses PCIe twice, read by the
-kernels and then filled in behind the step; with many misses that costs more than the host's decisions).
+step from the expert bytes recent steps missed, against `stream_miss_limit` (`engine.runner.step_choice`).
 
 Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
 together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
@@ -28,15 +26,16 @@ import logging
 
 import torch
 
-from engine.experts.pinned import device_readable
 from engine.kernels.grouped_experts import GroupedExperts
 from engine.kernels.triton_guard import triton_available
 from engine.model.loader import OffloadedModel
-from engine.model.offload import DecodeMode
+from engine.model.offload import DecodeMode, decoding
 from engine.model.patch_rope import fused_rope_active
 from engine.model.patches import install as install_patches
+from engine.runner.deferred import DeferredSteps
 from engine.runner.graphs import GraphCapture, GraphReplayer, StepGraph
 from engine.runner.kv_cache import MaskBuilder, StaticKV
+from engine.runner.step_choice import MissedBytes, bucket, can_stream, pads, row_sources
 
 log = logging.getLogger(__name__)
 
@@ -46,42 +45,6 @@ STREAM_INFLIGHT_BYTES = 512 * 2**20  # streamed steps: expert copies in flight a
 # streamed steps while the recent steps missed fewer expert bytes than this per step (measured on an H200,
 # docs/performance.md: at 24 MB per step streamed steps were 24% faster, at 179 MB 4% slower)
 STREAM_MISS_LIMIT = 128 * 2**20
-
-
-class StreamChoice:
-    """Streamed or segmented decode steps, from the expert bytes recent steps missed: a moving average
-    (weight 0.2 on the newest step), segmented above `limit` bytes per step, streamed again below half."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.miss_bytes = 0.0
-        self.streaming = True
-
-    def update(self, missed_bytes: float) -> bool:
-        """Account one step's missed bytes; True if the next step should be streamed."""
-        self.miss_bytes = 0.8 * self.miss_bytes + 0.2 * missed_bytes
-        if self.streaming and self.miss_bytes > self.limit:
-            self.streaming = False
-        elif not self.streaming and self.miss_bytes < self.limit / 2:
-            self.streaming = True
-        return self.streaming
-
-
-def _bucket(n: int, smallest: int, largest: int) -> int:
-    b = smallest
-    while b < n:
-        b *= 2
-    return min(b, largest)
-
-
-def _pads(batch: int, rows: int) -> bool:
-    """Whether a decode step of `batch` rows can run fewer real rows (n < batch with the same bucket)."""
-    return batch > 1 and _bucket(batch - 1, 1, rows) == batch
-
-
-def _row_sources(n: int, batch: int) -> list[int]:
-    """Row b's routing source in a step of `n` real rows padded to `batch`: itself, or row 0 for padding."""
-    return list(range(n)) + [0] * (batch - n)
 
 
 class ModelRunner:
@@ -129,8 +92,7 @@ class ModelRunner:
         self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
         # bytes per step; None: always streamed
         self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
-        self._choice = StreamChoice(self.stream_miss_limit or 0)
-        self._missed_seen = 0  # the cache's missed-expert count when last looked at
+        self._choice = MissedBytes(self.stream_miss_limit)
         self.graph_failure: str | None = None
         self.reset_steps()
         self._graphs: dict[tuple[int, int, bool], StepGraph] = {}  # (rows, KV positions, streamed)
@@ -139,11 +101,8 @@ class ModelRunner:
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
         self._staging = torch.zeros((3, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions, sources
         self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
-        # whole-step graphs: the routing log of step t is read after step t+1 is launched, so the GPU
-        # never waits for the host between steps; two events and host buffers, used in turn
-        self._whole_done = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
-        self._whole_turn = 0
-        self._pending_whole: list[tuple[StepGraph, dict | None, int, torch.cuda.Event]] = []
+        # whole-step graphs: their routing logs are read one step late (`engine.runner.deferred`)
+        self._deferred = DeferredSteps(cuda)
         self._grouped: GroupedExperts | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -168,7 +127,7 @@ class ModelRunner:
         self._graph_cache = None
         self.graph_failure = None
         self._streams = None
-        self._choice = StreamChoice(self.stream_miss_limit or 0)
+        self._choice.restart(self.stream_miss_limit)
 
     def grouped(self) -> GroupedExperts:
         cache = self.om.cache
@@ -186,18 +145,7 @@ class ModelRunner:
     def _can_stream(self) -> bool:
         if not (self.host_reads and self.graphs_enabled and self.use_triton):
             return False
-        store = self.om.store
-        if not all(device_readable(store.row(lay.index, 0)) for lay in self.om.layers):
-            log.info(
-                "decode steps are not streamed: the expert store is not mapped into the GPU's address space"
-            )
-            return False
-        grouped = self.grouped()
-        odd = {type(lay.experts).__name__ for lay in self.om.layers if not grouped.reads_host(lay.experts)}
-        if odd:
-            log.info("decode steps are not streamed: %s experts do not run the fused kernels", ", ".join(odd))
-            return False
-        return True
+        return can_stream(self.om, self.grouped)
 
     # ---------------------------------------------------------------- forwards
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask) -> torch.Tensor:
@@ -224,7 +172,7 @@ class ModelRunner:
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)  # [1, t]
         pos = torch.arange(start, start + t, device=self.device)[None]  # [1, t]
         out = self._forward(ids, pos, self.masks.build(pos, start + t))[0]
-        self._missed_seen = self._missed()  # a prefill's loads say nothing about decode steps
+        self._choice.look(self.om.cache)  # a prefill's loads say nothing about decode steps
         return out
 
     def _decode_forward(self, ids: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
@@ -245,9 +193,9 @@ class ModelRunner:
         need = max(positions) + 1
         if need > self.max_len:
             raise ValueError(f"position {need - 1} is past the KV cache's {self.max_len} positions")
-        batch = _bucket(n, 1, self.rows)
+        batch = bucket(n, 1, self.rows)
         if self._graphs_usable(batch):
-            return self._decode_graph(tokens, positions, batch, _bucket(need, MIN_KV_BUCKET, self.max_len))
+            return self._decode_graph(tokens, positions, batch, bucket(need, MIN_KV_BUCKET, self.max_len))
         self._settle()
         self.steps["eager"] += 1
         return self._decode_eager(tokens, positions, n, need)[:n]
@@ -258,15 +206,10 @@ class ModelRunner:
         pad = batch - n
         ids = torch.tensor([tokens + tokens[:1] * pad], dtype=torch.long, device=self.device).T  # [B, 1]
         pos = torch.tensor(positions + positions[:1] * pad, dtype=torch.long, device=self.device)  # [B]
-        src = torch.tensor(_row_sources(n, batch), device=self.device) if pad else None  # [B]
-        cache = self.om.cache
-        cache.decode = DecodeMode(
-            self.grouped(), host_reads=self.graphs_enabled and self.streams, row_source=src
-        )
-        try:
+        src = torch.tensor(row_sources(n, batch), device=self.device) if pad else None  # [B]
+        mode = DecodeMode(self.grouped(), host_reads=self.graphs_enabled and self.streams, row_source=src)
+        with decoding(mode):
             return self._decode_forward(ids, pos, kv_len)
-        finally:
-            cache.decode = None
 
     # ---------------------------------------------------------------- CUDA graphs
     def _graphs_usable(self, batch: int) -> bool:
@@ -281,23 +224,11 @@ class ModelRunner:
         # a captured step cannot split a layer's experts into chunks: they must all fit at once
         return cache.holds_everything or cache.capacity >= batch * self.om.top_k
 
-    def _missed(self) -> int:
-        """Routed experts the cache did not hold before their step's own prefetch (misses + prefetch hits)."""
-        c = self.om.cache.counters
-        return sum(c.misses) + sum(c.hits_prefetched)
-
     def _choose_stream(self, batch: int) -> bool:
         """Streamed or segmented for this step (see the module's docstring)."""
-        cache = self.om.cache
         if not self.streams:
             return False
-        if self.stream_miss_limit is None or cache.capacity < batch * self.om.top_k:
-            return True  # a segmented step needs room for a layer's experts at once
-        missed = self._missed()
-        self._choice.limit = self.stream_miss_limit
-        stream = self._choice.update((missed - self._missed_seen) * cache.layout.nbytes)
-        self._missed_seen = missed
-        return stream
+        return self._choice.stream(self.om.cache, batch * self.om.top_k, self.stream_miss_limit)
 
     def _decode_graph(self, tokens: list[int], positions: list[int], batch: int, kv_len: int) -> torch.Tensor:
         n = len(tokens)
@@ -318,7 +249,7 @@ class ModelRunner:
         sg.ids.copy_(self._staging[0, :batch, None], non_blocking=True)
         sg.pos.copy_(self._staging[1, :batch], non_blocking=True)
         if sg.src is not None:
-            self._staging[2, :batch] = torch.tensor(_row_sources(n, batch))
+            self._staging[2, :batch] = torch.tensor(row_sources(n, batch))
             sg.src.copy_(self._staging[2, :batch], non_blocking=True)
         self._staged.record()
         if sg.whole:
@@ -326,12 +257,7 @@ class ModelRunner:
             self.om.cache.stream_publish(STREAM_INFLIGHT_BYTES)
             for graph, _ in sg.segments:
                 graph.replay()
-            turn = self._whole_turn
-            self._whole_turn ^= 1
-            host = sg.copy_logs(turn) if sg.logs else None
-            self._whole_done[turn].record()
-            self._settle()  # the previous step's logs, while this one runs
-            self._pending_whole.append((sg, host, n, self._whole_done[turn]))
+            self._deferred.launched(sg, n, self.om.cache)
         else:
             GraphReplayer(self.om.cache).replay(sg, n)
         self.steps["graph"] += 1
@@ -368,7 +294,7 @@ class ModelRunner:
             kv_len,
             ids=torch.zeros((batch, 1), dtype=torch.long, device=self.device),
             pos=torch.zeros((batch,), dtype=torch.long, device=self.device),
-            src=torch.arange(batch, device=self.device) if _pads(batch, self.rows) else None,
+            src=torch.arange(batch, device=self.device) if pads(batch, self.rows) else None,
             whole=whole,
             stream=stream,
         )
@@ -378,15 +304,13 @@ class ModelRunner:
             try:
                 views = self.om.store.layer_views if stream else None
                 cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views)
-                cache.decode = DecodeMode(self.grouped(), capture=cap, row_source=sg.src)
-                sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
-                cap.close()
+                with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
+                    sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
+                    cap.close()
             except BaseException:
                 if cap is not None:
                     cap.abort()
                 raise
-            finally:
-                cache.decode = None
         torch.cuda.synchronize(self.device)
         sg.segments = cap.segments
         sg.logs = cap.logs
@@ -408,15 +332,7 @@ class ModelRunner:
 
     def _settle(self) -> None:
         """Account the launched whole-step graphs' routing, waiting for them to have run."""
-        while self._pending_whole:
-            sg, host, n, done = self._pending_whole.pop(0)
-            done.synchronize()
-            if host is None:
-                continue
-            if sg.stream:
-                GraphReplayer(self.om.cache).account_streamed_step(sg, host, n)
-            else:
-                GraphReplayer(self.om.cache).account_whole_step(host, n)
+        self._deferred.settle(self.om.cache)
 
     def reset_steps(self) -> None:
         """Zero the step counts (`steps`: graph steps, of which streamed and segmented; eager; captures)."""

@@ -18,6 +18,7 @@ import torch
 from engine.api.config import EngineConfig
 from engine.api.policies import POLICIES
 from engine.api.stats import PER_LAYER
+from engine.experts.hooks import Listener
 from engine.model.fingerprint import model_fingerprint, router_params
 from engine.model.loader import CacheBudget, load_checkpoint
 from engine.prefetch.build import build_prefetcher
@@ -41,7 +42,7 @@ def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp
             checkpoint, torch.device("cpu"), torch.float32, CacheBudget(fraction=fraction)
         )
         rec0 = RoutingRecorder(len(first.layers))
-        first.cache.on_route = rec0.record
+        first.cache.listen(Listener(route=rec0.record))
         ModelRunner(first).greedy(prompt, NEW)
         path = rec0.save(tmp_path / "routing.json", model_fingerprint(first.model))
         config = EngineConfig(policy=policy, oracle_trace=str(path))
@@ -51,7 +52,9 @@ def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp
         bank = PredictorBank(2, d, e, len(om.layers), hidden=32).eval()
     pf = build_prefetcher(om, config, bank=bank, manifest={"loss": "wbce"}) if policy != "none" else None
     rec = RoutingRecorder(len(om.layers))
-    om.cache.on_route = rec.record  # as engine/frontend/async_engine.py does for MOE_RECORD_ROUTING
+    om.cache.listen(
+        Listener(route=rec.record)
+    )  # as engine/frontend/async_engine.py does for MOE_RECORD_ROUTING
     xs: list[list[torch.Tensor]] = [[] for _ in om.layers]
     hooks = [
         lay.input_layernorm.register_forward_hook(

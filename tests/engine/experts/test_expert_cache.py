@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.experts.cache import HIT, MISS, PREFETCH_HIT, CacheFull, ExpertCache, slots_for_budget
+from engine.experts.cache import ExpertCache
+from engine.experts.slots import HIT, MISS, PREFETCH_HIT, CacheFull, slots_for_budget
 from engine.experts.store import ExpertLayout, ExpertStore
 
 E, L = 6, 2

@@ -21,6 +21,7 @@ from engine.api.config import EngineConfig
 from engine.api.errors import EngineError
 from engine.api.policies import POLICIES as ALL_POLICIES
 from engine.experts.cache import ExpertCache
+from engine.experts.hooks import Listener
 from engine.experts.store import ExpertLayout, ExpertStore
 from engine.model.fingerprint import model_fingerprint
 from engine.model.loader import CacheBudget, load_checkpoint
@@ -44,7 +45,7 @@ def random_bank(om, seed: int = 0) -> PredictorBank:
 def record_routing(checkpoint, prompt: list[int], fraction: float) -> tuple[RoutingRecorder, list[int], str]:
     om = load_checkpoint(checkpoint, torch.device("cpu"), torch.float32, CacheBudget(fraction=fraction))
     rec = RoutingRecorder(len(om.layers))
-    om.cache.on_route = rec.record
+    om.cache.listen(Listener(route=rec.record))
     tokens = ModelRunner(om).greedy(prompt, NEW)
     return rec, tokens, model_fingerprint(om.model)
 
@@ -132,7 +133,7 @@ def test_none_policy_counts_equal_an_lru_simulation(family, checkpoints, referen
     prompt, _, _ = references[family]
     om = load_checkpoint(checkpoints[family], torch.device("cpu"), torch.float32, CacheBudget(fraction=0.5))
     steps: list[tuple[int, list[int]]] = []
-    om.cache.on_route = lambda layer, routed: steps.append((layer, list(routed)))
+    om.cache.listen(Listener(route=lambda layer, routed: steps.append((layer, list(routed)))))
     ModelRunner(om).greedy(prompt, NEW)
     assert max(len(r) for _, r in steps) <= om.cache.capacity  # no chunking: the simulation is exact
     hits, misses = lru_simulation(steps, om.cache.capacity, len(om.layers))

@@ -11,13 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.experts.hooks import Listener
 from engine.model.loader import CacheBudget, load_checkpoint
-from engine.runner.runner import ModelRunner, _pads
+from engine.runner.runner import ModelRunner
+from engine.runner.step_choice import pads
 
 
 def test_which_step_shapes_can_be_padded():
-    assert [b for b in (1, 2, 4, 8, 16) if _pads(b, rows=16)] == [4, 8, 16]  # shapes are powers of two
-    assert _pads(6, rows=6) and not _pads(3, rows=3)  # capped at the row count: 5 rows run as 6, 2 as 2
+    assert [b for b in (1, 2, 4, 8, 16) if pads(b, rows=16)] == [4, 8, 16]  # shapes are powers of two
+    assert pads(6, rows=6) and not pads(3, rows=3)  # capped at the row count: 5 rows run as 6, 2 as 2
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
@@ -31,7 +33,7 @@ def test_padding_rows_route_as_row_zero(family, checkpoints):
     tokens = [11, 23, 35, 47, 59]
     positions = [12, 13, 14, 15, 16]
     seen: list[tuple[int, list[int]]] = []
-    om.cache.on_route = lambda layer, ids: seen.append((layer, sorted(ids)))
+    om.cache.listen(Listener(route=lambda layer, ids: seen.append((layer, sorted(ids)))))
     with torch.inference_mode():
         exact = runner._decode_eager(tokens, positions, 5, 64)  # 5 rows, no padding
         alone, seen[:] = list(seen), []

@@ -4,14 +4,13 @@ and the choice between streamed and segmented steps. (The steps themselves need 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from test_expert_cache import make_cache
 
 from engine.prefetch.policies import TopK
+from engine.prefetch.prefetcher import Prefetcher
 from engine.runner.graphs import GraphReplayer, StepGraph
-from engine.runner.runner import StreamChoice
+from engine.runner.step_choice import StreamChoice
 
 
 def logs(route: list, slots: list, pred: list | None = None) -> dict[str, torch.Tensor]:
@@ -30,7 +29,7 @@ def step_graph(predictors: dict | None = None) -> StepGraph:
 
 def test_a_streamed_steps_logs_become_counters_and_fills():
     cache = make_cache(4)
-    issuer = SimpleNamespace(replay=None, policy=TopK("exact", 2, 6), predictions=0)
+    issuer = Prefetcher([], cache, TopK("exact", 2, 6), scorer=lambda layer, x: x)  # never installed
     # layer 0: rows 0 and 1 routed {1, 4} and {4, 5}; expert 4 had slot 2, the others were read from host.
     # layer 1: {0, 3} and {3, 0}, all from host; predictions for layer 1 only: [3, 2] in both rows
     step = logs(
@@ -45,7 +44,7 @@ def test_a_streamed_steps_logs_become_counters_and_fills():
     assert (c.routed_scored, c.predicted_routed) == ([0, 2], [0, 1])  # layer 1's prediction caught 3
     assert issuer.predictions == 1
     # misses first (layer 0, then 1), then layer 1's predicted 2 (3 is queued as a miss already)
-    assert cache._queued == {(0, 1): False, (0, 5): False, (1, 0): False, (1, 3): False, (1, 2): True}
+    assert cache.fills.queued == {(0, 1): False, (0, 5): False, (1, 0): False, (1, 3): False, (1, 2): True}
     assert cache.stream_publish() == 4  # four slots: the prediction did not fit
     assert c.prefetch_issued == [0, 0] and c.bytes_fill == 4 * cache.layout.nbytes
 
@@ -55,7 +54,7 @@ def test_only_the_real_rows_of_a_padded_step_count():
     step = logs(route=[[[1, 2], [3, 4]], [[0, 1], [2, 3]]], slots=[[-1] * 4, [-1] * 4])
     GraphReplayer(cache).account_streamed_step(step_graph(), step, n=1)
     assert cache.counters.requests == [2, 2] and cache.counters.routed_scored == [0, 0]
-    assert sorted(cache._queued) == [(0, 1), (0, 2), (1, 0), (1, 1)]
+    assert sorted(cache.fills.queued) == [(0, 1), (0, 2), (1, 0), (1, 1)]
 
 
 def test_the_choice_switches_with_hysteresis():
@@ -78,5 +77,7 @@ def test_an_expert_made_resident_after_it_was_queued_is_not_filled_again():
         cache.release(cache.acquire(0, [1, 2, 3]))  # a prefill makes them resident meanwhile
         cache.stream_publish()
         assert len(cache.resident_keys()) == cache.counters.slots_used <= cache.capacity
-        assert sorted(set(cache._slot_of.values())) == sorted(cache._slot_of.values())  # one slot each
+        assert sorted(set(cache._slots.slot_of.values())) == sorted(
+            cache._slots.slot_of.values()
+        )  # one slot each
     cache.release(cache.acquire(1, [0, 1, 2, 3]))  # every slot can still be taken at once

@@ -24,11 +24,11 @@ DECODE_ARGS=${DECODE_ARGS:---preset deepseek-v2-lite --runs 3 --new-tokens 32 --
   --no-profile --prefill-tokens 128 --deadline ${DECODE_DEADLINE:-90}}
 PROMPTS=$(realpath ${PROMPTS:-.cache/data/mmlu/test})
 if [ -n "${OLD_TREE:-}" ]; then
-  (cd $OLD_TREE && PYTHONPATH=$PWD:$BASE timeout 200 python3 bench/decode.py $DECODE_ARGS --prompts $PROMPTS \
+  (cd $OLD_TREE && PYTHONPATH=$PWD:$BASE timeout ${DECODE_S:-200} python3 bench/decode.py $DECODE_ARGS --prompts $PROMPTS \
      --out /tmp/decode_old --work /tmp/work_old 2>&1 | grep -v Warning | tail -4)
   cp /tmp/decode_old/decode_*.json $OUTDIR/decode_old.json
 fi
-PYTHONPATH=$PWD:$BASE timeout 200 python3 bench/decode.py $DECODE_ARGS --prompts $PROMPTS --out /tmp/decode_new \
+PYTHONPATH=$PWD:$BASE timeout ${DECODE_S:-200} python3 bench/decode.py $DECODE_ARGS --prompts $PROMPTS --out /tmp/decode_new \
   --work /tmp/work_new 2>&1 | grep -v Warning | tail -4
 cp /tmp/decode_new/decode_*.json $OUTDIR/decode_new.json
 if [ -n "${OLD_TREE:-}" ]; then

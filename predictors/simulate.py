@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.api.config import EngineConfig
 from engine.api.policies import INPUT_POLICIES, PREDICTOR_POLICIES
 from engine.api.stats import PER_LAYER
 from engine.experts.slots import slots_for_budget
@@ -177,7 +178,7 @@ def policy_runs(
     manifest: dict | None = None,
     *,
     overprovision: int | None = None,
-    adaptive_target: float = 0.9,
+    adaptive_target: float = EngineConfig.adaptive_target,
     adaptive_max: int | None = None,
     batch: int = 8192,
 ) -> list[PolicyRun]:

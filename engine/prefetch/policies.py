@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from engine.api.config import EngineConfig
 from engine.api.policies import PREDICTOR_POLICIES, spec
 
 __all__ = ["PREDICTOR_POLICIES", "Adaptive", "Policy", "TopK", "build_policy", "default_overprovision",
@@ -94,7 +95,7 @@ def build_policy(
     num_experts: int,
     *,
     overprovision: int | None = None,
-    adaptive_target: float = 0.9,
+    adaptive_target: float = EngineConfig.adaptive_target,
     adaptive_max: int | None = None,
     loss: str = "wbce",
 ) -> Policy:

@@ -26,6 +26,7 @@ import logging
 
 import torch
 
+from engine.api.config import EngineConfig
 from engine.kernels.grouped_experts import GroupedExperts
 from engine.kernels.triton_guard import triton_available
 from engine.model.loader import OffloadedModel
@@ -42,9 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_LEN = 4096  # positions per KV row when neither the caller nor the model says fewer
 MIN_KV_BUCKET = 64
 STREAM_INFLIGHT_BYTES = 512 * 2**20  # streamed steps: expert copies in flight at once (~10 ms of PCIe)
-# streamed steps while the recent steps missed fewer expert bytes than this per step (measured on an H200,
-# docs/performance.md: at 24 MB per step streamed steps were 24% faster, at 179 MB 4% slower)
-STREAM_MISS_LIMIT = 128 * 2**20
+_DEFAULTS = EngineConfig()  # the one place of each setting's default (engine.api.config)
 
 
 class ModelRunner:
@@ -55,9 +54,9 @@ class ModelRunner:
         max_len: int | None = None,
         graphs: bool | None = None,
         attention_kernels: bool | None = None,
-        kernels: bool = True,
-        host_reads: bool = True,
-        stream_miss_mb: float | None = STREAM_MISS_LIMIT / 2**20,
+        kernels: bool = _DEFAULTS.fused_kernels,
+        host_reads: bool = _DEFAULTS.host_reads,
+        stream_miss_mb: float | None = _DEFAULTS.stream_miss_mb,
     ) -> None:
         """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
         kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode

@@ -7,19 +7,7 @@ import torch
 
 from engine.experts.cache import ExpertCache
 from engine.experts.slots import HIT, MISS, PREFETCH_HIT, CacheFull, slots_for_budget
-from engine.experts.store import ExpertLayout, ExpertStore
-
-E, L = 6, 2
-
-
-def make_cache(slots: int) -> ExpertCache:
-    layout = ExpertLayout.from_shapes({"gate_up_proj": (4, 3), "down_proj": (3, 2)}, torch.float32, E)
-    store = ExpertStore(layout, L, pin=False)
-    for layer in range(L):
-        buf = store.allocate(layer)
-        for e in range(E):
-            buf[e].fill_(100 * layer + e)  # each expert's row holds a value naming it
-    return ExpertCache(store, slots, torch.device("cpu"))
+from tests.caches import E, make_cache
 
 
 def resident(cache: ExpertCache) -> list[tuple[int, int]]:

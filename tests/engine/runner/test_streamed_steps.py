@@ -5,12 +5,12 @@ and the choice between streamed and segmented steps. (The steps themselves need 
 from __future__ import annotations
 
 import torch
-from test_expert_cache import make_cache
 
 from engine.prefetch.policies import TopK
 from engine.prefetch.prefetcher import Prefetcher
 from engine.runner.graphs import GraphReplayer, StepGraph
 from engine.runner.step_choice import StreamChoice
+from tests.caches import make_cache
 
 
 def logs(route: list, slots: list, pred: list | None = None) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call for the serving path, results under $OUT (few files: a device call brings back at most 8):
+#  0. GPUTESTS=1: every GPU-marked test of the engine, predictors and benchmarks -> gpu_tests.log
 #  1. MEMCHECK=1: the serving-shape GPU tests (8-row batches padded as rows join and leave, cache 50% and
 #     25%, streamed and segmented steps) under compute-sanitizer's memcheck -> memcheck_serving_shapes.log
 #  2. EXACT=1: a float32 soak of the tiny Qwen3-MoE on the GPU, where batched greedy tokens must equal each
@@ -22,6 +23,11 @@ OUTDIR=${OUT:-bench/results}
 SHAPE=${SHAPE:-qwen3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, fastapi, openai; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+if [ "${GPUTESTS:-0}" = 1 ]; then
+  timeout ${GPUTESTS_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine tests/predictors tests/bench \
+    > $OUTDIR/gpu_tests.log 2>&1
+  tail -3 $OUTDIR/gpu_tests.log
+fi
 if [ "${MEMCHECK:-0}" = 1 ]; then
   timeout ${MEMCHECK_S:-170} compute-sanitizer --tool memcheck --print-limit 50 \
     --log-file $OUTDIR/memcheck_serving_shapes.log \

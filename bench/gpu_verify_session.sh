@@ -16,7 +16,7 @@ fi
 BASE=${PYTHONPATH:-}
 OUTDIR=${OUT:-bench/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-PYTHONPATH=$PWD:$BASE timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu tests \
+PYTHONPATH=$PWD:$BASE timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine tests/predictors tests/bench \
   > $OUTDIR/gpu_tests.log 2>&1
 tail -3 $OUTDIR/gpu_tests.log
 DECODE_ARGS=${DECODE_ARGS:---preset deepseek-v2-lite --runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 \

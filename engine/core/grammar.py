@@ -14,11 +14,11 @@ output is complete. EOS is in the mask only where the grammar accepts.
 Torch is imported only where a mask meets the logits (`Matcher.allowed`, `BatchMasks`); compiling is
 torch-free.
 
-In a batched decode step the masks of every constrained row are computed together by `BatchMasks`:
-llguidance fills them in parallel (Rust threads, without the GIL) on a helper thread that starts
-before the step is launched, so the masks are computed while the device runs the step; one copy
-takes them to the device and one expansion makes them boolean. Per row, one at a time, the mask
-cost grew with the batch (8 rows at a 152k vocabulary: +39% on a 6 ms step, bench/results/grammar_cost.json).
+In a batched decode step the masks of every constrained row are computed together by `BatchMasks`,
+right after the step is launched (so the host computes them while the device runs the step): one
+llguidance call fills all rows, one copy takes them to the device and one expansion makes them
+boolean. Measured on an H200 (bench/results/grammar_cost.json): mask by mask, row by row, the cost grew
+with the batch; on a helper thread started before the step, the thread hand-off cost more than it hid.
 """
 
 from __future__ import annotations
@@ -142,31 +142,21 @@ class Grammars:
         return Matcher(m, self.vocab_size)
 
 
-def expand_bits(bits, vocab_size: int):
-    """Bool [n, V] from int32 bitmask words [n, W] (bit j of word w allows token 32 * w + j)."""
-    import torch
-
-    shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
-    return ((bits.unsqueeze(-1) >> shifts) & 1).reshape(bits.shape[0], -1)[:, :vocab_size].bool()
-
-
 class BatchMasks:
-    """The allowed-token masks of a batch's constrained rows, filled in parallel beside the decode step.
+    """The allowed-token masks of a batch's constrained rows, computed together after the step is launched.
 
-    `start(matchers)` submits the fill to a helper thread and returns at once; `result(device)` waits
-    and gives bool [n, V] on `device`, row i for `matchers[i]`. One instance per engine, used by the
-    engine thread only; the helper thread only runs llguidance's fill.
+    `allowed(matchers, device)` fills every row's bitmask in one llguidance call (it spreads the rows over
+    its own threads), copies the words to `device` at once and expands them: bool [n, V], row i for
+    `matchers[i]`. Called right after a decode step is launched, the host computes the masks while the
+    device runs the step. Used by the engine thread only.
     """
 
     def __init__(self, vocab_size: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.vocab_size = vocab_size
         self._words = (vocab_size + 31) // 32
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="moe-grammar")
         self._executor = None
         self._bits = None  # int32 [rows, W] host buffer, grown as needed
-        self._future = None
+        self._shifts: dict = {}  # device -> int32 [32]
 
     def _fill(self, matchers: list[Matcher]):
         import torch
@@ -182,15 +172,14 @@ class BatchMasks:
                                                bits.data_ptr(), self._words * 4, n)  # fmt: skip
         return bits
 
-    def start(self, matchers: list[Matcher]) -> None:
-        self._future = self._pool.submit(self._fill, matchers)
+    def allowed(self, matchers: list[Matcher], device=None):
+        """Bool [n, V] on `device` (default: the host); raises what llguidance raised."""
+        import torch
 
-    def result(self, device=None):
-        """Bool [n, V] on `device`; raises what the fill raised (the caller falls back to row by row)."""
-        future, self._future = self._future, None
-        bits = future.result()
-        # a pageable copy: it completes before the next fill can overwrite the buffer
-        return expand_bits(bits if device is None else bits.to(device), self.vocab_size)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        bits = self._fill(matchers)
+        if device is not None:
+            bits = bits.to(device)  # a pageable copy: done with the buffer before the next fill
+        shifts = self._shifts.get(bits.device)
+        if shifts is None:
+            shifts = self._shifts[bits.device] = torch.arange(32, dtype=torch.int32, device=bits.device)
+        return ((bits.unsqueeze(-1) >> shifts) & 1).reshape(len(matchers), -1)[:, : self.vocab_size].bool()

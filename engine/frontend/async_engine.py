@@ -71,7 +71,7 @@ class AsyncEngine:
         self._eos: set[int] = set()
         self._tokens: TokenTable | None = None  # token texts and bytes for logprobs
         self._grammars: Grammars | None = None  # compiles response formats and forced tool calls
-        self._masks: BatchMasks | None = None  # a decode step's grammar masks, filled beside the step
+        self._masks: BatchMasks | None = None  # a decode step's grammar masks, computed together
         self._seed_counter = 0
         self._rows: list[Sequence] = []  # _rows[i] decodes in KV row i
         self.prefetcher: Prefetcher | None = None
@@ -110,8 +110,6 @@ class AsyncEngine:
             seq.emit(EngineDead("engine shut down"))
         if self.prefetcher is not None:
             self.prefetcher.remove()
-        if self._masks is not None:
-            self._masks.close()
         if self.recorder is not None and self.om is not None:
             from engine.model.fingerprint import model_fingerprint
 
@@ -247,26 +245,23 @@ class AsyncEngine:
         if not batch:
             return
         constrained = [s for s in batch if s.matcher is not None]
-        if constrained:  # their masks are filled on a helper thread while the device runs the step
-            self._masks.start([s.matcher for s in constrained])
         try:
             logits = self.runner.decode([s.out_ids[-1] for s in batch], [s.length for s in batch])  # [n, V]
         except Exception as err:  # a batched step cannot be pinned on one of its requests
-            if constrained:
-                self._batch_masks(constrained, None)  # the fill must end before any matcher is touched
             self._fail(batch, "decode step", err)
             return
         for seq in batch:  # every row's new position is in its KV row now, before any row can move
             seq.length += 1
+        # the step is launched: the host computes the grammar masks while the device runs it
         masks = self._batch_masks(constrained, logits.device) if constrained else {}
         for i, seq in enumerate(batch):  # a finish moves the last row into its hole: with all its positions
             self._accept(seq, logits[i], masks.get(id(seq)))
 
     def _batch_masks(self, seqs: list[Sequence], device) -> dict:
-        """id(seq) -> its allowed-token row, from the fill started before the step; {} if it failed (each row
-        then computes its own mask in `_accept`, where a failure fails that request alone)."""
+        """id(seq) -> its allowed-token row, all rows computed together; {} if that failed (each row then
+        computes its own mask in `_accept`, where a failure fails that request alone)."""
         try:
-            allowed = self._masks.result(device)
+            allowed = self._masks.allowed([s.matcher for s in seqs], device)
         except Exception:
             log.warning("batched grammar masks failed; computing them row by row", exc_info=True)
             return {}

@@ -95,7 +95,7 @@ class EngineParts:
         self.card = ModelCard(id=name, context_length=ctx, created=int(time.time()), vocab_size=vocab)
         self.max_prompt_chars = max_prompt_chars(self.tokenizer, ctx)  # longer text cannot fit
         self.grammars = Grammars(self.tokenizer, vocab)  # compiles response formats and forced tool calls
-        self.masks = BatchMasks(vocab)  # a decode step's grammar masks, filled beside the step
+        self.masks = BatchMasks(vocab)  # a decode step's grammar masks, computed together
         self.probe = device_probe(device)  # the device sync that tells a poisoned device
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]

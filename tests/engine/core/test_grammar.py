@@ -51,22 +51,18 @@ def walk(grammars, tok, constraint, text):
 
 
 def test_batch_masks_equal_each_rows_own_mask(grammars, tok):
-    """The batched fill (one call, helper thread) gives row i exactly matcher i's mask, whatever state
-    each matcher is in, and the buffer is reused across steps of different batch sizes."""
+    """The batched fill (one llguidance call for all rows) gives row i exactly matcher i's mask, whatever
+    state each matcher is in, and the buffer is reused across steps of different batch sizes."""
     texts = ['{"name": "A', '{"name": "Ada", "age": 3', "", '{"name": "Ada", "age": 36, "tags": ["']
     matchers = [walk(grammars, tok, Constraint("json", json.dumps(PERSON)), t) for t in texts]
     matchers.append(walk(grammars, tok, Constraint("json", json.dumps({"type": "integer"})), "1"))
     masks = BatchMasks(len(tok))
-    try:
-        for rows in (matchers, matchers[1:3], matchers):
-            masks.start(rows)
-            got = masks.result()
-            assert got.shape == (len(rows), len(tok)) and got.dtype == torch.bool
-            for i, m in enumerate(rows):
-                assert torch.equal(got[i], m.allowed()), i
-        assert not torch.equal(got[0], got[1])  # the rows differ: not one mask broadcast
-    finally:
-        masks.close()
+    for rows in (matchers, matchers[1:3], matchers):
+        got = masks.allowed(rows)
+        assert got.shape == (len(rows), len(tok)) and got.dtype == torch.bool
+        for i, m in enumerate(rows):
+            assert torch.equal(got[i], m.allowed()), i
+    assert not torch.equal(got[0], got[1])  # the rows differ: not one mask broadcast
 
 
 def test_object_grammar_stops_after_its_last_brace(grammars, tok):

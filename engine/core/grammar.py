@@ -168,8 +168,11 @@ class BatchMasks:
         if self._bits is None or self._bits.shape[0] < n:
             self._bits = torch.zeros((max(n, 8), self._words), dtype=torch.int32)
         bits = self._bits[:n]
-        self._executor.unsafe_compute_mask_ptr([(m.ll, i) for i, m in enumerate(matchers)],
-                                               bits.data_ptr(), self._words * 4, n)  # fmt: skip
+        if n == 1:  # one row: the matcher's own fill, without the executor's dispatch to its threads
+            matchers[0].ll.unsafe_compute_mask_ptr(bits.data_ptr(), self._words * 4)
+        else:
+            self._executor.unsafe_compute_mask_ptr([(m.ll, i) for i, m in enumerate(matchers)],
+                                                   bits.data_ptr(), self._words * 4, n)  # fmt: skip
         return bits
 
     def allowed(self, matchers: list[Matcher], device=None):

@@ -2,13 +2,13 @@
 
 - `train_predictors`: `predictors.train.train_bank` on the MMLU traces (10% of the prompts held out, early
   stopping; batch 2048, lr 1.5e-3), Arch 2 + weighted BCE by default (the paper's pairing for Table 4),
-  epochs per layer fitted to a time budget (`plan_epochs`), then `predictors.evaluate` on the held-out
+  epochs per layer fitted to a time budget (`bench.predictor_steps.plan_epochs`), then `predictors.evaluate` on the held-out
   MMLU prompts (with the router, cross-layer and frequency-prior baselines) and on the chat traces.
   Per layer: recall@k, recall@k' (k' = ceil(1.5 k)), top-1 and the exact-set rate.
 - `table3`: the four losses x both architectures, one epoch each on the same split of the same samples
   (the paper's Table 3 on DeepSeek-V2-Lite: mean held-out recall@k after one epoch), skipping what no longer
   fits before the deadline.
-Imports torch and predictors.{train, evaluate, losses, model} only.
+Imports torch, `bench.predictor_steps`, `engine.prefetch.nets` and predictors.{train, evaluate, losses}.
 """
 
 from __future__ import annotations
@@ -17,45 +17,17 @@ import time
 
 import torch
 
-from engine.prefetch.nets import build_predictor
+from bench.predictor_steps import PREDICTOR_BATCH, PREDICTOR_LR, plan_epochs
 from predictors.evaluate import evaluate
-from predictors.losses import LOSSES
 from predictors.train import train_bank
 
-BATCH, LR = 2048, 1.5e-3
+BATCH, LR = PREDICTOR_BATCH, PREDICTOR_LR
 PAPER_TABLE3 = {  # DeepSeek-V2-Lite, recall@k after one epoch: MSE / WBCE / focal / ranking-aware BCE
     1: {"mse": 0.8661, "wbce": 0.8900, "focal": 0.8640, "rank_bce": 0.8919},
     2: {"mse": 0.8661, "wbce": 0.9019, "focal": 0.8764, "rank_bce": 0.8995},
 }
 TABLE3_LOSSES = ("mse", "wbce", "focal", "rank_bce")
 GOAL = {"recall_at_k_mean": 0.95, "recall_at_k_layer0": 0.95, "top1": 0.995}  # issue 21's Table 4 goal
-
-
-def plan_epochs(budget_s: float, traces, arch: int, loss: str, hidden: int, device: str) -> int:
-    """Epochs per layer (1..30) so every layer trains within `budget_s`, from 20 timed steps on random data."""
-    d, e, k = traces.d_model, traces.num_experts, traces.top_k
-    net = build_predictor(arch, d, e, hidden).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=LR)
-    x = torch.randn(BATCH, d, device=device)  # [B, d]
-    s = torch.randn(BATCH, e, device=device).softmax(-1)  # [B, E]
-    idx = s.topk(k, dim=-1).indices  # [B, k]
-
-    def step() -> None:
-        out = LOSSES[loss](net(x), s, idx)
-        opt.zero_grad()
-        out.backward()
-        opt.step()
-        out.item()  # train_bank reads the loss every step
-
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        step()
-    step_s = (time.perf_counter() - t0) / 20
-    epoch_s = max(1, int(0.9 * traces.samples) // BATCH) * step_s * 1.2 + 0.05  # + the held-out pass
-    per_layer_io = 0.5 + traces.samples * (traces.d_model + traces.num_experts) * 2 / 1e9
-    return max(1, min(30, int((budget_s / traces.num_layers - per_layer_io) / epoch_s)))
 
 
 def _layer_rows(report: dict) -> list[dict]:
@@ -76,7 +48,7 @@ def train_predictors(
 ) -> tuple[torch.nn.Module, dict]:
     """(bank on the CPU, report) of one pairing trained within about `budget_s` seconds, evaluated."""
     t0 = time.perf_counter()
-    epochs = plan_epochs(0.8 * budget_s, traces, arch, loss, hidden, device)
+    epochs, _ = plan_epochs(0.8 * budget_s, traces, arch, loss, hidden, device)
     bank, report = train_bank(
         traces,
         arch,

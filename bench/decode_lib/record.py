@@ -78,7 +78,9 @@ class Record:
                 self.data["agreement_with_plain"] = {"steps": len(mine), "same_argmax": same}
                 log(f"argmax agreement with the plain forward: {same}/{len(mine)}")
         s["same_tokens_as_reference"] = s["tokens"] == self.reference
-        s["routing"] = self.data.get("routing", "random")  # which routing every number of this config came from
+        s["routing"] = self.data.get(
+            "routing", "random"
+        )  # which routing every number of this config came from
         if policy in self.data.get("predictions_by_policy", {}):
             s["predictions"] = self.data["predictions_by_policy"][policy]
         entry = {"policy": policy, "fraction": fraction, "slots": slots, "summary": s, "wall_s": wall}

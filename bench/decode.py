@@ -27,6 +27,10 @@ check that outputs never change across policies, cache sizes and paths.
 
 Results: JSON (rewritten after every configuration, so a cut-off run keeps what it measured) and a
 PNG of tokens/s against cache size, one line per policy. `--smoke` runs a shrunken shape on the CPU.
+Every record and its title say which routing the numbers came from: `random` (the random-weight model's
+own) or, with `--routing twin:PATH`, `twin-replayed (<artefact>, sha256 ...)`: the routers' top-k ids and
+weights and the predictors' outputs are a routing twin's on the artefact's text, token by token
+(`bench/decode_lib/replay.py`), the decode text is the artefact's, and the batched runs are skipped.
 
 This file only parses the flags; each measurement is a module of `bench/decode_lib` (its docstring lists
 them), and `bench/decode_lib/seams.py` holds every way the run changes how the engine runs.
@@ -80,6 +84,12 @@ def main() -> None:
         "--segmented",
         default="none,overprovision",
         help="policies also run with segmented steps (MOE_HOST_READS=false) below a full cache",
+    )
+    ap.add_argument(
+        "--routing",
+        default="random",
+        help="random (the model's own), or twin:PATH to replay a twin_replay_<shape> artefact's routing and "
+        "predictions (bench/decode_lib/replay.py)",
     )
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
     run(ap.parse_args())

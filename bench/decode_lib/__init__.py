@@ -10,6 +10,7 @@
 - `overlap`   a profiler trace of a few decode steps: copy time that overlapped compute;
 - `record`    the JSON record (its header, one entry per configuration, the ratios) and the console log;
 - `plot`      the PNG of tokens/s against cache size;
+- `replay`    `--routing twin:PATH`: a routing twin's routing and predictions replayed on the model;
 - `seams`     every way this library changes the engine's configuration, in one place;
 - `run`       the whole run, in order, from the CLI's arguments.
 

@@ -41,7 +41,10 @@ def plot(result: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("expert cache (% of all routed experts on the GPU)")
     ax.set_ylabel("decode tokens/s (batch 1; median, min-max bars)")
-    ax.set_title(f"{result['preset']} (random weights) on {result['device']}", fontsize=10)
+    ax.set_title(
+        f"{result['preset']} (random weights) on {result['device']}\n{result.get('routing', 'random')} routing",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -28,6 +28,7 @@ def header(
     """What the run is: versions, the model's shape, the machine's bandwidths and the HBM floor."""
     return {
         "preset": args.preset,
+        "routing": "random",  # or "twin-replayed (<artefact>, sha256 ...)": `replay.TwinReplay.label`
         "random_weights": True,
         "embed_std": args.embed_std,
         "device": device_name,
@@ -77,6 +78,11 @@ class Record:
                 self.data["agreement_with_plain"] = {"steps": len(mine), "same_argmax": same}
                 log(f"argmax agreement with the plain forward: {same}/{len(mine)}")
         s["same_tokens_as_reference"] = s["tokens"] == self.reference
+        s["routing"] = self.data.get(
+            "routing", "random"
+        )  # which routing every number of this config came from
+        if policy in self.data.get("predictions_by_policy", {}):
+            s["predictions"] = self.data["predictions_by_policy"][policy]
         entry = {"policy": policy, "fraction": fraction, "slots": slots, "summary": s, "wall_s": wall}
         if variant:
             entry["variant"] = variant

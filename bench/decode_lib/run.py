@@ -1,24 +1,39 @@
 """One run of the decode benchmark from the CLI's arguments, its measurements in order (see
 `bench/decode.py` for what each one is): the model, its predictors, the plain baseline, the sweep, the
-batched runs, the prefill, the overlap profile, the ratios, the PNG.
+batched runs, the prefill, the overlap profile, the ratios, the PNG. With `--routing twin:PATH` the
+measurements after the plain baseline replay the twin's routing and predictions (`replay`), the batched
+runs are skipped, and the routing `none` recorded is checked against the artefact's.
 
 Imports torch, `bench.common`, `engine.runner` and the rest of this package only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 from bench.common import active_bytes_per_token, device_bandwidth, device_name, pinned_bandwidth
 from bench.decode_lib.baseline import plain_baseline
 from bench.decode_lib.batched import batched_runs
-from bench.decode_lib.model import PROMPT_TOKENS, build_bench, decode_text, prompt_sets
+from bench.decode_lib.model import PROMPT_TOKENS, DecodeText, build_bench, decode_text, prompt_sets
 from bench.decode_lib.overlap import overlap_by_policy
 from bench.decode_lib.plot import plot
 from bench.decode_lib.recall import diagnose_recall
 from bench.decode_lib.record import Record, add_ratios, header, log
+from bench.decode_lib.replay import (
+    DeviceReplay,
+    ReplayedBank,
+    ReplayRunner,
+    TwinReplay,
+    parse_routing,
+    predictions_by_policy,
+    replayed_routers,
+    routing_check,
+)
 from bench.decode_lib.seams import BENCH_MAX_LEN
 from bench.decode_lib.sweep import Deadline, Sweep, sweep
 from bench.decode_lib.timing import Workload, time_prefill
-from bench.decode_lib.training import train_predictors
+from bench.decode_lib.training import Bank, train_predictors
 from engine.runner.runner import ModelRunner
 
 
@@ -37,19 +52,65 @@ def run(args) -> None:
     record = Record(
         json_path, header(args, om, device_name(b.device), b.dtype, bw, hbm, active, PROMPT_TOKENS)
     )
+    twin_path = parse_routing(args.routing)
+    twin = TwinReplay(twin_path, om) if twin_path is not None else None  # checked against the model
+    if twin is not None:
+        record.data["routing"] = twin.label
+    policies = [p for p in args.policies.split(",") if p]
+    record.data["predictions_by_policy"] = predictions_by_policy(policies, record.data["routing"])
 
     prompts, traced, fresh = prompt_sets(args.prompts, args.collect_prompts, args.diagnose_recall)
     bank, record.data["predictors"] = train_predictors(
         om, b.tok, traced, args.work, args, args.out, b.tag, fresh
     )
     record.write()
-    text = decode_text(b.tok, prompts, args.runs, args.new_tokens, args.prefill_tokens)
+    if twin is None:
+        text = decode_text(b.tok, prompts, args.runs, args.new_tokens, args.prefill_tokens)
+    else:  # the artefact's own text: the replayed routing belongs to exactly the token decoded
+        segs, long = (
+            twin.segments(args.runs, PROMPT_TOKENS, args.new_tokens),
+            twin.long_prompt(args.prefill_tokens),
+        )
+        text = DecodeText([(s.prompt, s.feed) for s in segs], long.prompt)
+        record.data["replay"] = twin.describe(segs, long)
+        record.data["decode"] += "; the text is the twin replay artefact's prompts"
     batches = [int(n) for n in args.batches.split(",") if n]
 
     if b.cuda and not args.no_plain:
         plain_baseline(om, text.segments, args.plain_tokens, batches, record)
+        if twin is not None:  # the plain forward runs the model's own (random) routing
+            record.data["plain"]["routing"] = "random (the plain forward is not replayed)"
+            record.data.pop("agreement_with_plain", None)
+            record.plain_tokens = None
 
-    workload = Workload(ModelRunner(om, rows=1, max_len=BENCH_MAX_LEN), text.segments)
+    runner = ModelRunner(om, rows=1, max_len=BENCH_MAX_LEN)  # fuses the routers before any replay patch
+    with contextlib.ExitStack() as replaying:
+        wrap = None
+        if twin is not None:
+            table = DeviceReplay(twin, b.device)
+            starts = {tuple(s.prompt): s.start for s in [*segs, long]}
+            replaying.enter_context(replayed_routers(om, table))
+            bank = Bank(ReplayedBank(bank.bank, table), ReplayedBank(bank.fp32, table), bank.manifest)
+            wrap = lambda r: ReplayRunner(r, table, twin.tokens, starts)  # noqa: E731
+        workload = Workload(runner, text.segments, wrap)
+        measure(args, b, workload, bank, text.long_prompt, batches, record, deadline, bw, twin is not None)
+        if twin is not None and routing.exists():
+            recorded = json.loads(routing.read_text())["layers"]
+            record.data["replay"]["routing_check"] = check = routing_check(twin, segs, recorded)
+            log(f"routing replay check (the routing `none` recorded against the artefact's): {check}")
+    add_ratios(record.data)
+    record.write()
+    plot(record.data, args.out / f"decode_{b.tag}.png")
+    log(f"wrote {json_path}")
+
+
+def measure(
+    args, b, workload: Workload, bank, long_prompt, batches, record, deadline, bw, twin: bool
+) -> None:
+    """Everything after the plain baseline, on the workload's runner (replaying the twin's routing with
+    `twin`): the recall diagnosis, the sweep, the batched runs, the prefill, the overlap profile."""
+    om = b.om
+    routing = args.work / f"routing_{b.tag}.json"
     if args.diagnose_recall:
         record.data["recall_paths"] = diagnose_recall(workload, bank)
         record.write()
@@ -58,10 +119,13 @@ def run(args) -> None:
     segmented = args.segmented.split(",")
     sweep(Sweep(workload, bank, routing, bw, record, deadline, b.cuda), fractions, policies, segmented)
 
-    if batches and not deadline.passed():
-        batched_runs(om, text.segments, batches, record)
+    if batches and twin:
+        record.data["batched"] = {"skipped": "routing replay covers the batch-1 runs only"}
+        record.skipped("batched (routing replay)")
+    elif batches and not deadline.passed():
+        batched_runs(om, workload.segments, batches, record)
 
-    record.data["prefill"] = prefill = time_prefill(om, min(fractions), text.long_prompt)
+    record.data["prefill"] = prefill = time_prefill(om, min(fractions), long_prompt, wrap=workload.wrap)
     log(
         f"prefill {prefill['prompt_tokens']} tokens @ {100 * prefill['fraction']:.0f}%: {prefill['tok_s_median']:.0f} tok/s"
     )
@@ -70,7 +134,3 @@ def run(args) -> None:
     if b.cuda and not args.no_profile and not deadline.passed():
         record.data["overlap"] = overlap_by_policy(workload, bank, args.work)
         record.write()
-    add_ratios(record.data)
-    record.write()
-    plot(record.data, args.out / f"decode_{b.tag}.png")
-    log(f"wrote {json_path}")

@@ -39,13 +39,15 @@ STALLS = Stalls()  # one for the whole run: each measurement reads its differenc
 class Workload:
     """A warm-up and `runs` measured runs over `segments` [(prompt, fed tokens)], the first one warming up."""
 
-    def __init__(self, runner: ModelRunner, segments: list[tuple[list[int], list[int]]]) -> None:
-        self.runner, self.segments = runner, segments
+    def __init__(self, runner: ModelRunner, segments: list[tuple[list[int], list[int]]], wrap=None) -> None:
+        # wrap(runner): the runner the measurements drive (`replay.ReplayRunner` under --routing twin:)
+        self.wrap = wrap or (lambda r: r)
+        self.runner, self.segments = self.wrap(runner), segments
         self.device = runner.device
 
     def on(self, runner: ModelRunner) -> Workload:
-        """The same text on another runner."""
-        return Workload(runner, self.segments)
+        """The same text on another runner (wrapped the same way)."""
+        return Workload(runner, self.segments, self.wrap)
 
     def one(self, prompt: list[int], feed: list[int]) -> dict:
         om, runner = self.runner.om, self.runner
@@ -119,10 +121,12 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
     return out
 
 
-def time_prefill(om, fraction: float, prompt: list[int], reps: int = 3) -> dict:
-    """Prefill tokens/s of one long prompt at a cache of `fraction`, on a runner sized for it."""
+def time_prefill(om, fraction: float, prompt: list[int], reps: int = 3, wrap=None) -> dict:
+    """Prefill tokens/s of one long prompt at a cache of `fraction`, on a runner sized for it (`wrap`: as
+    `Workload`'s)."""
     replace_cache(om, CacheBudget(fraction=fraction))
     runner = ModelRunner(om, rows=1, max_len=len(prompt) + 8)
+    runner = wrap(runner) if wrap else runner
     times = []
     for _ in range(reps):
         sync(om.device)

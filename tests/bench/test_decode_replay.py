@@ -1,0 +1,110 @@
+"""`bench/decode.py --smoke --routing twin:PATH` on the CPU: the routers' choices and the predictions come
+from a replay artefact (here a synthetic one in `bench/twin_replay.py`'s format, matching the smoke shape),
+every record says so, and the greedy tokens stay the same across policies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench import twin_replay
+from bench.decode_lib.replay import check_topology, parse_routing
+
+ROOT = Path(__file__).resolve().parents[2]
+MMLU = ROOT.parent / "shared" / "data" / "mmlu" / "test"
+LAYERS, EXPERTS, K, KP = 3, 16, 2, 3  # bench.decode_lib.model.SMOKE: 3 MoE layers, 16 experts, top-2
+
+
+def synthetic_artefact(out: Path, prompts: int = 4, length: int = 80, seed: int = 0) -> Path:
+    """Random routing of the smoke topology; the predicted ids are the routed ones plus one more."""
+    rng = np.random.default_rng(seed)
+    n = prompts * length
+    order = np.argsort(rng.random((LAYERS, n, EXPERTS)), axis=-1)  # a random permutation per layer-token
+    routed = order[..., :K].astype(np.uint8)  # [L, N, k]
+    w = np.sort(rng.random((LAYERS, n, K)), axis=-1)[..., ::-1]
+    arrays = {
+        "tokens": rng.integers(5, 4000, n).astype(np.int16),
+        "offsets": (np.arange(prompts + 1) * length).astype(np.int32),
+        "routed_ids": routed,
+        "routed_weights": (w / w.sum(-1, keepdims=True)).astype(np.float16),
+        "predicted_ids": order[..., :KP].astype(np.uint8),  # [L, N, k']: routed first, then one more
+        "layer_ids": np.arange(LAYERS, dtype=np.int16),
+    }
+    rec = {"arrays": arrays, "prompts": [{"source": "synthetic", "text": "", "tokens": length}] * prompts}
+    twin_replay.write(out, "twin_replay_smoke_test", rec, {"routing_source": "synthetic (test)"})
+    return out / "twin_replay_smoke_test.json"
+
+
+def test_parse_routing():
+    assert parse_routing("random") is None
+    assert parse_routing("twin:a/b.json") == Path("a/b.json")
+    with pytest.raises(SystemExit):
+        parse_routing("twin")
+
+
+def test_topology_mismatch_fails_clearly(tmp_path):
+    manifest, arrays = twin_replay.load(synthetic_artefact(tmp_path))
+    layers = [SimpleNamespace(layer_id=i) for i in range(LAYERS)]
+    om = SimpleNamespace(
+        layers=layers, top_k=K, store=SimpleNamespace(layout=SimpleNamespace(num_experts=EXPERTS))
+    )
+    check_topology(manifest, arrays, om)  # matches
+    om.top_k = 4
+    with pytest.raises(SystemExit, match="top-k: artefact 2, model 4"):
+        check_topology(manifest, arrays, om)
+    om.top_k, om.store.layout.num_experts, om.layers = K, 8, layers[:2]
+    with pytest.raises(SystemExit, match="MoE layers: artefact 3, model 2.*experts"):
+        check_topology(manifest, arrays, om)
+
+
+def expected_routing(arrays: dict, segments: list) -> list:
+    """Per layer: each segment's prefill (the prompt's experts together), then each fed token's."""
+    ids = arrays["routed_ids"]
+    out = []
+    for layer in range(ids.shape[0]):
+        steps = []
+        for start, prompt, feed in segments:
+            steps.append(sorted({int(e) for e in ids[layer, start : start + prompt].ravel()}))
+            steps += [sorted(int(e) for e in ids[layer, start + prompt + i]) for i in range(feed)]
+        out.append(steps)
+    return out
+
+
+@pytest.mark.skipif(not MMLU.is_dir(), reason=f"MMLU data not found at {MMLU}")
+def test_decode_bench_twin_replay_smoke(tmp_path):
+    path = synthetic_artefact(tmp_path / "twin")
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "decode.py"), "--smoke", "--prompts", str(MMLU),
+        "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--runs", "2", "--new-tokens", "4",
+        "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,oracle",
+        "--fractions", "1.0,0.5", "--batches", "2", "--routing", f"twin:{path}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads((tmp_path / "out" / "decode_qwen3_30b_a3b_smoke.json").read_text())
+    sha = json.loads(path.read_text())["sha256"]
+    assert out["routing"] == f"twin-replayed (twin_replay_smoke_test.npz, sha256 {sha[:16]})"
+    assert {c["summary"]["routing"] for c in out["configs"]} == {out["routing"]}
+    assert all(c["summary"]["same_tokens_as_reference"] for c in out["configs"])
+    assert out["replay"]["sha256"] == sha and out["replay"]["routing_check"]["ok"]
+    assert out["batched"] == {"skipped": "routing replay covers the batch-1 runs only"}
+
+    # the experts the engine routed (the cache's routing listener, as `none` @ 50% recorded them)
+    _, arrays = twin_replay.load(path)
+    recorded = json.loads((tmp_path / "work" / "routing_qwen3_30b_a3b_smoke.json").read_text())["layers"]
+    segments = out["replay"]["segments"]
+    assert len(segments) == 3 and all(p == 64 and f == 4 for _, p, f in segments)
+    assert recorded == expected_routing(arrays, segments)
+
+    # the predictions are the twin's: its top-2 predicted ids are the routed ones, so `exact` is perfect
+    by = {(c["policy"], c["fraction"]): c["summary"] for c in out["configs"]}
+    assert by[("exact", 0.5)]["online_recall"] == 1.0
+    assert "twin's predictors" in by[("exact", 0.5)]["predictions"]

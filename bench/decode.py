@@ -30,7 +30,7 @@ PNG of tokens/s against cache size, one line per policy. `--smoke` runs a shrunk
 Every record and its title say which routing the numbers came from: `random` (the random-weight model's
 own) or, with `--routing twin:PATH`, `twin-replayed (<artefact>, sha256 ...)`: the routers' top-k ids and
 weights and the predictors' outputs are a routing twin's on the artefact's text, token by token
-(`bench/decode_lib/replay.py`), the decode text is the artefact's, and the batched runs are skipped.
+(`bench/decode_lib/replay.py`), batch 1 and batched, and the decode text is the artefact's.
 
 This file only parses the flags; each measurement is a module of `bench/decode_lib` (its docstring lists
 them), and `bench/decode_lib/seams.py` holds every way the run changes how the engine runs.

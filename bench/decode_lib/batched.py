@@ -60,8 +60,9 @@ def engine_batched(runner: ModelRunner, segments: list, batch: int, runs: int) -
     return out
 
 
-def batched_runs(om, segments: list, batches: list[int], record: Record) -> None:
-    """`record.data["batched"]["engine" | "engine_segmented"][fraction][batch]`, written after each kind."""
+def batched_runs(om, segments: list, batches: list[int], record: Record, wrap=None) -> None:
+    """`record.data["batched"]["engine" | "engine_segmented"][fraction][batch]`, written after each kind;
+    `wrap`: what each runner is wrapped in (the routing replay's cursor keeper), None for none."""
     for fraction in (1.0, 0.5):
         cache = replace_cache(om, CacheBudget(fraction=fraction))
         if fraction >= 1.0:
@@ -69,8 +70,9 @@ def batched_runs(om, segments: list, batches: list[int], record: Record) -> None
         for streamed in (True, False) if fraction < 1.0 else (True,):
             name = "engine" if streamed else "engine_segmented"
             with runner_of_kind(om, rows=max(batches), host_reads=streamed) as runner:
+                stepper = wrap(runner) if wrap is not None else runner
                 for b in batches:
-                    res = engine_batched(runner, segments, b, runs=3)
+                    res = engine_batched(stepper, segments, b, runs=3)
                     batched = record.data.setdefault("batched", {})
                     batched.setdefault(name, {}).setdefault(str(fraction), {})[str(b)] = res
                     log(

@@ -1,8 +1,8 @@
 """One run of the decode benchmark from the CLI's arguments, its measurements in order (see
 `bench/decode.py` for what each one is): the model, its predictors, the plain baseline, the sweep, the
 batched runs, the prefill, the overlap profile, the ratios, the PNG. With `--routing twin:PATH` the
-measurements after the plain baseline replay the twin's routing and predictions (`replay`), the batched
-runs are skipped, and the routing `none` recorded is checked against the artefact's.
+measurements after the plain baseline replay the twin's routing and predictions (`replay`), batch 1 and
+batched, and the routing `none` recorded is checked against the artefact's.
 
 Imports torch, `bench.common`, `engine.runner` and the rest of this package only.
 """
@@ -119,11 +119,8 @@ def measure(
     segmented = args.segmented.split(",")
     sweep(Sweep(workload, bank, routing, bw, record, deadline, b.cuda), fractions, policies, segmented)
 
-    if batches and twin:
-        record.data["batched"] = {"skipped": "routing replay covers the batch-1 runs only"}
-        record.skipped("batched (routing replay)")
-    elif batches and not deadline.passed():
-        batched_runs(om, workload.segments, batches, record)
+    if batches and not deadline.passed():
+        batched_runs(om, workload.segments, batches, record, wrap=workload.wrap)
 
     record.data["prefill"] = prefill = time_prefill(om, min(fractions), long_prompt, wrap=workload.wrap)
     log(

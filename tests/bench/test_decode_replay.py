@@ -95,7 +95,8 @@ def test_decode_bench_twin_replay_smoke(tmp_path):
     assert {c["summary"]["routing"] for c in out["configs"]} == {out["routing"]}
     assert all(c["summary"]["same_tokens_as_reference"] for c in out["configs"])
     assert out["replay"]["sha256"] == sha and out["replay"]["routing_check"]["ok"]
-    assert out["batched"] == {"skipped": "routing replay covers the batch-1 runs only"}
+    # batched rows replay too: each row's tokens are checked against the artefact at its own index
+    assert {f: set(v) for f, v in out["batched"]["engine"].items()} == {"1.0": {"2"}, "0.5": {"2"}}
 
     # the experts the engine routed (the cache's routing listener, as `none` @ 50% recorded them)
     _, arrays = twin_replay.load(path)

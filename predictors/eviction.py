@@ -1,4 +1,5 @@
-"""Eviction orders for the simulated expert cache: `lru` (the engine's), `lfu` (decayed counts), `belady`.
+"""Eviction orders for the simulated expert cache: `lru` (the engine's), `lfu` (decayed counts),
+`predicted` (the predictor's scores), `belady`.
 
 An order only ranks the resident experts; `predictors.sim_cache.SimCache` owns residency, pins and counters
 and asks the order for a victim among the unpinned residents. Keys are (moe layer, expert id), one pool
@@ -10,9 +11,19 @@ over all layers, as in `engine.experts.cache.ExpertCache`.
   2^(t / half_life), so a use `half_life` tokens ago weighs half a use now (half_life = inf: plain LFU).
   Counts are kept for evicted experts too (an expert that comes back keeps its history); prefetches do not
   count as uses. Ties go to the least recently touched.
+- `predicted`: the expert whose layer's most recent predictor score is lowest: the bundle's probability
+  (sigmoid of its logits; the clipped output for the MSE loss) for that expert at that layer's last tap, set
+  by `set_scores(layer, scores)` before the tap's prefetch. Layers before the current one hold this token's
+  scores, the others the previous token's. Ties go to the least recently touched; an expert of a layer not
+  scored yet counts 0.
 - `belady`: the expert whose next routed use is farthest in the future (never used again: infinitely
   far; ties to the least recently touched). Needs the whole future routing (`future`), so it is offline
   only: the limit any eviction order could reach for demand loads at this cache size.
+
+No `stale` order (the oldest last use counted in its layer's own steps): in this single-pool design every
+layer steps once per token, so a layer's clock is the token clock shifted by under one token, and the
+staleness order with LRU's tie-break picks exactly LRU's victim (if a's last use is a step before b's, a is
+at least as stale; equal staleness falls to recency).
 
 Pure Python, torch-free. Every order is a lazy-deletion heap (or an OrderedDict) so a victim costs
 O(log n) plus the pinned entries skipped.
@@ -23,10 +34,11 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 Key = tuple[int, int]  # (moe layer index, expert id)
-EVICTIONS = ("lru", "lfu", "belady")
+EVICTIONS = ("lru", "lfu", "predicted", "belady")
+DEFAULT_EVICTIONS = ("lru", "lfu", "belady")  # those that need no predictor
 DEFAULT_LFU_HALF_LIFE = 64.0  # tokens
 
 
@@ -63,9 +75,13 @@ class _HeapOrder:
     def _priority(self, key: Key) -> float:
         raise NotImplementedError
 
-    def _push(self, key: Key) -> None:
+    def _tie(self, key: Key) -> int:
+        """The tie-break of a new heap entry: the push order (each push is a touch or an insert)."""
         self._seq += 1
-        entry = (self._priority(key), self._seq)
+        return self._seq
+
+    def _push(self, key: Key) -> None:
+        entry = (self._priority(key), self._tie(key))
         self._entry[key] = entry
         heapq.heappush(self._heap, (*entry, key))
         if len(self._heap) > 4 * len(self._entry) + 1024:  # drop stale entries now and then
@@ -125,6 +141,51 @@ class LFU(_HeapOrder):
         self._push(key)
 
 
+class Predicted(_HeapOrder):
+    """Lowest score of the expert's layer's last tap first, ties to the least recently touched. A layer's
+    new scores re-rank its residents (at most E heap pushes per tap)."""
+
+    name = "predicted"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._scores: dict[int, list[float]] = {}  # layer -> its last tap's score per expert
+        self._layer_keys: dict[int, set[Key]] = {}  # layer -> its resident keys
+        self._touched: dict[Key, int] = {}  # key -> the touch count at its last insert or touch
+
+    def _priority(self, key: Key) -> float:
+        scores = self._scores.get(key[0])
+        return scores[key[1]] if scores is not None else 0.0
+
+    def _tie(self, key: Key) -> int:
+        return self._touched[key]
+
+    def _stamp(self, key: Key) -> None:
+        self._seq += 1
+        self._touched[key] = self._seq
+
+    def insert(self, key: Key, now: int) -> None:
+        self._layer_keys.setdefault(key[0], set()).add(key)
+        self._stamp(key)
+        self._push(key)
+
+    def touch(self, key: Key, now: int, routed: bool) -> None:
+        self._stamp(key)
+        self._push(key)
+
+    def remove(self, key: Key) -> None:
+        super().remove(key)
+        self._layer_keys[key[0]].discard(key)
+        del self._touched[key]
+
+    def set_scores(self, layer: int, scores: Sequence[float]) -> None:
+        """Layer `layer`'s tap scored its experts (probabilities [E], higher = more likely routed)."""
+        self._scores[layer] = [float(v) for v in scores]
+        for key in self._layer_keys.get(layer, ()):
+            if self._entry[key][0] != self._priority(key):
+                self._push(key)
+
+
 class Belady(_HeapOrder):
     """Farthest next routed use first. `future` lists, in order, the keys routed at each time step; the
     cache calls `touch(key, now, routed=True)` for each of them exactly once, in the same order."""
@@ -165,6 +226,8 @@ def build_order(
         return LRU()
     if name == "lfu":
         return LFU(lfu_half_life * ticks_per_token)
+    if name == "predicted":
+        return Predicted()
     if name == "belady":
         if future is None:
             raise ValueError("belady eviction needs the future routing")

@@ -5,7 +5,9 @@ decode steps, one step per token, prompt after prompt through one cache) or a ro
 `MOE_RECORD_ROUTING` (each recorded layer-step set as it was: prefill and batched steps included). Each
 step runs the engine's order for every MoE layer l: the tap's prefetch (for layer l, or for l+1 with
 `crosslayer`), then the router's set through `SimCache.route` (`predictors.sim_cache`, the engine's
-`ExpertCache` semantics), with eviction `lru`, `lfu` or `belady` (`predictors.eviction`).
+`ExpertCache` semantics), with eviction `lru`, `lfu`, `predicted` or `belady` (`predictors.eviction`).
+`predicted` ranks residents by the bundle's scores (`predictor_scores`, on the workload), fed to the order at
+each layer's tap under every policy (with `none` the predictor runs for eviction alone).
 
 Prefetch policies are the engine's (`engine.prefetch.policies.build_policy`, `union_best_first`): `exact`,
 `overprovision`, `top1`, `adaptive` run the bundle's predictors on the trace's stored pre-attention inputs
@@ -54,7 +56,8 @@ class SimulateError(ValueError):
 class Workload:
     """Routing to replay: `routed[l][s]` = the sorted distinct experts layer l routed at step s (a numpy
     row or a list); `inputs(l)` = layer l's pre-attention input rows [N, d] when stored, with step s owning
-    rows `rows[s]` (None: row s); `routers()` = router.{i} [E, d] (and router_bias.{i}) when stored."""
+    rows `rows[s]` (None: row s); `routers()` = router.{i} [E, d] (and router_bias.{i}) when stored;
+    `scores[l]` = the predictor's probabilities [N, E] at layer l's tap, for `predicted` eviction."""
 
     source: str
     kind: str  # "traces" | "routing"
@@ -68,10 +71,19 @@ class Workload:
     inputs: Callable[[int], torch.Tensor] | None = None
     routers: Callable[[], dict[str, torch.Tensor]] | None = None
     rows: list[tuple[int, int]] | None = None
+    scores: list[np.ndarray] | None = None
 
     def step_routed(self, s: int, layer: int) -> list[int]:
         r = self.routed[layer][s]
         return r.tolist() if isinstance(r, np.ndarray) else list(r)
+
+    def step_scores(self, s: int, layer: int) -> np.ndarray:
+        """Layer `layer`'s scores at step s: its row, or each expert's best over the step's rows."""
+        table = self.scores[layer]
+        if self.rows is None:
+            return table[s]
+        a, b = self.rows[s]
+        return table[a:b].max(axis=0)
 
     @property
     def total_experts(self) -> int:
@@ -242,6 +254,24 @@ def policy_runs(
     return runs
 
 
+def predictor_scores(w: Workload, bank, manifest: dict | None = None, batch: int = 8192) -> list[np.ndarray]:
+    """The bundle's probability per expert at every layer's tap ([N, E] float32 per layer, N x L x E x 4
+    bytes): sigmoid of the logits, or for the MSE loss the clipped outputs (as `adaptive` reads them)."""
+    if w.inputs is None or bank is None:
+        raise SimulateError(
+            "eviction predicted ranks residents by the predictor's scores on the stored pre-attention inputs: "
+            "pass --predictors BUNDLE and a trace set from `moe-prefetch collect` (the predictor then runs "
+            "under every policy, none included)"
+        )
+    mse, out = (manifest or {}).get("loss") == "mse", []
+    with torch.no_grad():
+        for layer in range(w.num_layers):
+            x = w.inputs(layer)  # [N, d]
+            logits = [bank.forward_layer(layer, x[a : a + batch]).float() for a in range(0, len(x), batch)]
+            out.append(torch.cat([v.clamp_min(0) if mse else torch.sigmoid(v) for v in logits]).numpy())
+    return out
+
+
 # ----------------------------------------------------------------------------- replay
 def replay(
     w: Workload,
@@ -267,6 +297,9 @@ def replay(
             for layer in range(nl)
         )
     order = build_order(eviction, future=future, lfu_half_life=lfu_half_life, ticks_per_token=nl)
+    scored = eviction == "predicted"
+    if scored and w.scores is None:
+        raise SimulateError("eviction predicted needs the workload's predictor scores (predictor_scores)")
     cache = SimCache(capacity, nl, order, lookahead=lookahead)
     if preload_full and capacity >= w.total_experts:
         cache.preload([(layer, e) for layer in range(nl) for e in range(w.num_experts)])
@@ -275,6 +308,8 @@ def replay(
     for s in range(w.steps):
         for layer in range(nl):
             cache.now = s * nl + layer
+            if scored:
+                order.set_scores(layer, w.step_scores(s, layer))
             if predicts:
                 target = layer + run.shift
                 if target < nl:

@@ -57,9 +57,13 @@ def simulate(
             help="Comma-separated MOE_POLICY values (default: every one the input and bundle allow)."
         ),
     ] = None,
-    eviction: Annotated[str, typer.Option(help="Comma-separated eviction orders: lru, lfu, belady.")] = (
-        "lru,lfu,belady"
-    ),
+    eviction: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated eviction orders: lru, lfu, predicted (lowest predictor score first; needs "
+            "--predictors, runs the predictor under every policy), belady."
+        ),
+    ] = "lru,lfu,belady",
     fractions: Annotated[
         str, typer.Option(help="Cache sizes as shares of all routed experts, comma-separated.")
     ] = "0.1,0.25,0.5,0.75,1.0",
@@ -109,10 +113,10 @@ def simulate(
     modelled time per token for each cache size x eviction x prefetch policy."""
     from engine.api.errors import EngineError
     from engine.api.policies import POLICIES
-    from predictors.eviction import EVICTIONS
+    from predictors.eviction import DEFAULT_EVICTIONS, EVICTIONS
     from predictors.sim_inputs import default_policies, load_checked_bundle, load_workload
     from predictors.sim_report import SweepConfig, capacity_lines, result_table, sweep, write_outputs
-    from predictors.simulate import SimulateError, TimeModel, cache_sizes, policy_runs
+    from predictors.simulate import SimulateError, TimeModel, cache_sizes, policy_runs, predictor_scores
 
     setup_logging(verbose)
     if (traces is None) == (routing is None):
@@ -138,11 +142,13 @@ def simulate(
             adaptive_target=adaptive_target,
             adaptive_max=adaptive_max,
         )
+        if "predicted" in evictions:
+            w.scores = predictor_scores(w, bank, manifest)
         sizes = cache_sizes(
             w, _floats(fractions, "--fractions"), _floats(cache_gb, "--cache-gb"), expert_bytes
         )
         cfg = SweepConfig(
-            evictions=tuple(evictions) or EVICTIONS,
+            evictions=tuple(evictions) or DEFAULT_EVICTIONS,
             lfu_half_life=lfu_half_life,
             time=TimeModel(step_ms=step_ms, bandwidth_gbs=bandwidth_gbs),
             target_hit=target_hit,
@@ -150,6 +156,10 @@ def simulate(
             progress=progress,
         )
         doc = sweep(w, sizes, runs, expert_bytes, cfg)
+        if w.scores is not None:
+            doc["predicted_eviction_scores"] = (
+                f"{predictors}: the predictor's probability per expert at each layer's last tap, every policy"
+            )
     except (SimulateError, EngineError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]simulate:[/red] {err}")
         raise typer.Exit(2) from None

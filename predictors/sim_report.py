@@ -207,7 +207,7 @@ def plot(doc: dict, path: str | Path) -> Path:
 
     fig = Figure(figsize=(14, 6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    styles = {"lru": "-", "lfu": "--", "belady": ":"}
+    styles = {"lru": "-", "lfu": "--", "predicted": "-.", "belady": ":"}
     colors = {p: f"C{i}" for i, p in enumerate(doc["policies"])}
     panels = (("hit_rate", "hit rate (resident + prefetched)"), ("resident_hit_rate", "resident hit rate"))
     for ax, (key, title) in zip(axes, panels, strict=True):

@@ -71,6 +71,23 @@ def grammar_text(c: Constraint) -> str:
     return LLMatcher.grammar_from_lark(lark)
 
 
+_SHIFTS: dict = {}  # device -> int32 [32], the bit positions of a mask word
+
+
+def expand_bits(bits, vocab_size: int, device=None):
+    """Bool [n, V] on `device` (default: the host) from int32 bitmask words [n, W] on the host (bit j of word
+    w allows token 32 * w + j). The words cross to the device, not the V booleans; the host buffer is
+    pageable, so the copy is done with it before the caller's next fill overwrites it."""
+    import torch
+
+    if device is not None:
+        bits = bits.to(device)
+    shifts = _SHIFTS.get(bits.device)
+    if shifts is None:
+        shifts = _SHIFTS[bits.device] = torch.arange(32, dtype=torch.int32, device=bits.device)
+    return ((bits.unsqueeze(-1) >> shifts) & 1).reshape(bits.shape[0], -1)[:, :vocab_size].bool()
+
+
 class Matcher:
     """One sequence's grammar state: the allowed tokens now, advanced by each sampled token."""
 
@@ -78,23 +95,16 @@ class Matcher:
         self._m = ll_matcher
         self.vocab_size = vocab_size
         self._words = (vocab_size + 31) // 32
-        self._bits = None  # int32 [W] bitmask buffer, allocated on the first mask
+        self._bits = None  # int32 [1, W] bitmask buffer, allocated on the first mask
 
     def allowed(self, device=None):
-        """Bool [V] tensor of the token ids the grammar allows next, on `device` (default: the host).
-
-        The bitmask (V/8 bytes) is what crosses to the device; it is expanded there. The host buffer is
-        pageable, so the copy completes before the next mask overwrites it.
-        """
+        """Bool [V] tensor of the token ids the grammar allows next, on `device` (default: the host)."""
         import torch
 
         if self._bits is None:
-            self._bits = torch.zeros(self._words, dtype=torch.int32)
-            self._shifts = torch.arange(32, dtype=torch.int32, device=device)
+            self._bits = torch.zeros((1, self._words), dtype=torch.int32)
         self._m.unsafe_compute_mask_ptr(self._bits.data_ptr(), self._words * 4)
-        bits = self._bits if device is None else self._bits.to(device)  # [W]
-        shifts = self._shifts if self._shifts.device == bits.device else self._shifts.to(bits.device)
-        return ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1)[: self.vocab_size].bool()  # [W, 32] -> [V]
+        return expand_bits(self._bits, self.vocab_size, device)[0]
 
     @property
     def ll(self):
@@ -156,7 +166,6 @@ class BatchMasks:
         self._words = (vocab_size + 31) // 32
         self._executor = None
         self._bits = None  # int32 [rows, W] host buffer, grown as needed
-        self._shifts: dict = {}  # device -> int32 [32]
 
     def _fill(self, matchers: list[Matcher]):
         import torch
@@ -177,12 +186,4 @@ class BatchMasks:
 
     def allowed(self, matchers: list[Matcher], device=None):
         """Bool [n, V] on `device` (default: the host); raises what llguidance raised."""
-        import torch
-
-        bits = self._fill(matchers)
-        if device is not None:
-            bits = bits.to(device)  # a pageable copy: done with the buffer before the next fill
-        shifts = self._shifts.get(bits.device)
-        if shifts is None:
-            shifts = self._shifts[bits.device] = torch.arange(32, dtype=torch.int32, device=bits.device)
-        return ((bits.unsqueeze(-1) >> shifts) & 1).reshape(len(matchers), -1)[:, : self.vocab_size].bool()
+        return expand_bits(self._fill(matchers), self.vocab_size, device)

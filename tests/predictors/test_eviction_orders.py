@@ -8,36 +8,13 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 
 from predictors.eviction import LFU, LRU, Belady, Predicted
 from predictors.sim_cache import SimCache
 from predictors.simulate import PolicyRun, SimulateError, Workload, replay, summarize
-
-
-def _random_workload(seed: int, steps: int = 300, layers: int = 3, experts: int = 12, k: int = 2) -> Workload:
-    """Routing with locality (a token keeps each of its experts with probability 0.5, else a skewed draw),
-    with predictor scores that are noisy hints of the routed set."""
-    rng = random.Random(seed)
-    weights = [1.0 / (1 + e) for e in range(experts)]
-    routed = [[] for _ in range(layers)]
-    scores = [np.zeros((steps, experts), dtype=np.float32) for _ in range(layers)]
-    for layer in range(layers):
-        cur = sorted(rng.sample(range(experts), k))
-        for s in range(steps):
-            keep = [e for e in cur if rng.random() < 0.5]
-            while len(keep) < k:
-                e = rng.choices(range(experts), weights)[0]
-                if e not in keep:
-                    keep.append(e)
-            cur = sorted(keep)
-            routed[layer].append(cur)
-            for e in range(experts):
-                scores[layer][s, e] = rng.random() * 0.6 + (0.4 if e in cur else 0.0)
-    return Workload("random", "routing", layers, experts, k, routed, steps, 1, scores=scores)
+from tests.sim_workloads import random_workload
 
 
 def _hit(w: Workload, slots: int, eviction: str) -> float:
@@ -47,7 +24,7 @@ def _hit(w: Workload, slots: int, eviction: str) -> float:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_belady_never_below_the_other_orders_on_random_traces(seed):
-    w = _random_workload(seed)
+    w = random_workload(seed, scores=True)
     rng = np.random.default_rng(seed)
     shuffled = [rng.random(t.shape).astype(np.float32) for t in w.scores]  # scores that know nothing
     for slots in (2, 4, 7, 12, 20, 35):

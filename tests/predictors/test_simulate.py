@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -28,6 +26,7 @@ from engine.runner.runner import ModelRunner
 from predictors.eviction import LFU, LRU, Belady
 from predictors.sim_cache import SimCache
 from predictors.simulate import PolicyRun, Workload, policy_runs, replay, smallest_cache, summarize
+from tests.sim_workloads import random_workload
 
 NEW = 12
 
@@ -125,25 +124,6 @@ def test_simulated_counters_equal_the_engine_for_every_policy(
 
 
 # ----------------------------------------------------------------------------- Belady is the limit
-def _random_workload(seed: int, steps: int = 300, layers: int = 3, experts: int = 12, k: int = 2) -> Workload:
-    """Routing with locality: each layer keeps a token's experts with probability 0.5, else draws anew from a
-    skewed distribution."""
-    rng = random.Random(seed)
-    weights = [1.0 / (1 + e) for e in range(experts)]
-    routed = [[] for _ in range(layers)]
-    for layer in range(layers):
-        cur = sorted(rng.sample(range(experts), k))
-        for _ in range(steps):
-            keep = [e for e in cur if rng.random() < 0.5]
-            while len(keep) < k:
-                e = rng.choices(range(experts), weights)[0]
-                if e not in keep:
-                    keep.append(e)
-            cur = sorted(keep)
-            routed[layer].append(cur)
-    return Workload("random", "routing", layers, experts, k, routed, steps, 1)
-
-
 def _hit(w: Workload, slots: int, eviction: str, policy: str = "none") -> float:
     counters = replay(w, slots, eviction, PolicyRun(policy, policy))
     return summarize(counters, w.steps, None, None)["hit_rate"]
@@ -151,7 +131,7 @@ def _hit(w: Workload, slots: int, eviction: str, policy: str = "none") -> float:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_belady_never_below_lru_or_lfu_on_random_traces(seed):
-    w = _random_workload(seed)
+    w = random_workload(seed)
     for slots in (2, 4, 7, 12, 20, 35):
         b = _hit(w, slots, "belady")
         assert b >= _hit(w, slots, "lru") and b >= _hit(w, slots, "lfu"), slots
@@ -197,7 +177,7 @@ def test_lfu_decay_forgets_old_uses():
 
 
 def test_capacity_bisects_on_slots_between_simulated_sizes():
-    w = _random_workload(0)
+    w = random_workload(0)
     hit = {s: _hit(w, s, "lru") for s in range(2, w.total_experts + 1)}
     target = 0.75
     want = min(s for s, h in hit.items() if h >= target)

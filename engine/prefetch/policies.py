@@ -12,10 +12,7 @@ import math
 import torch
 
 from engine.api.config import EngineConfig
-from engine.api.policies import PREDICTOR_POLICIES, spec
-
-__all__ = ["PREDICTOR_POLICIES", "Adaptive", "Policy", "TopK", "build_policy", "default_overprovision",
-           "union_best_first"]  # fmt: skip
+from engine.api.policies import spec
 
 
 class Policy:

@@ -12,13 +12,8 @@
 # them as wheels in .whl (see the device README) and this installs them first.
 #   SHAPE=deepseek TOTAL=570 MEMCHECK=1 EXACT=1 SOAK_ARGS="--layers 8" bash bench/gpu_soak_session.sh
 set -u
-export PYTHONUNBUFFERED=1
 T0=$(date +%s)
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+source bench/gpu_env.sh
 OUTDIR=${OUT:-bench/results}
 SHAPE=${SHAPE:-qwen3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -8,12 +8,8 @@
 # The GPU image lacks the server's dependencies: carry them as wheels in .whl (see bench/gpu_soak_session.sh).
 #   OLD_TREE=.cache/old_tree PROMPTS=.cache/data/mmlu/test GRAMMAR=1 bash bench/gpu_verify_session.sh
 set -u
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-BASE=${PYTHONPATH:-}
+source bench/gpu_env.sh
+BASE=$SITE
 OUTDIR=${OUT:-bench/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 PYTHONPATH=$PWD:$BASE timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine tests/predictors tests/bench \

@@ -14,15 +14,19 @@ Phases, each recorded in `<out>/train_twin_<shape>.json` as soon as it is done (
 1. train (bench/twin_shapes.py: the shape; bench/lm_data.py, bench/lm_train.py: Gutenberg + chat stream,
    AdamW, bf16 autocast, grouped-GEMM experts): tokens seen, wall time, final train loss, perplexity on
    WikiText-2 test (and Gutenberg-valid). Training time is --train-minutes, cut so the later phases fit;
-2. traces (bench/twin_trace.py, predictors.collect) of the float32 twin with the eager experts: MMLU, chat
-   prompt sets, and 256-token WikiText-2 paragraphs for the cold-cache figures;
-3. routing statistics (bench/routing_stats.py; cold per-layer LRU/LFU/Belady caches and reuse distances in
-   bench/twin_cache.py) next to Qwen3-30B-A3B's published figures (bench/twin_report.py);
-4. predictors (bench/twin_predict.py, predictors.train): Arch 2 + weighted BCE by default, recall@k and top-1
-   per layer; `--table3` adds the four losses x both architectures after one epoch;
-5. the replay artefact (bench/twin_replay.py): `<out>/twin_replay_<shape>.{npz,json}`, 64 MMLU + chat
+2. traces (bench/twin_trace.py, predictors.collect) of the trained twin in eval mode, its experts the
+   training's grouped GEMMs (bf16 on CUDA: transformers 5.17's eager experts made this phase take minutes),
+   the rest float32: MMLU, chat prompt sets, and 256-token WikiText-2 paragraphs for the cold-cache figures;
+3. predictors (bench/twin_predict.py, predictors.train): Arch 2 + weighted BCE by default, recall@k and top-1
+   per layer, in the time left after what the later phases need;
+4. the replay artefact (bench/twin_replay.py): `<out>/twin_replay_<shape>.{npz,json}`, 64 MMLU + chat
    prompts (up to 256 tokens each): routed ids and weights and the predictors' top-k' per token and layer;
-6. the PNG `<out>/train_twin_<shape>.png` (hit rate vs cache size, twin vs published) and the final JSON.
+5. routing statistics (bench/routing_stats.py; cold per-layer LRU/LFU/Belady caches and reuse distances in
+   bench/twin_cache.py) next to Qwen3-30B-A3B's published figures (bench/twin_report.py);
+6. `--table3`: the four losses x both architectures after one epoch, cut by the deadline;
+7. the PNG `<out>/train_twin_<shape>.png` (hit rate vs cache size, twin vs published) and the final JSON.
+The replay artefact comes before the statistics so that a run cut short still leaves what later decode runs
+replay.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 START = time.monotonic()  # --deadline counts from here
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -41,11 +46,13 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Seconds the phases after training need on one H200 (measured estimates; --smoke: a few seconds each):
-# traces, routing statistics, predictors, replay, report. --table3 adds TABLE3_S.
-AFTER_TRAIN_S = {"qwen3-30b-a3b": 200.0, "deepseek-v2-lite": 130.0, "phi-mini-moe": 110.0}
-TABLE3_S = 150.0
-TAIL_S = 40.0  # replay (64 batch-1 forwards, eager experts) + PNG + final JSON, kept from the predictors
+# Seconds the phases after training need on one H200 (estimates; --smoke: a few seconds each): traces,
+# predictors, replay, routing statistics, report. --table3 adds TABLE3_S. ROUTING_S and TAIL_S are kept
+# from the predictors' budget.
+AFTER_TRAIN_S = {"qwen3-30b-a3b": 220.0, "deepseek-v2-lite": 150.0, "phi-mini-moe": 130.0}
+ROUTING_S = {"qwen3-30b-a3b": 90.0, "deepseek-v2-lite": 50.0, "phi-mini-moe": 30.0}
+TABLE3_S = 120.0
+TAIL_S = 30.0  # replay (64 batch-1 forwards) + PNG + final JSON
 
 
 def phase_train(run, args, shape, device, tok):
@@ -102,15 +109,11 @@ def phase_train(run, args, shape, device, tok):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.cuda.empty_cache()
-    inner = inner_model(model).eval()
-    inner.set_experts_implementation(
-        "eager"
-    )  # later phases see the plain float32 model, as the engine's math
-    return inner
+    return inner_model(model).eval()  # the training's experts implementation stays (see phase 2)
 
 
 def phase_routing(run, shape, traces: dict, workers: int) -> None:
-    """Phase 3: usage and reuse statistics, cold per-layer caches, the comparison with the published."""
+    """Phase 5: usage and reuse statistics, cold per-layer caches, the comparison with the published."""
     from bench.routing_stats import routing_stats
     from bench.twin_cache import cold_cache, reuse
     from bench.twin_report import compare
@@ -139,6 +142,7 @@ def phase_routing(run, shape, traces: dict, workers: int) -> None:
             f"overlap {stats['mean']['reuse_overlap']:.3f} (uniform {stats['uniform_reuse_overlap']:.3f})"
         )
         out[name] = entry
+        run.say(f"routing ({name}) done at {time.monotonic() - START:.0f} s")
     run.put("routing", out, phase="routing")
 
 
@@ -180,6 +184,8 @@ def run_pipeline(args) -> None:
     cuda = device.type == "cuda"
     tok = builtin_tokenizer()
     shape = twin_shape(args.shape, len(tok), args.smoke)
+    sizes = {"trace_tokens": args.trace_tokens, "chat_tokens": args.chat_tokens}
+    shape = dataclasses.replace(shape, **{k: v for k, v in sizes.items() if v})
     work = args.work or Path(tempfile.mkdtemp(prefix=f"train_twin_{shape.name}_"))
     work.mkdir(parents=True, exist_ok=True)
     name = f"train_twin_{shape.name}" + ("_smoke" if args.smoke else "")
@@ -203,16 +209,14 @@ def run_pipeline(args) -> None:
 
     model = phase_train(run, args, shape, device, tok)  # 1
 
-    tr = trace_all(model, tok, args.data, shape, work, device, args.seed)  # 2
+    tr = trace_all(model, tok, args.data, shape, work, device, args.seed, say=run.say)  # 2
     traces = tr["sets"]
     run.say(f"traces: {json.dumps({k: v['samples'] for k, v in tr['info'].items()})}")
     run.put("traces", tr["info"], phase="traces")
 
-    phase_routing(run, shape, traces, workers=1 if args.smoke else args.workers)  # 3
-
     left = lambda: args.deadline - (time.monotonic() - START)  # noqa: E731
     t3 = TABLE3_S if args.table3 and not args.smoke else 0.0
-    budget = 6.0 if args.smoke else max(5.0, left() - TAIL_S - t3)  # 4
+    budget = 6.0 if args.smoke else max(5.0, left() - TAIL_S - ROUTING_S[shape.name] - t3)  # 3
     run.say(f"predictors: arch {args.arch} + {args.loss}, {budget:.0f} s budget")
     bank, pred = train_predictors(
         traces["mmlu"],
@@ -230,21 +234,7 @@ def run_pipeline(args) -> None:
         f"layer 0 recall@k {pred['layers'][0]['recall_at_k']:.4f} ({pred['seconds']} s)"
     )
     run.put("predictors", pred, phase="predictors")
-    if args.table3:
-        run.put(
-            "table3",
-            table3(
-                traces["mmlu"],
-                hidden=shape.predictor_hidden,
-                device=str(device),
-                seed=args.seed,
-                deadline=START + args.deadline - TAIL_S,
-                say=run.say,
-            ),
-            phase="table3",
-        )
-
-    k = int(model.config.num_experts_per_tok)  # 5
+    k = int(model.config.num_experts_per_tok)  # 4
     kp = default_k_prime(k, traces["mmlu"].num_experts)
     rec = record(
         model,
@@ -271,7 +261,22 @@ def run_pipeline(args) -> None:
         "replay", {k: v for k, v in manifest.items() if k not in ("prompts", "twin_config")}, phase="replay"
     )
 
-    caches = {n: run.data["routing"][n]["cache"] for n in ("cold", "chat")}  # 6
+    phase_routing(run, shape, traces, workers=1 if args.smoke else args.workers)  # 5
+    if args.table3:  # 6
+        run.put(
+            "table3",
+            table3(
+                traces["mmlu"],
+                hidden=shape.predictor_hidden,
+                device=str(device),
+                seed=args.seed,
+                deadline=START + args.deadline - TAIL_S,
+                say=run.say,
+            ),
+            phase="table3",
+        )
+
+    caches = {n: run.data["routing"][n]["cache"] for n in ("cold", "chat")}  # 7
     plot(shape.name, caches, args.out / f"{name}.png")
     run.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     run.data["wall_seconds"] = round(time.monotonic() - START, 1)
@@ -308,6 +313,8 @@ def main() -> None:
     ap.add_argument(
         "--replay-max-mb", type=float, default=15.0, help="replay arrays cap, MiB (< 16: comes back)"
     )
+    ap.add_argument("--trace-tokens", type=int, default=None, help="MMLU trace tokens (default: the shape's)")
+    ap.add_argument("--chat-tokens", type=int, default=None, help="chat trace tokens (default: the shape's)")
     ap.add_argument("--workers", type=int, default=12, help="processes for the cache replays")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     ap.add_argument("--seed", type=int, default=0)

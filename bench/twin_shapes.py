@@ -134,21 +134,35 @@ def twin_shape(name: str, vocab: int, smoke: bool = False) -> TwinShape:
 
 class DeepseekAux(nn.Module):
     """A DeepSeek-V2 causal LM whose forward adds the sequence-wise expert balance loss when asked for
-    router logits (what `bench.lm_train.train_lm` reads: `.loss`, `.aux_loss`, `config.router_aux_loss_coef`)."""
+    router logits (what `bench.lm_train.train_lm` reads: `.loss`, `.aux_loss`, `config.router_aux_loss_coef`).
+    The logits come from forward hooks on the routers: transformers 5.17's DeepSeek-V2 output has no
+    `router_logits` (later releases have), so the hooks work on both."""
 
     def __init__(self, model: nn.Module, alpha: float = DEEPSEEK_AUX_ALPHA) -> None:
         super().__init__()
+        from engine.model.model_map import find_moe_layers
+
         self.model = model
         self.config = model.config
         self.config.router_aux_loss_coef = alpha
+        self._routers = [layer.router for layer in find_moe_layers(model)]
 
     def forward(self, input_ids, labels=None, output_router_logits=False, **kw):
-        out = self.model(input_ids=input_ids, labels=labels, output_router_logits=output_router_logits, **kw)
-        if output_router_logits and labels is not None:
-            b, t = input_ids.shape
-            aux = seq_balance_loss(out.router_logits, b, t, int(self.config.num_experts_per_tok))
-            out.aux_loss = aux
-            out.loss = out.loss + self.config.router_aux_loss_coef * aux
+        if not (output_router_logits and labels is not None):
+            return self.model(input_ids=input_ids, labels=labels, **kw)
+        logits: list[torch.Tensor] = []
+        hooks = [
+            r.register_forward_hook(lambda _m, _i, out: logits.append(out[0])) for r in self._routers
+        ]  # out = (logits [B*T, E], weights, ids)
+        try:
+            out = self.model(input_ids=input_ids, labels=labels, **kw)
+        finally:
+            for h in hooks:
+                h.remove()
+        b, t = input_ids.shape
+        aux = seq_balance_loss(logits, b, t, int(self.config.num_experts_per_tok))
+        out.aux_loss = aux
+        out.loss = out.loss + self.config.router_aux_loss_coef * aux
         return out
 
     def get_input_embeddings(self):

@@ -15,6 +15,7 @@ prompt by prompt, tokens in order). Imports torch, numpy, bench.lm_data and pred
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +41,25 @@ def cold_passages(data: Path, tokenizer, count: int, length: int) -> list[str]:
     return out
 
 
-def trace_all(model, tokenizer, data: Path, shape, work: Path, device: torch.device, seed: int) -> dict:
-    """Collect the mmlu, chat and cold trace sets under `work`; returns {name: TraceSet} and what was read."""
+def trace_all(
+    model, tokenizer, data: Path, shape, work: Path, device: torch.device, seed: int, say=print
+) -> dict:
+    """Collect the mmlu, chat and cold trace sets under `work`; returns {name: TraceSet} and what was read.
+    `say` gets one line per set with its wall time."""
     batch = 32 if device.type == "cuda" else 4
     kw = {"batch_size": batch, "progress": False, "resume": False}
+
+    def timed(name, prompts, **extra):
+        t0 = time.monotonic()
+        m = collect(model, tokenizer, prompts, work / f"traces_{name}", **kw, **extra)
+        say(f"traces ({name}): {m.get('samples', '?')} tokens in {time.monotonic() - t0:.1f} s")
+
     mmlu = mmlu_prompts(data, seed)
-    collect(model, tokenizer, mmlu, work / "traces_mmlu", max_samples=shape.trace_tokens, **kw)
+    timed("mmlu", mmlu, max_samples=shape.trace_tokens)
     chats, used = chat_prompts(data)
-    collect(
-        model, tokenizer, chats, work / "traces_chat", max_samples=shape.chat_tokens, chat_template=True, **kw
-    )
+    timed("chat", chats, max_samples=shape.chat_tokens, chat_template=True)
     cold = cold_passages(data, tokenizer, shape.cold_streams, shape.cold_len)
-    collect(model, tokenizer, cold, work / "traces_cold", max_prompt_tokens=shape.cold_len, **kw)
+    timed("cold", cold, max_prompt_tokens=shape.cold_len)
     sets = {name: TraceSet(work / f"traces_{name}") for name in ("mmlu", "chat", "cold")}
     info = {name: ts.summary() for name, ts in sets.items()}
     info["chat"]["files"] = used

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One GPU call that trains routing twins (issue #21) side by side on the one GPU: each SHAPES entry runs
+# bench/train_twin.py in its own process (the twins are small; their kernels interleave), with its own
+# DEADLINE, then what each run wrote is packed into twin_<shape>.tgz under $OUT (a call brings back only a
+# few files, each under 16 MiB: the replay arrays are capped at 12 MiB), beside each run's JSON.
+#   python bench/twin_data.py --dst .cache/twin_data      # once, here; then carry .cache/twin_data and .whl
+#   SHAPES="deepseek-v2-lite:3:--table3 phi-mini-moe:3 qwen3-30b-a3b:3" DEADLINE=540 bash bench/gpu_twin_session.sh
+# An entry is shape:train-minutes[:extra flags, comma-separated]. WORKERS: cache-replay processes and torch
+# threads per run (default: the cores shared out, so the runs do not oversubscribe the CPU).
+set -u
+source bench/gpu_env.sh
+OUTDIR=${OUT:-bench/results}
+DEADLINE=${DEADLINE:-540}
+DATA=${DATA:-.cache/twin_data}
+WORK=/tmp/twin_runs
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+n=$(echo ${SHAPES} | wc -w)
+workers=${WORKERS:-$(( $(nproc) / n ))}
+pids=()
+for entry in ${SHAPES}; do
+  IFS=: read -r shape minutes extra <<<"$entry"
+  mkdir -p $WORK/$shape
+  OMP_NUM_THREADS=$workers MKL_NUM_THREADS=$workers timeout $((DEADLINE + 30)) python3 bench/train_twin.py --shape $shape --train-minutes $minutes \
+    --deadline $DEADLINE --data $DATA --workers $workers --out $WORK/$shape --replay-max-mb 12 ${extra//,/ } \
+    > $WORK/$shape/stdout.log 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait $p; echo "run $p: rc $?"; done
+for entry in ${SHAPES}; do
+  shape=${entry%%:*}
+  tail -2 $WORK/$shape/stdout.log
+  cp $WORK/$shape/train_twin_$shape.json $OUTDIR/ 2>/dev/null
+  tar czf $OUTDIR/twin_$shape.tgz -C $WORK $shape
+done
+ls -la $OUTDIR

@@ -5,12 +5,11 @@ An order only ranks the resident experts; `predictors.sim_cache.SimCache` owns r
 and asks the order for a victim among the unpinned residents. Keys are (moe layer, expert id), one pool
 over all layers, as in `engine.experts.cache.ExpertCache`.
 
-- `lru`: least recently touched first, exactly the engine's `OrderedDict` (a prefetch of a resident
-  expert touches it, as `ExpertCache.prefetch` does).
-- `lfu`: the smallest exponentially decayed count of routed uses: each use at token t adds
-  2^(t / half_life), so a use `half_life` tokens ago weighs half a use now (half_life = inf: plain LFU).
-  Counts are kept for evicted experts too (an expert that comes back keeps its history); prefetches do not
-  count as uses. Ties go to the least recently touched.
+- `lru` and `lfu` are the engine's own orders (`engine.experts.eviction`, `MOE_EVICTION`), imported from
+  there so the simulator and the engine rank residents with the same code: least recently touched first
+  (a prefetch of a resident expert touches it, as `ExpertCache.prefetch` does), and the smallest decayed
+  count of routed uses (a use `half_life` tokens ago weighs half a use now; counts outlive eviction;
+  prefetches are not uses; ties to the least recently touched).
 - `predicted`: the expert whose layer's most recent predictor score is lowest: the bundle's probability
   (sigmoid of its logits; the clipped output for the MSE loss) for that expert at that layer's last tap, set
   by `set_scores(layer, scores)` before the tap's prefetch. Layers before the current one hold this token's
@@ -25,123 +24,23 @@ layer steps once per token, so a layer's clock is the token clock shifted by und
 staleness order with LRU's tie-break picks exactly LRU's victim (if a's last use is a step before b's, a is
 at least as stale; equal staleness falls to recency).
 
-Pure Python, torch-free. Every order is a lazy-deletion heap (or an OrderedDict) so a victim costs
-O(log n) plus the pinned entries skipped.
+Pure Python, torch-free (imports `engine.experts.eviction` only). `predicted` and `belady` are
+lazy-deletion heaps on the engine's `HeapOrder`, so a victim costs O(log n) plus the pinned entries skipped.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-Key = tuple[int, int]  # (moe layer index, expert id)
+from engine.experts.eviction import DEFAULT_LFU_HALF_LIFE, LFU, LRU, HeapOrder, Key
+
+__all__ = ["DEFAULT_LFU_HALF_LIFE", "LFU", "LRU", "Belady", "HeapOrder", "Key", "Predicted", "build_order"]
 EVICTIONS = ("lru", "lfu", "predicted", "belady")
 DEFAULT_EVICTIONS = ("lru", "lfu", "belady")  # those that need no predictor
-DEFAULT_LFU_HALF_LIFE = 64.0  # tokens
 
 
-class LRU:
-    name = "lru"
-
-    def __init__(self) -> None:
-        self._order: OrderedDict[Key, None] = OrderedDict()  # oldest first
-
-    def insert(self, key: Key, now: int) -> None:
-        self._order[key] = None
-
-    def touch(self, key: Key, now: int, routed: bool) -> None:
-        self._order.move_to_end(key)
-
-    def remove(self, key: Key) -> None:
-        del self._order[key]
-
-    def victim(self, pinned: Callable[[Key], bool]) -> Key | None:
-        for key in self._order:  # oldest first, as ExpertCache._take_slot
-            if not pinned(key):
-                return key
-        return None
-
-
-class _HeapOrder:
-    """Residents ranked by a priority (smallest evicted first), ties to the least recently touched."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Key]] = []
-        self._entry: dict[Key, tuple[float, int]] = {}  # the valid heap entry of each resident
-        self._seq = 0
-
-    def _priority(self, key: Key) -> float:
-        raise NotImplementedError
-
-    def _tie(self, key: Key) -> int:
-        """The tie-break of a new heap entry: the push order (each push is a touch or an insert)."""
-        self._seq += 1
-        return self._seq
-
-    def _push(self, key: Key) -> None:
-        entry = (self._priority(key), self._tie(key))
-        self._entry[key] = entry
-        heapq.heappush(self._heap, (*entry, key))
-        if len(self._heap) > 4 * len(self._entry) + 1024:  # drop stale entries now and then
-            self._heap = [(p, s, k) for k, (p, s) in self._entry.items()]
-            heapq.heapify(self._heap)
-
-    def insert(self, key: Key, now: int) -> None:
-        self._push(key)
-
-    def remove(self, key: Key) -> None:
-        del self._entry[key]
-
-    def victim(self, pinned: Callable[[Key], bool]) -> Key | None:
-        skipped = []
-        found = None
-        while self._heap:
-            p, s, key = self._heap[0]
-            if self._entry.get(key) != (p, s):  # stale: touched since, or evicted
-                heapq.heappop(self._heap)
-                continue
-            if pinned(key):
-                skipped.append(heapq.heappop(self._heap))
-                continue
-            found = key
-            break
-        for item in skipped:
-            heapq.heappush(self._heap, item)
-        return found
-
-
-class LFU(_HeapOrder):
-    name = "lfu"
-
-    def __init__(self, half_life: float = DEFAULT_LFU_HALF_LIFE) -> None:
-        super().__init__()
-        self.rate = 0.0 if not half_life or math.isinf(half_life) else 1.0 / half_life
-        self._base = 0.0  # exponent already divided out of every count (keeps the weights finite)
-        self._count: dict[Key, float] = {}  # decayed uses, resident or not
-
-    def _priority(self, key: Key) -> float:
-        return self._count.get(key, 0.0)
-
-    def touch(self, key: Key, now: int, routed: bool) -> None:
-        if routed:
-            exp = now * self.rate - self._base
-            if exp > 512.0:  # rescale every count by the same factor: the order is unchanged
-                shift = math.floor(exp)
-                self._base += shift
-                self._count = {k: v * 2.0**-shift for k, v in self._count.items()}
-                self._heap = []
-                for k in self._entry:
-                    self._entry[k] = (self._count.get(k, 0.0), self._entry[k][1])
-                    self._heap.append((*self._entry[k], k))
-                heapq.heapify(self._heap)
-                exp -= shift
-            self._count[key] = self._count.get(key, 0.0) + 2.0**exp
-        self._push(key)
-
-
-class Predicted(_HeapOrder):
+class Predicted(HeapOrder):
     """Lowest score of the expert's layer's last tap first, ties to the least recently touched. A layer's
     new scores re-rank its residents (at most E heap pushes per tap)."""
 
@@ -186,7 +85,7 @@ class Predicted(_HeapOrder):
                 self._push(key)
 
 
-class Belady(_HeapOrder):
+class Belady(HeapOrder):
     """Farthest next routed use first. `future` lists, in order, the keys routed at each time step; the
     cache calls `touch(key, now, routed=True)` for each of them exactly once, in the same order."""
 

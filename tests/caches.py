@@ -10,11 +10,11 @@ from engine.experts.store import ExpertLayout, ExpertStore
 E, L = 6, 2  # experts per layer, layers
 
 
-def make_cache(slots: int) -> ExpertCache:
+def make_cache(slots: int, eviction=None) -> ExpertCache:
     layout = ExpertLayout.from_shapes({"gate_up_proj": (4, 3), "down_proj": (3, 2)}, torch.float32, E)
     store = ExpertStore(layout, L, pin=False)
     for layer in range(L):
         buf = store.allocate(layer)
         for e in range(E):
             buf[e].fill_(100 * layer + e)  # each expert's row holds a value naming it
-    return ExpertCache(store, slots, torch.device("cpu"))
+    return ExpertCache(store, slots, torch.device("cpu"), eviction=eviction)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
-from engine.api.policies import POLICIES
+from engine.api.policies import DEFAULT_LFU_HALF_LIFE, EVICTIONS, POLICIES
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,19 @@ class EngineConfig:
         "Device cache size in GB (alternative to the fraction).",
         "Device expert cache size in GB [MOE_EXPERT_CACHE_GB].",
         gt=0.0,
+    )
+    eviction: str = setting(
+        "lru",
+        "Which cached expert gives up its slot: lru (least recently used) or lfu (least frequently used, "
+        "decayed by MOE_LFU_HALF_LIFE); docs/simulate.md has the measured effect.",
+        "lru | lfu: expert cache eviction order [MOE_EVICTION].",
+        choices=EVICTIONS,
+    )
+    lfu_half_life: float = setting(
+        DEFAULT_LFU_HALF_LIFE,
+        "For lfu: a routed use this many tokens ago counts half a use now; 0 = plain counts, no decay.",
+        "Half-life of lfu eviction's counts, in tokens [MOE_LFU_HALF_LIFE].",
+        ge=0.0,
     )
     policy: str = setting(
         "none",

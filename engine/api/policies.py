@@ -1,5 +1,6 @@
 """The prefetch policies by name: the one list that settings, the engine, the simulator, the benchmarks and
-the tests read (`MOE_POLICY`). Torch-free.
+the tests read (`MOE_POLICY`); and the eviction orders' names (`MOE_EVICTION`, implemented in
+`engine.experts.eviction`). Torch-free.
 
 Each entry says what a policy needs besides the model: a predictor bundle (`MOE_PREDICTORS`, or the
 built-in model's), a recorded routing trace (`MOE_ORACLE_TRACE`), or nothing. How a policy turns scores
@@ -20,7 +21,7 @@ class PolicySpec:
 
 
 _SPECS = (
-    PolicySpec("none", "", False, "no prediction; the cache is plain LRU"),
+    PolicySpec("none", "", False, "no prediction; the cache only evicts (MOE_EVICTION)"),
     PolicySpec("exact", "predictors", True, "the predictor's top-k (k = the model's experts per token)"),
     PolicySpec(
         "overprovision",
@@ -57,3 +58,7 @@ def spec(name: str) -> PolicySpec:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"no prefetch policy called {name!r}; known: {', '.join(POLICIES)}") from None
+
+
+EVICTIONS = ("lru", "lfu")  # MOE_EVICTION; the simulator adds predicted and belady (predictors.eviction)
+DEFAULT_LFU_HALF_LIFE = 64.0  # tokens: a routed use this long ago counts half for lfu

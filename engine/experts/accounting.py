@@ -86,10 +86,12 @@ class Accounting:
             if slot < 0:
                 c.misses[layer] += 1
                 misses.append(int(e))
-            elif key in self.slots.lru:  # found in its slot (and not evicted since)
+                self.slots.use(key)
+            elif key in self.slots:  # found in its slot (and not evicted since)
                 self.hit(key)
             else:
                 c.hits_resident[layer] += 1
+                self.slots.use(key)
         c.requests[layer] += len(routed)
         c.bytes_host_read += len(misses) * self.nbytes
         if predicted is not None:

@@ -1,4 +1,4 @@
-"""The device expert cache: a pool of slots, LRU eviction, pins, prefetch and acquire.
+"""The device expert cache: a pool of slots, an eviction order (LRU or LFU), pins, prefetch and acquire.
 
 Owns the device copies of experts. `prefetch(layer, ids)` starts copies of predicted experts;
 `acquire(layer, ids)` makes routed experts resident and returns their slots, classifying each as a
@@ -6,7 +6,8 @@ resident hit, a prefetch hit (brought by a prefetch, first use) or a miss (deman
 `release()` unpins them. An entry is pinned while a step uses it or while its prefetch awaits the
 layer's routing, and pinned entries are never evicted.
 
-This class is the facade; each part has its module: `slots` (allocation, LRU, pins), `copies` (the
+This class is the facade; each part has its module: `slots` (allocation, pins, the eviction order of
+`eviction` and its clock), `copies` (the
 copy stream and its events), `stalls` (stall timing), `accounting` (counters, prediction scoring and
 the prediction pins), `slot_table` (the device slot table), `streamed` (the fill queue of streamed
 steps), `hooks` (the listener it reports to and the routing barrier it waits on). It keeps them in
@@ -44,7 +45,9 @@ class ExpertCache:
         device: torch.device,
         counters: CacheCounters | None = None,
         listener: CacheListener | None = None,
+        eviction=None,
     ) -> None:
+        """`eviction`: an order of `engine.experts.eviction` (`build_eviction`); default LRU."""
         if num_slots < 1:
             raise ValueError("the expert cache needs at least one slot")
         self.store = store
@@ -60,7 +63,7 @@ class ExpertCache:
         self.counters.slots_capacity = num_slots
         self._listener: CacheListener = listener or Listener()
         self._barrier: RoutingBarrier | None = None
-        self._slots = SlotPool(num_slots)
+        self._slots = SlotPool(num_slots, eviction)
         self._accounts = Accounting(self._slots, self.counters, store.num_layers, self.layout.nbytes)
         self._copies = Copier(num_slots, device)
         self._stalls = StallTimer(device)
@@ -89,7 +92,7 @@ class ExpertCache:
         return (layer, expert) in self._slots
 
     def resident_keys(self) -> list[Key]:
-        return list(self._slots.lru)
+        return self._slots.keys()
 
     def pinned_slots(self) -> int:
         return self._slots.pinned()
@@ -149,7 +152,7 @@ class ExpertCache:
                 self._accounts.fresh.add(key)
                 issued += 1
             else:
-                self._slots.touch(key)
+                self._slots.touch(key, routed=False)
             self._slots.pin(slot)
             pf.add(key)
         c = self.counters
@@ -174,6 +177,7 @@ class ExpertCache:
         Routed experts that were predicted keep their prefetch pin until `acquire` takes them;
         predicted experts that were not routed are unpinned, and count as wasted if a copy was made.
         """
+        self._slots.tick()
         self._listener.on_route(layer, list(routed))
         self._accounts.account_routing(layer, routed)
 
@@ -210,6 +214,7 @@ class ExpertCache:
                         f"{self.pinned_slots()} pinned"
                     )
                 self._install(key, slot)
+                self._slots.touch(key)  # a routed use (LFU counts it)
                 self._copy_in(key, slot)
                 kinds.append(MISS)
                 c.misses[layer] += 1
@@ -322,6 +327,7 @@ class ExpertCache:
     def count_resident(self, layer: int, routed: Sequence[int]) -> None:
         """Account a layer-step whose routed experts were all resident and used straight from the device
         (no acquire happened): requests and resident hits, LRU order, the routing observer."""
+        self._slots.tick()
         self._listener.on_route(layer, list(routed))
         self._accounts.count_resident(layer, routed)
         self._listener.on_stall(0.0)
@@ -333,6 +339,7 @@ class ExpertCache:
         """Account one layer of a streamed step that already ran: `routed` experts (distinct), the slot
         each was read from (-1: host memory) and the step's prediction for the layer (None: no policy).
         Returns the experts read from host memory (the misses)."""
+        self._slots.tick()
         self._listener.on_route(layer, list(routed))
         return self._accounts.stream_account(layer, routed, slots_seen, predicted)
 

@@ -1,16 +1,16 @@
-"""Which expert holds which slot of the cache's pool: the free slots, the LRU order, the pins, and what
-one acquire hands out (`Acquired`). Host bookkeeping only: no copies, no counters, no device table
-(`engine.experts.cache` keeps those in step with it).
+"""Which expert holds which slot of the cache's pool: the free slots, the eviction order
+(`engine.experts.eviction`: LRU or LFU), the clock it reads, the pins, and what one acquire hands out
+(`Acquired`). Host bookkeeping only: no copies, no counters, no device table (`engine.experts.cache` keeps
+those in step with it).
 
-Imports nothing of the engine, and no torch.
+Imports `engine.experts.eviction` only (and through it `engine.api.policies`), and no torch.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
-Key = tuple[int, int]  # (moe layer index, expert id)
+from engine.experts.eviction import LRU, Key
 
 HIT, PREFETCH_HIT, MISS = "hit", "prefetch_hit", "miss"
 
@@ -51,12 +51,16 @@ def slots_for_budget(
 
 
 class SlotPool:
-    """Slot allocation over `num_slots` slots: expert -> slot, LRU order (oldest first), pin counts."""
+    """Slot allocation over `num_slots` slots: expert -> slot, the eviction order, pin counts.
 
-    def __init__(self, num_slots: int) -> None:
+    The clock (`now`) ticks once per layer-step (`tick`, called by the cache when a layer's routing is
+    accounted), as the simulator's does, so an LFU half-life in tokens is `num_layers` ticks."""
+
+    def __init__(self, num_slots: int, order=None) -> None:
         self.slot_of: dict[Key, int] = {}
         self.key_of: list[Key | None] = [None] * num_slots
-        self.lru: OrderedDict[Key, None] = OrderedDict()  # oldest first
+        self.order = order if order is not None else LRU()
+        self.now = -1  # the first layer-step is tick 0
         self.pins = [0] * num_slots
         self.free = list(range(num_slots - 1, -1, -1))
 
@@ -72,31 +76,41 @@ class SlotPool:
     def pinned(self) -> int:
         return sum(1 for p in self.pins if p > 0)
 
+    def tick(self) -> None:
+        """A layer's routing is being accounted: one layer-step later."""
+        self.now += 1
+
+    def keys(self) -> list[Key]:
+        """The resident experts, the next victim first (pins aside)."""
+        return self.order.keys()
+
     def victim(self) -> Key | None:
-        """The least recently used expert whose slot is not pinned (None: every slot is pinned)."""
-        for key in self.lru:  # oldest first
-            if self.pins[self.slot_of[key]] == 0:
-                return key
-        return None
+        """The expert the order evicts first among those whose slot is not pinned (None: all pinned)."""
+        pins, slot_of = self.pins, self.slot_of
+        return self.order.victim(lambda key: pins[slot_of[key]] > 0)
 
     def remove(self, key: Key) -> int:
         """Take `key` out of its slot; returns the slot (the caller reuses it)."""
         slot = self.slot_of.pop(key)
-        del self.lru[key]
+        self.order.remove(key)
         self.key_of[slot] = None
         return slot
 
     def add(self, key: Key, slot: int) -> None:
-        """Put `key` in `slot`, the most recently used."""
+        """Put `key` in `slot` (for LRU, the most recently used)."""
         if key in self.slot_of:  # a second slot for one expert would orphan the first for good
             raise RuntimeError(f"expert cache: {key} installed twice (slots {self.slot_of[key]} and {slot})")
         self.slot_of[key] = slot
         self.key_of[slot] = key
-        self.lru[key] = None
+        self.order.insert(key, self.now)
 
-    def touch(self, key: Key) -> None:
-        """`key` becomes the most recently used."""
-        self.lru.move_to_end(key)
+    def touch(self, key: Key, routed: bool = True) -> None:
+        """`key` (resident) was used by a routed step (`routed`) or re-predicted by a prefetch."""
+        self.order.touch(key, self.now, routed)
+
+    def use(self, key: Key) -> None:
+        """`key`, not resident, was routed and read from host memory (LFU counts the use)."""
+        self.order.use(key, self.now)
 
     def pin(self, slot: int) -> None:
         self.pins[slot] += 1

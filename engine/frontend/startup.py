@@ -49,7 +49,7 @@ class EngineParts:
         cfg = self.config
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
-        budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb)
+        budget = CacheBudget(cfg.expert_cache_fraction, cfg.expert_cache_gb, cfg.eviction, cfg.lfu_half_life)
         # The KV rows come before the expert cache (sized from free GPU memory when automatic): load
         # with the smallest cache, allocate the KV rows with a one-token step, then make the real cache.
         load_budget = CacheBudget(gigabytes=0.0)

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from engine.api.errors import ModelLoadError
+from engine.api.policies import DEFAULT_LFU_HALF_LIFE
 from engine.api.stats import CacheCounters
 from engine.experts.cache import ExpertCache
+from engine.experts.eviction import build_eviction
 from engine.experts.slots import slots_for_budget
 from engine.experts.store import ExpertLayout, ExpertStore
 from engine.model.model_map import (
@@ -49,6 +51,8 @@ DEVICE_RESERVE_BYTES = (
 class CacheBudget:
     fraction: float | None = None
     gigabytes: float | None = None
+    eviction: str = "lru"  # MOE_EVICTION
+    lfu_half_life: float = DEFAULT_LFU_HALF_LIFE  # tokens, for lfu
 
 
 @dataclass
@@ -175,14 +179,16 @@ def _make_cache(
         free_bytes=free,
     )
     counters = CacheCounters(len(layers), layer_ids=[lay.layer_id for lay in layers])
-    cache = ExpertCache(store, slots, device, counters)
+    order = build_eviction(budget.eviction, len(layers), budget.lfu_half_life)
+    cache = ExpertCache(store, slots, device, counters, eviction=order)
     log.info(
-        "expert cache: %d of %d experts (%.1f%%), %.2f GB on %s; store %.2f GB %s",
+        "expert cache: %d of %d experts (%.1f%%), %.2f GB on %s, %s eviction; store %.2f GB %s",
         slots,
         store.total_experts,
         100 * slots / store.total_experts,
         slots * store.layout.nbytes / 1e9,
         device,
+        budget.eviction,
         store.nbytes / 1e9,
         "pinned" if store.pinned else "pageable",
     )

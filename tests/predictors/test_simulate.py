@@ -2,7 +2,8 @@
 
 - the simulator's cache equals the engine's: the real engine (`ModelRunner`, batch-1 greedy, prefill then
   decode) and the simulator replaying its recorded routing give the same per-layer counters, for every
-  policy the engine has, at cache sizes where prefill chunks and where it does not;
+  policy and every eviction order the engine has (`MOE_EVICTION` lru and lfu), at cache sizes where
+  prefill chunks and where it does not;
 - Belady's hit rate is never below LRU's or LFU's (random traces with locality, several sizes, and the
   routing of a real engine run);
 - each eviction order on a hand-made trace, LFU's decay, and the bisection of the capacity answer.
@@ -32,9 +33,13 @@ NEW = 12
 
 
 # ----------------------------------------------------------------------------- engine equality
-def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp_path):
+LFU_HALF_LIFE = 2.0  # tokens: short, so the decay matters within the test's 13 steps
+
+
+def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp_path, eviction: str = "lru"):
     """Greedy batch-1 decode on the real engine with `policy`; returns (om, recorder, x per layer-step)."""
-    om = load_checkpoint(checkpoint, torch.device("cpu"), torch.float32, CacheBudget(fraction=fraction))
+    budget = CacheBudget(fraction=fraction, eviction=eviction, lfu_half_life=LFU_HALF_LIFE)
+    om = load_checkpoint(checkpoint, torch.device("cpu"), torch.float32, budget)
     config, bank = EngineConfig(policy=policy), None
     if policy == "oracle":  # the engine's oracle replays an identical earlier run
         first = load_checkpoint(
@@ -94,25 +99,35 @@ def _workload(om, rec: RoutingRecorder, xs) -> Workload:
     )
 
 
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
 @pytest.mark.parametrize("fraction", [0.05, 0.25, 0.5])
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
 def test_simulated_counters_equal_the_engine_for_every_policy(
-    family, fraction, checkpoints, references, tmp_path
+    family, fraction, eviction, checkpoints, references, tmp_path
 ):
     """Every counter of every layer matches exactly, for all seven policies. At 0.05 (the minimum, top-k = 2
     slots, where crosslayer may prefetch nothing) the cache is smaller than a prefill's routed set, so the
     engine's chunked acquire is exercised; at 0.5 it is not. The predictor policies run the same random bank on the same tap inputs
     (the simulator in one batch over all rows, the engine per step: equal here in float32)."""
     prompt = references[family][0][:10]
+    differs = []  # policies whose engine counters under lfu are not what lru would have given
     for policy in POLICIES:
-        om, rec, xs, bank = _engine_run(checkpoints[family], policy, fraction, prompt, tmp_path)
+        om, rec, xs, bank = _engine_run(checkpoints[family], policy, fraction, prompt, tmp_path, eviction)
         w = _workload(om, rec, xs)
         assert w.steps == NEW + 1  # one prefill and NEW decode steps
         chunked = max(len(st) for lay in rec.layers for st in lay) > om.cache.capacity
         if fraction in (0.05, 0.5):
             assert chunked == (fraction == 0.05)
         (run,) = policy_runs(w, [policy], bank, {"loss": "wbce"})
-        sim = replay(w, om.cache.capacity, "lru", run, preload_full=False, lookahead=False)
+        sim = replay(
+            w,
+            om.cache.capacity,
+            eviction,
+            run,
+            preload_full=False,
+            lookahead=False,
+            lfu_half_life=LFU_HALF_LIFE,
+        )
         eng = om.counters
         for name in PER_LAYER:
             assert getattr(sim, name) == getattr(eng, name), f"{policy}: {name}"
@@ -121,6 +136,11 @@ def test_simulated_counters_equal_the_engine_for_every_policy(
             assert sum(eng.routed_scored) > 0, policy
         if policy in ("exact", "adaptive"):
             assert sum(eng.prefetch_issued) > 0, policy
+        if eviction == "lfu":
+            lru = replay(w, om.cache.capacity, "lru", run, preload_full=False, lookahead=False)
+            differs += [policy] if any(getattr(lru, n) != getattr(eng, n) for n in PER_LAYER) else []
+    if eviction == "lfu" and fraction == 0.25:  # the setting changes what is evicted: not LRU in disguise
+        assert differs, "lfu evicted exactly as lru under every policy"
 
 
 # ----------------------------------------------------------------------------- Belady is the limit

@@ -1,4 +1,4 @@
-"""Unit tests of the expert cache: LRU order, pins, capacity smaller than a layer's need, accounting."""
+"""Unit tests of the expert cache: LRU and LFU order, pins, capacity smaller than a layer's need, accounting."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.experts.cache import ExpertCache
+from engine.experts.eviction import build_eviction
 from engine.experts.slots import HIT, MISS, PREFETCH_HIT, CacheFull, slots_for_budget
 from tests.caches import E, make_cache
 
@@ -32,6 +33,40 @@ def test_lru_evicts_least_recently_used():
     assert resident(cache) == [(0, 2), (0, 0), (0, 3)]
     cache.release(cache.acquire(0, [4]))
     assert (0, 2) not in resident(cache)
+
+
+def _route(cache: ExpertCache, layer: int, ids: list[int]) -> None:
+    """One layer-step as the offloaded forward runs it: account the routing (the clock ticks), acquire, release."""
+    cache.account_routing(layer, ids)
+    cache.release(cache.acquire(layer, ids))
+
+
+def test_lfu_keeps_the_often_used_expert_that_lru_evicts():
+    trace = [0, 0, 0, 1, 2, 3]  # 0 is used three times, then 1, 2 are the most recent when 3 arrives
+    for name, evicted in (("lru", (0, 0)), ("lfu", (0, 1))):
+        cache = make_cache(3, build_eviction(name, num_layers=1, lfu_half_life=0.0))
+        for e in trace:
+            _route(cache, 0, [e])
+        assert evicted not in resident(cache) and len(resident(cache)) == 3, name
+    lfu = make_cache(3, build_eviction("lfu", num_layers=1, lfu_half_life=0.0))
+    for e in trace:
+        _route(lfu, 0, [e])
+    assert resident(lfu)[0] != (0, 0) and (0, 0) in resident(lfu)  # next victim first: not the busy one
+
+
+def test_lfu_decay_lets_a_burst_of_old_uses_go():
+    """0 is used three times, then 1 once; 2 arrives. With a half-life of 1 token 0's uses weigh
+    1 + 2 + 4 against 1's 8 (in units of the first tick), so 0 goes; with plain counts (3 against 1) 1 goes."""
+    for half_life, kept in ((1.0, (0, 1)), (0.0, (0, 0))):
+        cache = make_cache(2, build_eviction("lfu", num_layers=1, lfu_half_life=half_life))
+        for e in [0, 0, 0, 1, 2]:
+            _route(cache, 0, [e])
+        assert set(resident(cache)) == {kept, (0, 2)}, half_life
+
+
+def test_an_unknown_eviction_is_refused():
+    with pytest.raises(ValueError, match="lru, lfu"):
+        build_eviction("mru", num_layers=2)
 
 
 def test_pinned_entries_are_never_evicted():

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.decode_lib.run import run  # noqa: E402
-from engine.api.policies import POLICIES  # noqa: E402
+from engine.api.policies import EVICTIONS, POLICIES  # noqa: E402
 
 
 def main() -> None:
@@ -90,6 +90,12 @@ def main() -> None:
         default="random",
         help="random (the model's own), or twin:PATH to replay a twin_replay_<shape> artefact's routing and "
         "predictions (bench/decode_lib/replay.py)",
+    )
+    ap.add_argument(
+        "--eviction",
+        choices=EVICTIONS,
+        default="lru",
+        help="the expert caches' eviction order (MOE_EVICTION)",
     )
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
     run(ap.parse_args())

@@ -60,11 +60,13 @@ def engine_batched(runner: ModelRunner, segments: list, batch: int, runs: int) -
     return out
 
 
-def batched_runs(om, segments: list, batches: list[int], record: Record, wrap=None) -> None:
+def batched_runs(
+    om, segments: list, batches: list[int], record: Record, wrap=None, eviction: str = "lru"
+) -> None:
     """`record.data["batched"]["engine" | "engine_segmented"][fraction][batch]`, written after each kind;
     `wrap`: what each runner is wrapped in (the routing replay's cursor keeper), None for none."""
     for fraction in (1.0, 0.5):
-        cache = replace_cache(om, CacheBudget(fraction=fraction))
+        cache = replace_cache(om, CacheBudget(fraction=fraction, eviction=eviction))
         if fraction >= 1.0:
             cache.load_all()
         for streamed in (True, False) if fraction < 1.0 else (True,):

@@ -29,6 +29,7 @@ def header(
     return {
         "preset": args.preset,
         "routing": "random",  # or "twin-replayed (<artefact>, sha256 ...)": `replay.TwinReplay.label`
+        "eviction": args.eviction,  # of every expert cache the run makes (MOE_EVICTION)
         "random_weights": True,
         "embed_std": args.embed_std,
         "device": device_name,

@@ -92,7 +92,7 @@ def run(args) -> None:
             replaying.enter_context(replayed_routers(om, table))
             bank = Bank(ReplayedBank(bank.bank, table), ReplayedBank(bank.fp32, table), bank.manifest)
             wrap = lambda r: ReplayRunner(r, table, twin.tokens, starts)  # noqa: E731
-        workload = Workload(runner, text.segments, wrap)
+        workload = Workload(runner, text.segments, wrap, args.eviction)
         measure(args, b, workload, bank, text.long_prompt, batches, record, deadline, bw, twin is not None)
         if twin is not None and routing.exists():
             recorded = json.loads(routing.read_text())["layers"]
@@ -120,7 +120,7 @@ def measure(
     sweep(Sweep(workload, bank, routing, bw, record, deadline, b.cuda), fractions, policies, segmented)
 
     if batches and not deadline.passed():
-        batched_runs(om, workload.segments, batches, record, wrap=workload.wrap)
+        batched_runs(om, workload.segments, batches, record, wrap=workload.wrap, eviction=args.eviction)
 
     record.data["prefill"] = prefill = time_prefill(om, min(fractions), long_prompt, wrap=workload.wrap)
     log(

@@ -32,7 +32,7 @@ def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, rou
     """One configuration on the workload's runner: a fresh cache of `fraction` (`none` also records its
     routing for `oracle`, once per file), the policy's prefetcher, the runs; (summary, slots, wall s)."""
     om, runner = workload.runner.om, workload.runner
-    cache = replace_cache(om, CacheBudget(fraction=fraction))
+    cache = replace_cache(om, CacheBudget(fraction=fraction, eviction=workload.eviction))
     if fraction >= 1.0:
         cache.load_all()
     recorder = None

@@ -39,15 +39,22 @@ STALLS = Stalls()  # one for the whole run: each measurement reads its differenc
 class Workload:
     """A warm-up and `runs` measured runs over `segments` [(prompt, fed tokens)], the first one warming up."""
 
-    def __init__(self, runner: ModelRunner, segments: list[tuple[list[int], list[int]]], wrap=None) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        segments: list[tuple[list[int], list[int]]],
+        wrap=None,
+        eviction: str = "lru",
+    ) -> None:
         # wrap(runner): the runner the measurements drive (`replay.ReplayRunner` under --routing twin:)
         self.wrap = wrap or (lambda r: r)
         self.runner, self.segments = self.wrap(runner), segments
         self.device = runner.device
+        self.eviction = eviction  # of every cache the measurements make (--eviction, MOE_EVICTION)
 
     def on(self, runner: ModelRunner) -> Workload:
         """The same text on another runner (wrapped the same way)."""
-        return Workload(runner, self.segments, self.wrap)
+        return Workload(runner, self.segments, self.wrap, self.eviction)
 
     def one(self, prompt: list[int], feed: list[int]) -> dict:
         om, runner = self.runner.om, self.runner

@@ -1,5 +1,5 @@
-"""Offloading never changes outputs: every family, cache at 100%, 50% and the minimum, against the
-unmodified transformers model loaded from the same checkpoint."""
+"""Offloading never changes outputs: every family, cache at 100%, 50% and the minimum, both eviction orders
+(`MOE_EVICTION` lru and lfu), against the unmodified transformers model loaded from the same checkpoint."""
 
 from __future__ import annotations
 
@@ -14,12 +14,20 @@ NEW = 16
 MIN = 1e-9  # any fraction this small resolves to the minimum cache: top-k slots
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5, MIN], ids=["cache100", "cache50", "cachemin"])
+CASES = [(1.0, "lru"), (0.5, "lru"), (MIN, "lru"), (0.5, "lfu"), (MIN, "lfu")]
+
+
+@pytest.mark.parametrize(
+    ("fraction", "eviction"), CASES, ids=["cache100", "cache50", "cachemin", "cache50-lfu", "cachemin-lfu"]
+)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_same_logits_and_greedy_tokens(family, fraction, checkpoints, references):
+def test_same_logits_and_greedy_tokens(family, fraction, eviction, checkpoints, references):
     prompt, ref_logits, ref_tokens = references[family]
     om = load_checkpoint(
-        checkpoints[family], torch.device("cpu"), torch.float32, CacheBudget(fraction=fraction)
+        checkpoints[family],
+        torch.device("cpu"),
+        torch.float32,
+        CacheBudget(fraction=fraction, eviction=eviction, lfu_half_life=4.0),
     )
     if fraction == MIN:
         assert om.cache.capacity == om.top_k

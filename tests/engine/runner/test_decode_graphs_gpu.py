@@ -62,6 +62,24 @@ def test_graphs_give_the_reference_tokens(family, fraction, host_reads, checkpoi
             assert om.counters.bytes_host_read > 0 and om.counters.bytes_fill > 0
 
 
+@pytest.mark.parametrize("host_reads", [True, False], ids=["streamed", "segmented"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
+def test_lfu_eviction_gives_the_reference_tokens(family, host_reads, checkpoints, references):
+    """MOE_EVICTION=lfu on the CUDA paths (graphs, streamed fills, segmented steps): same tokens as the
+    reference; at 10% the cache evicts, so LFU's choices differ from LRU's."""
+    prompt = references[family][0]
+    budget = CacheBudget(fraction=0.1, eviction="lfu", lfu_half_life=4.0)
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, budget)
+    runner = ModelRunner(om, rows=2, host_reads=host_reads)
+    tokens = runner.greedy(prompt, NEW)
+    torch.cuda.synchronize()
+    runner.after_step()
+    assert runner.graph_failure is None
+    assert tokens == reference(checkpoints[family], prompt)
+    c = check_counts(om)
+    assert c["misses"] > 0
+
+
 def test_streamed_steps_read_misses_from_host_and_fill_the_cache(checkpoints, references):
     """With a tiny cache every step misses; the kernels read from host memory, the fills land, and the
     device table only ever points at complete slots (the tokens match the reference)."""

@@ -1,0 +1,174 @@
+"""bench/twins_report.py on the committed twin records: every number it reports comes from its source file.
+
+Runs the report on `bench/results/twins/train_twin_*.json` and `bench/results/decode_*_twin.{json,log}` into
+tmp_path, then checks the Markdown (each twin's rows, the sections in order, the commands), the JSON (decode
+ratios, Table 3, figures read back from the sources, the step kinds from the logs, the verdicts) and that a
+missing record is named as missing. CPU only; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.twins_report import TWINS, render_markdown, step_kinds, summarise, write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+TWINS_DIR, DECODE_DIR = ROOT / "bench" / "results" / "twins", ROOT / "bench" / "results"
+
+
+def source(shape: str) -> dict:
+    return json.loads((TWINS_DIR / f"train_twin_{shape}.json").read_text())
+
+
+def decode_source(shape: str) -> dict:
+    return json.loads((DECODE_DIR / f"{TWINS[shape][1]}_twin.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, str, list[Path]]:
+    out = tmp_path_factory.mktemp("twins")
+    paths = write_report(TWINS_DIR, DECODE_DIR, out)
+    return json.loads((out / "twins.json").read_text()), (out / "twins.md").read_text(), paths
+
+
+def test_files_written(report):
+    _, _, paths = report
+    assert [p.name for p in paths] == ["twins.json", "twins.md", "twins.png"]
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[2].stat().st_size > 20_000
+
+
+def test_markdown_has_each_twin_and_the_sections_in_order(report):
+    data, md, _ = report
+    sections = [
+        "## 1. Training",
+        "## 2. Routing",
+        "## 3. Predictors",
+        "## 4. Table 3",
+        "## 5. Twin-replayed",
+        "## 6.",
+    ]
+    at = [md.index(s) for s in sections]
+    assert at == sorted(at)
+    training = md[at[0] : at[1]]
+    for shape, (real, _) in TWINS.items():
+        tr = source(shape)["train"]
+        row = next(line for line in training.splitlines() if line.startswith(f"| {real} twin |"))
+        assert (
+            f"{tr['tokens_seen'] / 1e6:.1f}M" in row
+            and f"{tr['perplexity']['wikitext2_test']['ppl']:.0f}" in row
+        )
+        assert md.count(f"| {real} twin | cold |") == 1 and md.count(f"| {real} twin | chat |") == 1
+        assert f"- **{real} twin**: cold LRU" in md  # its "how far off and why" line
+        assert source(shape)["command"] in md
+    for shape in ("deepseek-v2-lite", "qwen3-30b-a3b"):
+        assert decode_source(shape)["command"] in md
+    assert "too sticky" in md and "not representative" in md
+    assert "Phi-mini-MoE twin-replayed decode: not run" in md and "`--no-plain`" in md
+
+
+def test_decode_rows_come_from_the_runs(report):
+    data, _, _ = report
+    for shape in ("deepseek-v2-lite", "qwen3-30b-a3b"):
+        dec = decode_source(shape)
+        rows = [r for r in data["decode"] if r["shape"] == shape]
+        batch1 = [r for r in rows if r["batch"] == 1]
+        assert len(batch1) == len(dec["configs"])
+        for r, c in zip(batch1, dec["configs"], strict=True):
+            assert (r["policy"], r["fraction"]) == (c["policy"], c["fraction"])
+            assert r["tok_s"] == pytest.approx(c["summary"]["tok_s_median"], abs=0.01)
+            assert r["hit_rate"] == pytest.approx(c["summary"]["hit_rate"], abs=1e-4)
+            assert r["mb_per_token"] == pytest.approx(c["summary"]["bytes_per_token"] / 1e6, abs=0.1)
+        batched = [r for r in rows if r["batch"] > 1]
+        assert len(batched) == sum(len(b) for f in dec["batched"].values() for b in f.values())
+        for r in rows:
+            if r["policy"] == "none":
+                assert r["ratio_to_none"] == 1.0
+        by = {
+            c["policy"]: c["summary"]["tok_s_median"]
+            for c in dec["configs"]
+            if c["fraction"] == 0.5 and "variant" not in c
+        }
+        exact = next(r for r in batch1 if (r["policy"], r["fraction"], r["step"]) == ("exact", 0.5, "chosen"))
+        assert exact["ratio_to_none"] == pytest.approx(by["exact"] / by["none"], abs=1e-3)
+        resident = next(c for c in dec["configs"] if c["fraction"] == 1.0 and "variant" not in c)
+        assert exact["ratio_to_resident"] == pytest.approx(
+            by["exact"] / resident["summary"]["tok_s_median"], abs=1e-3
+        )
+
+
+def test_step_kinds_from_the_logs(report):
+    data, _, _ = report
+    ran = {
+        (r["shape"], r["fraction"], r["policy"]): r["ran"]
+        for r in data["decode"]
+        if r["batch"] == 1 and r["step"] == "chosen"
+    }
+    assert ran[("deepseek-v2-lite", 0.5, "none")] == "segmented"  # 1 GB a token: the runner copies first
+    assert ran[("qwen3-30b-a3b", 0.5, "none")] == "streamed"  # its sticky routing misses little
+    line = "[14:57:00]          none eager          @ 100%:   14.68 tok/s [...], graphs {'graph': 0, 'eager': 128, 'captures': 0, 'streamed': 0, 'segmented': 0}"
+    assert step_kinds(line) == [{"policy": "none", "pct": 100, "variant": "eager", "ran": "eager",
+                                 "steps": {"graph": 0, "eager": 128, "captures": 0, "streamed": 0, "segmented": 0}}]  # fmt: skip
+
+
+def test_table3_has_eight_cells_with_the_paper(report):
+    data, md, _ = report
+    cells = data["twins"]["deepseek-v2-lite"]["table3"]
+    src = source("deepseek-v2-lite")["table3"]["cells"]
+    assert len(cells) == 8 == len(src)
+    for c, s in zip(cells, src, strict=True):
+        assert (c["arch"], c["loss"], c["paper_recall_at_k"]) == (
+            s["arch"],
+            s["loss"],
+            s["paper_recall_at_k"],
+        )
+        assert c["recall_at_k"] == pytest.approx(s["recall_at_k"], abs=1e-4)
+        assert c["diff_points"] == pytest.approx(100 * (s["recall_at_k"] - s["paper_recall_at_k"]), abs=0.06)
+        assert (
+            f"| {c['arch']} | {c['loss']} | {100 * s['recall_at_k']:.2f}% | {100 * s['paper_recall_at_k']:.2f}% |"
+            in md
+        )
+    assert data["twins"]["qwen3-30b-a3b"]["table3"] is None
+
+
+def test_predictors_and_routing_round_trip(report):
+    data, _, _ = report
+    for shape in TWINS:
+        src, got = source(shape), data["twins"][shape]
+        p = src["predictors"]
+        assert got["predictors"]["mean"]["recall_at_k"] == pytest.approx(
+            p["heldout_mean"]["recall_at_k"], abs=1e-4
+        )
+        assert got["predictors"]["recall_at_k"] == pytest.approx(
+            [x["recall_at_k"] for x in p["layers"]], abs=1e-4
+        )
+        assert got["predictors"]["layer0_recall_at_k"] == pytest.approx(
+            p["layers"][0]["recall_at_k"], abs=1e-4
+        )
+        assert got["predictors"]["meets_goal"] == p["meets_goal"]
+        cold = src["routing"]["cold"]
+        assert got["routing"]["cold"]["usage_entropy_norm"] == pytest.approx(
+            cold["stats"]["mean"]["usage_entropy_norm"], abs=1e-6
+        )
+        assert got["routing"]["cold"]["reuse_next"] == pytest.approx(cold["reuse"]["reuse_next"], abs=1e-4)
+        assert [x["twin"] for x in got["routing"]["cold"]["lru_vs_published"]] == pytest.approx(
+            [x["twin"] for x in cold["vs_published"]["lru"]], abs=1e-4)  # fmt: skip
+        assert got["training"]["tokens_seen"] == src["train"]["tokens_seen"]
+    assert {s: t["verdict"]["kind"] for s, t in data["twins"].items()} == {
+        "deepseek-v2-lite": "close", "qwen3-30b-a3b": "too sticky", "phi-mini-moe": "too sticky"}  # fmt: skip
+
+
+def test_a_missing_record_is_named(tmp_path):
+    twins, dec = tmp_path / "twins", tmp_path / "decode"
+    twins.mkdir(), dec.mkdir()
+    shutil.copy(TWINS_DIR / "train_twin_deepseek-v2-lite.json", twins)
+    for suffix in (".json", ".log"):
+        shutil.copy(DECODE_DIR / f"decode_deepseek_v2_lite_twin{suffix}", dec)
+    data = summarise(twins, dec)
+    assert data["missing"] == ["train_twin_qwen3-30b-a3b.json", "train_twin_phi-mini-moe.json"]
+    assert list(data["twins"]) == ["deepseek-v2-lite"] and data["random_weight"] == {}
+    md = render_markdown(data)
+    assert "- `train_twin_qwen3-30b-a3b.json` (not found)" in md and "Qwen3-30B-A3B twin |" not in md

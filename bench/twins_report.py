@@ -94,8 +94,8 @@ def verdict(tr: dict, cold: dict) -> dict:
         why.append(f"undertrained: {tr['tokens_seen'] / 1e6:.1f}M tokens, WikiText-2 ppl {tr['ppl']['wikitext2_test']:.0f}")  # fmt: skip
     pts = " / ".join(f"{x['diff_points']:+.1f}" for x in inside)
     at = " / ".join(f"{x['twin_slots']:.0f}" for x in inside)
-    text = f"cold LRU {pts} points from the published at {at} of {tr['experts']} slots: {kind}"
-    return {"kind": kind, "lru_diff_points": _r(diff, 1), "text": text, "why": why}
+    return {"kind": kind, "lru_diff_points": _r(diff, 1), "why": why,
+            "text": f"cold LRU {pts} points from the published at {at} of {tr['experts']} slots: {kind}"}  # fmt: skip
 
 
 def predictors(run: dict) -> dict:
@@ -133,7 +133,8 @@ def step_kinds(log: str) -> list[dict]:
     out = []
     for m in filter(None, map(LOG_LINE.search, log.splitlines())):
         g = ast.literal_eval(m["g"])
-        ran = "eager" if g["eager"] > g["graph"] else max(("streamed", "segmented"), key=lambda k: g[k])
+        counts = {k: g.get(k, 0) for k in ("eager", "streamed", "segmented")}
+        ran = max(counts, key=counts.get) if "segmented" in g else None  # older logs: no segmented count
         out.append({"policy": m["policy"], "pct": int(m["pct"]), "variant": m["variant"], "ran": ran, "steps": g})  # fmt: skip
     return out
 
@@ -391,8 +392,7 @@ def main() -> None:
     p.add_argument("--decode", type=Path, default=Path("bench/results"), help="decode_<shape>_twin.{json,log}")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args()
-    for path in write_report(args.twins, args.decode, args.out):
-        print(path)
+    print(*write_report(args.twins, args.decode, args.out), sep="\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ P = prompts.
                                       pre-attention input (input_layernorm output), best first
     layer_ids        [L]     int16    the decoder layer of each MoE layer
 
-Each prompt is run alone (batch 1, no padding) through the twin in float32 eval mode, the whole prompt in
+Each prompt is run alone (batch 1, no padding) through the twin in eval mode (float32, its experts the
+training's grouped GEMMs: bf16 on CUDA, `bench/train_twin.py` phase 2), the whole prompt in
 one forward (the predictors read the same pre-attention states a token-by-token decode would: causal
 attention). The manifest carries the shape, k, k', the tokenizer's SHA-256, the twin's fingerprint, the
 predictor pairing, every prompt's source and text, and what each array is. Prompts are added in order while

@@ -1,0 +1,74 @@
+"""`bench/twin_eviction.py` on a committed twin artefact (the Phi-mini-MoE twin's, the smallest), its first
+600 tokens: the orders keep their known relations (Belady's hit rate is never below an online order's; the
+oracle never misses), the clairvoyant floor bounds every modelled time, and the report is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTEFACT = ROOT / "bench" / "twins" / "twin_replay_phi-mini-moe.json"
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eviction")
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "twin_eviction.py"),
+        "--twins",
+        str(ARTEFACT),
+        "--out",
+        str(out),
+    ]
+    cmd += ["--fractions", "0.25,0.5", "--policies", "none,exact,oracle", "--tokens", "600", "--workers", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    doc = json.loads((out / "eviction_twins.json").read_text())
+    doc["md"] = (out / "eviction_twins.md").read_text()
+    doc["png"] = (out / "eviction_twins.png").stat().st_size
+    return doc
+
+
+def rows(doc: dict) -> list[dict]:
+    (twin,) = doc["twins"]
+    return twin["rows"]
+
+
+def test_every_configuration_is_replayed_once(result):
+    (twin,) = result["twins"]
+    assert twin["twin"] == "phi-mini-moe" and twin["tokens"] == 600
+    assert (twin["num_moe_layers"], twin["num_experts"], twin["top_k"]) == (32, 16, 2)
+    keys = {(r["fraction"], r["eviction"], r["policy"]) for r in rows(result)}
+    assert len(keys) == len(rows(result)) == 2 * 4 * 3
+
+
+def test_belady_is_the_limit_and_the_oracle_never_misses(result):
+    for f in (0.25, 0.5):
+        by = {(r["eviction"], r["policy"]): r for r in rows(result) if r["fraction"] == f}
+        for ev in ("lru", "lfu", "predicted"):
+            assert by[("belady", "none")]["hit_rate"] >= by[(ev, "none")]["hit_rate"], (f, ev)
+            assert by[(ev, "oracle")]["misses_per_token"] == 0.0
+        assert by[("lru", "none")]["misses_per_token"] > 0  # the cache is too small to hold the routing
+        assert by[("lru", "exact")]["prediction_recall"] > 0.5  # the twin's predictors were replayed
+
+
+def test_the_floor_bounds_every_online_order(result):
+    """No online order copies fewer bytes than Belady's demand paging (prefetching cannot beat it either)."""
+    for r in rows(result):
+        assert r["clairvoyant_floor_ms"] > 0
+        if r["eviction"] in ("lru", "lfu", "predicted"):
+            assert r["overlap_ms"] >= r["clairvoyant_floor_ms"] - 1e-9, r
+        if r["eviction"] == "belady" and r["policy"] == "none":
+            assert r["overlap_over_floor"] == pytest.approx(1.0)
+
+
+def test_the_report_names_the_routing_and_the_command(result):
+    assert "twin-replayed" in result["md"] and "phi-mini-moe" in result["md"]
+    assert "bench/twin_eviction.py" in result["command"]
+    assert result["png"] > 10_000

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.twins_report import TWINS, render_markdown, step_kinds, summarise, write_report
+from bench.twins_md import render_markdown
+from bench.twins_report import TWINS, step_kinds, summarise, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 TWINS_DIR, DECODE_DIR = ROOT / "bench" / "results" / "twins", ROOT / "bench" / "results"

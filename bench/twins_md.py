@@ -188,7 +188,9 @@ def _md_decode(data: dict) -> list[str]:
         "twin's (64 MMLU and MT-Bench prompts); `exact` / `overprovision` replay the twin's predictors, `oracle` "
         "the routing. Medians [min–max]. `step`: `chosen` by the runner (in brackets what most steps ran, from the "
         "log), `segmented` (MOE_HOST_READS=false), `eager` / `torch-gemv` (ablations). MB/tok over PCIe (fills "
-        "behind streamed steps). × none: over `none` at the same batch, cache and step; × resident: over 100%.",
+        "behind streamed steps). × none: over `none` at the same batch, cache and step; × resident: over 100%; "
+        "× PCIe floor: ms per token over (its bytes / the measured bandwidth + the resident step), the decode "
+        "record's serial floor, so below 1 means copies overlapped compute.",
         "",
         *_table(head, rows),
         "`none` at a 50% cache, batch 1, hit rate and tok/s: random-weight routing against the twin's:",

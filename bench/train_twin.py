@@ -23,7 +23,8 @@ Phases, each recorded in `<out>/train_twin_<shape>.json` as soon as it is done (
    prompts (up to 256 tokens each): routed ids and weights and the predictors' top-k' per token and layer;
 5. routing statistics (bench/routing_stats.py; cold per-layer LRU/LFU/Belady caches and reuse distances in
    bench/twin_cache.py) next to Qwen3-30B-A3B's published figures (bench/twin_report.py);
-6. `--table3`: the four losses x both architectures after one epoch, cut by the deadline;
+6. `--table3`: the four losses x both architectures after one epoch, cut by the deadline; `--lookahead 1,2`:
+   predictors of layer i + d's experts from layer i's input (bench/lookahead_recall.py), while time is left;
 7. the PNG `<out>/train_twin_<shape>.png` (hit rate vs cache size, twin vs published) and the final JSON.
 The replay artefact comes before the statistics so that a run cut short still leaves what later decode runs
 replay.
@@ -53,6 +54,7 @@ AFTER_TRAIN_S = {"qwen3-30b-a3b": 220.0, "deepseek-v2-lite": 150.0, "phi-mini-mo
 ROUTING_S = {"qwen3-30b-a3b": 90.0, "deepseek-v2-lite": 50.0, "phi-mini-moe": 30.0}
 TABLE3_S = 120.0
 TAIL_S = 30.0  # replay (64 batch-1 forwards) + PNG + final JSON
+LOOKAHEAD_S = 60.0  # one lookahead distance's bank (2 epochs) must fit in what is left
 
 
 def phase_train(run, args, shape, device, tok):
@@ -144,6 +146,34 @@ def phase_routing(run, shape, traces: dict, workers: int) -> None:
         out[name] = entry
         run.say(f"routing ({name}) done at {time.monotonic() - START:.0f} s")
     run.put("routing", out, phase="routing")
+
+
+def phase_lookahead(run, args, shape, traces, device, left) -> None:
+    """Phase 6b: a predictor bank per `--lookahead` distance on the MMLU traces (2 epochs), each started only
+    when more than LOOKAHEAD_S seconds are left before the tail."""
+    from bench.lookahead_recall import PUBLISHED, distance_row
+    from predictors.metrics import default_k_prime
+
+    ns = argparse.Namespace(
+        arch=args.arch, loss=args.loss, hidden=2048, epochs=2, device=str(device), seed=args.seed
+    )
+    kp, rows = default_k_prime(traces.top_k, traces.num_experts), []
+    for d in (int(x) for x in args.lookahead.split(",")):
+        if d >= traces.num_layers:
+            run.say(f"lookahead d={d}: skipped, the twin has {traces.num_layers} MoE layers")
+            continue
+        if left() - TAIL_S < (2.0 if args.smoke else LOOKAHEAD_S):
+            run.say(f"lookahead d={d}: skipped, {left():.0f} s left")
+            break
+        rows.append(distance_row(traces, d, ns, kp))
+        m = rows[-1]["mean"]
+        run.say(f"lookahead d={d}: predictor recall@k {m['predictor']['recall_at_k']:.4f}, router ahead "
+                f"{m['router_ahead']['recall_at_k']:.4f} ({rows[-1]['seconds']} s)")  # fmt: skip
+        run.put(
+            "lookahead",
+            {"k_prime": kp, "epochs": 2, "published": PUBLISHED, "distances": rows},
+            phase="lookahead",
+        )
 
 
 def replay_prompts(args, shape, tok, mmlu: list[str]) -> list[dict]:
@@ -276,6 +306,11 @@ def run_pipeline(args) -> None:
             phase="table3",
         )
 
+    if (
+        args.lookahead
+    ):  # 6b: recall against lookahead distance (bench/lookahead_recall.py), while time is left
+        phase_lookahead(run, args, shape, traces["mmlu"], device, left)
+
     caches = {n: run.data["routing"][n]["cache"] for n in ("cold", "chat")}  # 7
     plot(shape.name, caches, args.out / f"{name}.png")
     run.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -312,6 +347,9 @@ def main() -> None:
     ap.add_argument("--heldout-chars", type=int, default=2_000_000, help="characters of each held-out text")
     ap.add_argument(
         "--replay-max-mb", type=float, default=15.0, help="replay arrays cap, MiB (< 16: comes back)"
+    )
+    ap.add_argument(
+        "--lookahead", default="", help="distances for phase 6b, e.g. 1,2 (empty: skip); cut by the deadline"
     )
     ap.add_argument("--trace-tokens", type=int, default=None, help="MMLU trace tokens (default: the shape's)")
     ap.add_argument("--chat-tokens", type=int, default=None, help="chat trace tokens (default: the shape's)")

@@ -77,6 +77,8 @@ def smoke(tmp_path_factory) -> Path:
         "deepseek-v2-lite",
         "--smoke",
         "--table3",
+        "--lookahead",
+        "1",
         "--data",
         str(data),
         "--out",
@@ -93,7 +95,18 @@ def smoke(tmp_path_factory) -> Path:
 def test_smoke_run_records_every_phase(smoke):
     run = json.loads((smoke / "train_twin_deepseek-v2-lite_smoke.json").read_text())
     assert run["kind"] == "train_twin" and run["shape"] == "deepseek-v2-lite"
-    assert set(run["timings"]) >= {"data", "train", "traces", "routing", "predictors", "table3", "replay"}
+    assert set(run["timings"]) >= {
+        "data",
+        "train",
+        "traces",
+        "routing",
+        "predictors",
+        "table3",
+        "replay",
+        "lookahead",
+    }
+    (la,) = run["lookahead"]["distances"]
+    assert la["distance"] == 1 and [(x["source_layer"], x["target_layer"]) for x in la["layers"]] == [(0, 1)]
     tr = run["train"]
     assert tr["tokens_seen"] > 0 and tr["train_seconds"] > 0 and tr["final_train_loss"] > 0
     assert tr["perplexity"]["wikitext2_test"]["ppl"] > 1

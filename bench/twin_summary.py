@@ -1,0 +1,120 @@
+"""`bench/results/twin_replay_summary.json`: one record per twin-replayed decode configuration, so the decode
+table issue #17 is judged on can be checked by a script.
+
+    python bench/twin_summary.py            # reads bench/results/decode_*_twin.json and eviction_twins.json
+
+Each record: `shape`, `batch`, `cache_fraction`, `policy`, `step` (`chosen`: the runner's own choice of
+streamed or segmented steps; `segmented`: forced), `eviction`, `tok_s` (median), `ratio_to_none` (tok/s over
+`none` at the same shape, batch, cache, step kind and eviction), `ratio_to_clairvoyant_floor` (the time per
+token over the floor: max(resident batch-1 step, the bytes Belady-optimal eviction copies / the measured
+bandwidth), from `eviction_twins.json` for that shape and cache; 1.0 at a full cache is the resident step; null
+where no floor was simulated), `hit_rate`, `routing` (the artefact it replayed) and `source` (the JSON file).
+Batched rows' floor is per token of the batch: the resident batch's time per token, or Belady's bytes per
+token of one stream divided by the batch, whichever is larger (a lower bound: a step copies at least what one
+of its rows needs, and at best the rows share every expert). Ablations (eager steps, the
+torch GEMV) are left out. Imports json only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = ("eager", "torch-gemv")
+
+
+def floors(eviction_doc: dict | None) -> dict[tuple[str, float], dict]:
+    """(shape, fraction) -> {ms, bytes_per_token, bandwidth_gbs} of Belady + none in the simulator."""
+    out = {}
+    for t in (eviction_doc or {}).get("twins", []):
+        for r in t["rows"]:
+            if r["eviction"] == "belady" and r["policy"] == "none" and r.get("bytes_per_token") is not None:
+                out[(t["twin"], round(r["fraction"], 3))] = {
+                    "bytes_per_token": r["bytes_per_token"],
+                    "bandwidth_gbs": t["time_model"]["bandwidth_gbs"],
+                }
+    return out
+
+
+def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
+    shape = dec["preset"]
+    eviction = dec.get("eviction", "lru")
+    rows = []
+    for c in dec["configs"]:
+        variant = c.get("variant") or "chosen"
+        if variant in ABLATIONS:
+            continue
+        s = c["summary"]
+        rows.append(
+            {"batch": 1, "cache_fraction": c["fraction"], "policy": c["policy"], "step": variant,
+             "tok_s": s["tok_s_median"], "hit_rate": s.get("hit_rate")}
+        )  # fmt: skip
+    for kind, step in (("engine", "chosen"), ("engine_segmented", "segmented")):
+        for frac, by_batch in dec.get("batched", {}).get(kind, {}).items():
+            for b, r in by_batch.items():
+                rows.append(
+                    {"batch": int(b), "cache_fraction": float(frac), "policy": "none", "step": step,
+                     "tok_s": r["tok_s_median"], "hit_rate": r.get("hit_rate")}
+                )  # fmt: skip
+    resident = {r["batch"]: r["tok_s"] for r in rows if r["cache_fraction"] == 1.0 and r["policy"] == "none"}
+    out = []
+    for r in rows:
+        base = next(
+            (x for x in rows if (x["batch"], x["cache_fraction"], x["step"]) == (r["batch"], r["cache_fraction"], r["step"])
+             and x["policy"] == "none"),
+            None,
+        )  # fmt: skip
+        step_ms = 1e3 / resident[r["batch"]] if r["batch"] in resident else None
+        floor = floor_of.get((shape, round(r["cache_fraction"], 3)))
+        if r["cache_fraction"] >= 1.0:
+            floor_ms = step_ms
+        elif floor is not None and step_ms is not None:
+            floor_ms = max(step_ms, floor["bytes_per_token"] / r["batch"] / (floor["bandwidth_gbs"] * 1e6))
+        else:
+            floor_ms = None
+        out.append(
+            {
+                "shape": shape,
+                **r,
+                "eviction": eviction,
+                "ratio_to_none": r["tok_s"] / base["tok_s"] if base else None,
+                "ratio_to_clairvoyant_floor": (1e3 / r["tok_s"]) / floor_ms if floor_ms else None,
+                "clairvoyant_floor_ms": floor_ms,
+                "routing": dec.get("routing"),
+                "device": dec.get("device"),
+                "source": source,
+            }
+        )
+    return out
+
+
+def summarise(results: Path) -> list[dict]:
+    ev = results / "eviction_twins.json"
+    floor_of = floors(json.loads(ev.read_text()) if ev.exists() else None)
+    out = []
+    for path in sorted(results.glob("decode_*_twin.json")) + sorted(results.glob("decode_*_lfu.json")):
+        dec = json.loads(path.read_text())
+        if not str(dec.get("routing", "")).startswith("twin-replayed"):
+            continue
+        out += records(dec, str(path.relative_to(ROOT) if ROOT in path.parents else path), floor_of)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=None, help="default: <results>/twin_replay_summary.json")
+    args = ap.parse_args()
+    out = args.out or args.results / "twin_replay_summary.json"
+    rows = summarise(args.results)
+    if not rows:
+        sys.exit(f"{args.results}: no twin-replayed decode JSON (decode_<shape>_twin.json)")
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {out}: {len(rows)} records")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`bench/twin_summary.py`: one checkable record per twin-replayed decode configuration."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.twin_summary import records, summarise  # noqa: E402
+
+FIELDS = {
+    "shape",
+    "batch",
+    "cache_fraction",
+    "policy",
+    "tok_s",
+    "ratio_to_none",
+    "ratio_to_clairvoyant_floor",
+}
+
+
+def test_the_committed_runs_give_a_record_per_configuration():
+    rows = summarise(ROOT / "bench" / "results")
+    assert {r["shape"] for r in rows} >= {"deepseek-v2-lite", "qwen3-30b-a3b"}
+    keys = [
+        (r["shape"], r["batch"], r["cache_fraction"], r["policy"], r["step"], r["eviction"]) for r in rows
+    ]
+    assert len(keys) == len(set(keys))
+    for r in rows:
+        assert FIELDS <= set(r) and r["tok_s"] > 0 and r["routing"].startswith("twin-replayed")
+        if r["policy"] == "none":
+            assert r["ratio_to_none"] == 1.0
+        if r["ratio_to_clairvoyant_floor"] is not None:
+            assert r["ratio_to_clairvoyant_floor"] * r["clairvoyant_floor_ms"] == pytest.approx(
+                1e3 / r["tok_s"]
+            )
+    full = [r for r in rows if r["cache_fraction"] == 1.0 and r["policy"] == "none" and r["step"] == "chosen"]
+    assert full and all(r["ratio_to_clairvoyant_floor"] == pytest.approx(1.0) for r in full)
+
+
+def _config(fraction, policy, tok_s, variant=None):
+    c = {"fraction": fraction, "policy": policy, "summary": {"tok_s_median": tok_s, "hit_rate": 0.5}}
+    return c | ({"variant": variant} if variant else {})
+
+
+def test_the_floor_is_the_larger_of_the_resident_step_and_belady_bytes_per_token():
+    dec = {
+        "preset": "toy",
+        "routing": "twin-replayed (toy)",
+        "configs": [_config(1.0, "none", 250.0), _config(0.5, "none", 20.0), _config(0.5, "exact", 25.0),
+                    _config(1.0, "none", 10.0, "eager")],
+        "batched": {"engine": {"1.0": {"8": {"tok_s_median": 1000.0}}, "0.5": {"8": {"tok_s_median": 100.0}}}},
+    }  # fmt: skip
+    floor_of = {("toy", 0.5): {"bytes_per_token": 1e9, "bandwidth_gbs": 50.0}}  # 20 ms of copies per token
+    rows = {(r["batch"], r["cache_fraction"], r["policy"]): r for r in records(dec, "toy.json", floor_of)}
+    assert len(rows) == 5  # the eager ablation is left out
+    assert rows[(1, 0.5, "none")]["clairvoyant_floor_ms"] == pytest.approx(
+        20.0
+    )  # bytes win over the 4 ms step
+    assert rows[(1, 0.5, "none")]["ratio_to_clairvoyant_floor"] == pytest.approx(50.0 / 20.0)
+    assert rows[(1, 0.5, "exact")]["ratio_to_none"] == pytest.approx(1.25)
+    assert rows[(8, 0.5, "none")]["clairvoyant_floor_ms"] == pytest.approx(2.5)  # 20 ms / 8 rows > 1 ms
+    assert rows[(8, 1.0, "none")]["ratio_to_clairvoyant_floor"] == pytest.approx(1.0)

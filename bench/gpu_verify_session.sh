@@ -4,7 +4,8 @@
 #  2. a short bench/decode.py run of the tree before the change (OLD_TREE, e.g. `git archive` of the
 #     previous commit unpacked under .cache/old_tree) and of this tree, one after the other on the same
 #     GPU, compared by bench/compare_decode.py -> decode_old.json, decode_new.json, decode_compare.json
-#  3. GRAMMAR=1: bench/grammar_cost.py (GRAMMAR_TOKENIZER: a tokenizer.json of Qwen3's vocabulary size)
+#  3. GRAMMAR=1: bench/grammar_cost.py (GRAMMAR_TOKENIZER: a tokenizer.json of Qwen3's vocabulary size);
+#     GRAMMAR_PROFILE=1 then bench/grammar_profile.py on the same checkpoint (where the step's time goes)
 # The GPU image lacks the server's dependencies: carry them as wheels in .whl (see bench/gpu_soak_session.sh).
 #   OLD_TREE=.cache/old_tree PROMPTS=.cache/data/mmlu/test GRAMMAR=1 bash bench/gpu_verify_session.sh
 set -u
@@ -35,5 +36,10 @@ if [ "${GRAMMAR:-0}" = 1 ]; then
   PYTHONPATH=$PWD:$BASE timeout ${GRAMMAR_S:-200} python3 bench/grammar_cost.py --out $OUTDIR \
     ${GRAMMAR_TOKENIZER:+--tokenizer $GRAMMAR_TOKENIZER} 2>&1 | grep -v Warning | tail -4
   rm -f $OUTDIR/grammar_cost_server.log $OUTDIR/grammar_cost_build.log
+  if [ "${GRAMMAR_PROFILE:-0}" = 1 ]; then  # where the constrained step's time goes, on the checkpoint just built
+    CKPT=$(ls -d .cache/grammar_cost/grammar-qwen3-l*-* | head -1)
+    PYTHONPATH=$PWD:$BASE timeout ${GRAMMAR_PROFILE_S:-150} python3 bench/grammar_profile.py --checkpoint $CKPT \
+      --device cuda --out $OUTDIR 2>&1 | grep -v Warning | tail -30
+  fi
 fi
 ls $OUTDIR

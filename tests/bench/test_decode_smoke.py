@@ -22,7 +22,7 @@ def test_decode_bench_smoke_run(tmp_path):
         sys.executable, str(ROOT / "bench" / "decode.py"), "--smoke", "--prompts", str(MMLU),
         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--runs", "2", "--new-tokens", "4",
         "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,oracle",
-        "--fractions", "1.0,0.5", "--batches", "2,4",
+        "--fractions", "1.0,0.5", "--batches", "2,4", "--eviction", "lfu",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
@@ -32,6 +32,8 @@ def test_decode_bench_smoke_run(tmp_path):
     seen = {(c["policy"], c["fraction"]) for c in out["configs"]}
     assert seen == {("none", 1.0), ("none", 0.5), ("exact", 0.5), ("oracle", 0.5)}
     assert all(c["summary"]["same_tokens_as_reference"] for c in out["configs"])
+    assert out["eviction"] == "lfu"
+    assert all(c["steps"]["eager"] > 0 and c["steps"]["graph"] == 0 for c in out["configs"])  # CPU: eager steps
     oracle = next(c["summary"] for c in out["configs"] if c["policy"] == "oracle")
     assert oracle["online_recall"] == 1.0  # it replays the routing `none` recorded at the same cache size
     for fraction in ("1.0", "0.5"):

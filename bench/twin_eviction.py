@@ -17,7 +17,8 @@ fraction x eviction order x prefetch policy:
 Time per token is modelled from the twin-replayed decode run of the same shape when it exists
 (`bench/results/decode_<shape>_twin.json`: its resident batch-1 step and its measured pinned host->device
 bandwidth), else the simulator's H200 defaults; the clairvoyant floor (issue #17) is
-max(resident step, bytes Belady-with-no-prefetch copies / bandwidth). Rows also carry the engine's measured
+max(resident step, bytes Belady-with-no-prefetch copies / bandwidth); `none` rows also carry a modelled time
+with the host CPU computing part of the misses while PCIe copies the rest (`hybrid_ms`). Rows also carry the engine's measured
 batch-1 tok/s and hit rate for the same cache and policy (LRU eviction) where that run measured them: the
 engine ran short segments (a prefill, then 32 decode steps), this replays every token, so hit rates differ.
 
@@ -43,6 +44,9 @@ from bench import twin_replay  # noqa: E402
 from predictors.simulate import PolicyRun, TimeModel, Workload, replay, summarize  # noqa: E402
 
 EVICTIONS = ("lru", "lfu", "predicted", "belady")
+# The H200 host (DESIGN.md): torch bf16 GEMV of one 9.4 MB Qwen3-30B-A3B expert 0.31 ms, ~30% slower while
+# copies run; scaled by bytes to other experts (the GEMV reads the weights once).
+CPU_EXPERT_MS, CPU_EXPERT_BYTES, CPU_SLOWDOWN_DURING_COPIES = 0.31, 9.4e6, 1.3
 POLICIES = ("none", "exact", "overprovision", "oracle")
 FRACTIONS = (0.25, 0.5, 0.75)
 
@@ -186,6 +190,33 @@ def simulate_twin(
     }
 
 
+def hybrid_ms(misses_per_token: float, expert_bytes: int, tm: dict) -> float:
+    """Modelled time per token when the host CPU computes part of each token's demand misses while PCIe
+    copies the rest (issue #17, item 4), the split that finishes both together:
+    m * t_copy * t_cpu / (t_copy + t_cpu), at least the resident step. t_copy = one expert's bytes over the
+    bandwidth; t_cpu = CPU_EXPERT_MS scaled by bytes, slowed by CPU_SLOWDOWN_DURING_COPIES."""
+    t_copy = expert_bytes / (tm["bandwidth_gbs"] * 1e6)  # ms
+    t_cpu = CPU_EXPERT_MS * expert_bytes / CPU_EXPERT_BYTES * CPU_SLOWDOWN_DURING_COPIES
+    return max(tm["step_ms"], misses_per_token * t_copy * t_cpu / (t_copy + t_cpu))
+
+
+def add_hybrid(doc: dict) -> None:
+    """`hybrid_ms` and `hybrid_over_floor` on every `none` row (no prefetch: every miss is a demand miss)."""
+    for t in doc["twins"]:
+        if not t.get("expert_bytes"):
+            continue
+        for r in t["rows"]:
+            if r["policy"] == "none":
+                r["hybrid_ms"] = hybrid_ms(r["misses_per_token"], t["expert_bytes"], t["time_model"])
+                r["hybrid_over_floor"] = r["hybrid_ms"] / r["clairvoyant_floor_ms"]
+    doc["hybrid_model"] = {
+        "cpu_expert_ms": CPU_EXPERT_MS,
+        "cpu_expert_bytes": CPU_EXPERT_BYTES,
+        "cpu_slowdown_during_copies": CPU_SLOWDOWN_DURING_COPIES,
+        "source": "DESIGN.md: the H200 host (16 cores), torch bf16 GEMV of one Qwen3-30B-A3B expert",
+    }
+
+
 def main() -> None:
     from bench.twin_eviction_report import plot, write_md
     from predictors.sim_inputs import model_shape
@@ -203,7 +234,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=None, help="replay only each artefact's first N tokens")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--rewrite", action="store_true", help="re-derive and re-render <out>/eviction_twins.json, no replays"
+    )
     args = ap.parse_args()
+    if args.rewrite:
+        doc = json.loads((args.out / "eviction_twins.json").read_text())
+        add_hybrid(doc)
+        (args.out / "eviction_twins.json").write_text(json.dumps(doc, indent=1) + "\n")
+        write_md(doc, args.out / "eviction_twins.md")
+        plot(doc, args.out / "eviction_twins.png")
+        print(f"rewrote {args.out}/eviction_twins.{{json,md,png}}")
+        return
     fractions = [float(f) for f in args.fractions.split(",")]
     evictions, policies = args.evictions.split(","), args.policies.split(",")
     if "belady" not in evictions or "none" not in policies:
@@ -221,6 +263,7 @@ def main() -> None:
         )
         print(f"{shape}: done in {results[-1]['seconds']} s", flush=True)
     doc = {"kind": "eviction_twins", "command": "python " + " ".join(sys.argv), "twins": results}
+    add_hybrid(doc)
     (args.out / "eviction_twins.json").write_text(json.dumps(doc, indent=1) + "\n")
     write_md(doc, args.out / "eviction_twins.md")
     plot(doc, args.out / "eviction_twins.png")

@@ -77,6 +77,12 @@ def best_lines(t: dict) -> list[str]:
             f"LRU + none's {base['overlap_ms']:.2f} ms, {best['overlap_ms'] / floor:.2f}x the floor). Hit rate with no "
             f"prefetch: LRU {100 * base['hit_rate']:.1f}%, Belady {100 * belady['hit_rate']:.1f}%"
         )
+        if base.get("hybrid_ms"):
+            line += (
+                f". Hybrid misses (modelled: the CPU computes part of LRU's misses while PCIe copies the rest): "
+                f"{base['hybrid_ms']:.2f} ms ({base['overlap_ms'] / base['hybrid_ms']:.2f}x LRU's PCIe bound, "
+                f"{base['hybrid_over_floor']:.2f}x the floor)"
+            )
         if base.get("engine_tok_s"):
             line += (
                 f". The engine (LRU + none) measured {1e3 / base['engine_tok_s']:.1f} ms/token "

@@ -72,3 +72,19 @@ def test_the_report_names_the_routing_and_the_command(result):
     assert "twin-replayed" in result["md"] and "phi-mini-moe" in result["md"]
     assert "bench/twin_eviction.py" in result["command"]
     assert result["png"] > 10_000
+
+
+def test_the_hybrid_model_splits_misses_between_pcie_and_the_cpu(result):
+    sys.path.insert(0, str(ROOT))
+    from bench.twin_eviction import hybrid_ms
+
+    t_copy, t_cpu = 9.4e6 / 55e6, 0.31 * 1.3  # ms per Qwen3-30B-A3B expert
+    assert hybrid_ms(10, 9_400_000, {"bandwidth_gbs": 55.0, "step_ms": 1.0}) == pytest.approx(
+        10 * t_copy * t_cpu / (t_copy + t_cpu)
+    )
+    assert hybrid_ms(0.1, 9_400_000, {"bandwidth_gbs": 55.0, "step_ms": 1.0}) == 1.0  # never below the step
+    for r in rows(result):
+        if r["policy"] == "none":
+            assert 0 < r["hybrid_ms"] <= r["overlap_ms"] + 1e-9
+        else:
+            assert "hybrid_ms" not in r

@@ -15,6 +15,9 @@ negative one multiplied) and then OpenAI's frequency and presence penalties (ove
 logit -= frequency * count + presence * (count > 0)). Their state (`SamplingState`: counts on the
 logits' device) is updated per accepted token without a host sync. After the temperature, `min_p`
 drops every token whose probability is below min_p times the most likely one's.
+
+`draw` chooses on the device without reading the choice; `resolve` reads a whole decode step's draws with
+one host sync (a batch of n rows costs one round trip, not n); `sample` is the two for one row.
 """
 
 from __future__ import annotations
@@ -101,28 +104,42 @@ def state_for(
     return state
 
 
-def _checked(tok: torch.Tensor, best: torch.Tensor) -> int:
-    # one host sync for both: the token id and whether any entry could be chosen at all
-    tok_id, best_value = torch.stack((tok.reshape(()).double(), best.reshape(()).double())).tolist()
-    if best_value == float("-inf"):
-        raise RequestFailed(NO_FINITE_LOGITS)
-    return int(tok_id)
+class Draw:
+    """A token chosen on the device and not read yet: its id and the largest logit it was chosen among
+    (-inf: nothing could be chosen). `resolve` reads many draws with one host sync."""
+
+    __slots__ = ("tok", "best")
+
+    def __init__(self, tok: torch.Tensor, best: torch.Tensor) -> None:
+        self.tok, self.best = tok, best
 
 
-def sample(
+def resolve(draws: list[Draw]) -> list[int | RequestFailed]:
+    """Each draw's token id, or `RequestFailed` for a row with nothing to choose; one host sync for all."""
+    if not draws:
+        return []
+    values = torch.stack([v.reshape(()).double() for d in draws for v in (d.tok, d.best)]).tolist()
+    return [
+        RequestFailed(NO_FINITE_LOGITS) if best == float("-inf") else int(tok)
+        for tok, best in zip(values[0::2], values[1::2], strict=True)
+    ]
+
+
+def draw(
     logits: torch.Tensor,
     params: SamplingParams,
     generator: torch.Generator | None,
     state: SamplingState | None = None,
-) -> int:
-    """logits: [V] (any float dtype) -> token id. `state` is required when `needs_state(params)`."""
+) -> Draw:
+    """logits: [V] (any float dtype) -> the token chosen on the device, not read (no host sync). `state` is
+    required when `needs_state(params)`."""
     inf = float("inf")
     x = torch.nan_to_num(logits.double(), nan=-inf, posinf=inf, neginf=-inf)  # [V]: NaN never wins
     if state is not None:
         x = state.apply(x)
     if params.temperature == 0.0 or generator is None:
         tok = torch.argmax(x)
-        return _checked(tok, x[tok])
+        return Draw(tok, x[tok])
     best = x.amax()
     posinf = x == float("inf")  # [V]
     # +inf entries: uniform among them; otherwise shift so the largest is 0 before dividing (no overflow)
@@ -144,4 +161,17 @@ def sample(
         sorted_x = sorted_x.masked_fill(drop, float("-inf"))
         x = torch.full_like(x, float("-inf")).scatter(0, order, sorted_x)
     probs = torch.softmax(x, dim=-1)  # the largest entry is 0, so the sum is >= 1: never NaN
-    return _checked(torch.multinomial(probs, 1, generator=generator), best)
+    return Draw(torch.multinomial(probs, 1, generator=generator), best)
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    state: SamplingState | None = None,
+) -> int:
+    """logits: [V] -> token id (one host sync); `RequestFailed` when nothing can be chosen."""
+    (out,) = resolve([draw(logits, params, generator, state)])
+    if isinstance(out, RequestFailed):
+        raise out
+    return out

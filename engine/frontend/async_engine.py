@@ -28,12 +28,13 @@ from engine.api.errors import EngineDead, RequestFailed
 from engine.api.metrics import Metrics
 from engine.api.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta, TokenizeRequest
 from engine.core.grammar import BatchMasks, Grammars
-from engine.core.logprobs import TokenTable, prefill_with_prompt_logprobs, token_logprobs
-from engine.core.sampling import make_generator, sample, state_for
+from engine.core.logprobs import TokenTable, prefill_with_prompt_logprobs
+from engine.core.sampling import make_generator
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
 from engine.core.text_stream import TextStream
 from engine.frontend import admission
+from engine.frontend.choice import choose
 from engine.frontend.faults import classify
 from engine.frontend.startup import EngineParts
 from engine.model.loader import OffloadedModel
@@ -240,7 +241,7 @@ class AsyncEngine:
                 continue
             seq.length = len(seq.prompt_ids)
             self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
-            self._accept(seq, logits)
+            self._accept([(seq, logits, None)])
         batch = list(self._rows)
         if not batch:
             return
@@ -254,8 +255,8 @@ class AsyncEngine:
             seq.length += 1
         # the step is launched: the host computes the grammar masks while the device runs it
         masks = self._batch_masks(constrained, logits.device) if constrained else {}
-        for i, seq in enumerate(batch):  # a finish moves the last row into its hole: with all its positions
-            self._accept(seq, logits[i], masks.get(id(seq)))
+        # every row's token at once (a finish then moves the last row into its hole: with all its positions)
+        self._accept([(seq, logits[i], masks.get(id(seq))) for i, seq in enumerate(batch)])
 
     def _batch_masks(self, seqs: list[Sequence], device) -> dict:
         """id(seq) -> its allowed-token row, all rows computed together; {} if that failed (each row then
@@ -298,27 +299,21 @@ class AsyncEngine:
         seq.emit(TokenDelta("", (), None, len(seq.prompt_ids), 0, prompt_logprobs=lps))
         return logits
 
-    def _accept(self, seq: Sequence, logits, allowed=None) -> None:
-        """Sample the sequence's next token from its logits [V] and pass it on; `allowed`: its grammar mask
-        when the batch's masks were computed together."""
-        lps = ()
+    def _accept(self, rows: list[tuple[Sequence, object, object]]) -> None:
+        """Choose every row's next token (`choice.choose`: one host sync for all) and pass each on; rows are
+        (sequence, its logits [V], its grammar mask when the batch's masks were computed together)."""
         try:
-            raw = logits  # logprobs are of the model's distribution, before any constraint or penalty
-            if seq.matcher is not None:  # grammar-constrained: only the tokens it allows can be sampled
-                if allowed is None:
-                    allowed = seq.matcher.allowed(logits.device)
-                logits = logits.masked_fill(~allowed, float("-inf"))
-            seq.sampling = state_for(seq.sampling, seq.params, seq.prompt_ids, logits)
-            tok = sample(logits, seq.params, seq.generator, seq.sampling)
-            if seq.sampling is not None:
-                seq.sampling.accept(tok)
-            if seq.matcher is not None:
-                seq.matcher.advance(tok)
-            if seq.params.logprobs is not None:
-                lps = (token_logprobs(raw, seq.params.logprobs, tok, self._tokens),)
-        except Exception as err:
-            self._fail([seq], "sampling", err)
+            choices = choose(rows, self._tokens)
+        except Exception as err:  # the one sync failed: nothing says which row
+            self._fail([seq for seq, _, _ in rows], "sampling", err)
             return
+        for c in choices:
+            if c.error is not None:
+                self._fail([c.seq], "sampling", c.error)
+            else:
+                self._pass_on(c.seq, c.token, c.logprobs)
+
+    def _pass_on(self, seq: Sequence, tok: int, lps: tuple) -> None:
         seq.token_at(time.perf_counter())
         seq.out_ids.append(tok)
         self.metrics.generation_tokens.inc()

@@ -104,3 +104,27 @@ def test_ordinary_sampling_keeps_its_distribution():
     ref[order[keep]] = sorted_p[keep] / sorted_p[keep].sum()
     assert torch.all(counts[ref == 0] == 0)
     assert torch.allclose(counts / n, ref, atol=0.03)
+
+
+@fast
+@given(st.lists(st.tuples(rows, params), min_size=1, max_size=6))
+def test_a_batch_of_draws_resolves_like_each_row_alone(batch):
+    """`resolve` over a step's draws gives each row what `sample` gives it alone: the same token (the same
+    seed), or RequestFailed for that row only."""
+    from engine.core.sampling import draw, resolve
+
+    draws, alone = [], []
+    for values, p in batch:
+        x = torch.tensor(values, dtype=torch.float32)
+        draws.append(draw(x, p, make_generator(p, torch.device("cpu"), 0)))
+        try:
+            alone.append(sample(x, p, make_generator(p, torch.device("cpu"), 0)))
+        except RequestFailed as err:
+            alone.append(err)
+    got = resolve(draws)
+    assert len(got) == len(batch)
+    for g, a in zip(got, alone, strict=True):
+        if isinstance(a, RequestFailed):
+            assert isinstance(g, RequestFailed) and g.message == a.message == NO_FINITE_LOGITS
+        else:
+            assert g == a and isinstance(g, int)

@@ -17,6 +17,7 @@ import torch
 
 import engine.frontend.admission
 import engine.frontend.async_engine
+import engine.frontend.choice
 from engine.api.config import EngineConfig
 from engine.api.errors import EngineDead, InvalidRequest, RequestFailed
 from engine.api.protocol import GenerationRequest, SamplingParams, TokenDelta
@@ -70,16 +71,16 @@ def assert_serving(e: AsyncEngine) -> None:
 
 
 def test_a_sampling_failure_fails_only_its_request(eng, monkeypatch):
-    real, calls = engine.frontend.async_engine.sample, []
+    real, calls = engine.frontend.choice.draw, []
 
-    def sample(logits, params, generator, *state):
+    def draw(logits, params, generator, *state):
         if params.seed == 666:
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("injected sampler failure")
         return real(logits, params, generator, *state)
 
-    monkeypatch.setattr(engine.frontend.async_engine, "sample", sample)
+    monkeypatch.setattr(engine.frontend.choice, "draw", draw)
     bad = SamplingParams(temperature=1.0, seed=666, max_tokens=N, ignore_eos=True)
 
     async def scenario():
@@ -188,3 +189,24 @@ def test_a_fatal_device_error_answers_everyone_and_marks_the_engine_fatal(monkey
         assert isinstance(err, EngineDead)
     finally:
         asyncio.run(e.shutdown())
+
+
+def test_a_decode_step_reads_every_rows_token_with_one_sync(eng, monkeypatch):
+    """`choice.resolve` (the one host read of the drawn tokens) runs once per decode step for all its rows,
+    and a row with nothing finite to choose fails alone (its `RequestFailed` comes back, the rest go on)."""
+    real, sizes = engine.frontend.choice.resolve, []
+
+    def resolve(draws):
+        sizes.append(len(draws))
+        return real(draws)
+
+    monkeypatch.setattr(engine.frontend.choice, "resolve", resolve)
+
+    async def scenario():
+        return await asyncio.gather(*(collect(eng, req(f"together{i}")) for i in range(3)))
+
+    results = asyncio.run(scenario())
+    assert all(finished_in_full(r) for r in results), results
+    assert max(sizes) == 3 and sizes.count(3) >= N - 2  # the steps with all three rows: one read each
+    assert sum(sizes) == 3 * N  # one draw per generated token, nothing read twice
+    assert_serving(eng)

@@ -85,7 +85,9 @@ class Record:
         if policy in self.data.get("predictions_by_policy", {}):
             s["predictions"] = self.data["predictions_by_policy"][policy]
         entry = {"policy": policy, "fraction": fraction, "slots": slots, "summary": s, "wall_s": wall}
-        entry["steps"] = dict(steps)  # the runner's step counts: graph / eager / captures / streamed / segmented
+        entry["steps"] = dict(
+            steps
+        )  # the runner's step counts: graph / eager / captures / streamed / segmented
         if variant:
             entry["variant"] = variant
         self.data["configs"].append(entry)

@@ -246,7 +246,8 @@ def run_pipeline(args) -> None:
 
     left = lambda: args.deadline - (time.monotonic() - START)  # noqa: E731
     t3 = TABLE3_S if args.table3 and not args.smoke else 0.0
-    budget = 6.0 if args.smoke else max(5.0, left() - TAIL_S - ROUTING_S[shape.name] - t3)  # 3
+    la = LOOKAHEAD_S * len([d for d in args.lookahead.split(",") if d]) if not args.smoke else 0.0
+    budget = 6.0 if args.smoke else max(5.0, left() - TAIL_S - ROUTING_S[shape.name] - t3 - la)  # 3
     run.say(f"predictors: arch {args.arch} + {args.loss}, {budget:.0f} s budget")
     bank, pred = train_predictors(
         traces["mmlu"],

@@ -54,7 +54,7 @@ AFTER_TRAIN_S = {"qwen3-30b-a3b": 220.0, "deepseek-v2-lite": 150.0, "phi-mini-mo
 ROUTING_S = {"qwen3-30b-a3b": 90.0, "deepseek-v2-lite": 50.0, "phi-mini-moe": 30.0}
 TABLE3_S = 120.0
 TAIL_S = 30.0  # replay (64 batch-1 forwards) + PNG + final JSON
-LOOKAHEAD_S = 60.0  # one lookahead distance's bank (2 epochs) must fit in what is left
+LOOKAHEAD_S = 90.0  # one lookahead distance's bank (1 epoch) must fit in what is left (an estimate)
 
 
 def phase_train(run, args, shape, device, tok):
@@ -149,7 +149,7 @@ def phase_routing(run, shape, traces: dict, workers: int) -> None:
 
 
 def phase_lookahead(run, args, shape, traces, device, left) -> None:
-    """Phase 6b: a predictor bank per `--lookahead` distance on the MMLU traces (2 epochs), each started only
+    """Phase 6b: a predictor bank per `--lookahead` distance on the MMLU traces (1 epoch), each started only
     when more than LOOKAHEAD_S seconds are left before the tail."""
     from bench.lookahead_recall import PUBLISHED, distance_row
     from predictors.metrics import default_k_prime

@@ -154,9 +154,11 @@ def phase_lookahead(run, args, shape, traces, device, left) -> None:
     from bench.lookahead_recall import PUBLISHED, distance_row
     from predictors.metrics import default_k_prime
 
+    epochs = 1
     ns = argparse.Namespace(
-        arch=args.arch, loss=args.loss, hidden=2048, epochs=2, device=str(device), seed=args.seed
-    )
+        arch=args.arch, loss=args.loss, hidden=shape.predictor_hidden, epochs=epochs, device=str(device),
+        seed=args.seed,
+    )  # fmt: skip
     kp, rows = default_k_prime(traces.top_k, traces.num_experts), []
     for d in (int(x) for x in args.lookahead.split(",")):
         if d >= traces.num_layers:
@@ -167,11 +169,13 @@ def phase_lookahead(run, args, shape, traces, device, left) -> None:
             break
         rows.append(distance_row(traces, d, ns, kp))
         m = rows[-1]["mean"]
-        run.say(f"lookahead d={d}: predictor recall@k {m['predictor']['recall_at_k']:.4f}, router ahead "
-                f"{m['router_ahead']['recall_at_k']:.4f} ({rows[-1]['seconds']} s)")  # fmt: skip
+        run.say(
+            f"lookahead d={d}: predictor recall@k {m['predictor']['recall_at_k']:.4f}, router ahead "
+            f"{m['router_ahead']['recall_at_k']:.4f} ({rows[-1]['seconds']} s)"
+        )
         run.put(
             "lookahead",
-            {"k_prime": kp, "epochs": 2, "published": PUBLISHED, "distances": rows},
+            {"k_prime": kp, "epochs": epochs, "published": PUBLISHED, "distances": rows},
             phase="lookahead",
         )
 

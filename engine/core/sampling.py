@@ -118,10 +118,13 @@ def resolve(draws: list[Draw]) -> list[int | RequestFailed]:
     """Each draw's token id, or `RequestFailed` for a row with nothing to choose; one host sync for all."""
     if not draws:
         return []
-    values = torch.stack([v.reshape(()).double() for d in draws for v in (d.tok, d.best)]).tolist()
+    toks = torch.stack([d.tok.reshape(()) for d in draws]).double()  # [n] (ids are exact in float64)
+    bests = torch.stack([d.best.reshape(()) for d in draws]).double()  # [n]
+    values = torch.cat((toks, bests)).tolist()  # the one host read
+    n = len(draws)
     return [
         RequestFailed(NO_FINITE_LOGITS) if best == float("-inf") else int(tok)
-        for tok, best in zip(values[0::2], values[1::2], strict=True)
+        for tok, best in zip(values[:n], values[n:], strict=True)
     ]
 
 

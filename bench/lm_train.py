@@ -45,6 +45,12 @@ class TrainPlan:
     select_windows: int = 64  # Gutenberg-valid windows used to pick the best weights
 
 
+# The smoke runs' schedule (CPU, seconds): `--smoke` of bench/train_moe.py and bench/train_twin.py
+SMOKE_PLAN = TrainPlan(
+    seq_len=64, micro_batch=8, lr=3e-3, warmup_steps=5, eval_every_s=2.0, select_windows=4, chat_share=0.25
+)
+
+
 @dataclass(frozen=True)
 class Size:
     name: str
@@ -140,19 +146,10 @@ def size_named(name: str, smoke: bool = False) -> Size:
         num_experts_per_tok=2 if name == "builtin" else 4,
         max_position_embeddings=64,
     )
-    plan = TrainPlan(
-        seq_len=64,
-        micro_batch=8,
-        lr=3e-3,
-        warmup_steps=5,
-        eval_every_s=2.0,
-        select_windows=4,
-        chat_share=0.25,
-    )
     return Size(
         name,
         tiny,
-        plan,
+        SMOKE_PLAN,
         minutes=0.05,
         predictor_hidden=32,
         max_samples=3000,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.lm_train import TrainPlan
+from bench.lm_train import SMOKE_PLAN, TrainPlan
 from engine.model.presets import preset_config
 
 SHAPES = ("qwen3-30b-a3b", "deepseek-v2-lite", "phi-mini-moe")
@@ -109,19 +109,10 @@ def twin_shape(name: str, vocab: int, smoke: bool = False) -> TwinShape:
         if name == "qwen3-30b-a3b":  # 48 MoE layers x 128 experts: fewer tokens, fewer cache replays
             return TwinShape(name, overrides, plan, trace_tokens=120_000, cold_streams=16)
         return TwinShape(name, overrides, plan)
-    plan = TrainPlan(
-        seq_len=64,
-        micro_batch=8,
-        lr=3e-3,
-        warmup_steps=5,
-        eval_every_s=2.0,
-        select_windows=4,
-        chat_share=0.25,
-    )
     return TwinShape(
         name,
         overrides,
-        plan,
+        SMOKE_PLAN,
         predictor_hidden=32,
         trace_tokens=1500,
         chat_tokens=400,

@@ -7,10 +7,10 @@ resident hit, a prefetch hit (brought by a prefetch, first use) or a miss (deman
 layer's routing, and pinned entries are never evicted.
 
 This class is the facade; each part has its module: `slots` (allocation, pins, the eviction order of
-`eviction` and its clock), `copies` (the
-copy stream and its events), `stalls` (stall timing), `accounting` (counters, prediction scoring and
-the prediction pins), `slot_table` (the device slot table), `streamed` (the fill queue of streamed
-steps), `hooks` (the listener it reports to and the routing barrier it waits on). It keeps them in
+`eviction` and its clock), `copies` (the copy stream and its events), `stalls` (stall timing),
+`accounting` (counters, prediction scoring and the prediction pins), `slot_table` (the device slot
+table), `streamed` (the fill queue of streamed steps), `hooks` (the listener it reports to and the
+routing barrier it waits on). It keeps them in
 step: an install or eviction updates the slots, the table, the copies' bookkeeping and the counters.
 On CPU everything is synchronous.
 

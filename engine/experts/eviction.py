@@ -11,8 +11,8 @@ The cache's clock (`now`) ticks once per layer-step, so a token is `num_layers` 
   counts too (`use`), prefetches do not count. Ties go to the least recently touched.
 
 `predictors.eviction` adds the offline orders the simulator uses (`predicted`, `belady`) on `HeapOrder`.
-Pure Python, torch-free, imports `engine.api.policies` (the names) only. Every order is a lazy-deletion heap (or an
-OrderedDict), so a victim costs O(log n) plus the pinned entries skipped.
+Pure Python, torch-free, imports `engine.api.policies` (the names) only. Every order is a lazy-deletion
+heap (or an OrderedDict), so a victim costs O(log n) plus the pinned entries skipped.
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ class ExpertCache:
 
     def count_resident(self, layer: int, routed: Sequence[int]) -> None:
         """Account a layer-step whose routed experts were all resident and used straight from the device
-        (no acquire happened): requests and resident hits, LRU order, the routing observer."""
+        (no acquire happened): requests and resident hits, the eviction order, the routing observer."""
         self._slots.tick()
         self._listener.on_route(layer, list(routed))
         self._accounts.count_resident(layer, routed)

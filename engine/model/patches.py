@@ -1,6 +1,6 @@
 """Every way the engine changes what a transformers model runs, and `install`, which applies the runner's.
 
-transformers builds the model; five patches then change parts of what its forward runs. Each checks,
+transformers builds the model; six patches then change parts of what its forward runs. Each checks,
 where it can, that it computes what it replaces, and leaves that part alone otherwise.
 
 1. Offloaded experts (`engine.model.offload`). Replaces each MoE layer's experts computation: registers
@@ -27,6 +27,10 @@ where it can, that it computes what it replaces, and leaves that part alone othe
    runner's own forwards) and only for what the install check reproduced (`install_fused_rope`).
    Process-wide (a module attribute), installed by `install` on CUDA with Triton, after the routers.
    Undone by `uninstall_fused_rope()` (the tests do), or for one family at install when its check fails.
+6. Rotary frequencies (`engine.model.patch_rope_freqs`). A rotary module whose forward rebuilds its
+   frequencies on the host every call (PhiMoE's) answers that call from a device copy made once
+   (`cache_rope_freqs`), so its steps can be captured as CUDA graphs. Installed by `install` on every
+   device (the values are the same); never undone.
 
 Imports the patch modules of `engine.model` (they import torch, transformers and `engine.kernels`).
 """
@@ -42,6 +46,7 @@ from engine.model.decode_attention import KWARG as DECODE_ATTENTION_KWARG
 from engine.model.decode_attention import DecodeAttention, use_decode_attention
 from engine.model.patch_norm import fuse_rms_norms
 from engine.model.patch_rope import install_fused_rope
+from engine.model.patch_rope_freqs import cache_rope_freqs
 from engine.model.patch_router import fuse_routers
 
 log = logging.getLogger(__name__)
@@ -55,15 +60,17 @@ class Patches:
     forward_kwargs: dict = field(default_factory=dict)  # the runner's extra keyword arguments per forward
     fused_rope: bool = False  # RoPE as one kernel inside the runner's forwards
     fused_routers: int = 0  # routers whose softmax/top-k run as one kernel
+    rope_freqs_cached: int = 0  # rotary modules answering their frequencies from a device copy
 
 
 def install(model: nn.Module, kv, windows: list[int | None] | None, fused: bool) -> Patches:
-    """Apply the runner's patches to `model` (patches 2 to 5 above).
+    """Apply the runner's patches to `model` (patches 2 to 6 above).
 
     kv: the runner's static KV cache (`engine.runner.kv_cache.StaticKV`); windows: per decoder layer, the
     sliding window the runner's mask applies, or None to keep the model's attention; fused: norms,
     routers and RoPE as Triton kernels where they reproduce the model (CUDA with Triton)."""
     out = Patches()
+    out.rope_freqs_cached = cache_rope_freqs(model)
     if windows is not None:
         out.attention = use_decode_attention(model, kv, windows)
     if out.attention is not None:

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 CUDA = torch.device("cuda")
 NEW = 12
-FAMILIES = ["qwen3_moe", "deepseek_v2", "mixtral", "olmoe", "qwen2_moe", "gpt_oss"]
+FAMILIES = ["qwen3_moe", "deepseek_v2", "mixtral", "olmoe", "qwen2_moe", "gpt_oss", "phimoe", "granitemoe"]
 NOT_STREAMED = {"gpt_oss"}  # biased experts: not the fused SiLU kernels, so steps stay segmented
 
 

@@ -12,7 +12,10 @@ where no floor was simulated), `hit_rate`, `routing` (the artefact it replayed) 
 Batched rows' floor is per token of the batch: the resident batch's time per token, or Belady's bytes per
 token of one stream divided by the batch, whichever is larger (a lower bound: a step copies at least what one
 of its rows needs, and at best the rows share every expert). Ablations (eager steps, the
-torch GEMV) are left out. Imports json only.
+torch GEMV) are left out. `ran`: the kind most of a batch-1 configuration's steps ran (eager where a graph
+capture failed). Only records that replayed the committed artefact of their shape (the same twin fingerprint
+as `bench/twins/twin_replay_<shape>.json`) are read; an earlier run kept as `decode_<shape>_twin_<tag>.json`
+adds only the configurations the latest run lacks. Imports json only.
 """
 
 from __future__ import annotations
@@ -47,17 +50,19 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
         variant = c.get("variant") or "chosen"
         if variant in ABLATIONS:
             continue
-        s = c["summary"]
+        s, steps = c["summary"], c.get("steps", {})
+        counts = {k: steps.get(k, 0) for k in ("eager", "streamed", "segmented")}
         rows.append(
             {"batch": 1, "cache_fraction": c["fraction"], "policy": c["policy"], "step": variant,
-             "tok_s": s["tok_s_median"], "hit_rate": s.get("hit_rate")}
+             "tok_s": s["tok_s_median"], "hit_rate": s.get("hit_rate"),
+             "ran": max(counts, key=counts.get) if steps else None}
         )  # fmt: skip
     for kind, step in (("engine", "chosen"), ("engine_segmented", "segmented")):
         for frac, by_batch in dec.get("batched", {}).get(kind, {}).items():
             for b, r in by_batch.items():
                 rows.append(
                     {"batch": int(b), "cache_fraction": float(frac), "policy": "none", "step": step,
-                     "tok_s": r["tok_s_median"], "hit_rate": r.get("hit_rate")}
+                     "tok_s": r["tok_s_median"], "hit_rate": r.get("hit_rate"), "ran": None}
                 )  # fmt: skip
     resident = {r["batch"]: r["tok_s"] for r in rows if r["cache_fraction"] == 1.0 and r["policy"] == "none"}
     out = []
@@ -91,15 +96,32 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
     return out
 
 
-def summarise(results: Path) -> list[dict]:
+KEY = ("shape", "batch", "cache_fraction", "policy", "step", "eviction")
+
+
+def committed_fingerprint(shape: str, twins: Path) -> str | None:
+    """The twin fingerprint of the committed replay artefact of `shape` (None without one)."""
+    path = twins / f"twin_replay_{shape}.json"
+    return json.loads(path.read_text()).get("twin_fingerprint") if path.exists() else None
+
+
+def summarise(results: Path, twins: Path = ROOT / "bench" / "twins") -> list[dict]:
     ev = results / "eviction_twins.json"
     floor_of = floors(json.loads(ev.read_text()) if ev.exists() else None)
-    out = []
-    for path in sorted(results.glob("decode_*_twin.json")) + sorted(results.glob("decode_*_lfu.json")):
+    paths = sorted(results.glob("decode_*_twin.json")) + sorted(results.glob("decode_*_lfu.json"))
+    paths += sorted(results.glob("decode_*_twin_*.json"), reverse=True)  # earlier runs last
+    out, seen = [], set()
+    for path in paths:
         dec = json.loads(path.read_text())
         if not str(dec.get("routing", "")).startswith("twin-replayed"):
             continue
-        out += records(dec, str(path.relative_to(ROOT) if ROOT in path.parents else path), floor_of)
+        if dec.get("replay", {}).get("twin_fingerprint") != committed_fingerprint(dec["preset"], twins):
+            print(f"{path.name}: replayed another twin than bench/twins' {dec['preset']} artefact; left out")
+            continue
+        rows = records(dec, str(path.relative_to(ROOT) if ROOT in path.parents else path), floor_of)
+        new = [r for r in rows if tuple(r[k] for k in KEY) not in seen]
+        seen |= {tuple(r[k] for k in KEY) for r in new}
+        out += new
     return out
 
 

@@ -44,8 +44,9 @@ def _md_training(data: dict) -> list[str]:
         "## 1. Training",
         "",
         *_table(head, rows),
-        f"All three trained side by side on one H200, 3 minutes each, "
-        f"in one {SESSION_MINUTES}-minute device call.",
+        f"The DeepSeek-V2-Lite and Phi-mini-MoE twins trained side by side (with a first Qwen3-30B-A3B twin) "
+        f"on one H200, 3 minutes each, in one {SESSION_MINUTES}-minute device call; the Qwen3-30B-A3B twin was "
+        f"then retrained alone in a call of its own (its tok/s is the GPU's alone).",
         "",
     ]
 
@@ -89,12 +90,12 @@ def _md_routing(data: dict) -> list[str]:
         + "."
         for t in data["twins"].values()
     ]
-    if "qwen3-30b-a3b" in data["twins"]:
-        tps, n = data["twins"]["qwen3-30b-a3b"]["training"]["tokens_per_second"], len(data["twins"])
+    off = [t for t in data["twins"].values() if t["verdict"]["kind"] != "close"]
+    if off:
         lines.append(
-            f"- The fix for the Qwen3-30B-A3B twin: train it alone for the whole {SESSION_MINUTES}-minute call. It "
-            f"ran at {tps:,.0f} tok/s sharing the GPU {n} ways; at about {n}× that for 8 minutes it would see "
-            f"~{tps * n * 480 / 1e6:.0f}M tokens (an estimate, not measured)."
+            f"- What would bring {', '.join(t['real'] for t in off)} closer: more tokens. Their loss was "
+            "still falling when the call's time ran out; a run that resumes training across device calls "
+            "(not built) or a narrower twin (more tokens per second) are the next steps."
         )
     return lines + [""]
 
@@ -157,18 +158,24 @@ def _md_table3(data: dict) -> list[str]:
     return lines
 
 
+def _record(r: dict) -> str:
+    """Which decode record a row came from: `latest` (`decode_<shape>_twin.json`) or an earlier run's tag."""
+    tag = r["run"].split("_twin", 1)[1].lstrip("_")
+    return tag or "latest"
+
+
 def _md_decode(data: dict) -> list[str]:
     rows = [
         f"{data['twins'][r['shape']]['real']} | {r['batch']} | {100 * r['fraction']:.0f}% | `{r['policy']}` | "
         f"{r['step']}{' (' + r['ran'] + ')' if r['ran'] else ''} | {r['tok_s']:.1f} [{r['tok_s_range'][0]:.1f}–"
         f"{r['tok_s_range'][1]:.1f}] | {_pct(r['hit_rate'])} | {r['mb_per_token']:.0f} ({r['fill_mb_per_token']:.0f}) | "
         f"{_num(r['stall_ms_per_token'])} | {_num(r['ratio_to_none'])} | {_num(r['ratio_to_resident'], '.3f')} | "
-        f"{_num(r['time_ratio_to_pcie_floor'])}"
+        f"{_num(r['time_ratio_to_pcie_floor'])} | {_num(r['ratio_to_plain'])} | {_record(r)}"
         for r in data["decode"]
     ]
     head = (
         "shape | batch | cache | policy | step (ran) | tok/s [min–max] | hit | MB/tok (fills) | stall ms/tok | "
-        "× none | × resident | × PCIe floor"
+        "× none | × resident | × PCIe floor | × plain | record"
     )
     ref = [
         f"{data['twins'][s]['real']} | {_pct(rw['none_50']['hit_rate'])}, {rw['none_50']['tok_s']:.1f} | "
@@ -190,7 +197,10 @@ def _md_decode(data: dict) -> list[str]:
         "log), `segmented` (MOE_HOST_READS=false), `eager` / `torch-gemv` (ablations). MB/tok over PCIe (fills "
         "behind streamed steps). × none: over `none` at the same batch, cache and step; × resident: over 100%; "
         "× PCIe floor: ms per token over (its bytes / the measured bandwidth + the resident step), the decode "
-        "record's serial floor, so below 1 means copies overlapped compute.",
+        "record's serial floor, so below 1 means copies overlapped compute. × plain: over the unmodified "
+        "transformers forward at the same batch (every expert on the GPU, its own routing: a speed baseline). "
+        "record: `latest` is `decode_<shape>_twin.json`; a tag names an earlier run kept as "
+        "`decode_<shape>_twin_<tag>.json`, used only for configurations the latest run lacks.",
         "",
         *_table(head, rows),
         "`none` at a 50% cache, batch 1, hit rate and tok/s: random-weight routing against the twin's:",
@@ -224,25 +234,43 @@ def _md_says(data: dict) -> list[str]:
             f"`none` ({q['tok_s']:.1f} tok/s, {q['ratio_to_resident']:.2f}× resident) because its routing is "
             f"{qv['kind']} (section 2); retrain it before reading its decode."
         )
+    for t in data["twins"].values():
+        if t.get("decode_stale"):
+            out.append(
+                f"- **{t['real']}**: the decode record{'s' if len(t['decode_stale']) > 1 else ''} "
+                f"{', '.join(f'`{n}.json`' for n in t['decode_stale'])} replayed an earlier twin of this shape "
+                f"(another twin fingerprint), so {'they are' if len(t['decode_stale']) > 1 else 'it is'} left out "
+                "of the table."
+            )
+        eager = t.get("decode", {}).get("coverage", {}).get("eager_steps")
+        if eager:
+            out.append(
+                f"- **{t['real']}**: every step of {len(eager)} configurations ran eager (a CUDA graph capture "
+                "failed, the record's log says why), so its speeds are not the engine's."
+            )
     return out + [""]
 
 
 def _md_missing(data: dict) -> list[str]:
     runs = {(t["decode"]["runs"], t["decode"]["new_tokens"]) for t in data["twins"].values() if "decode" in t}
-    return [
-        "## 6. What is missing",
-        "",
-        *(f"- `{m}` (not found)" for m in data["missing"]),
-        "- Phi-mini-MoE twin-replayed decode: not run (`bench/decode.py --preset phi-mini-moe --routing "
-        "twin:bench/twins/twin_replay_phi-mini-moe.npz ...`; its twin is too sticky anyway).",
-        "- A 75% cache: the runs used `--fractions 1.0,0.5,0.25`.",
-        "- The plain transformers forward as a baseline: the runs used `--no-plain`.",
+    lines = ["## 6. What is missing", "", *(f"- `{m}` (not found)" for m in data["missing"])]
+    for t in data["twins"].values():
+        cov = t.get("decode", {}).get("coverage")
+        if cov is None:
+            continue
+        gaps = cov["missing"] + ([] if cov["plain"] else ["the plain transformers forward"])
+        if gaps:
+            lines.append(f"- {t['real']}: no decode row for {', '.join(gaps)} (`none`, chosen steps).")
+        if cov["skipped"]:
+            lines.append(
+                f"- {t['real']}: configurations the run's deadline skipped: {', '.join(cov['skipped'])}."
+            )
+    lines.append(
         "- More runs: "
         + ", ".join(f"{r} runs of {n} tokens" for r, n in sorted(runs))
-        + " per configuration, one "
-        "device call per shape; the Qwen3-30B-A3B twin trained alone, then its replay and decode again.",
-        "",
-    ]
+        + " per configuration, one device call per shape."
+    )
+    return lines + [""]
 
 
 def render_markdown(data: dict) -> str:

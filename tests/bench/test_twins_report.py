@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from bench.twins_md import render_markdown
-from bench.twins_report import TWINS, step_kinds, summarise, write_report
+from bench.twins_report import ROW_KEY, TWINS, step_kinds, summarise, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 TWINS_DIR, DECODE_DIR = ROOT / "bench" / "results" / "twins", ROOT / "bench" / "results"
+CURRENT = ("deepseek-v2-lite", "phi-mini-moe")  # shapes whose latest decode record replayed today's twin
 
 
 def source(shape: str) -> dict:
@@ -65,17 +66,21 @@ def test_markdown_has_each_twin_and_the_sections_in_order(report):
         assert md.count(f"| {real} twin | cold |") == 1 and md.count(f"| {real} twin | chat |") == 1
         assert f"- **{real} twin**: cold LRU" in md  # its "how far off and why" line
         assert source(shape)["command"] in md
-    for shape in ("deepseek-v2-lite", "qwen3-30b-a3b"):
+    for shape in CURRENT:
         assert decode_source(shape)["command"] in md
     assert "too sticky" in md and "not representative" in md
-    assert "Phi-mini-MoE twin-replayed decode: not run" in md and "`--no-plain`" in md
+    # the Qwen3 decode record replayed the first Qwen3 twin (another fingerprint): named, not tabled
+    assert "`decode_qwen3_30b_a3b_twin.json` replayed an earlier twin of this shape" in md
+    assert "| Qwen3-30B-A3B | 1 |" not in md
+    assert "- **Phi-mini-MoE**: every step of" in md  # its graph captures failed on the device
 
 
 def test_decode_rows_come_from_the_runs(report):
     data, _, _ = report
-    for shape in ("deepseek-v2-lite", "qwen3-30b-a3b"):
+    for shape in CURRENT:
         dec = decode_source(shape)
-        rows = [r for r in data["decode"] if r["shape"] == shape]
+        latest = [r for r in data["decode"] if r["shape"] == shape and r["run"].endswith("_twin")]
+        rows = [r for r in latest if r["step"] != "plain"]
         batch1 = [r for r in rows if r["batch"] == 1]
         assert len(batch1) == len(dec["configs"])
         for r, c in zip(batch1, dec["configs"], strict=True):
@@ -84,7 +89,11 @@ def test_decode_rows_come_from_the_runs(report):
             assert r["hit_rate"] == pytest.approx(c["summary"]["hit_rate"], abs=1e-4)
             assert r["mb_per_token"] == pytest.approx(c["summary"]["bytes_per_token"] / 1e6, abs=0.1)
         batched = [r for r in rows if r["batch"] > 1]
-        assert len(batched) == sum(len(b) for f in dec["batched"].values() for b in f.values())
+        engine = {k: v for k, v in dec["batched"].items() if k != "plain"}
+        assert len(batched) == sum(len(b) for f in engine.values() for b in f.values())
+        plain = [r for r in latest if r["step"] == "plain"]
+        assert [(r["batch"], r["tok_s"]) for r in plain] == [(1, pytest.approx(dec["plain"]["tok_s_median"], abs=0.01))] + [
+            (int(b), pytest.approx(v["tok_s_median"], abs=0.01)) for b, v in dec["batched"]["plain"].items()]  # fmt: skip
         for r in rows:
             if r["policy"] == "none":
                 assert r["ratio_to_none"] == 1.0
@@ -101,6 +110,23 @@ def test_decode_rows_come_from_the_runs(report):
         )
 
 
+def test_an_earlier_run_fills_only_what_the_latest_lacks(report):
+    data, _, _ = report
+    rows = [r for r in data["decode"] if r["shape"] == "deepseek-v2-lite"]
+    keys = [tuple(r[k] for k in ROW_KEY) for r in rows]
+    assert len(keys) == len(set(keys))  # one row per configuration
+    earlier = [r for r in rows if r["run"] == "decode_deepseek_v2_lite_twin_stop24"]
+    assert earlier and {r["batch"] for r in earlier} == {8}  # the latest run's deadline skipped batch 8
+    old = json.loads((DECODE_DIR / "decode_deepseek_v2_lite_twin_stop24.json").read_text())
+    b = old["batched"]["engine"]["0.5"]["8"]
+    half = next(r for r in earlier if (r["fraction"], r["step"]) == (0.5, "chosen"))
+    assert half["tok_s"] == pytest.approx(b["tok_s_median"], abs=0.01)
+    assert data["twins"]["deepseek-v2-lite"]["decode"]["records"] == [
+        "decode_deepseek_v2_lite_twin", "decode_deepseek_v2_lite_twin_stop24"]  # fmt: skip
+    assert data["twins"]["qwen3-30b-a3b"]["decode_stale"] == ["decode_qwen3_30b_a3b_twin"]
+    assert not any(r["shape"] == "qwen3-30b-a3b" for r in data["decode"])
+
+
 def test_step_kinds_from_the_logs(report):
     data, _, _ = report
     ran = {
@@ -109,7 +135,7 @@ def test_step_kinds_from_the_logs(report):
         if r["batch"] == 1 and r["step"] == "chosen"
     }
     assert ran[("deepseek-v2-lite", 0.5, "none")] == "segmented"  # 1 GB a token: the runner copies first
-    assert ran[("qwen3-30b-a3b", 0.5, "none")] == "streamed"  # its sticky routing misses little
+    assert ran[("phi-mini-moe", 0.5, "none")] == "eager"  # its graph captures failed on the device
     line = "[14:57:00]          none eager          @ 100%:   14.68 tok/s [...], graphs {'graph': 0, 'eager': 128, 'captures': 0, 'streamed': 0, 'segmented': 0}"
     assert step_kinds(line) == [{"policy": "none", "pct": 100, "variant": "eager", "ran": "eager",
                                  "steps": {"graph": 0, "eager": 128, "captures": 0, "streamed": 0, "segmented": 0}}]  # fmt: skip

@@ -5,7 +5,7 @@
 # few files, each under 16 MiB: the replay arrays are capped at 12 MiB), beside each run's JSON.
 #   python bench/twin_data.py --dst .cache/twin_data      # once, here; then carry .cache/twin_data and .whl
 #   SHAPES="deepseek-v2-lite:3:--table3 phi-mini-moe:3 qwen3-30b-a3b:3" DEADLINE=540 bash bench/gpu_twin_session.sh
-# An entry is shape:train-minutes[:extra flags, comma-separated]. WORKERS: cache-replay processes and torch
+# An entry is shape:train-minutes[:extra flags, joined by +, e.g. --lookahead+1,2]. WORKERS: cache-replay processes and torch
 # threads per run (default: the cores shared out, so the runs do not oversubscribe the CPU).
 set -u
 source bench/gpu_env.sh
@@ -21,7 +21,7 @@ for entry in ${SHAPES}; do
   IFS=: read -r shape minutes extra <<<"$entry"
   mkdir -p $WORK/$shape
   OMP_NUM_THREADS=$workers MKL_NUM_THREADS=$workers timeout $((DEADLINE + 30)) python3 bench/train_twin.py --shape $shape --train-minutes $minutes \
-    --deadline $DEADLINE --data $DATA --workers $workers --out $WORK/$shape --replay-max-mb 12 ${extra//,/ } \
+    --deadline $DEADLINE --data $DATA --workers $workers --out $WORK/$shape --replay-max-mb 12 ${extra//+/ } \
     > $WORK/$shape/stdout.log 2>&1 &
   pids+=($!)
 done

@@ -55,6 +55,12 @@ ROUTING_S = {"qwen3-30b-a3b": 90.0, "deepseek-v2-lite": 50.0, "phi-mini-moe": 30
 TABLE3_S = 120.0
 TAIL_S = 30.0  # replay (64 batch-1 forwards) + PNG + final JSON
 LOOKAHEAD_S = 90.0  # one lookahead distance's bank (1 epoch) must fit in what is left (an estimate)
+PREDICTORS_MIN_S = 120.0  # the predictors' budget is never cut below this for the lookahead banks
+
+
+def lookahead_seconds(args) -> float:
+    """The seconds the `--lookahead` banks are given (none with --smoke)."""
+    return 0.0 if args.smoke else LOOKAHEAD_S * len([d for d in args.lookahead.split(",") if d])
 
 
 def phase_train(run, args, shape, device, tok):
@@ -77,6 +83,7 @@ def phase_train(run, args, shape, device, tok):
     after = (2.0 if args.smoke else AFTER_TRAIN_S[shape.name]) + (
         TABLE3_S if args.table3 and not args.smoke else 0
     )
+    after += lookahead_seconds(args)  # the lookahead banks are kept from training, not from the predictors
     fit_min = (args.deadline - (time.monotonic() - START) - after) / 60
     minutes = max(0.05 if args.smoke else 0.5, min(args.train_minutes, fit_min))
     run.say(f"training {minutes:.2f} min (asked {args.train_minutes}, {fit_min:.2f} fit before the deadline)")
@@ -250,8 +257,11 @@ def run_pipeline(args) -> None:
 
     left = lambda: args.deadline - (time.monotonic() - START)  # noqa: E731
     t3 = TABLE3_S if args.table3 and not args.smoke else 0.0
-    la = LOOKAHEAD_S * len([d for d in args.lookahead.split(",") if d]) if not args.smoke else 0.0
-    budget = 6.0 if args.smoke else max(5.0, left() - TAIL_S - ROUTING_S[shape.name] - t3 - la)  # 3
+    la = lookahead_seconds(args)
+    budget = left() - TAIL_S - ROUTING_S[shape.name] - t3
+    if budget - la >= PREDICTORS_MIN_S:  # else the lookahead banks give way (phase 6b skips them)
+        budget -= la
+    budget = 6.0 if args.smoke else max(5.0, budget)  # 3
     run.say(f"predictors: arch {args.arch} + {args.loss}, {budget:.0f} s budget")
     bank, pred = train_predictors(
         traces["mmlu"],

@@ -76,10 +76,13 @@ def phase_train(run, args, shape, device, tok):
         args.data, max_train_chars=args.train_chars, max_heldout_chars=args.heldout_chars, seed=args.seed
     )
     run.put("data", {**corpus.stats, "data_dir": str(args.data)}, phase="data")
-    model = build_twin(shape, device, args.seed)
+    model = build_twin(shape, device, args.seed, aux=args.aux)
     impl = choose_experts_implementation(inner_model(model), device)
     run.say(f"{shape.name} twin: {twin_params(model)}; experts: {impl}")
-    run.put("model", {"config": inner_model(model).config.to_dict(), "params": twin_params(model), **impl})
+    run.put(
+        "model",
+        {"config": inner_model(model).config.to_dict(), "params": twin_params(model), "aux": args.aux, **impl},
+    )
     after = (2.0 if args.smoke else AFTER_TRAIN_S[shape.name]) + (
         TABLE3_S if args.table3 and not args.smoke else 0
     )
@@ -351,6 +354,13 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, every phase in < ~60 s")
     ap.add_argument(
         "--table3", action="store_true", help="also the 4 losses x 2 architectures after one epoch"
+    )
+    ap.add_argument(
+        "--aux",
+        choices=("per-layer", "transformers"),
+        default="per-layer",
+        help="balance loss: per MoE layer (bench/twin_shapes.py BalanceAux), or the family's own in "
+        "transformers (layer-blind; the first Qwen3 and Phi twins)"
     )
     ap.add_argument("--arch", type=int, choices=(1, 2), default=2)
     ap.add_argument("--loss", choices=("mse", "wbce", "focal", "rank_bce"), default="wbce")

@@ -4,15 +4,20 @@ Each twin keeps its real model's transformers family, layer count, dense/MoE lay
 experts and routing function (engine.model.presets' real shapes), and shrinks only the widths: hidden 384,
 expert width 96, 6 attention heads of 64. Vocabulary: the built-in tokenizer's (4096 ids).
 
-- qwen3-30b-a3b: Qwen3-MoE, 48 MoE layers, 128 experts top-8, softmax then normalised top-k, the
-  load-balancing loss with Qwen3-30B-A3B's coefficient 0.001 (`router_aux_loss_coef`).
+- qwen3-30b-a3b: Qwen3-MoE, 48 MoE layers, 128 experts top-8, softmax then normalised top-k, a per-layer
+  load-balancing loss over the whole batch with Qwen3-30B-A3B's coefficient 0.001.
 - deepseek-v2-lite: DeepSeek-V2, 27 layers with the first dense, 64 routed experts top-6 plus 2 shared,
-  softmax greedy top-6 without normalisation (scaling 1.0), multi-head latent attention (ranks shrunk).
-  transformers' DeepSeek-V2 has no auxiliary loss, so `DeepseekAux` adds DeepSeek-V2-Lite's sequence-wise
-  expert balance loss (`aux_loss_alpha` 0.001, `seq_aux`): alpha * sum_i f_i P_i per sequence, with
-  f_i = E/(k T) * (tokens routed to i) and P_i = the mean router probability of i, averaged over sequences.
-- phi-mini-moe: PhiMoE, 32 MoE layers, 16 experts top-2, sparsemixer routing (router jitter 0.01), the
-  Switch load-balancing loss at transformers' default 0.001.
+  softmax greedy top-6 without normalisation (scaling 1.0), multi-head latent attention (ranks shrunk),
+  DeepSeek-V2-Lite's sequence-wise expert balance loss (`aux_loss_alpha` 0.001, `seq_aux`).
+- phi-mini-moe: PhiMoE, 32 MoE layers, 16 experts top-2, sparsemixer routing (router jitter 0.01), a
+  per-layer Switch load-balancing loss over the batch at 0.001.
+
+The balance loss (`BalanceAux`, `balance_loss`) is the models' own: alpha * sum over MoE layers of
+sum_i f_i P_i, with f_i = E/(k T) * (tokens routed to i) and P_i = the mean router probability of i, over
+each sequence (DeepSeek) or the whole batch (the others). transformers' own loss (`--aux transformers`, what
+the first Qwen3 and Phi twins trained with) concatenates every layer's tokens before counting, so it cannot
+see an expert that one layer overuses while another layer neglects it: those twins' routing concentrated on
+a subset of experts per layer (usage entropy 0.7-0.8 of the maximum, against 0.96 for the DeepSeek twin).
 
 `--smoke` keeps the family and routing but 3 layers (DeepSeek: 1 dense + 2 MoE), hidden 32, 16 experts
 top-4 (Phi: 8 top-2), so the whole pipeline runs on a CPU in seconds.
@@ -32,6 +37,7 @@ from engine.model.presets import preset_config
 SHAPES = ("qwen3-30b-a3b", "deepseek-v2-lite", "phi-mini-moe")
 HIDDEN, EXPERT_WIDTH, HEADS, HEAD_DIM = 384, 96, 6, 64
 DEEPSEEK_AUX_ALPHA = 0.001  # DeepSeek-V2-Lite's config.json: aux_loss_alpha, seq_aux true
+BALANCE_ALPHA = 0.001  # Qwen3-30B-A3B's router_aux_loss_coef (and transformers' PhiMoE default)
 
 
 @dataclass(frozen=True)
@@ -123,19 +129,23 @@ def twin_shape(name: str, vocab: int, smoke: bool = False) -> TwinShape:
     )
 
 
-class DeepseekAux(nn.Module):
-    """A DeepSeek-V2 causal LM whose forward adds the sequence-wise expert balance loss when asked for
-    router logits (what `bench.lm_train.train_lm` reads: `.loss`, `.aux_loss`, `config.router_aux_loss_coef`).
-    The logits come from forward hooks on the routers: transformers 5.17's DeepSeek-V2 output has no
-    `router_logits` (later releases have), so the hooks work on both."""
+AUX_KINDS = ("per-layer", "transformers")
 
-    def __init__(self, model: nn.Module, alpha: float = DEEPSEEK_AUX_ALPHA) -> None:
+
+class BalanceAux(nn.Module):
+    """A causal LM whose forward adds the per-layer expert balance loss when asked for router logits (what
+    `bench.lm_train.train_lm` reads: `.loss`, `.aux_loss`, `config.router_aux_loss_coef`) instead of the
+    family's own. The logits come from forward hooks on the routers (every family's router returns
+    `(logits, weights, indices)`; transformers 5.17's DeepSeek-V2 output has no `router_logits`)."""
+
+    def __init__(self, model: nn.Module, alpha: float, per_sequence: bool) -> None:
         super().__init__()
         from engine.model.model_map import find_moe_layers
 
         self.model = model
         self.config = model.config
         self.config.router_aux_loss_coef = alpha
+        self.per_sequence = per_sequence
         self._routers = [layer.router for layer in find_moe_layers(model)]
 
     def forward(self, input_ids, labels=None, output_router_logits=False, **kw):
@@ -144,14 +154,15 @@ class DeepseekAux(nn.Module):
         logits: list[torch.Tensor] = []
         hooks = [
             r.register_forward_hook(lambda _m, _i, out: logits.append(out[0])) for r in self._routers
-        ]  # out = (logits [B*T, E], weights, ids)
+        ]  # out = (logits [B*T, E], weights, ids); the inner model adds no loss of its own
         try:
             out = self.model(input_ids=input_ids, labels=labels, **kw)
         finally:
             for h in hooks:
                 h.remove()
         b, t = input_ids.shape
-        aux = seq_balance_loss(logits, b, t, int(self.config.num_experts_per_tok))
+        b, t = (b, t) if self.per_sequence else (1, b * t)
+        aux = balance_loss(logits, b, t, int(self.config.num_experts_per_tok))
         out.aux_loss = aux
         out.loss = out.loss + self.config.router_aux_loss_coef * aux
         return out
@@ -160,8 +171,9 @@ class DeepseekAux(nn.Module):
         return self.model.get_input_embeddings()
 
 
-def seq_balance_loss(router_logits: tuple, batch: int, seq: int, k: int) -> torch.Tensor:
-    """Sum over MoE layers of sum_i f_i P_i, averaged over sequences; router_logits[l] [B*T, E]."""
+def balance_loss(router_logits: tuple, batch: int, seq: int, k: int) -> torch.Tensor:
+    """Sum over MoE layers of sum_i f_i P_i, averaged over `batch` groups of `seq` tokens (the sequences, or
+    one group of the whole batch); router_logits[l] [batch*seq, E]. 1.0 per layer when balanced."""
     total = torch.zeros((), device=router_logits[0].device)
     for logits in router_logits:
         e = logits.shape[-1]
@@ -175,8 +187,15 @@ def seq_balance_loss(router_logits: tuple, batch: int, seq: int, k: int) -> torc
     return total
 
 
-def build_twin(shape: TwinShape, device: torch.device, seed: int) -> nn.Module:
-    """A freshly initialised twin in float32 on `device` (transformers' init, seeded); SDPA attention."""
+seq_balance_loss = balance_loss  # the name the DeepSeek twin's records were made with
+
+
+def build_twin(shape: TwinShape, device: torch.device, seed: int, aux: str = "per-layer") -> nn.Module:
+    """A freshly initialised twin in float32 on `device` (transformers' init, seeded); SDPA attention.
+    `aux`: "per-layer" (`BalanceAux`), or "transformers": the family's own loss (DeepSeek-V2 has none, so
+    its twin always takes the per-sequence one)."""
+    if aux not in AUX_KINDS:
+        raise ValueError(f"aux {aux!r}: one of {', '.join(AUX_KINDS)}")
     from transformers import AutoModelForCausalLM
 
     from engine.model.model_map import fix_latent_attention_groups
@@ -186,13 +205,15 @@ def build_twin(shape: TwinShape, device: torch.device, seed: int) -> nn.Module:
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
     fix_latent_attention_groups(model)
     if shape.name == "deepseek-v2-lite":
-        model = DeepseekAux(model)
+        model = BalanceAux(model, DEEPSEEK_AUX_ALPHA, per_sequence=True)
+    elif aux == "per-layer":
+        model = BalanceAux(model, BALANCE_ALPHA, per_sequence=False)
     return model.to(device)
 
 
 def inner_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside a twin (DeepseekAux wraps one)."""
-    return model.model if isinstance(model, DeepseekAux) else model
+    """The transformers model inside a twin (BalanceAux wraps one)."""
+    return model.model if isinstance(model, BalanceAux) else model
 
 
 def twin_params(model: nn.Module) -> dict[str, int]:

@@ -205,6 +205,46 @@ def test_sequence_balance_loss_is_one_when_uniform():
     assert torch.isclose(v, torch.tensor(1.0))
 
 
+def test_the_per_layer_balance_loss_sees_what_transformers_loss_does_not():
+    """Layer 0 sends every token to experts 0 and 1, layer 1 to experts 2 and 3: each layer uses half its
+    experts. transformers' loss counts both layers' tokens together and finds the experts balanced; the
+    per-layer loss finds each layer twice as concentrated as balanced."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    from bench.twin_shapes import balance_loss
+
+    t, e, k = 16, 4, 2
+    l0 = torch.full((t, e), -9.0)
+    l0[:, :2] = 0.0
+    l1 = torch.full((t, e), -9.0)
+    l1[:, 2:] = 0.0
+    blind = load_balancing_loss_func((l0, l1), e, k)  # balanced: k (its own scale)
+    assert torch.isclose(blind, torch.tensor(float(k)), atol=1e-3)
+    per_layer = balance_loss((l0, l1), 1, t, k)  # balanced: 1 per layer
+    assert torch.isclose(per_layer, torch.tensor(4.0), atol=1e-3)
+    uniform = torch.zeros(t, e)
+    assert torch.isclose(balance_loss((uniform, uniform), 1, t, k), torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("name", ["qwen3-30b-a3b", "phi-mini-moe"])
+def test_per_layer_aux_replaces_the_familys_own_loss(name):
+    from bench.twin_shapes import BalanceAux, build_twin, inner_model, twin_shape
+
+    shape = twin_shape(name, 4096, smoke=True)
+    twin = build_twin(shape, torch.device("cpu"), 0)
+    assert isinstance(twin, BalanceAux) and not twin.per_sequence
+    ids = torch.randint(0, 4096, (2, 12))
+    with torch.no_grad():
+        lm = inner_model(twin)(input_ids=ids, labels=ids).loss
+        out = twin(input_ids=ids, labels=ids, output_router_logits=True)
+    assert out.aux_loss > 0
+    assert torch.isclose(out.loss, lm + twin.config.router_aux_loss_coef * out.aux_loss, atol=1e-6)
+    plain = build_twin(shape, torch.device("cpu"), 0, aux="transformers")
+    assert not isinstance(plain, BalanceAux)
+    with pytest.raises(ValueError, match="aux"):
+        build_twin(shape, torch.device("cpu"), 0, aux="none")
+
+
 def test_twin_data_folder_keeps_the_layout(tmp_path):
     from bench.lm_data import read_books
     from bench.twin_data import build

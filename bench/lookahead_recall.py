@@ -50,6 +50,35 @@ def collect_builtin(out: Path, prompts_dir: Path, samples: int, seed: int) -> Tr
     return TraceSet(out)
 
 
+def add_trace_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments naming the trace set (or how to collect the built-in model's) and the bank training,
+    shared with bench/predictor_width.py."""
+    ap.add_argument(
+        "--traces", type=Path, default=None, help="a trace set (default: collect the built-in model's)"
+    )
+    ap.add_argument("--prompts", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu" / "test")
+    ap.add_argument("--samples", type=int, default=40_000, help="tokens to trace when collecting")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lookahead"))
+    ap.add_argument("--name", default="builtin")
+    ap.add_argument("--routing", default="trained (the built-in model's own routers)")
+    ap.add_argument("--arch", type=int, choices=(1, 2), default=2)
+    ap.add_argument("--loss", default="wbce")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+
+
+def load_traces(args) -> TraceSet:
+    """`--traces`, or the built-in model's traces in `--work` (collected there first when missing)."""
+    if args.traces is not None:
+        return TraceSet(args.traces)
+    args.traces = args.work / "traces"
+    if (args.traces / "manifest.json").exists():
+        return TraceSet(args.traces)
+    return collect_builtin(args.traces, args.prompts, args.samples, args.seed)
+
+
 def baselines(la: LookaheadTraces, held: torch.Tensor, train: torch.Tensor, k_prime: int) -> list[dict]:
     """Per source layer: the target layer's router on the source input, and the target layer's prior."""
     routers = la.routers()
@@ -201,30 +230,12 @@ def plot(doc: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--traces", type=Path, default=None, help="a trace set (default: collect the built-in model's)"
-    )
-    ap.add_argument("--prompts", type=Path, default=ROOT.parent / "shared" / "data" / "mmlu" / "test")
-    ap.add_argument("--samples", type=int, default=40_000, help="tokens to trace when collecting")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/lookahead"))
-    ap.add_argument("--name", default="builtin")
-    ap.add_argument("--routing", default="trained (the built-in model's own routers)")
+    add_trace_args(ap)
     ap.add_argument("--distances", default="0,1,2,3")
-    ap.add_argument("--arch", type=int, choices=(1, 2), default=2)
-    ap.add_argument("--loss", default="wbce")
     ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.traces is None:
-        args.traces = args.work / "traces"
-        ts = TraceSet(args.traces) if (args.traces / "manifest.json").exists() else None
-        ts = ts or collect_builtin(args.traces, args.prompts, args.samples, args.seed)
-    else:
-        ts = TraceSet(args.traces)
+    ts = load_traces(args)
     k_prime = default_k_prime(ts.top_k, ts.num_experts)
     doc = {
         "kind": "lookahead_recall",

@@ -269,6 +269,8 @@ def predictions_by_policy(policies: list[str], routing: str) -> dict[str, str]:
             )
         elif p == "oracle":
             out[p] = "the routing `none` recorded at the same cache size"
+        elif p.startswith("oracle+"):
+            out[p] = f"the routing `none` recorded at the same cache size, issued {p[7:]} MoE layers ahead"
         elif p == "crosslayer":
             out[p] = "the random-weight model's next router (not replayed)" if twin else "the next router"
         else:

@@ -1,7 +1,7 @@
 """Every policy at every cache size on the batch-1 runner, and the fast path's ablations (CUDA only).
 
 Per cache size: `none` alone with every expert resident, every policy below a full cache (`oracle` replays
-the routing `none` recorded at the same size). With every expert resident also eager steps and the slot
+the routing `none` recorded at the same size; `oracle+d` issues it d MoE layers ahead, MOE_ORACLE_AHEAD). With every expert resident also eager steps and the slot
 GEMV's torch fallback; at 50% `exact` with eager steps; below a full cache the `--segmented` policies with
 segmented steps (no reads from host memory). Each configuration goes to the record as it finishes.
 
@@ -28,6 +28,19 @@ from engine.prefetch.build import build_prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
 
 
+def engine_config(policy: str, routing: Path) -> EngineConfig:
+    """The engine configuration of a sweep's policy name: a `MOE_POLICY` value, or `oracle+d` (the oracle
+    issued d MoE layers ahead, `MOE_ORACLE_AHEAD=d`)."""
+    name, plus, ahead = policy.partition("+")
+    if name != "oracle":
+        if plus:
+            raise ValueError(f"policy {policy!r}: only oracle takes a lookahead distance (oracle+d)")
+        return EngineConfig(policy=policy)
+    if plus and not ahead.isdigit():
+        raise ValueError(f"policy {policy!r}: oracle+d needs a distance d >= 0")
+    return EngineConfig(policy="oracle", oracle_trace=str(routing), oracle_ahead=int(ahead or 0))
+
+
 def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, routing: Path, bw):
     """One configuration on the workload's runner: a fresh cache of `fraction` (`none` also records its
     routing for `oracle`, once per file), the policy's prefetcher, the runs; (summary, slots, wall s)."""
@@ -39,7 +52,7 @@ def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, rou
     if policy == "none" and not routing.exists():
         recorder = RoutingRecorder(len(om.layers))
     attach_cache_hooks(cache, STALLS.add, recorder.record if recorder is not None else None)
-    ecfg = EngineConfig(policy=policy, oracle_trace=str(routing) if policy == "oracle" else None)
+    ecfg = engine_config(policy, routing)
     latencies: list[float] = []
     pf = build_prefetcher(om, ecfg, bank=bank.bank, manifest=bank.manifest, on_latency=latencies.append)
     runner.invalidate()
@@ -97,7 +110,7 @@ def sweep(sw: Sweep, fractions: list[float], policies: list[str], segmented: lis
                 log(f"deadline: {policy} @ {fraction} and later configs skipped")
                 sw.record.skipped(f"{policy}@{fraction}")
                 continue
-            if policy == "oracle" and not sw.routing.exists():
+            if policy.startswith("oracle") and not sw.routing.exists():
                 log("oracle skipped: no routing recorded (run policy none first)")
                 continue
             if policy == "none" and fraction < 1.0:

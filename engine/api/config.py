@@ -126,6 +126,13 @@ class EngineConfig:
         "Routing trace for the oracle policy [MOE_ORACLE_TRACE].",
         path=True,
     )
+    oracle_ahead: int = setting(
+        0,
+        "MoE layers before its layer the oracle policy issues each recorded routing (0: at the layer's own "
+        "pre-attention tap; d: at layer l - d's, so the copies have d layers of compute to hide behind).",
+        "Lookahead distance of the oracle policy [MOE_ORACLE_AHEAD].",
+        ge=0,
+    )
     record_routing: str | None = setting(
         None,
         "Record every layer-step's routed experts to this file at shutdown (for the oracle policy).",

@@ -99,7 +99,22 @@ def build_prefetcher(
         from engine.model.fingerprint import model_fingerprint
 
         replay = RoutingReplay.load(config.oracle_trace, model_fingerprint(om.model), len(layers))
-        return Prefetcher(layers, cache, None, replay=replay, on_latency=on_latency, threaded=False).install()
+        ahead = config.oracle_ahead
+        if ahead >= len(layers):
+            raise EngineError(f"MOE_ORACLE_AHEAD={ahead}: the model has {len(layers)} MoE layers")
+        # Layers l+1 .. l+d hold their pins while layer l acquires: leave it room for a full top-k (as
+        # crosslayer does for d = 1), the rest shared by the d layers ahead.
+        limit = max(0, cache.capacity - om.top_k) // ahead if ahead else None
+        return Prefetcher(
+            layers,
+            cache,
+            None,
+            shift=ahead,
+            replay=replay,
+            limit=limit,
+            on_latency=on_latency,
+            threaded=False,
+        ).install()
     if name == "crosslayer":
         policy = build_policy(name, om.top_k, num_experts)
         # Layer l+1's pins are held while layer l acquires: leave it room for a full top-k.

@@ -21,8 +21,8 @@ def test_decode_bench_smoke_run(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "bench" / "decode.py"), "--smoke", "--prompts", str(MMLU),
         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--runs", "2", "--new-tokens", "4",
-        "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,oracle",
-        "--fractions", "1.0,0.5", "--batches", "2,4", "--eviction", "lfu",
+        "--collect-prompts", "10", "--samples", "500", "--epochs", "1",
+        "--policies", "none,exact,oracle,oracle+1", "--fractions", "1.0,0.5", "--batches", "2,4", "--eviction", "lfu",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
@@ -30,13 +30,15 @@ def test_decode_bench_smoke_run(tmp_path):
     out = json.loads((tmp_path / "out" / "decode_qwen3_30b_a3b_smoke.json").read_text())
     assert (tmp_path / "out" / "decode_qwen3_30b_a3b_smoke.png").stat().st_size > 0
     seen = {(c["policy"], c["fraction"]) for c in out["configs"]}
-    assert seen == {("none", 1.0), ("none", 0.5), ("exact", 0.5), ("oracle", 0.5)}
+    assert seen == {("none", 1.0), ("none", 0.5), ("exact", 0.5), ("oracle", 0.5), ("oracle+1", 0.5)}
     assert all(c["summary"]["same_tokens_as_reference"] for c in out["configs"])
     assert out["eviction"] == "lfu"
     steps = [c["steps"] for c in out["configs"]]  # on the CPU every step is eager
     assert all(s["eager"] > 0 and s["graph"] == 0 for s in steps)
     oracle = next(c["summary"] for c in out["configs"] if c["policy"] == "oracle")
     assert oracle["online_recall"] == 1.0  # it replays the routing `none` recorded at the same cache size
+    ahead = next(c["summary"] for c in out["configs"] if c["policy"] == "oracle+1")
+    assert ahead["online_recall"] == 1.0 and "1 MoE layers ahead" in out["predictions_by_policy"]["oracle+1"]
     for fraction in ("1.0", "0.5"):
         runs = out["batched"]["engine"][fraction]
         assert set(runs) == {"2", "4"} and all(r["tok_s_median"] > 0 for r in runs.values())

@@ -107,6 +107,46 @@ def test_oracle_never_misses_when_a_layer_fits(family, checkpoints, references, 
     assert pf.replay.exhausted == 0
 
 
+@pytest.mark.parametrize("ahead", [1, 2])
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "olmoe"])
+def test_oracle_ahead_issues_each_layer_d_layers_early(family, ahead, checkpoints, references, tmp_path):
+    """MOE_ORACLE_AHEAD=d: layer l's recorded routing is issued at layer l - d's tap. Same tokens; in decode
+    steps the first d layers (no tap) miss as `none` does and every later layer finds all its experts (the
+    prefill's many experts per layer may not fit beside the layers ahead's pins: not counted)."""
+    prompt, _, ref_tokens = references[family]
+    rec, _, fp = record_routing(checkpoints[family], prompt, 0.5)
+    om = load_checkpoint(checkpoints[family], torch.device("cpu"), torch.float32, CacheBudget(fraction=0.5))
+    path = rec.save(tmp_path / "routing.json", fp)
+    pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=ahead))
+    assert pf.shift == ahead and len(pf._hooks) == len(om.layers) - ahead
+    assert pf.limit == (om.cache.capacity - om.top_k) // ahead
+    runner = ModelRunner(om)
+    logits = runner.prefill(0, prompt)
+    c = om.counters
+    before = list(c.misses)
+    tokens, pos = [], len(prompt)
+    for _ in range(NEW):
+        tokens.append(int(torch.argmax(logits)))
+        logits = runner.decode([tokens[-1]], [pos])[0]
+        pos += 1
+    assert tokens == ref_tokens
+    decode_misses = [m - b for m, b in zip(c.misses, before, strict=True)]
+    assert sum(decode_misses[ahead:]) == 0 and sum(decode_misses[:ahead]) > 0
+    assert sum(c.hits_prefetched[ahead:]) > 0 and om.cache.pinned_slots() == 0
+
+
+def test_oracle_ahead_past_the_last_layer_is_refused(checkpoints, references, tmp_path):
+    prompt = references["qwen3_moe"][0]
+    rec, _, fp = record_routing(checkpoints["qwen3_moe"], prompt, 0.5)
+    om = load_checkpoint(
+        checkpoints["qwen3_moe"], torch.device("cpu"), torch.float32, CacheBudget(fraction=0.5)
+    )
+    path = rec.save(tmp_path / "routing.json", fp)
+    ahead = len(om.layers)
+    with pytest.raises(EngineError, match=f"MOE_ORACLE_AHEAD={ahead}: the model has {ahead} MoE layers"):
+        build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=ahead))
+
+
 def lru_simulation(steps: list[tuple[int, list[int]]], capacity: int, num_layers: int):
     """Hits and misses per layer of an LRU cache that pins a step's experts while the step runs."""
     lru: OrderedDict[tuple[int, int], None] = OrderedDict()

@@ -136,6 +136,13 @@ def train(
         ),
     ] = None,
     hidden: Annotated[int, typer.Option(help="Predictor hidden size.")] = 2048,
+    distance: Annotated[
+        int,
+        typer.Option(
+            help="Lookahead: predictor i names MoE layer i+DISTANCE's experts from layer i's input, so a "
+            "prefetch has DISTANCE layers of compute to hide behind (0: the same layer)."
+        ),
+    ] = 0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per layer.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Samples per optimizer step.")] = 1024,
     lr: Annotated[
@@ -157,6 +164,7 @@ def train(
 ) -> None:
     """Train one predictor per MoE layer and write a bundle."""
     from predictors.bundle import bundle_manifest, save_bundle
+    from predictors.lookahead import LookaheadTraces
     from predictors.traces import TraceSet
     from predictors.train import train_bank
 
@@ -164,8 +172,13 @@ def train(
     if arch not in (1, 2):
         raise typer.BadParameter("1 or 2", param_hint="--arch")
     ts = TraceSet(traces)
+    if not 0 <= distance < ts.num_layers:
+        raise typer.BadParameter(
+            f"0 to {ts.num_layers - 1} (the traces have {ts.num_layers} MoE layers)", param_hint="--distance"
+        )
+    data = LookaheadTraces(ts, distance) if distance else ts
     bank, report = train_bank(
-        ts,
+        data,
         arch,
         loss.value,
         hidden=hidden,
@@ -180,10 +193,14 @@ def train(
         progress=progress,
         loss_consts=_parse_consts(loss_param or []),
     )
-    save_bundle(out, bank, bundle_manifest(ts.manifest, report))
+    manifest = bundle_manifest(ts.manifest, report)
+    if distance:
+        manifest |= {"distance": distance, "layer_ids": data.layer_ids}
+    save_bundle(out, bank, manifest)
     m = report["heldout_mean"]
+    ahead = f", {distance} MoE layers ahead" if distance else ""
     console.print(
-        f"[green]bundle[/green] {out}: held-out mean over {len(bank)} layers: recall@k "
+        f"[green]bundle[/green] {out}: held-out mean over {len(bank)} layers{ahead}: recall@k "
         f"{100 * m['recall_at_k']:.2f}%, set accuracy {100 * m['set_accuracy']:.2f}%, top-1 "
         f"{100 * m['top1_accuracy']:.2f}%, over-provisioned recall {100 * m['overprov_recall']:.2f}%"
     )

@@ -38,7 +38,8 @@ from engine.api.config import EngineConfig
 from engine.api.policies import INPUT_POLICIES, PREDICTOR_POLICIES
 from engine.api.stats import PER_LAYER
 from engine.experts.slots import slots_for_budget
-from engine.prefetch.policies import build_policy, union_best_first
+from engine.prefetch.bundle import distance
+from engine.prefetch.policies import ahead_limit, build_policy, union_best_first
 from predictors.eviction import DEFAULT_LFU_HALF_LIFE, build_order
 from predictors.sim_cache import SimCache
 
@@ -174,7 +175,7 @@ class PolicyRun:
     def ids(self, w: Workload, s: int, layer: int) -> list[int]:
         """The ids the tap at `layer` hands to `cache.prefetch` at step s (best first)."""
         if self.name == "oracle":
-            return w.step_routed(s, layer)
+            return w.step_routed(s, layer + self.shift)
         table = self.tables[layer]
         if w.rows is None:
             row = table[s].tolist()
@@ -192,9 +193,12 @@ def policy_runs(
     overprovision: int | None = None,
     adaptive_target: float = EngineConfig.adaptive_target,
     adaptive_max: int | None = None,
+    oracle_ahead: int = 0,
     batch: int = 8192,
 ) -> list[PolicyRun]:
-    """Each policy's predictions over the whole workload, one pass over the layers' stored inputs."""
+    """Each policy's predictions over the whole workload, one pass over the layers' stored inputs. A
+    bundle trained `--distance d` predicts layer l + d at layer l's tap (as in the engine), and
+    `oracle_ahead` issues the oracle's routing that many layers early (MOE_ORACLE_AHEAD)."""
     for name in names:
         if name in NEEDS_INPUTS and w.inputs is None:
             raise SimulateError(
@@ -206,9 +210,16 @@ def policy_runs(
             raise SimulateError(f"policy {name} runs the predictors: pass --predictors BUNDLE")
     k, e = w.top_k, w.num_experts
     loss = (manifest or {}).get("loss", "wbce")
+    ahead = distance(manifest)
+    if bank is not None and len(bank) + ahead != w.num_layers:
+        raise SimulateError(
+            f"the predictor bundle has {len(bank)} layers predicting {ahead} ahead, the trace has "
+            f"{w.num_layers} MoE layers"
+        )
+    shifts = {"crosslayer": 1, "oracle": oracle_ahead, **{p: ahead for p in PREDICTOR_POLICIES}}
     runs, policies = [], {}
     for name in names:
-        run = PolicyRun(name, name, shift=1 if name == "crosslayer" else 0)
+        run = PolicyRun(name, name, shift=shifts.get(name, 0))
         if name in NEEDS_INPUTS:
             pol = build_policy(
                 name,
@@ -235,8 +246,8 @@ def policy_runs(
                 for run in runs:
                     if run.tables is None:
                         continue
-                    if run.name == "crosslayer" and layer + 1 >= w.num_layers:
-                        run.tables.append(np.zeros((x.shape[0], 0), dtype=np.int32))  # the last tap: none
+                    if layer + run.shift >= w.num_layers:  # the last taps predict past the model: none
+                        run.tables.append(np.zeros((x.shape[0], 0), dtype=np.int32))
                         continue
                     parts = []
                     for a in range(0, x.shape[0], batch):
@@ -262,6 +273,11 @@ def predictor_scores(w: Workload, bank, manifest: dict | None = None, batch: int
             "eviction predicted ranks residents by the predictor's scores on the stored pre-attention inputs: "
             "pass --predictors BUNDLE and a trace set from `moe-prefetch collect` (the predictor then runs "
             "under every policy, none included)"
+        )
+    if distance(manifest):
+        raise SimulateError(
+            "eviction predicted ranks a layer's residents by that layer's predictor: the bundle predicts "
+            f"{distance(manifest)} MoE layers ahead; pass a bundle trained without --distance"
         )
     mse, out = (manifest or {}).get("loss") == "mse", []
     with torch.no_grad():
@@ -303,7 +319,7 @@ def replay(
     cache = SimCache(capacity, nl, order, lookahead=lookahead)
     if preload_full and capacity >= w.total_experts:
         cache.preload([(layer, e) for layer in range(nl) for e in range(w.num_experts)])
-    limit = max(0, capacity - w.top_k) if run.name == "crosslayer" else None
+    limit = ahead_limit(capacity, w.top_k, run.shift)
     predicts = run.name != "none"
     for s in range(w.steps):
         for layer in range(nl):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from engine.api.errors import EngineError
 from engine.api.policies import PREDICTOR_POLICIES
-from engine.prefetch.policies import build_policy
+from engine.prefetch.bundle import distance
+from engine.prefetch.policies import ahead_limit, build_policy
 from engine.prefetch.prefetcher import Prefetcher, Scorer
 from engine.prefetch.routing_trace import RoutingReplay
 
@@ -64,9 +65,12 @@ def load_predictors(path: str, model, layers: list, device: torch.device, dtype:
         bank, manifest = load_bundle(path, expected_fingerprint=model_fingerprint(model))
     except (FileNotFoundError, ValueError) as err:
         raise EngineError(f"MOE_PREDICTORS: {err}") from None
-    if len(bank) != len(layers):
+    ahead = distance(manifest)
+    if len(bank) + ahead != len(layers):
         raise EngineError(
-            f"predictor bundle {path} has {len(bank)} layers, the model has {len(layers)} MoE layers"
+            f"predictor bundle {path} has {len(bank)} layers"
+            + (f" predicting {ahead} MoE layers ahead" if ahead else "")
+            + f", the model has {len(layers)} MoE layers"
         )
     return bank.to(device=device, dtype=dtype).eval(), manifest
 
@@ -117,8 +121,7 @@ def build_prefetcher(
         ).install()
     if name == "crosslayer":
         policy = build_policy(name, om.top_k, num_experts)
-        # Layer l+1's pins are held while layer l acquires: leave it room for a full top-k.
-        limit = max(0, cache.capacity - om.top_k)
+        limit = ahead_limit(cache.capacity, om.top_k, 1)
         pf = Prefetcher(
             layers,
             cache,
@@ -142,7 +145,22 @@ def build_prefetcher(
             adaptive_max=config.adaptive_max,
             loss=(manifest or {}).get("loss", "wbce"),
         )
-        pf = Prefetcher(layers, cache, policy, _bank_scorer(bank), on_latency=on_latency, threaded=threaded)
+        ahead = distance(manifest)
+        if len(bank) + ahead != len(layers):
+            raise EngineError(
+                f"the predictor bank has {len(bank)} layers predicting {ahead} ahead, the model has "
+                f"{len(layers)} MoE layers"
+            )
+        pf = Prefetcher(
+            layers,
+            cache,
+            policy,
+            _bank_scorer(bank),
+            shift=ahead,
+            limit=ahead_limit(cache.capacity, om.top_k, ahead),
+            on_latency=on_latency,
+            threaded=threaded,
+        )
     pf.install()
     graphs = pf.capture_decode_graphs(int(om.model.config.hidden_size), om.dtype) if graphs_enabled else 0
     log.info(

@@ -6,7 +6,9 @@ A bundle is one directory (written by `moe-prefetch train`):
                              running stats for Arch 1) and expert_counts [L, E] (training-split routing counts)
     manifest.json            format, version, fingerprint, model_type, layer_ids, num_moe_layers, d_model,
                              num_experts, top_k, arch, hidden, loss, loss_consts, training config, data summary,
-                             per-layer held-out metrics
+                             per-layer held-out metrics, and `distance` (predictor i names MoE layer i + distance's
+                             experts from layer i's input; absent = 0: the bank has one predictor per MoE layer,
+                             else num_moe_layers - distance of them, and layer_ids are the target layers)
 
 Loading checks the fingerprint against the served model's when one is given and raises
 `engine.api.errors.BundleMismatch` naming both fingerprints and the bundle path.
@@ -75,3 +77,9 @@ def load_bundle(
     )
     bank.load_state_dict(load_file(str(Path(directory) / WEIGHTS)))
     return bank.to(device).eval(), manifest
+
+
+def distance(manifest: dict | None) -> int:
+    """How many MoE layers ahead a bundle's predictors name experts (`moe-prefetch train --distance`):
+    predictor i reads MoE layer i's input and names layer i + distance's experts. 0 for older bundles."""
+    return int((manifest or {}).get("distance", 0))

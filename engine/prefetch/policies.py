@@ -106,3 +106,10 @@ def build_policy(
     if name == "adaptive":
         return Adaptive(k, adaptive_max or 2 * k, adaptive_target, num_experts, loss)
     raise ValueError(f"policy {name!r} does not rank experts (it needs no Policy object)")
+
+
+def ahead_limit(capacity: int, top_k: int, shift: int) -> int | None:
+    """The most experts one tap may pin when predictions are issued `shift` MoE layers ahead: layers
+    l+1 .. l+shift hold their pins while layer l acquires, which leaves layer l room for a full top-k.
+    None (no limit) for same-layer predictions."""
+    return max(0, capacity - top_k) // shift if shift else None

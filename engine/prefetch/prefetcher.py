@@ -84,7 +84,8 @@ class Prefetcher:
     """Hooks the model's pre-attention norms and keeps the cache ahead of the routers.
 
     `scorer(l, x)` gives the scores used at MoE layer l's tap; `shift` is 0 when they are for layer l
-    itself and 1 when they are for layer l+1 (`crosslayer`). `replay` replaces the scorer for `oracle`.
+    itself and d when they are for layer l+d (`crosslayer`: 1; a lookahead bundle: its distance; `oracle`:
+    MOE_ORACLE_AHEAD), so layers 0..d-1 get no prediction. `replay` replaces the scorer for `oracle`.
     """
 
     def __init__(

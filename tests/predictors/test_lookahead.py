@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from predictor_fixtures import write_synthetic_traces
+from typer.testing import CliRunner
+
+from engine.prefetch.bundle import distance, load_bundle
+from predictors.cli import app
 
 from predictors.lookahead import LookaheadTraces
 from predictors.traces import TraceSet
@@ -46,3 +52,19 @@ def test_train_bank_trains_one_predictor_per_source_layer(traces):
     )
     assert len(bank.layers) == 3 and len(report["layers"]) == 3
     assert report["data"]["lookahead_distance"] == 1
+
+
+def test_train_cli_writes_a_lookahead_bundle(traces, tmp_path):
+    out = tmp_path / "bundle"
+    args = ["train", "--traces", str(traces.dir), "--out", str(out), "--arch", "2", "--loss", "wbce"]
+    args += ["--hidden", "8", "--epochs", "1", "--distance", "1", "--no-progress"]
+    res = CliRunner().invoke(app, args, terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "3 layers, 1 MoE layers ahead" in res.output
+    bank, manifest = load_bundle(out)
+    assert distance(manifest) == 1 and len(bank) == manifest["num_moe_layers"] == 3
+    assert manifest["layer_ids"] == traces.layer_ids[1:]  # the layers the predictors name experts of
+    assert json.loads((out / "manifest.json").read_text())["data"]["lookahead_distance"] == 1
+    far = CliRunner().invoke(app, [*args[:-3], "--distance", "4", "--no-progress"], terminal_width=200)
+    assert far.exit_code != 0 and "0 to 3" in far.output
+    assert distance({}) == 0  # bundles written before --distance predict their own layer

@@ -26,7 +26,15 @@ from engine.prefetch.routing_trace import RoutingRecorder
 from engine.runner.runner import ModelRunner
 from predictors.eviction import LFU, LRU, Belady
 from predictors.sim_cache import SimCache
-from predictors.simulate import PolicyRun, Workload, policy_runs, replay, smallest_cache, summarize
+from predictors.simulate import (
+    PolicyRun,
+    SimulateError,
+    Workload,
+    policy_runs,
+    replay,
+    smallest_cache,
+    summarize,
+)
 from tests.sim_workloads import random_workload
 
 NEW = 12
@@ -36,8 +44,17 @@ NEW = 12
 LFU_HALF_LIFE = 2.0  # tokens: short, so the decay matters within the test's 13 steps
 
 
-def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp_path, eviction: str = "lru"):
-    """Greedy batch-1 decode on the real engine with `policy`; returns (om, recorder, x per layer-step)."""
+def _engine_run(
+    checkpoint,
+    policy: str,
+    fraction: float,
+    prompt: list[int],
+    tmp_path,
+    eviction: str = "lru",
+    ahead: int = 0,
+):
+    """Greedy batch-1 decode on the real engine with `policy`; returns (om, recorder, x per layer-step).
+    `ahead`: the predictor bank's distance (predictor policies) or MOE_ORACLE_AHEAD (oracle)."""
     budget = CacheBudget(fraction=fraction, eviction=eviction, lfu_half_life=LFU_HALF_LIFE)
     om = load_checkpoint(checkpoint, torch.device("cpu"), torch.float32, budget)
     config, bank = EngineConfig(policy=policy), None
@@ -49,12 +66,13 @@ def _engine_run(checkpoint, policy: str, fraction: float, prompt: list[int], tmp
         first.cache.listen(Listener(route=rec0.record))
         ModelRunner(first).greedy(prompt, NEW)
         path = rec0.save(tmp_path / "routing.json", model_fingerprint(first.model))
-        config = EngineConfig(policy=policy, oracle_trace=str(path))
+        config = EngineConfig(policy=policy, oracle_trace=str(path), oracle_ahead=ahead)
     if policy in ("exact", "overprovision", "top1", "adaptive"):
         torch.manual_seed(0)
         d, e = om.model.config.hidden_size, om.store.layout.num_experts
-        bank = PredictorBank(2, d, e, len(om.layers), hidden=32).eval()
-    pf = build_prefetcher(om, config, bank=bank, manifest={"loss": "wbce"}) if policy != "none" else None
+        bank = PredictorBank(2, d, e, len(om.layers) - ahead, hidden=32).eval()
+    manifest = {"loss": "wbce", "distance": ahead}
+    pf = build_prefetcher(om, config, bank=bank, manifest=manifest) if policy != "none" else None
     rec = RoutingRecorder(len(om.layers))
     om.cache.listen(
         Listener(route=rec.record)
@@ -141,6 +159,32 @@ def test_simulated_counters_equal_the_engine_for_every_policy(
             differs += [policy] if any(getattr(lru, n) != getattr(eng, n) for n in PER_LAYER) else []
     if eviction == "lfu" and fraction == 0.25:  # the setting changes what is evicted: not LRU in disguise
         assert differs, "lfu evicted exactly as lru under every policy"
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.25, 0.5])
+@pytest.mark.parametrize("policy", ["exact", "adaptive", "oracle"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
+def test_simulated_counters_equal_the_engine_one_layer_ahead(
+    family, policy, fraction, checkpoints, references, tmp_path
+):
+    """Predictions issued one MoE layer early (a bundle trained --distance 1; MOE_ORACLE_AHEAD=1): every
+    counter of every layer matches, the first layer's predictions are absent and the pins are limited."""
+    prompt = references[family][0][:10]
+    om, rec, xs, bank = _engine_run(checkpoints[family], policy, fraction, prompt, tmp_path, ahead=1)
+    w = _workload(om, rec, xs)
+    manifest = {"loss": "wbce", "distance": 1}
+    (run,) = policy_runs(w, [policy], bank, manifest, oracle_ahead=1)
+    assert run.shift == 1
+    sim = replay(w, om.cache.capacity, "lru", run, preload_full=False, lookahead=False)
+    eng = om.counters
+    for name in PER_LAYER:
+        assert getattr(sim, name) == getattr(eng, name), f"{policy}: {name}"
+    assert eng.routed_scored[0] == 0
+    if om.cache.capacity > om.top_k:
+        assert sum(eng.routed_scored) > 0 and sum(eng.prefetch_issued) + sum(eng.hits_prefetched) > 0
+    short = PredictorBank(2, 4, 4, w.num_layers - 2, hidden=4)  # one predictor too few for distance 1
+    with pytest.raises(SimulateError, match="predicting 1 ahead"):
+        policy_runs(w, ["exact"], short, manifest)
 
 
 # ----------------------------------------------------------------------------- Belady is the limit

@@ -135,6 +135,29 @@ def test_oracle_ahead_issues_each_layer_d_layers_early(family, ahead, checkpoint
     assert sum(c.hits_prefetched[ahead:]) > 0 and om.cache.pinned_slots() == 0
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "olmoe"])
+def test_a_lookahead_bundle_predicts_the_layer_after(family, checkpoints, references):
+    """A bank trained `--distance 1` (one predictor fewer than MoE layers) runs at layers 0..L-2 for
+    layers 1..L-1: the same tokens, every prediction scored, none for layer 0."""
+    prompt, _, ref_tokens = references[family]
+    om = load_checkpoint(checkpoints[family], torch.device("cpu"), torch.float32, CacheBudget(fraction=0.5))
+    torch.manual_seed(0)
+    d, e = om.model.config.hidden_size, om.store.layout.num_experts
+    bank = PredictorBank(2, d, e, len(om.layers) - 1, hidden=32).eval()
+    pf = build_prefetcher(
+        om, EngineConfig(policy="exact"), bank=bank, manifest={"loss": "wbce", "distance": 1}
+    )
+    assert pf.shift == 1 and len(pf._hooks) == len(om.layers) - 1
+    assert pf.limit == om.cache.capacity - om.top_k
+    assert ModelRunner(om).greedy(prompt, NEW) == ref_tokens
+    c = om.counters
+    assert c.routed_scored[0] == 0 and all(n > 0 for n in c.routed_scored[1:])
+    with pytest.raises(EngineError, match="has 2 layers predicting 2 ahead, the model has 3 MoE layers"):
+        build_prefetcher(
+            om, EngineConfig(policy="exact"), bank=bank, manifest={"loss": "wbce", "distance": 2}
+        )
+
+
 def test_oracle_ahead_past_the_last_layer_is_refused(checkpoints, references, tmp_path):
     prompt = references["qwen3_moe"][0]
     rec, _, fp = record_routing(checkpoints["qwen3_moe"], prompt, 0.5)

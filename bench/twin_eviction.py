@@ -102,16 +102,41 @@ def engine_measured(decode: dict | None) -> tuple[dict, TimeModel, str]:
     step choice picked), the time model from it, and where the model's numbers came from."""
     if decode is None:
         return {}, TimeModel(), "simulator defaults (H200, Qwen3-30B-A3B shape)"
-    out, step_ms = {}, None
+    out, step_ms, eager = {}, None, False
     for c in decode["configs"]:
         if c.get("variant", "") not in ("", None) or c.get("batch", 1) != 1:
             continue
         key, summary = (round(float(c["fraction"]), 3), c["policy"]), c["summary"]
+        steps = c.get("steps", {})
+        if steps and not steps.get("graph") and steps.get("eager"):  # a failed capture: not the engine's speed
+            eager = True
+            continue
         out[key] = (summary["tok_s_median"], summary.get("hit_rate"))
         if c["fraction"] == 1.0 and c["policy"] == "none":
             step_ms = 1e3 / summary["tok_s_median"]
     tm = TimeModel(step_ms=step_ms or TimeModel.step_ms, bandwidth_gbs=decode["h2d_gb_per_s"])
-    return out, tm, f"{decode['device']}: resident step and pinned bandwidth of the twin-replayed decode run"
+    where = f"{decode['device']}: resident step and pinned bandwidth of the twin-replayed decode run"
+    if step_ms is None:
+        where = (
+            f"{decode['device']}: pinned bandwidth of the twin-replayed decode run; its steps ran eager (a graph "
+            "capture failed), so the resident step is the simulator's default"
+            if eager
+            else f"{decode['device']}: pinned bandwidth of the twin-replayed decode run; no resident run"
+        )
+    return out, tm, where
+
+
+def current_decode(decode_dir: Path, shape: str, artefact: dict) -> dict | None:
+    """The shape's twin-replayed decode record, if it replayed this artefact's twin (the same fingerprint);
+    a record of an earlier twin of the shape says nothing about this one."""
+    path = decode_dir / f"decode_{shape.replace('-', '_')}_twin.json"
+    if not path.exists():
+        return None
+    decode = json.loads(path.read_text())
+    if decode.get("replay", {}).get("twin_fingerprint") != artefact.get("twin_fingerprint"):
+        print(f"{path.name}: replayed another {shape} twin; its engine figures are left out", flush=True)
+        return None
+    return decode
 
 
 def _one(args) -> dict:
@@ -253,9 +278,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for path in args.twins:
-        shape = json.loads(path.read_text())["shape"].removeprefix("twin_replay_")
-        dfile = args.decode / f"decode_{shape.replace('-', '_')}_twin.json"
-        decode = json.loads(dfile.read_text()) if dfile.exists() else None
+        artefact = json.loads(path.read_text())
+        shape = artefact["shape"].removeprefix("twin_replay_")
+        decode = current_decode(args.decode, shape, artefact)
         eb = model_shape(shape).expert_bytes
         print(f"{shape}: {len(fractions) * len(evictions) * len(policies)} replays ...", flush=True)
         results.append(

@@ -88,3 +88,28 @@ def test_the_hybrid_model_splits_misses_between_pcie_and_the_cpu(result):
             assert 0 < r["hybrid_ms"] <= r["overlap_ms"] + 1e-9
         else:
             assert "hybrid_ms" not in r
+
+
+def test_engine_figures_come_only_from_graph_steps_of_this_twin(tmp_path):
+    """A decode record of another twin of the shape is left out; configurations whose steps all ran eager
+    (a failed graph capture) give neither an engine figure nor the time model's resident step."""
+    sys.path.insert(0, str(ROOT))
+    from bench.twin_eviction import current_decode, engine_measured
+    from predictors.simulate import TimeModel
+
+    def config(fraction, policy, tok_s, steps):
+        return {"fraction": fraction, "policy": policy, "summary": {"tok_s_median": tok_s, "hit_rate": 0.5},
+                "steps": steps}  # fmt: skip
+
+    graph, eager = {"graph": 30, "eager": 2, "segmented": 0}, {"graph": 0, "eager": 32, "segmented": 0}
+    dec = {"device": "gpu", "h2d_gb_per_s": 50.0, "replay": {"twin_fingerprint": "a"},
+           "configs": [config(1.0, "none", 200.0, graph), config(0.5, "none", 40.0, graph)]}  # fmt: skip
+    out, tm, where = engine_measured(dec)
+    assert out == {(1.0, "none"): (200.0, 0.5), (0.5, "none"): (40.0, 0.5)} and tm.step_ms == 5.0
+    dec["configs"] = [config(1.0, "none", 15.0, eager), config(0.5, "none", 18.0, eager)]
+    out, tm, where = engine_measured(dec)
+    assert out == {} and tm.step_ms == TimeModel.step_ms and "ran eager" in where
+    (tmp_path / "decode_toy_twin.json").write_text(json.dumps(dec))
+    assert current_decode(tmp_path, "toy", {"twin_fingerprint": "a"}) == dec
+    assert current_decode(tmp_path, "toy", {"twin_fingerprint": "b"}) is None
+    assert current_decode(tmp_path, "other", {"twin_fingerprint": "a"}) is None

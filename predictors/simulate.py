@@ -216,6 +216,8 @@ def policy_runs(
             f"the predictor bundle has {len(bank)} layers predicting {ahead} ahead, the trace has "
             f"{w.num_layers} MoE layers"
         )
+    if not 0 <= oracle_ahead < w.num_layers:
+        raise SimulateError(f"oracle ahead {oracle_ahead}: the trace has {w.num_layers} MoE layers")
     shifts = {"crosslayer": 1, "oracle": oracle_ahead, **{p: ahead for p in PREDICTOR_POLICIES}}
     runs, policies = [], {}
     for name in names:

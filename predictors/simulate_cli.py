@@ -82,6 +82,9 @@ def simulate(
         int | None, typer.Option(help="k' of overprovision (default ceil(1.5 k)).")
     ] = None,
     adaptive_target: Annotated[float, typer.Option(help="Mass target of adaptive.")] = 0.9,
+    oracle_ahead: Annotated[
+        int, typer.Option(help="MoE layers early the oracle issues each layer's routing (MOE_ORACLE_AHEAD).")
+    ] = 0,
     adaptive_max: Annotated[
         int | None, typer.Option(help="Most experts adaptive fetches (default 2 k).")
     ] = None,
@@ -141,6 +144,7 @@ def simulate(
             overprovision=overprovision,
             adaptive_target=adaptive_target,
             adaptive_max=adaptive_max,
+            oracle_ahead=oracle_ahead,
         )
         if "predicted" in evictions:
             w.scores = predictor_scores(w, bank, manifest)

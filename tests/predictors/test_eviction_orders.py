@@ -151,3 +151,50 @@ def test_the_cli_runs_predicted_with_a_bundle_and_refuses_it_without(tmp_path):
             if r["policy"] == "none" and r["asked"] == f"fraction {f:g}"
         }
         assert rows["belady"]["hit_rate"] >= rows["predicted"]["hit_rate"]
+
+
+def test_the_cli_simulates_lookahead_bundles_and_the_oracle_ahead(tmp_path):
+    """`simulate` takes a bundle trained --distance 1 and --oracle-ahead 1 (the oracle one layer early
+    misses no more than none), and refuses a distance past the trace's layers."""
+    import json
+
+    import torch
+    from predictor_fixtures import write_synthetic_traces
+    from typer.testing import CliRunner
+
+    from engine.prefetch.nets import PredictorBank
+    from predictors.bundle import save_bundle
+    from predictors.cli import app
+
+    traces = write_synthetic_traces(tmp_path / "traces", n_prompts=4, tokens=12, layers=3)
+    torch.manual_seed(0)
+    bank = PredictorBank(2, d_model=16, num_experts=8, num_layers=2, hidden=8)
+    meta = {"fingerprint": "synthetic-0", "loss": "wbce", "distance": 1}
+    bundle = save_bundle(tmp_path / "bundle", bank, meta)
+    args = [
+        "simulate",
+        "--traces",
+        str(traces),
+        "--predictors",
+        str(bundle),
+        "--policies",
+        "none,exact,oracle",
+    ]
+    args += [
+        "--oracle-ahead",
+        "1",
+        "--eviction",
+        "lru",
+        "--fractions",
+        "0.75",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    r = CliRunner().invoke(app, [*args, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "out" / "simulate.json").read_text())
+    by = {row["policy"]: row for row in doc["results"]}
+    assert set(by) == {"none", "exact", "oracle"}
+    assert by["oracle"]["counts"]["misses"] <= by["none"]["counts"]["misses"]
+    far = CliRunner().invoke(app, [*args[:-8], "--oracle-ahead", "3", "--no-progress"])
+    assert far.exit_code != 0 and "oracle ahead 3" in far.output

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from engine.prefetch.bundle import distance, load_bundle
 from predictors.cli import app
-
 from predictors.lookahead import LookaheadTraces
 from predictors.traces import TraceSet
 from predictors.train import train_bank

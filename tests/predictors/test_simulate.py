@@ -182,6 +182,8 @@ def test_simulated_counters_equal_the_engine_one_layer_ahead(
     assert eng.routed_scored[0] == 0
     if om.cache.capacity > om.top_k:
         assert sum(eng.routed_scored) > 0 and sum(eng.prefetch_issued) + sum(eng.hits_prefetched) > 0
+    with pytest.raises(SimulateError, match=f"oracle ahead {w.num_layers}: the trace has"):
+        policy_runs(w, ["oracle"], oracle_ahead=w.num_layers)
     short = PredictorBank(2, 4, 4, w.num_layers - 2, hidden=4)  # one predictor too few for distance 1
     with pytest.raises(SimulateError, match="predicting 1 ahead"):
         policy_runs(w, ["exact"], short, manifest)

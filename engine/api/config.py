@@ -97,7 +97,8 @@ class EngineConfig:
     )
     predictors: str | None = setting(
         None,
-        "Predictor bundle directory for exact, overprovision, top1 and adaptive; the built-in model brings its own.",
+        "Predictor bundle directory for exact, overprovision, top1 and adaptive; the built-in model brings its "
+        "own. A bundle trained with --distance d prefetches each layer's experts d MoE layers early.",
         "Predictor bundle directory [MOE_PREDICTORS].",
         path=True,
     )

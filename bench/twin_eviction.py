@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import twin_replay  # noqa: E402
-from predictors.simulate import PolicyRun, TimeModel, Workload, replay, summarize  # noqa: E402
+from predictors.sim_policies import PolicyRun  # noqa: E402
+from predictors.simulate import TimeModel, Workload, replay, summarize  # noqa: E402
 
 EVICTIONS = ("lru", "lfu", "predicted", "belady")
 # The H200 host (DESIGN.md): torch bf16 GEMV of one 9.4 MB Qwen3-30B-A3B expert 0.31 ms, ~30% slower while
@@ -108,7 +109,9 @@ def engine_measured(decode: dict | None) -> tuple[dict, TimeModel, str]:
             continue
         key, summary = (round(float(c["fraction"]), 3), c["policy"]), c["summary"]
         steps = c.get("steps", {})
-        if steps and not steps.get("graph") and steps.get("eager"):  # a failed capture: not the engine's speed
+        if (
+            steps and not steps.get("graph") and steps.get("eager")
+        ):  # a failed capture: not the engine's speed
             eager = True
             continue
         out[key] = (summary["tok_s_median"], summary.get("hit_rate"))

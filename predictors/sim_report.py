@@ -14,15 +14,8 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from predictors.simulate import (
-    CacheSize,
-    PolicyRun,
-    TimeModel,
-    Workload,
-    replay,
-    smallest_cache,
-    summarize,
-)
+from predictors.sim_policies import PolicyRun
+from predictors.simulate import CacheSize, TimeModel, Workload, replay, smallest_cache, summarize
 
 
 @dataclass(frozen=True)

@@ -118,8 +118,9 @@ def simulate(
     from engine.api.policies import POLICIES
     from predictors.eviction import DEFAULT_EVICTIONS, EVICTIONS
     from predictors.sim_inputs import default_policies, load_checked_bundle, load_workload
+    from predictors.sim_policies import policy_runs, predictor_scores
     from predictors.sim_report import SweepConfig, capacity_lines, result_table, sweep, write_outputs
-    from predictors.simulate import SimulateError, TimeModel, cache_sizes, policy_runs, predictor_scores
+    from predictors.simulate import SimulateError, TimeModel, cache_sizes
 
     setup_logging(verbose)
     if (traces is None) == (routing is None):

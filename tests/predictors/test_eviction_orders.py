@@ -13,7 +13,8 @@ import pytest
 
 from predictors.eviction import LFU, LRU, Belady, Predicted
 from predictors.sim_cache import SimCache
-from predictors.simulate import PolicyRun, SimulateError, Workload, replay, summarize
+from predictors.sim_policies import PolicyRun
+from predictors.simulate import SimulateError, Workload, replay, summarize
 from tests.sim_workloads import random_workload
 
 

@@ -26,15 +26,8 @@ from engine.prefetch.routing_trace import RoutingRecorder
 from engine.runner.runner import ModelRunner
 from predictors.eviction import LFU, LRU, Belady
 from predictors.sim_cache import SimCache
-from predictors.simulate import (
-    PolicyRun,
-    SimulateError,
-    Workload,
-    policy_runs,
-    replay,
-    smallest_cache,
-    summarize,
-)
+from predictors.sim_policies import PolicyRun, policy_runs
+from predictors.simulate import SimulateError, Workload, replay, smallest_cache, summarize
 from tests.sim_workloads import random_workload
 
 NEW = 12

@@ -3,7 +3,9 @@
 # the same sweep with LFU eviction and the GPU tests of the eviction orders. Everything under $OUT.
 #  1. GPUTESTS=1: the GPU tests of the cache and the decode paths (LFU included) -> gpu_tests.log
 #  2. bench/decode.py --routing twin:bench/twins/twin_replay_$SHAPE.npz with $DECODE_ARGS -> decode_$SHAPE*.json/.log
-#  3. LFU=1: the batch-1 sweep again with --eviction lfu -> decode_${SHAPE}_lfu.json/.log
+#     (default policies: none, exact, overprovision, oracle and the oracle 1 and 2 MoE layers ahead; POLICIES=)
+#  3. LFU=1: the batch-1 sweep again with --eviction lfu -> decode_${SHAPE}_lfu.json/.log (LFU_BATCHES=8: and
+#     the batch-8 runs at 100% and 50%)
 # Carry .whl (the server's dependencies) and .cache/data/mmlu/test (the real-shape predictors' prompts).
 #   SHAPE=deepseek-v2-lite GPUTESTS=1 LFU=1 DEADLINE=200 bash bench/gpu_twin_decode_session.sh
 set -u
@@ -12,6 +14,8 @@ OUTDIR=${OUT:-bench/results}
 SHAPE=${SHAPE:-deepseek-v2-lite}
 TAG=${SHAPE//-/_}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# the artefact this call replays (commit a retrained twin's artefact to bench/twins before the call)
+python3 -c "import json; m = json.load(open('bench/twins/twin_replay_$SHAPE.json')); print('replaying', m['file'], 'twin', m['twin_fingerprint'][:16], m['tokens'], 'tokens')"
 if [ "${GPUTESTS:-0}" = 1 ]; then
   timeout ${GPUTESTS_S:-200} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/experts tests/engine/runner \
     > $OUTDIR/gpu_tests.log 2>&1
@@ -19,7 +23,7 @@ if [ "${GPUTESTS:-0}" = 1 ]; then
 fi
 COMMON="--preset $SHAPE --routing twin:bench/twins/twin_replay_$SHAPE.npz --prompts .cache/data/mmlu/test --work /tmp/work"
 DECODE_ARGS=${DECODE_ARGS:---runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 --epochs 2 \
-  --fractions 1.0,0.75,0.5,0.25 --policies none,exact,overprovision,oracle --segmented none,overprovision --batches 8 \
+  --fractions 1.0,0.75,0.5,0.25 --policies ${POLICIES:-none,exact,overprovision,oracle,oracle+1,oracle+2} --segmented none,overprovision --batches 8 \
   --plain-tokens 8 --no-profile --deadline ${DEADLINE:-300}}
 timeout ${DECODE_S:-420} python3 bench/decode.py $COMMON $DECODE_ARGS --out /tmp/decode_lru 2>&1 | grep -v Warning \
   > $OUTDIR/decode_${TAG}_twin.log
@@ -28,7 +32,7 @@ cp /tmp/decode_lru/decode_${TAG}.json $OUTDIR/decode_${TAG}_twin.json
 cp /tmp/decode_lru/decode_${TAG}.png $OUTDIR/decode_${TAG}_twin.png 2>/dev/null
 if [ "${LFU:-0}" = 1 ]; then
   timeout ${LFU_S:-240} python3 bench/decode.py $COMMON --eviction lfu --runs 3 --new-tokens 32 --collect-prompts 40 \
-    --samples 4000 --epochs 2 --fractions 0.5,0.25 --policies none,exact --segmented none --batches "" --no-plain \
+    --samples 4000 --epochs 2 --fractions 0.5,0.25 --policies none,exact --segmented none --batches "${LFU_BATCHES:-}" --no-plain \
     --no-profile --deadline ${LFU_DEADLINE:-150} --out /tmp/decode_lfu 2>&1 | grep -v Warning > $OUTDIR/decode_${TAG}_lfu.log
   tail -3 $OUTDIR/decode_${TAG}_lfu.log
   cp /tmp/decode_lfu/decode_${TAG}.json $OUTDIR/decode_${TAG}_lfu.json

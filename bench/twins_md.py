@@ -118,9 +118,10 @@ def _md_predictors(data: dict) -> list[str]:
         "over-prov. recall | router baseline | chat recall@k | goal met: mean ≥ 95 / layer 0 ≥ 95 / top-1 ≥ 99.5"
     )
     note = (
-        "Held-out MMLU prompts (`chat`: every chat trace). Sticky routing is easier to predict: the Qwen3 and Phi "
-        "twins' high recall comes with routing concentrated on a few experts (section 2), so the DeepSeek-V2-Lite "
-        "twin's figures are the ones to read against the paper."
+        "Held-out MMLU prompts (`chat`: every chat trace). Sticky routing is easier to predict: a too-sticky "
+        "twin's high recall comes with routing concentrated on a few experts (section 2), so the DeepSeek-V2-Lite "
+        "twin's figures are the ones to read against the paper. The retrained Qwen3-30B-A3B twin's predictors "
+        "had a short budget (one epoch: the run's lookahead reservation left them 5 s, since fixed)."
     )
     return [
         "## 3. Predictors against the Table 4 goal",
@@ -285,9 +286,9 @@ def render_markdown(data: dict) -> str:
         f"**{', '.join(good) or 'none'}**; not representative: {', '.join(off) or 'none'}. Every number is in "
         "`twins.json`, written with this page by the last command below.",
         "",
-        "Commands: one H200 call trained the three twins side by side (each run's own command follows), then one "
-        "call per shape ran the twin-replayed decode (written as `/root/out/decode_<shape>.json`, committed as "
-        "`bench/results/decode_<shape>_twin.{json,log,png}`):",
+        "Commands: one H200 call trained the three twins side by side and a later one retrained the Qwen3-30B-A3B "
+        "twin alone (each run's own command follows), then one call per shape ran the twin-replayed decode "
+        "(written as `/root/out/decode_<shape>.json`, committed as `bench/results/decode_<shape>_twin.{json,log,png}`):",
         "",
         "```bash",
         *COMMANDS,

@@ -4,6 +4,8 @@
 # DEADLINE, then what each run wrote is packed into twin_<shape>.tgz under $OUT (a call brings back only a
 # few files, each under 16 MiB: the replay arrays are capped at 12 MiB), beside each run's JSON.
 #   python bench/twin_data.py --dst .cache/twin_data      # once, here; then carry .cache/twin_data and .whl
+# The carried tree must stay under 64 MiB: training needs neither the openai nor the llguidance wheel, so
+# move .whl/openai-* and .whl/llguidance-* aside for this call (the tree, .whl and the data are ~70 MB).
 #   SHAPES="deepseek-v2-lite:3:--table3 phi-mini-moe:3 qwen3-30b-a3b:3" DEADLINE=540 bash bench/gpu_twin_session.sh
 # An entry is shape:train-minutes[:extra flags, joined by +, e.g. --lookahead+1,2]. WORKERS: cache-replay processes and torch
 # threads per run (default: the cores shared out, so the runs do not oversubscribe the CPU).

@@ -79,6 +79,23 @@ def load_traces(args) -> TraceSet:
     return collect_builtin(args.traces, args.prompts, args.samples, args.seed)
 
 
+def run_header(kind: str, args, ts: TraceSet, k_prime: int) -> dict:
+    """The head of a result document over a trace set: what ran, on which traces and routing."""
+    return {
+        "kind": kind,
+        "name": args.name,
+        "routing": args.routing,
+        "command": "python " + " ".join(sys.argv),
+        "traces": ts.summary(),
+        "num_layers": ts.num_layers,
+        "num_experts": ts.num_experts,
+        "top_k": ts.top_k,
+        "k_prime": k_prime,
+        "d_model": ts.d_model,
+        **{k: getattr(args, k) for k in ("arch", "loss", "epochs", "seed")},
+    }
+
+
 def baselines(la: LookaheadTraces, held: torch.Tensor, train: torch.Tensor, k_prime: int) -> list[dict]:
     """Per source layer: the target layer's router on the source input, and the target layer's prior."""
     routers = la.routers()
@@ -238,16 +255,8 @@ def main() -> None:
     ts = load_traces(args)
     k_prime = default_k_prime(ts.top_k, ts.num_experts)
     doc = {
-        "kind": "lookahead_recall",
-        "name": args.name,
-        "routing": args.routing,
-        "command": "python " + " ".join(sys.argv),
-        "traces": ts.summary(),
-        "num_layers": ts.num_layers,
-        "num_experts": ts.num_experts,
-        "top_k": ts.top_k,
-        "k_prime": k_prime,
-        **{k: getattr(args, k) for k in ("arch", "loss", "hidden", "epochs", "seed")},
+        **run_header("lookahead_recall", args, ts, k_prime),
+        "hidden": args.hidden,
         "published": PUBLISHED,
         "distances": [],
     }

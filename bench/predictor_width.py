@@ -9,9 +9,9 @@ same architecture, loss and epochs) and reports held-out recall@k, top-1 and rec
 and per layer), the points each width loses against the widest, and what one layer's predictor weighs at
 the Qwen3-30B-A3B shape (input 2048, 128 experts) in bf16: the bytes a decode step reads per layer, which
 at the H200's HBM bandwidth bound its time from below (the launch cost is not modelled: measure it on the
-GPU with `bench/predictor_steps.py`). Without `--traces` it collects the built-in model's traces first, as
+GPU; not measured yet). Without `--traces` it collects the built-in model's traces first, as
 `bench/lookahead_recall.py` does (and reuses them from `--work`). Writes `<out>/predictor_width_<name>.
-{json,md,png}`. Imports torch, matplotlib and `predictors` only.
+{json,md,png}`. Imports matplotlib, `predictors` and `bench.lookahead_recall` (trace arguments, header).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.lookahead_recall import add_trace_args, load_traces  # noqa: E402
+from bench.lookahead_recall import add_trace_args, load_traces, run_header  # noqa: E402
 from predictors.metrics import all_metrics, default_k_prime  # noqa: E402
 from predictors.traces import TraceSet  # noqa: E402
 from predictors.train import predict_scores, train_bank  # noqa: E402
@@ -142,17 +142,7 @@ def main() -> None:
     ts = load_traces(args)
     k_prime = default_k_prime(ts.top_k, ts.num_experts)
     doc = {
-        "kind": "predictor_width",
-        "name": args.name,
-        "routing": args.routing,
-        "command": "python " + " ".join(sys.argv),
-        "traces": ts.summary(),
-        "num_layers": ts.num_layers,
-        "num_experts": ts.num_experts,
-        "top_k": ts.top_k,
-        "k_prime": k_prime,
-        "d_model": ts.d_model,
-        **{k: getattr(args, k) for k in ("arch", "loss", "epochs", "seed")},
+        **run_header("predictor_width", args, ts, k_prime),
         "qwen3_shape": QWEN3,
         "widths": [],
     }

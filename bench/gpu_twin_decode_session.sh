@@ -14,14 +14,16 @@ OUTDIR=${OUT:-bench/results}
 SHAPE=${SHAPE:-deepseek-v2-lite}
 TAG=${SHAPE//-/_}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-# the artefact this call replays (commit a retrained twin's artefact to bench/twins before the call)
-python3 -c "import json; m = json.load(open('bench/twins/twin_replay_$SHAPE.json')); print('replaying', m['file'], 'twin', m['twin_fingerprint'][:16], m['tokens'], 'tokens')"
+# the artefact this call replays: the committed one, or ARTEFACT= (e.g. .cache/twin_out/twin_replay_$SHAPE.npz,
+# which bench/gpu_twin_session.sh leaves on a warm device machine for the call after it)
+ARTEFACT=${ARTEFACT:-bench/twins/twin_replay_$SHAPE.npz}
+python3 -c "import json; m = json.load(open('${ARTEFACT%.npz}.json')); print('replaying', '$ARTEFACT', 'twin', m['twin_fingerprint'][:16], m['tokens'], 'tokens')" || exit 1
 if [ "${GPUTESTS:-0}" = 1 ]; then
   timeout ${GPUTESTS_S:-200} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/experts tests/engine/runner \
     > $OUTDIR/gpu_tests.log 2>&1
   tail -3 $OUTDIR/gpu_tests.log
 fi
-COMMON="--preset $SHAPE --routing twin:bench/twins/twin_replay_$SHAPE.npz --prompts .cache/data/mmlu/test --work /tmp/work"
+COMMON="--preset $SHAPE --routing twin:$ARTEFACT --prompts .cache/data/mmlu/test --work /tmp/work"
 DECODE_ARGS=${DECODE_ARGS:---runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 --epochs 2 \
   --fractions 1.0,0.75,0.5,0.25 --policies ${POLICIES:-none,exact,overprovision,oracle,oracle+1,oracle+2} --segmented none,overprovision --batches 8 \
   --plain-tokens 8 --no-profile --deadline ${DEADLINE:-300}}

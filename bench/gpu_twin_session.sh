@@ -33,5 +33,8 @@ for entry in ${SHAPES}; do
   tail -2 $WORK/$shape/stdout.log
   cp $WORK/$shape/train_twin_$shape.json $OUTDIR/ 2>/dev/null
   tar czf $OUTDIR/twin_$shape.tgz -C $WORK $shape
+  # kept on the device machine for the next call (an ignored path survives between calls of a warm machine):
+  # ARTEFACT=.cache/twin_out/twin_replay_$shape.npz bash bench/gpu_twin_decode_session.sh replays it at once
+  mkdir -p .cache/twin_out && cp $WORK/$shape/twin_replay_$shape.{npz,json} .cache/twin_out/ 2>/dev/null
 done
 ls -la $OUTDIR

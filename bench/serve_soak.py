@@ -80,6 +80,7 @@ class Conf:
             "MOE_DEVICE": args.device,
             "MOE_DTYPE": args.dtype,
             "MOE_POLICY": self.policy,
+            "MOE_EVICTION": args.eviction,
             "MOE_MAX_RUNNING": str(args.max_running),
             "MOE_MAX_WAITING": str(max(64, 2 * max(args.concurrency))),
             "MOE_MAX_MODEL_LEN": str(args.max_model_len),
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embed-std", type=float, default=1.0, help="std of the random token embeddings")
     ap.add_argument("--fractions", default="1.0,0.5,0.25,min")
     ap.add_argument("--policies", default="none,exact,overprovision")
+    ap.add_argument(
+        "--eviction", choices=("lru", "lfu"), default="lru", help="MOE_EVICTION of every server (one per run)"
+    )
     ap.add_argument("--steps", default="streamed,segmented")
     ap.add_argument(
         "--plan", choices=("default", "cross"), default="default", help="cross: every combination"
@@ -250,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "routing": f"random weights (token embeddings std {args.embed_std:g}, every other weight std 0.02)",
         "prompts": texts.source,
         "hostile": args.hostile,
+        "eviction": args.eviction,
         "plan": [c.__dict__ | {"name": c.name} for c in plan],
         "requests_per_level": requests_per_level(args.requests, args.concurrency),
         "records": [],

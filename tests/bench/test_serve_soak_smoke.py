@@ -32,7 +32,7 @@ def test_serve_soak_smoke_run(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "bench" / "serve_soak.py"), "--shape", "tiny", "--device", "cpu",
         "--dtype", "float32", "--fractions", "1.0,0.5", "--policies", "none,exact", "--steps", "streamed",
-        "--concurrency", "1,4", "--requests", "small", "--hostile", "--deadline", "240",
+        "--concurrency", "1,4", "--requests", "small", "--hostile", "--deadline", "240", "--eviction", "lfu",
         "--out", str(out), "--work", str(tmp_path / "work"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -45,6 +45,7 @@ def test_serve_soak_smoke_run(tmp_path):
     data = json.loads((out / "serve_soak_tiny.json").read_text())
     assert (out / "serve_soak_tiny.png").stat().st_size > 0
     assert data["shape"] == "tiny" and data["float32"] is True and data["hostile"] is True
+    assert data["eviction"] == "lfu"  # every server ran MOE_EVICTION=lfu
     assert [p["name"] for p in data["plan"]] == [
         "100%/none/streamed",
         "50%/none/streamed",

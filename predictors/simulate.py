@@ -166,11 +166,14 @@ def replay(
     preload_full: bool = True,
     lookahead: bool = False,
     on_steps: Callable[[int], None] | None = None,
+    events: list | None = None,
 ):
     """The engine's counters (`CacheCounters`) after replaying `w` through a cache of `capacity` slots.
 
     `preload_full`: a cache with a slot for every expert starts full, as the server's `load_all` does
-    (`ModelRunner` alone starts cold). `lookahead`: chunk oversized layer-steps as on CUDA."""
+    (`ModelRunner` alone starts cold). `lookahead`: chunk oversized layer-steps as on CUDA. `events`: a list
+    to append, per step and layer, (step, layer, the tap's target or -1, copies the tap issued, demand
+    copies) for `predictors.sim_timeline`."""
     nl = w.num_layers
     future = None
     if eviction == "belady":
@@ -188,16 +191,23 @@ def replay(
         cache.preload([(layer, e) for layer in range(nl) for e in range(w.num_experts)])
     limit = ahead_limit(capacity, w.top_k, run.shift)
     predicts = run.name != "none"
+    c = cache.counters
     for s in range(w.steps):
         for layer in range(nl):
             cache.now = s * nl + layer
             if scored:
                 order.set_scores(layer, w.step_scores(s, layer))
+            tapped, issued = -1, 0
             if predicts:
                 target = layer + run.shift
                 if target < nl:
+                    before = c.prefetch_issued[target]
                     cache.prefetch(target, run.ids(w, s, layer), limit=limit)
+                    tapped, issued = target, c.prefetch_issued[target] - before
+            missed = c.misses[layer]
             cache.route(layer, w.step_routed(s, layer))
+            if events is not None:
+                events.append((s, layer, tapped, issued, c.misses[layer] - missed))
         if on_steps is not None and (s % 256 == 255 or s == w.steps - 1):
             on_steps(s % 256 + 1)
     return cache.counters

@@ -1,0 +1,161 @@
+"""What issuing copies earlier can buy, before a GPU measures it: the simulator's per-layer clock
+(`predictors.sim_timeline`) on a routing twin's replay, fitted to the engine's measured `none` and checked
+against its other measured policies (issue #17: measure in the simulator first, then in the engine).
+
+    python bench/twin_timeline.py --out bench/results                  # the DeepSeek-V2-Lite twin, ~1 minute
+    python bench/twin_timeline.py --twin bench/twins/twin_replay_<shape>.json --out ...
+
+For each cache size it replays the artefact's tokens as batch-1 decode steps (`predictors.simulate.replay`,
+LRU, the engine's cache semantics) under `none`, `exact` (the twin's predictors), `oracle`, and the oracle
+issued 1, 2 and 4 MoE layers ahead (`MOE_ORACLE_AHEAD`), records every layer's copies, and plays them on
+the clock: one copy engine at the twin decode run's measured bandwidth, the resident step split evenly
+between attention and experts, and the host's decision at each segment boundary fitted so that `none` at
+the fit cache (50%) takes what the engine measured. The other configurations' predicted ms per token are
+then set beside the engine's (`decode_<shape>_twin.json`, the same twin only), and the ratios to `none`
+say what lookahead can gain at best (the oracle ahead) on this routing. Writes
+`<out>/timeline_<shape>.{json,md}`. Imports numpy and `predictors` (through `bench.twin_eviction`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.twin_eviction import current_decode, engine_measured, policy_runs, workload  # noqa: E402
+from predictors.sim_inputs import model_shape  # noqa: E402
+from predictors.sim_policies import PolicyRun  # noqa: E402
+from predictors.sim_timeline import Timeline, fit_decision_ms, timeline_ms  # noqa: E402
+from predictors.simulate import replay  # noqa: E402
+
+AHEAD = (1, 2, 4)
+
+
+def configurations(w, pred) -> dict[str, PolicyRun]:
+    runs = policy_runs(w, pred)
+    out = {"none": runs["none"], "exact": runs["exact"], "oracle": runs["oracle"]}
+    for d in AHEAD:
+        if d < w.num_layers:
+            out[f"oracle+{d}"] = PolicyRun("oracle", f"oracle+{d}", shift=d)
+    return out
+
+
+def run(
+    twin: Path,
+    decode_dir: Path,
+    fractions: list[float],
+    fit_fraction: float,
+    share: float,
+    tokens: int | None,
+) -> dict:
+    artefact = json.loads(twin.read_text())
+    shape = artefact["shape"].removeprefix("twin_replay_")
+    decode = current_decode(decode_dir, shape, artefact)
+    if decode is None:
+        raise SystemExit(f"{shape}: no decode record of this twin in {decode_dir} to fit the clock to")
+    measured, tm, where = engine_measured(decode)
+    if (1.0, "none") not in measured:
+        raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
+    w, pred, _ = workload(twin.with_suffix(".npz"), tokens)
+    eb = model_shape(shape).expert_bytes
+    base = Timeline(step_ms=tm.step_ms, bandwidth_gbs=tm.bandwidth_gbs, attention_share=share)
+    runs = configurations(w, pred)
+    rows, t0 = [], time.monotonic()
+    for f in fractions:
+        slots = max(w.top_k, round(f * w.total_experts))
+        for name, pr in runs.items():
+            events: list = []
+            c = replay(w, slots, "lru", pr, preload_full=False, events=events)
+            rows.append(
+                {"fraction": f, "slots": slots, "policy": name, "events": events, "copies": sum(e[3] + e[4] for e in events),
+                 "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests))}
+            )  # fmt: skip
+    fit = next(r for r in rows if r["fraction"] == fit_fraction and r["policy"] == "none")
+    target = 1e3 / measured[(fit_fraction, "none")][0]
+    decision = fit_decision_ms(fit["events"], w.steps, w.num_layers, eb, base, target)
+    if decision is None:
+        raise SystemExit(f"{shape}: no host decision time makes the clock reach the measured {target:.2f} ms")
+    tl = Timeline(**{**base.__dict__, "decision_ms": decision})
+    for r in rows:
+        r["model_ms"] = timeline_ms(r.pop("events"), w.steps, w.num_layers, eb, tl)
+        m = measured.get((r["fraction"], r["policy"]))
+        r["engine_ms"] = 1e3 / m[0] if m else None
+        r["copies_per_token"] = r.pop("copies") / w.steps
+    for r in rows:
+        none = next(x for x in rows if x["fraction"] == r["fraction"] and x["policy"] == "none")
+        r["model_ratio_to_none"] = none["model_ms"] / r["model_ms"]
+        r["engine_ratio_to_none"] = (
+            none["engine_ms"] / r["engine_ms"] if r["engine_ms"] and none["engine_ms"] else None
+        )
+    return {
+        "kind": "twin_timeline",
+        "shape": shape,
+        "routing": f"twin-replayed ({twin.name}; twin {artefact['twin_fingerprint'][:16]})",
+        "command": "python " + " ".join(sys.argv),
+        "tokens": w.steps,
+        "decode_record": decode.get("command"),
+        "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
+        "expert_bytes": eb,
+        "seconds": round(time.monotonic() - t0, 1),
+        "rows": rows,
+    }  # fmt: skip
+
+
+def write_md(doc: dict, path: Path) -> None:
+    c = doc["clock"]
+    head = "| cache | policy | hit | copies / token | model ms/tok | × none (model) | engine ms/tok | × none (engine) |"
+    lines = [
+        f"# The per-layer clock on the {doc['shape']} twin's routing",
+        "",
+        f"Routing: {doc['routing']}, {doc['tokens']} tokens as batch-1 segmented decode steps, LRU. Clock: resident "
+        f"step {c['step_ms']:.2f} ms split {c['attention_share']:.0%} attention, one copy engine at "
+        f"{c['bandwidth_gbs']:.1f} GB/s, the host's decision at each segment boundary {c['decision_ms']:.3f} ms, "
+        f"fitted: {c['fit']} ({c['source']}). `oracle+d`: the oracle issued d MoE layers ahead (MOE_ORACLE_AHEAD). "
+        "Engine columns: the twin-replayed decode run of the same twin where it measured that configuration.",
+        "",
+        head,
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        eng = "—" if r["engine_ms"] is None else f"{r['engine_ms']:.2f}"
+        er = "—" if r["engine_ratio_to_none"] is None else f"{r['engine_ratio_to_none']:.2f}"
+        lines.append(
+            f"| {100 * r['fraction']:g}% | `{r['policy']}` | {100 * r['hit_rate']:.1f}% | {r['copies_per_token']:.1f} | "
+            f"{r['model_ms']:.2f} | {r['model_ratio_to_none']:.2f} | {eng} | {er} |"
+        )
+    lines += ["", "```bash", doc["command"], "```", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--twin", type=Path, default=ROOT / "bench" / "twins" / "twin_replay_deepseek-v2-lite.json"
+    )
+    ap.add_argument(
+        "--decode", type=Path, default=ROOT / "bench" / "results", help="decode_<shape>_twin.json"
+    )
+    ap.add_argument("--fractions", default="0.25,0.5,0.75")
+    ap.add_argument("--fit-fraction", type=float, default=0.5)
+    ap.add_argument("--attention-share", type=float, default=0.5)
+    ap.add_argument("--tokens", type=int, default=None, help="replay only the artefact's first N tokens")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    fractions = [float(x) for x in args.fractions.split(",")]
+    if args.fit_fraction not in fractions:
+        raise SystemExit("--fit-fraction must be one of --fractions")
+    doc = run(args.twin, args.decode, fractions, args.fit_fraction, args.attention_share, args.tokens)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"timeline_{doc['shape'].replace('-', '_')}"
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_md(doc, stem.with_suffix(".md"))
+    print(f"wrote {stem}.{{json,md}}")
+
+
+if __name__ == "__main__":
+    main()

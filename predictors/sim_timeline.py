@@ -1,0 +1,90 @@
+"""A per-layer clock for the simulator's replays: when each copy starts and ends, and how long a token takes,
+for segmented decode steps (the engine's path when misses are many: the host decides at segment boundaries).
+
+`replay(..., events=[])` (predictors.simulate) records, per step and MoE layer, how many copies the layer's
+tap issued (and for which layer) and how many demand copies its routing needed. `timeline_ms` then plays
+them against two resources, the GPU's compute stream and one host-to-device copy engine (FIFO):
+
+- layer l's tap, when a policy predicts there, ends a graph segment: the host decides (`decision_ms`) and
+  queues the predicted copies, which start when the copy engine is free;
+- the layer's attention and router (`attention_share` of the layer's resident time) run, then the host
+  decides again (`decision_ms`) and queues the layer's demand copies;
+- the layer's experts start when the router's decision is made and every copy for this layer (predicted
+  by an earlier tap or demanded now) has landed, and take the rest of the layer's resident time.
+
+A copy takes expert bytes / bandwidth. Fitted to one measured configuration through `decision_ms`
+(`fit_decision_ms`: the host's work at a boundary, launch and Python included, is not a number one can
+look up), the model's other predictions can be checked against the engine's measurements, and it says what
+issuing copies earlier (`MOE_ORACLE_AHEAD`, lookahead bundles) can buy before a GPU measures it. What it
+does not model: streamed steps, batches, copies slower while compute runs, and the predictor's own time.
+
+Imports nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Event = tuple[
+    int, int, int, int, int
+]  # (step, layer, tap target or -1, copies the tap issued, demand copies)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    step_ms: float  # the resident decode step (every expert on the GPU)
+    bandwidth_gbs: float  # host->device
+    decision_ms: float = 0.0  # host work at each segment boundary
+    attention_share: float = 0.5  # of a layer's resident time, before its experts
+
+
+def timeline_ms(
+    events: Sequence[Event], steps: int, num_layers: int, expert_bytes: int, tl: Timeline
+) -> float:
+    """Mean ms per step of the recorded events on the timeline (events in replay order)."""
+    if steps <= 0:
+        return 0.0
+    copy_ms = expert_bytes / (tl.bandwidth_gbs * 1e6)
+    layer_ms = tl.step_ms / num_layers
+    attn, experts = tl.attention_share * layer_ms, (1.0 - tl.attention_share) * layer_ms
+    t = copy_free = 0.0
+    ready = [0.0] * num_layers  # when every copy queued so far for a layer has landed
+    for _step, layer, target, issued, demand in events:
+        if target >= 0:  # the tap predicted: a segment boundary, then its copies queue
+            t += tl.decision_ms
+            if issued:
+                copy_free = max(copy_free, t) + issued * copy_ms
+                ready[target] = max(ready[target], copy_free)
+        t += attn + tl.decision_ms  # attention, router, the host's decision on its routing
+        if demand:
+            copy_free = max(copy_free, t) + demand * copy_ms
+            ready[layer] = max(ready[layer], copy_free)
+        t = max(t, ready[layer]) + experts
+    return t / steps
+
+
+def fit_decision_ms(
+    events: Sequence[Event],
+    steps: int,
+    num_layers: int,
+    expert_bytes: int,
+    tl: Timeline,
+    measured_ms: float,
+    hi: float = 5.0,
+) -> float | None:
+    """The `decision_ms` at which `timeline_ms` equals `measured_ms` (bisection; the time grows with it),
+    or None when no value in [0, hi] ms reaches it (the measurement is faster than the model allows)."""
+
+    def at(d: float) -> float:
+        return timeline_ms(
+            events, steps, num_layers, expert_bytes, Timeline(**{**tl.__dict__, "decision_ms": d})
+        )
+
+    if at(0.0) > measured_ms or at(hi) < measured_ms:
+        return None
+    lo = 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if at(mid) < measured_ms else (lo, mid)
+    return (lo + hi) / 2

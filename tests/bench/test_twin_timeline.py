@@ -1,0 +1,44 @@
+"""`bench/twin_timeline.py` on the committed DeepSeek-V2-Lite twin artefact and decode record (CPU, a few
+hundred tokens): the clock is fitted to the engine's `none` at 50%, every configuration gets a modelled time
+beside the engine's where it measured one, and the oracle issued ahead is among them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "twin_timeline.py"),
+        "--tokens",
+        "300",
+        "--out",
+        str(tmp_path),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((tmp_path / "timeline_deepseek_v2_lite.json").read_text())
+    assert doc["tokens"] == 300 and doc["routing"].startswith("twin-replayed")
+    policies = {"none", "exact", "oracle", "oracle+1", "oracle+2", "oracle+4"}
+    assert {(r["fraction"], r["policy"]) for r in doc["rows"]} == {
+        (f, p) for f in (0.25, 0.5, 0.75) for p in policies
+    }
+    fit = next(r for r in doc["rows"] if (r["fraction"], r["policy"]) == (0.5, "none"))
+    assert fit["model_ms"] == pytest.approx(fit["engine_ms"], rel=1e-6)  # the one fitted number
+    assert doc["clock"]["decision_ms"] > 0
+    for r in doc["rows"]:
+        assert r["model_ms"] > 0 and 0 <= r["hit_rate"] <= 1
+        if r["policy"] == "none":
+            assert r["model_ratio_to_none"] == 1.0
+        if r["policy"].startswith("oracle"):
+            assert r["engine_ms"] is not None or "+" in r["policy"]  # the engine ran the oracle, not ahead
+    md = (tmp_path / "timeline_deepseek_v2_lite.md").read_text()
+    assert "`oracle+1`" in md and "fitted: none at 50%" in md

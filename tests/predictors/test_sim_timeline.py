@@ -1,0 +1,63 @@
+"""The simulator's per-layer clock (`predictors.sim_timeline`) on hand-made events, its fit, and the events a
+replay records (they add up to the replay's counters)."""
+
+from __future__ import annotations
+
+import pytest
+
+from predictors.sim_policies import PolicyRun
+from predictors.sim_timeline import Timeline, fit_decision_ms, timeline_ms
+from predictors.simulate import replay
+from tests.sim_workloads import random_workload
+
+EB = 10_000_000  # bytes per expert: 0.2 ms at 50 GB/s
+TL = Timeline(step_ms=2.0, bandwidth_gbs=50.0, decision_ms=0.1, attention_share=0.5)  # 1 ms per layer
+
+
+def test_no_copies_is_the_resident_step_plus_the_decisions():
+    events = [(0, 0, -1, 0, 0), (0, 1, -1, 0, 0)]
+    assert timeline_ms(events, 1, 2, EB, TL) == pytest.approx(2.0 + 2 * 0.1)
+
+
+def test_demand_copies_wait_for_the_decision_and_stall_the_experts():
+    # layer 0: attention 0.5 + decision 0.1, two copies 0.4, experts 0.5; layer 1: 0.5 + 0.1 + 0.5
+    events = [(0, 0, -1, 0, 2), (0, 1, -1, 0, 0)]
+    assert timeline_ms(events, 1, 2, EB, TL) == pytest.approx(0.6 + 0.4 + 0.5 + 1.1)
+
+
+def test_a_prediction_one_layer_ahead_hides_its_copies_behind_the_layer_before():
+    # layer 0's tap (decision 0.1) queues layer 1's two copies (0.4, landing at 0.5) while layer 0 runs
+    # (0.1 + 0.6 + 0.5 = 1.2); layer 1 has no tap: 0.6 more, its experts need nothing new: 0.5
+    ahead = [(0, 0, 1, 2, 0), (0, 1, -1, 0, 0)]
+    late = [(0, 0, -1, 0, 0), (0, 1, -1, 0, 2)]  # the same copies demanded by layer 1's router
+    assert timeline_ms(ahead, 1, 2, EB, TL) == pytest.approx(1.2 + 1.1)
+    assert timeline_ms(late, 1, 2, EB, TL) == pytest.approx(1.1 + 0.6 + 0.4 + 0.5)
+    # copies longer than a layer still bound the time: the copy engine runs back to back
+    big = [(0, 0, 1, 20, 0), (0, 1, -1, 0, 0)]
+    assert timeline_ms(big, 1, 2, EB, TL) == pytest.approx(0.1 + 4.0 + 0.5)
+
+
+def test_the_fit_recovers_the_decision_time_and_refuses_what_no_decision_reaches():
+    events = [(s, layer, -1, 0, s % 3) for s in range(20) for layer in range(4)]
+    truth = Timeline(step_ms=2.0, bandwidth_gbs=50.0, decision_ms=0.237)
+    measured = timeline_ms(events, 20, 4, EB, truth)
+    got = fit_decision_ms(events, 20, 4, EB, Timeline(2.0, 50.0), measured)
+    assert got == pytest.approx(0.237, abs=1e-6)
+    assert fit_decision_ms(events, 20, 4, EB, Timeline(2.0, 50.0), 0.5) is None  # faster than any model
+
+
+def test_a_replay_records_events_that_add_up_to_its_counters():
+    w = random_workload(3)
+    for run in (
+        PolicyRun("none", "none"),
+        PolicyRun("oracle", "oracle"),
+        PolicyRun("oracle", "oracle+1", shift=1),
+    ):
+        events: list = []
+        c = replay(w, 12, "lru", run, events=events)
+        assert len(events) == w.steps * w.num_layers
+        assert sum(e[4] for e in events) == sum(c.misses)
+        assert sum(e[3] for e in events) == sum(c.prefetch_issued)
+        taps = {e[1] for e in events if e[2] >= 0}
+        assert taps == (set() if run.name == "none" else set(range(w.num_layers - run.shift)))
+        assert all(e[2] == e[1] + run.shift for e in events if e[2] >= 0)

@@ -13,7 +13,9 @@ between attention and experts, and the host's decision at each segment boundary 
 the fit cache (50%) takes what the engine measured. The other configurations' predicted ms per token are
 then set beside the engine's (`decode_<shape>_twin.json`, the same twin only), and the ratios to `none`
 say what lookahead can gain at best (the oracle ahead) on this routing. Writes
-`<out>/timeline_<shape>.{json,md}`. Imports numpy and `predictors` (through `bench.twin_eviction`).
+`<out>/timeline_<shape>.{json,md}`. Every configuration runs under LRU and LFU (`MOE_EVICTION`), so the
+table also says what the two mechanisms give together. Imports numpy and `predictors` (through
+`bench.twin_eviction`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def configurations(w, pred) -> dict[str, PolicyRun]:
     return out
 
 
+def lfu_measured(decode_dir: Path, shape: str, artefact: dict) -> dict:
+    """{(fraction, policy): (tok/s, hit)} of the LFU sweep of the same twin (`decode_<shape>_lfu.json`)."""
+    path = decode_dir / f"decode_{shape.replace('-', '_')}_lfu.json"
+    if not path.exists():
+        return {}
+    dec = json.loads(path.read_text())
+    if dec.get("replay", {}).get("twin_fingerprint") != artefact.get("twin_fingerprint"):
+        return {}
+    return engine_measured(dec)[0]
+
+
 def run(
     twin: Path,
     decode_dir: Path,
@@ -52,6 +65,7 @@ def run(
     fit_fraction: float,
     share: float,
     tokens: int | None,
+    evictions: tuple[str, ...] = ("lru", "lfu"),
 ) -> dict:
     artefact = json.loads(twin.read_text())
     shape = artefact["shape"].removeprefix("twin_replay_")
@@ -59,6 +73,7 @@ def run(
     if decode is None:
         raise SystemExit(f"{shape}: no decode record of this twin in {decode_dir} to fit the clock to")
     measured, tm, where = engine_measured(decode)
+    by_eviction = {"lru": measured, "lfu": lfu_measured(decode_dir, shape, artefact)}
     if (1.0, "none") not in measured:
         raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
     w, pred, _ = workload(twin.with_suffix(".npz"), tokens)
@@ -68,14 +83,17 @@ def run(
     rows, t0 = [], time.monotonic()
     for f in fractions:
         slots = max(w.top_k, round(f * w.total_experts))
-        for name, pr in runs.items():
-            events: list = []
-            c = replay(w, slots, "lru", pr, preload_full=False, events=events)
-            rows.append(
-                {"fraction": f, "slots": slots, "policy": name, "events": events, "copies": sum(e[3] + e[4] for e in events),
-                 "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests))}
-            )  # fmt: skip
-    fit = next(r for r in rows if r["fraction"] == fit_fraction and r["policy"] == "none")
+        for ev in evictions:
+            for name, pr in runs.items():
+                events: list = []
+                c = replay(w, slots, ev, pr, preload_full=False, events=events)
+                rows.append(
+                    {"fraction": f, "eviction": ev, "slots": slots, "policy": name, "events": events,
+                     "copies": sum(e[3] + e[4] for e in events), "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests))}
+                )  # fmt: skip
+    fit = next(
+        r for r in rows if (r["fraction"], r["eviction"], r["policy"]) == (fit_fraction, "lru", "none")
+    )
     target = 1e3 / measured[(fit_fraction, "none")][0]
     decision = fit_decision_ms(fit["events"], w.steps, w.num_layers, eb, base, target)
     if decision is None:
@@ -83,11 +101,13 @@ def run(
     tl = Timeline(**{**base.__dict__, "decision_ms": decision})
     for r in rows:
         r["model_ms"] = timeline_ms(r.pop("events"), w.steps, w.num_layers, eb, tl)
-        m = measured.get((r["fraction"], r["policy"]))
+        m = by_eviction.get(r["eviction"], {}).get((r["fraction"], r["policy"]))
         r["engine_ms"] = 1e3 / m[0] if m else None
         r["copies_per_token"] = r.pop("copies") / w.steps
-    for r in rows:
-        none = next(x for x in rows if x["fraction"] == r["fraction"] and x["policy"] == "none")
+    for r in rows:  # over LRU's none at the same cache: what the eviction and the policy give together
+        none = next(
+            x for x in rows if (x["fraction"], x["eviction"], x["policy"]) == (r["fraction"], "lru", "none")
+        )
         r["model_ratio_to_none"] = none["model_ms"] / r["model_ms"]
         r["engine_ratio_to_none"] = (
             none["engine_ms"] / r["engine_ms"] if r["engine_ms"] and none["engine_ms"] else None
@@ -108,7 +128,10 @@ def run(
 
 def write_md(doc: dict, path: Path) -> None:
     c = doc["clock"]
-    head = "| cache | policy | hit | copies / token | model ms/tok | × none (model) | engine ms/tok | × none (engine) |"
+    head = (
+        "| cache | eviction | policy | hit | copies / token | model ms/tok | × LRU none (model) | engine ms/tok "
+        "| × LRU none (engine) |"
+    )
     lines = [
         f"# The per-layer clock on the {doc['shape']} twin's routing",
         "",
@@ -116,16 +139,18 @@ def write_md(doc: dict, path: Path) -> None:
         f"step {c['step_ms']:.2f} ms split {c['attention_share']:.0%} attention, one copy engine at "
         f"{c['bandwidth_gbs']:.1f} GB/s, the host's decision at each segment boundary {c['decision_ms']:.3f} ms, "
         f"fitted: {c['fit']} ({c['source']}). `oracle+d`: the oracle issued d MoE layers ahead (MOE_ORACLE_AHEAD). "
-        "Engine columns: the twin-replayed decode run of the same twin where it measured that configuration.",
+        "Engine columns: the twin-replayed decode runs of the same twin (LRU and LFU sweeps) where they measured "
+        "that configuration; both ratios are over LRU's `none` at the same cache.",
         "",
         head,
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         eng = "—" if r["engine_ms"] is None else f"{r['engine_ms']:.2f}"
         er = "—" if r["engine_ratio_to_none"] is None else f"{r['engine_ratio_to_none']:.2f}"
         lines.append(
-            f"| {100 * r['fraction']:g}% | `{r['policy']}` | {100 * r['hit_rate']:.1f}% | {r['copies_per_token']:.1f} | "
+            f"| {100 * r['fraction']:g}% | {r['eviction']} | `{r['policy']}` | {100 * r['hit_rate']:.1f}% | "
+            f"{r['copies_per_token']:.1f} | "
             f"{r['model_ms']:.2f} | {r['model_ratio_to_none']:.2f} | {eng} | {er} |"
         )
     lines += ["", "```bash", doc["command"], "```", ""]

@@ -28,17 +28,19 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
     doc = json.loads((tmp_path / "timeline_deepseek_v2_lite.json").read_text())
     assert doc["tokens"] == 300 and doc["routing"].startswith("twin-replayed")
     policies = {"none", "exact", "oracle", "oracle+1", "oracle+2", "oracle+4"}
-    assert {(r["fraction"], r["policy"]) for r in doc["rows"]} == {
-        (f, p) for f in (0.25, 0.5, 0.75) for p in policies
+    assert {(r["fraction"], r["eviction"], r["policy"]) for r in doc["rows"]} == {
+        (f, e, p) for f in (0.25, 0.5, 0.75) for e in ("lru", "lfu") for p in policies
     }
-    fit = next(r for r in doc["rows"] if (r["fraction"], r["policy"]) == (0.5, "none"))
+    fit = next(r for r in doc["rows"] if (r["fraction"], r["eviction"], r["policy"]) == (0.5, "lru", "none"))
     assert fit["model_ms"] == pytest.approx(fit["engine_ms"], rel=1e-6)  # the one fitted number
     assert doc["clock"]["decision_ms"] > 0
     for r in doc["rows"]:
         assert r["model_ms"] > 0 and 0 <= r["hit_rate"] <= 1
-        if r["policy"] == "none":
+        if (r["eviction"], r["policy"]) == ("lru", "none"):
             assert r["model_ratio_to_none"] == 1.0
-        if r["policy"].startswith("oracle"):
+        if r["policy"].startswith("oracle") and r["eviction"] == "lru":
             assert r["engine_ms"] is not None or "+" in r["policy"]  # the engine ran the oracle, not ahead
+    lfu = next(r for r in doc["rows"] if (r["fraction"], r["eviction"], r["policy"]) == (0.5, "lfu", "none"))
+    assert lfu["engine_ms"] is not None  # the LFU sweep of the same call (decode_deepseek_v2_lite_lfu.json)
     md = (tmp_path / "timeline_deepseek_v2_lite.md").read_text()
     assert "`oracle+1`" in md and "fitted: none at 50%" in md

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from predictors.sim_policies import PolicyRun
+from predictors.sim_timeline import Clock, Timeline
 from predictors.simulate import CacheSize, TimeModel, Workload, replay, smallest_cache, summarize
 
 
@@ -61,7 +62,13 @@ def sweep(
     with bar:
         task = bar.add_task("simulate", total=w.steps * len(sizes) * len(combos))
 
-        def hit_at(slots: int, eviction: str, run: PolicyRun) -> dict:
+        def hit_at(slots: int, eviction: str, run: PolicyRun, timed: bool = False) -> dict:
+            clock = None
+            if timed and expert_bytes:
+                tl = Timeline(
+                    cfg.time.step_ms, cfg.time.bandwidth_gbs, cfg.time.decision_ms, cfg.time.attention_share
+                )
+                clock = Clock(w.num_layers, expert_bytes, tl)
             counters = replay(
                 w,
                 slots,
@@ -69,13 +76,15 @@ def sweep(
                 run,
                 lfu_half_life=cfg.lfu_half_life,
                 on_steps=lambda n: bar.advance(task, n),
+                events=clock,
             )
-            return summarize(counters, w.steps, expert_bytes, cfg.time)
+            s = summarize(counters, w.steps, expert_bytes, cfg.time)
+            return s | ({"clock_ms": clock.ms(w.steps)} if clock is not None else {})
 
         for eviction, run in combos:
             known: dict[int, float] = {}
             for size in sizes:
-                s = hit_at(size.slots, eviction, run)
+                s = hit_at(size.slots, eviction, run, timed=True)
                 known[size.slots] = s[cfg.target_metric]
                 rows.append(_row(w, size, eviction, run, s, expert_bytes))
             if cfg.target_hit is not None:
@@ -101,6 +110,8 @@ def sweep(
             **asdict(cfg.time),
             "overlap_ms": "max(step_ms, bytes_per_token / bandwidth): every copy hidden behind compute",
             "serial_ms": "step_ms + misses_per_token * expert_bytes / bandwidth: prefetches hidden, misses stall",
+            "clock_ms": "per-layer clock of segmented steps (predictors.sim_timeline): one copy engine, decision_ms "
+            "of host work at each segment boundary, attention_share of each layer before its experts",
         },
         "lfu_half_life_tokens": cfg.lfu_half_life,
         "policies": {r.label: {"policy": r.name, **r.params} for r in runs},
@@ -151,7 +162,7 @@ def result_table(doc: dict) -> Table:
         f"{doc['num_experts']} experts, top-{doc['top_k']}"
     )
     cols = ["slots", "cache %", "GB", "evict", "policy", "hit %", "res %", "miss/tok", "pf/tok", "waste %"]
-    cols += ["MB/tok", "overlap ms", "serial ms"] if timed else []
+    cols += ["MB/tok", "overlap ms", "serial ms", "clock ms"] if timed else []
     for col in cols:
         t.add_column(col, justify="left" if col in ("evict", "policy") else "right")
     for r in doc["results"]:
@@ -169,6 +180,7 @@ def result_table(doc: dict) -> Table:
         ]
         if timed:
             cells += [f"{r['bytes_per_token'] / 1e6:.1f}", f"{r['overlap_ms']:.2f}", f"{r['serial_ms']:.2f}"]
+            cells += [f"{r['clock_ms']:.2f}" if r.get("clock_ms") is not None else "-"]
         t.add_row(*cells)
     return t
 

@@ -39,29 +39,44 @@ class Timeline:
     attention_share: float = 0.5  # of a layer's resident time, before its experts
 
 
+class Clock:
+    """The timeline played as events arrive (`replay(..., events=Clock(...))`: it only appends), in O(layers)
+    memory, so a long trace needs no event list."""
+
+    def __init__(self, num_layers: int, expert_bytes: int, tl: Timeline) -> None:
+        self.copy_ms = expert_bytes / (tl.bandwidth_gbs * 1e6)
+        layer_ms = tl.step_ms / num_layers
+        self.attn, self.experts = tl.attention_share * layer_ms, (1.0 - tl.attention_share) * layer_ms
+        self.decision = tl.decision_ms
+        self.t = self.copy_free = 0.0
+        self.ready = [0.0] * num_layers  # when every copy queued so far for a layer has landed
+
+    def append(self, event: Event) -> None:
+        _step, layer, target, issued, demand = event
+        if target >= 0:  # the tap predicted: a segment boundary, then its copies queue
+            self.t += self.decision
+            if issued:
+                self.copy_free = max(self.copy_free, self.t) + issued * self.copy_ms
+                self.ready[target] = max(self.ready[target], self.copy_free)
+        self.t += self.attn + self.decision  # attention, router, the host's decision on its routing
+        if demand:
+            self.copy_free = max(self.copy_free, self.t) + demand * self.copy_ms
+            self.ready[layer] = max(self.ready[layer], self.copy_free)
+        self.t = max(self.t, self.ready[layer]) + self.experts
+
+    def ms(self, steps: int) -> float:
+        """Mean ms per step so far."""
+        return self.t / steps if steps > 0 else 0.0
+
+
 def timeline_ms(
     events: Sequence[Event], steps: int, num_layers: int, expert_bytes: int, tl: Timeline
 ) -> float:
     """Mean ms per step of the recorded events on the timeline (events in replay order)."""
-    if steps <= 0:
-        return 0.0
-    copy_ms = expert_bytes / (tl.bandwidth_gbs * 1e6)
-    layer_ms = tl.step_ms / num_layers
-    attn, experts = tl.attention_share * layer_ms, (1.0 - tl.attention_share) * layer_ms
-    t = copy_free = 0.0
-    ready = [0.0] * num_layers  # when every copy queued so far for a layer has landed
-    for _step, layer, target, issued, demand in events:
-        if target >= 0:  # the tap predicted: a segment boundary, then its copies queue
-            t += tl.decision_ms
-            if issued:
-                copy_free = max(copy_free, t) + issued * copy_ms
-                ready[target] = max(ready[target], copy_free)
-        t += attn + tl.decision_ms  # attention, router, the host's decision on its routing
-        if demand:
-            copy_free = max(copy_free, t) + demand * copy_ms
-            ready[layer] = max(ready[layer], copy_free)
-        t = max(t, ready[layer]) + experts
-    return t / steps
+    clock = Clock(num_layers, expert_bytes, tl)
+    for e in events:
+        clock.append(e)
+    return clock.ms(steps)
 
 
 def fit_decision_ms(

@@ -16,9 +16,11 @@ What it does not model: batches of several sequences (a trace replays one stream
 within a step (the time model below is two bounds), streamed decode steps (host reads, fills landing a
 few steps later), prefill of the traced prompts (a trace replays prompt tokens as decode steps).
 
-Time per token is modelled two ways from a resident step time and a host->device bandwidth:
+Time per token is modelled three ways from a resident step time and a host->device bandwidth:
 `overlap_ms` = max(step, all copied bytes / bandwidth) (every copy hidden behind compute: the PCIe floor);
-`serial_ms` = step + demand misses x expert bytes / bandwidth (prefetches hidden, each miss stalls).
+`serial_ms` = step + demand misses x expert bytes / bandwidth (prefetches hidden, each miss stalls);
+`clock_ms`, the per-layer clock of segmented steps (`predictors.sim_timeline`: one copy engine, the host's
+decision at each segment boundary), which alone sees when a copy was issued (lookahead, the oracle ahead).
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ def replay(
 class TimeModel:
     step_ms: float = 4.6  # resident decode step (Qwen3-30B-A3B shape, engine, H200)
     bandwidth_gbs: float = 55.0  # pinned host->device (H200, PCIe gen5 x16)
+    # the clock's (predictors.sim_timeline): the host's work at each segment boundary of a segmented step,
+    # fitted on the DeepSeek-V2-Lite twin on an H200 (bench/twin_timeline.py), and attention's share of a step
+    decision_ms: float = 0.277
+    attention_share: float = 0.5
 
 
 def summarize(counters, steps: int, expert_bytes: int | None, tm: TimeModel) -> dict:

@@ -97,6 +97,15 @@ def simulate(
     step_ms: Annotated[
         float, typer.Option(help="Resident decode step in ms (Qwen3-30B-A3B shape on an H200: 4.6).")
     ] = 4.6,
+    decision_ms: Annotated[
+        float,
+        typer.Option(
+            help="The clock's host work per segment boundary, ms (fitted on the DeepSeek-V2-Lite twin, H200: 0.277)."
+        ),
+    ] = 0.277,
+    attention_share: Annotated[
+        float, typer.Option(help="The clock's share of each layer's resident time before its experts.")
+    ] = 0.5,
     target_hit: Annotated[
         float | None, typer.Option(help="Print the smallest cache reaching this hit rate, e.g. 0.9.")
     ] = None,
@@ -127,6 +136,10 @@ def simulate(
         raise typer.BadParameter("give exactly one of --traces DIR or --routing FILE", param_hint="--traces")
     if target_hit is not None and not 0.0 < target_hit <= 1.0:
         raise typer.BadParameter("a hit rate in (0, 1]", param_hint="--target-hit")
+    if not 0.0 <= attention_share <= 1.0:
+        raise typer.BadParameter("a share in [0, 1]", param_hint="--attention-share")
+    if decision_ms < 0:
+        raise typer.BadParameter("0 or more milliseconds", param_hint="--decision-ms")
     evictions = _names(eviction, EVICTIONS, "--eviction")
     asked = _names(policies, POLICIES, "--policies")
     try:
@@ -155,7 +168,7 @@ def simulate(
         cfg = SweepConfig(
             evictions=tuple(evictions) or DEFAULT_EVICTIONS,
             lfu_half_life=lfu_half_life,
-            time=TimeModel(step_ms=step_ms, bandwidth_gbs=bandwidth_gbs),
+            time=TimeModel(step_ms, bandwidth_gbs, decision_ms, attention_share),
             target_hit=target_hit,
             target_metric="resident_hit_rate" if target_metric is TargetMetric.resident else "hit_rate",
             progress=progress,
@@ -173,7 +186,8 @@ def simulate(
     if expert_bytes:
         wide.print(
             f"expert {expert_bytes / 1e6:.2f} MB; overlap ms = max(step {step_ms} ms, MB/tok / {bandwidth_gbs} GB/s) "
-            "(copies hidden behind compute); serial ms = step + misses x expert / bandwidth (misses stall)"
+            "(copies hidden behind compute); serial ms = step + misses x expert / bandwidth (misses stall); clock ms = "
+            f"segmented steps on one copy engine, {decision_ms} ms per segment boundary (docs/simulate.md)"
         )
     else:
         console.print("no expert size (--expert-mb or --model): bytes and modelled times left out")

@@ -47,6 +47,8 @@ def test_traces_with_a_bundle_write_json_png_and_the_capacity_answer(tiny, tmp_p
     for row in doc["results"]:
         assert 0.0 <= row["resident_hit_rate"] <= row["hit_rate"] <= 1.0
         assert row["overlap_ms"] >= 4.6 and row["serial_ms"] >= 4.6
+        # the clock: the resident step, a decision at every router (and every predicting tap), and the copies
+        assert row["clock_ms"] >= 4.6 + 3 * 0.277 - 1e-9
         c = row["counts"]
         assert row["bytes_per_token"] == pytest.approx((c["misses"] + c["prefetch_issued"]) * 9.4e6 / 90)
         if row["slots"] == 24:  # every expert fits: preloaded, as the server does
@@ -59,7 +61,34 @@ def test_traces_with_a_bundle_write_json_png_and_the_capacity_answer(tiny, tmp_p
     assert oracle["slots"] >= lru_none["slots"]  # prefetch hits do not count as resident hits
     assert lru_none["gigabytes"] == pytest.approx(lru_none["slots"] * 9.4e-3)
     assert "smallest cache reaching 60% resident hits" in r.output and "MOE_EXPERT_CACHE_GB=" in r.output
-    assert "overlap ms" in r.output and "serial ms" in r.output
+    assert "overlap ms" in r.output and "serial ms" in r.output and "clock ms" in r.output
+    assert doc["time_model"]["decision_ms"] == 0.277 and "clock_ms" in doc["time_model"]
+    full = next(
+        x for x in doc["results"] if x["slots"] == 24 and x["eviction"] == "lru" and x["policy"] == "none"
+    )
+    assert full["clock_ms"] == pytest.approx(4.6 + 3 * 0.277)  # nothing to copy, three routers to decide
+
+
+def test_the_clock_takes_its_settings_and_refuses_a_share_outside_zero_to_one(tiny, tmp_path):
+    traces, _ = tiny
+    common = [
+        "--traces",
+        traces,
+        "--policies",
+        "none",
+        "--eviction",
+        "lru",
+        "--fractions",
+        "1.0",
+        "--expert-mb",
+        "9.4",
+    ]
+    r = _invoke(*common, "--decision-ms", "0", "--step-ms", "3", "--out", tmp_path, "--no-progress")
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((tmp_path / "simulate.json").read_text())["results"]
+    assert row["clock_ms"] == pytest.approx(3.0)
+    r = _invoke(*common, "--attention-share", "1.5", "--no-progress")
+    assert r.exit_code == 2 and "--attention-share" in r.output
 
 
 def test_a_routing_recording_replays_none_and_oracle_and_refuses_predictor_policies(tmp_path):

@@ -213,8 +213,8 @@ class ExpertCache:
                         f"expert cache: {len(ids)} experts asked at once, {self.capacity} slots, "
                         f"{self.pinned_slots()} pinned"
                     )
+                self._slots.use(key)  # a routed use, counted before the order takes the key in (LFU)
                 self._install(key, slot)
-                self._slots.touch(key)  # a routed use (LFU counts it)
                 self._copy_in(key, slot)
                 kinds.append(MISS)
                 c.misses[layer] += 1

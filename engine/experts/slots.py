@@ -109,7 +109,8 @@ class SlotPool:
         self.order.touch(key, self.now, routed)
 
     def use(self, key: Key) -> None:
-        """`key`, not resident, was routed and read from host memory (LFU counts the use)."""
+        """`key`, not resident, was routed: a miss about to be installed, or read from host memory by a
+        streamed step (LFU counts the use; LRU orders by insertion and touches only)."""
         self.order.use(key, self.now)
 
     def pin(self, slot: int) -> None:

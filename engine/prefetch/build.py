@@ -65,14 +65,18 @@ def load_predictors(path: str, model, layers: list, device: torch.device, dtype:
         bank, manifest = load_bundle(path, expected_fingerprint=model_fingerprint(model))
     except (FileNotFoundError, ValueError) as err:
         raise EngineError(f"MOE_PREDICTORS: {err}") from None
-    ahead = distance(manifest)
-    if len(bank) + ahead != len(layers):
-        raise EngineError(
-            f"predictor bundle {path} has {len(bank)} layers"
-            + (f" predicting {ahead} MoE layers ahead" if ahead else "")
-            + f", the model has {len(layers)} MoE layers"
-        )
+    check_depth(f"predictor bundle {path}", len(bank), distance(manifest), len(layers))
     return bank.to(device=device, dtype=dtype).eval(), manifest
+
+
+def check_depth(what: str, predictors: int, ahead: int, moe_layers: int) -> None:
+    """A bank predicting `ahead` MoE layers ahead has one predictor per MoE layer but the last `ahead`."""
+    if predictors + ahead != moe_layers:
+        raise EngineError(
+            f"{what} has {predictors} layers"
+            + (f" predicting {ahead} ahead" if ahead else "")
+            + f", the model has {moe_layers} MoE layers"
+        )
 
 
 def build_prefetcher(
@@ -106,36 +110,34 @@ def build_prefetcher(
         ahead = config.oracle_ahead
         if ahead >= len(layers):
             raise EngineError(f"MOE_ORACLE_AHEAD={ahead}: the model has {len(layers)} MoE layers")
-        # Layers l+1 .. l+d hold their pins while layer l acquires: leave it room for a full top-k (as
-        # crosslayer does for d = 1), the rest shared by the d layers ahead.
-        limit = max(0, cache.capacity - om.top_k) // ahead if ahead else None
         return Prefetcher(
             layers,
             cache,
             None,
             shift=ahead,
             replay=replay,
-            limit=limit,
+            limit=ahead_limit(cache.capacity, om.top_k, ahead),
             on_latency=on_latency,
             threaded=False,
         ).install()
     if name == "crosslayer":
         policy = build_policy(name, om.top_k, num_experts)
-        limit = ahead_limit(cache.capacity, om.top_k, 1)
         pf = Prefetcher(
             layers,
             cache,
             policy,
             _router_scorer(layers),
             shift=1,
-            limit=limit,
+            limit=ahead_limit(cache.capacity, om.top_k, 1),
             on_latency=on_latency,
             threaded=threaded,
         )
     else:
         if bank is None:
             path = resolve_bundle(name, config.predictors, builtin_bundle)
-            bank, manifest = load_predictors(path, om.model, layers, om.device, om.dtype)
+            bank, manifest = load_predictors(path, om.model, layers, om.device, om.dtype)  # checked there
+        else:
+            check_depth("the predictor bank", len(bank), distance(manifest), len(layers))
         policy = build_policy(
             name,
             om.top_k,
@@ -146,11 +148,6 @@ def build_prefetcher(
             loss=(manifest or {}).get("loss", "wbce"),
         )
         ahead = distance(manifest)
-        if len(bank) + ahead != len(layers):
-            raise EngineError(
-                f"the predictor bank has {len(bank)} layers predicting {ahead} ahead, the model has "
-                f"{len(layers)} MoE layers"
-            )
         pf = Prefetcher(
             layers,
             cache,

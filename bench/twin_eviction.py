@@ -129,10 +129,11 @@ def engine_measured(decode: dict | None) -> tuple[dict, TimeModel, str]:
     return out, tm, where
 
 
-def current_decode(decode_dir: Path, shape: str, artefact: dict) -> dict | None:
-    """The shape's twin-replayed decode record, if it replayed this artefact's twin (the same fingerprint);
-    a record of an earlier twin of the shape says nothing about this one."""
-    path = decode_dir / f"decode_{shape.replace('-', '_')}_twin.json"
+def current_decode(decode_dir: Path, shape: str, artefact: dict, kind: str = "twin") -> dict | None:
+    """The shape's twin-replayed decode record `decode_<shape>_<kind>.json` (`twin`: the LRU sweep, `lfu`:
+    the LFU one), if it replayed this artefact's twin (the same fingerprint); a record of an earlier twin of
+    the shape says nothing about this one."""
+    path = decode_dir / f"decode_{shape.replace('-', '_')}_{kind}.json"
     if not path.exists():
         return None
     decode = json.loads(path.read_text())

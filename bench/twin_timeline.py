@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.twin_eviction import current_decode, engine_measured, policy_runs, workload  # noqa: E402
 from predictors.sim_inputs import model_shape  # noqa: E402
 from predictors.sim_policies import PolicyRun  # noqa: E402
-from predictors.sim_timeline import Timeline, fit_decision_ms, timeline_ms  # noqa: E402
+from predictors.sim_timeline import Clock, Timeline, fit_decision_ms  # noqa: E402
 from predictors.simulate import replay  # noqa: E402
 
 AHEAD = (1, 2, 4)
@@ -45,17 +45,6 @@ def configurations(w, pred) -> dict[str, PolicyRun]:
         if d < w.num_layers:
             out[f"oracle+{d}"] = PolicyRun("oracle", f"oracle+{d}", shift=d)
     return out
-
-
-def lfu_measured(decode_dir: Path, shape: str, artefact: dict) -> dict:
-    """{(fraction, policy): (tok/s, hit)} of the LFU sweep of the same twin (`decode_<shape>_lfu.json`)."""
-    path = decode_dir / f"decode_{shape.replace('-', '_')}_lfu.json"
-    if not path.exists():
-        return {}
-    dec = json.loads(path.read_text())
-    if dec.get("replay", {}).get("twin_fingerprint") != artefact.get("twin_fingerprint"):
-        return {}
-    return engine_measured(dec)[0]
 
 
 def run(
@@ -73,37 +62,40 @@ def run(
     if decode is None:
         raise SystemExit(f"{shape}: no decode record of this twin in {decode_dir} to fit the clock to")
     measured, tm, where = engine_measured(decode)
-    by_eviction = {"lru": measured, "lfu": lfu_measured(decode_dir, shape, artefact)}
+    lfu = current_decode(decode_dir, shape, artefact, "lfu")
+    by_eviction = {"lru": measured, "lfu": engine_measured(lfu)[0] if lfu else {}}
     if (1.0, "none") not in measured:
         raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
     w, pred, _ = workload(twin.with_suffix(".npz"), tokens)
     eb = model_shape(shape).expert_bytes
     base = Timeline(step_ms=tm.step_ms, bandwidth_gbs=tm.bandwidth_gbs, attention_share=share)
     runs = configurations(w, pred)
-    rows, t0 = [], time.monotonic()
+    t0 = time.monotonic()
+    # the fit first, on one configuration's events; every other replay then runs on the fitted clock as it
+    # goes (a Clock holds one number per layer, not the replay's events)
+    fit_slots = max(w.top_k, round(fit_fraction * w.total_experts))
+    events: list = []
+    replay(w, fit_slots, "lru", runs["none"], preload_full=False, events=events)
+    target = 1e3 / measured[(fit_fraction, "none")][0]
+    decision = fit_decision_ms(events, w.steps, w.num_layers, eb, base, target)
+    if decision is None:
+        raise SystemExit(f"{shape}: no host decision time makes the clock reach the measured {target:.2f} ms")
+    del events
+    tl = Timeline(**{**base.__dict__, "decision_ms": decision})
+    rows = []
     for f in fractions:
         slots = max(w.top_k, round(f * w.total_experts))
         for ev in evictions:
             for name, pr in runs.items():
-                events: list = []
-                c = replay(w, slots, ev, pr, preload_full=False, events=events)
+                clock = Clock(w.num_layers, eb, tl)
+                c = replay(w, slots, ev, pr, preload_full=False, events=clock)
+                m = by_eviction.get(ev, {}).get((f, name))
                 rows.append(
-                    {"fraction": f, "eviction": ev, "slots": slots, "policy": name, "events": events,
-                     "copies": sum(e[3] + e[4] for e in events), "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests))}
+                    {"fraction": f, "eviction": ev, "slots": slots, "policy": name,
+                     "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests)),
+                     "model_ms": clock.ms(w.steps), "engine_ms": 1e3 / m[0] if m else None,
+                     "copies_per_token": (sum(c.misses) + sum(c.prefetch_issued)) / w.steps}
                 )  # fmt: skip
-    fit = next(
-        r for r in rows if (r["fraction"], r["eviction"], r["policy"]) == (fit_fraction, "lru", "none")
-    )
-    target = 1e3 / measured[(fit_fraction, "none")][0]
-    decision = fit_decision_ms(fit["events"], w.steps, w.num_layers, eb, base, target)
-    if decision is None:
-        raise SystemExit(f"{shape}: no host decision time makes the clock reach the measured {target:.2f} ms")
-    tl = Timeline(**{**base.__dict__, "decision_ms": decision})
-    for r in rows:
-        r["model_ms"] = timeline_ms(r.pop("events"), w.steps, w.num_layers, eb, tl)
-        m = by_eviction.get(r["eviction"], {}).get((r["fraction"], r["policy"]))
-        r["engine_ms"] = 1e3 / m[0] if m else None
-        r["copies_per_token"] = r.pop("copies") / w.steps
     for r in rows:  # over LRU's none at the same cache: what the eviction and the policy give together
         none = next(
             x for x in rows if (x["fraction"], x["eviction"], x["policy"]) == (r["fraction"], "lru", "none")

@@ -17,8 +17,12 @@ torch-free.
 In a batched decode step the masks of every constrained row are computed together by `BatchMasks`,
 right after the step is launched (so the host computes them while the device runs the step): one
 llguidance call fills all rows, one copy takes them to the device and one expansion makes them
-boolean. Measured on an H200 (bench/results/grammar_cost.json): mask by mask, row by row, the cost grew
-with the batch; on a helper thread started before the step, the thread hand-off cost more than it hid.
+boolean. On a CUDA device the copy (from pinned memory) and the expansion run on a side stream, beside
+the step, and the sampler's stream waits for them with an event: neither the host nor the step waits for
+the other. Measured on an H200 (bench/results/grammar/): mask by mask, row by row, the cost grew with the
+batch; on a helper thread started before the step, the thread hand-off cost more than it hid; with the
+copy from pageable memory on the step's stream, the host blocked until the step ended and the expansion
+ran after it (bench/grammar_profile.py).
 """
 
 from __future__ import annotations
@@ -166,6 +170,7 @@ class BatchMasks:
         self._words = (vocab_size + 31) // 32
         self._executor = None
         self._bits = None  # int32 [rows, W] host buffer, grown as needed
+        self._side = None  # CUDA only: (device, side stream, pinned int32 [rows, W], event of its last copy)
 
     def _fill(self, matchers: list[Matcher]):
         import torch
@@ -185,5 +190,35 @@ class BatchMasks:
         return bits
 
     def allowed(self, matchers: list[Matcher], device=None):
-        """Bool [n, V] on `device` (default: the host); raises what llguidance raised."""
-        return expand_bits(self._fill(matchers), self.vocab_size, device)
+        """Bool [n, V] on `device` (default: the host); raises what llguidance raised. On a CUDA device the
+        result is ready on the current stream (it waits for the side stream's copy and expansion)."""
+        import torch
+
+        bits = self._fill(matchers)
+        if device is None or torch.device(device).type != "cuda":
+            return expand_bits(bits, self.vocab_size, device)
+        return self._beside(bits, torch.device(device))
+
+    def _beside(self, bits, device):
+        """The words to `device` and their expansion on a side stream, so they run while the step already
+        queued on the current stream runs; the current stream then waits for them (an event, no host sync)."""
+        import torch
+
+        n = bits.shape[0]
+        if self._side is None or self._side[0] != device or self._side[2].shape[0] < n:
+            rows = max(n, self._bits.shape[0])
+            pinned = torch.zeros((rows, self._words), dtype=torch.int32, pin_memory=True)
+            self._side = (device, torch.cuda.Stream(device), pinned, None)
+        _, side, pinned, last = self._side
+        if last is not None:  # the previous copy out of the pinned words is done before they are rewritten
+            last.synchronize()
+        pinned[:n].copy_(bits)
+        main = torch.cuda.current_stream(device)
+        with torch.cuda.stream(side):
+            allowed = expand_bits(pinned[:n].to(device, non_blocking=True), self.vocab_size)
+            done = torch.cuda.Event()
+            done.record(side)
+        main.wait_event(done)
+        allowed.record_stream(main)  # made on the side stream, used on the main one
+        self._side = (device, side, pinned, done)
+        return allowed

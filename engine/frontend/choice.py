@@ -40,7 +40,7 @@ def choose(
             if seq.matcher is not None:  # grammar-constrained: only the tokens it allows can be drawn
                 if allowed is None:
                     allowed = seq.matcher.allowed(logits.device)
-                logits = logits.masked_fill(~allowed, float("-inf"))
+                logits = torch.where(allowed, logits, float("-inf"))  # one kernel, not a negation and a fill
             seq.sampling = state_for(seq.sampling, seq.params, seq.prompt_ids, logits)
             pending.append((c, raw, draw(logits, seq.params, seq.generator, seq.sampling)))
         except Exception as err:

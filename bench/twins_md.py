@@ -92,10 +92,16 @@ def _md_routing(data: dict) -> list[str]:
     ]
     off = [t for t in data["twins"].values() if t["verdict"]["kind"] != "close"]
     if off:
+        blind = [t["real"] for t in off if t["training"]["aux"] == "transformers"]
         lines.append(
-            f"- What would bring {', '.join(t['real'] for t in off)} closer: more tokens. Their loss was "
-            "still falling when the call's time ran out; a run that resumes training across device calls "
-            "(not built) or a narrower twin (more tokens per second) are the next steps."
+            f"- What would bring {', '.join(t['real'] for t in off)} closer: "
+            + (
+                f"retraining {', '.join(blind)} with the per-layer balance loss (now the default), then "
+                if blind
+                else ""
+            )
+            + "more tokens. Their loss was still falling when the call's time ran out; a run that resumes "
+            "training across device calls (not built) or a narrower twin (more tokens per second) are the next steps."
         )
     return lines + [""]
 
@@ -117,11 +123,21 @@ def _md_predictors(data: dict) -> list[str]:
         "twin | pairing | train / held-out samples | recall@k mean | layer 0 | min (layer) | top-1 mean / min | "
         "over-prov. recall | router baseline | chat recall@k | goal met: mean ≥ 95 / layer 0 ≥ 95 / top-1 ≥ 99.5"
     )
+    budgets = "; ".join(
+        f"{t['real']} {t['predictors']['seconds']:.0f} s (at most {t['predictors']['epochs_cap']} epochs)"
+        for t in data["twins"].values()
+    )
+    short = [t["real"] for t in data["twins"].values() if t["predictors"]["epochs_cap"] <= 2]
     note = (
         "Held-out MMLU prompts (`chat`: every chat trace). Sticky routing is easier to predict: a too-sticky "
-        "twin's high recall comes with routing concentrated on a few experts (section 2), so the DeepSeek-V2-Lite "
-        "twin's figures are the ones to read against the paper. The retrained Qwen3-30B-A3B twin's predictors "
-        "had a short budget (one epoch: the run's lookahead reservation left them 5 s, since fixed)."
+        "twin's high recall comes with routing concentrated on a few experts (section 2), so the representative "
+        f"twins' figures are the ones to read against the paper. The predictors' training time, what the run's "
+        f"deadline left them: {budgets}."
+        + (
+            f" {', '.join(short)}: two epochs or fewer, so its recall is a floor, not the architecture's."
+            if short
+            else ""
+        )
     )
     return [
         "## 3. Predictors against the Table 4 goal",
@@ -214,27 +230,65 @@ def _md_decode(data: dict) -> list[str]:
 
 
 def _md_says(data: dict) -> list[str]:
-    ds, out = "deepseek-v2-lite", ["What it says:", ""]
-    res, half = _find(data, ds, 1.0), _find(data, ds, 0.5)
-    ex, ov, orc = (_find(data, ds, 0.5, p) for p in ("exact", "overprovision", "oracle"))
-    if all((res, half, ex, ov, orc)):
+    out = ["What it says (batch 1, chosen steps; ratios to `none` of the same run):", ""]
+    for shape, t in data["twins"].items():
+        line = _says_shape(data, shape, t)
+        if line:
+            out.append(line)
+    if any(_find(data, s, f, "oracle+1") for s in data["twins"] for f in (0.75, 0.5, 0.25)):
         out.append(
-            f"- **DeepSeek-V2-Lite twin, 50% cache**: `none` {half['tok_s']:.1f} tok/s against {res['tok_s']:.1f} "
-            f"resident ({1 / half['ratio_to_resident']:.1f}× slower), hit {_pct(half['hit_rate'])}, "
-            f"{half['mb_per_token']:.0f} MB per token over PCIe. Prediction raises the hits (`exact` "
-            f"{_pct(ex['hit_rate'])}, `overprovision` {_pct(ov['hit_rate'])}) but not the speed "
-            f"({ex['ratio_to_none']:.2f}× and {ov['ratio_to_none']:.2f}× `none`): the steps ran segmented, where "
-            f"the copies are on the critical path, and wrong guesses add bytes. `oracle` is "
-            f"{orc['ratio_to_none']:.2f}× `none`: the copy bandwidth "
-            f"({data['twins'][ds]['decode']['h2d_gb_per_s']:.0f} GB/s), not prediction, bounds the step."
+            "- **Where the window is**: perfect prediction issued at the layer itself (`oracle`) gains little, "
+            "because a copy is longer than the attention it hides behind; the same prediction issued one or two "
+            "layers ahead (`oracle+d`, `MOE_ORACLE_AHEAD`) is the gain prediction can bring at these cache sizes. "
+            "The trained predictors replayed here predict their own layer (d = 0); predictors of layer i + d from "
+            "layer i's input (`moe-prefetch train --distance d`) are what would turn it into tokens."
         )
-    q, qv = _find(data, "qwen3-30b-a3b", 0.5), data["twins"].get("qwen3-30b-a3b", {}).get("verdict", {})
-    if q and qv["kind"] != "close":
-        out.append(
-            f"- **The Qwen3-30B-A3B twin's decode is not representative**: {_pct(q['hit_rate'])} hits at 50% with "
-            f"`none` ({q['tok_s']:.1f} tok/s, {q['ratio_to_resident']:.2f}× resident) because its routing is "
-            f"{qv['kind']} (section 2); retrain it before reading its decode."
-        )
+    return out + _md_says_notes(data)
+
+
+def _says_shape(data: dict, shape: str, t: dict) -> str | None:
+    """One shape's bullet: `none` per cache size, then `oracle`, the best `oracle+d` and the replayed
+    predictors over it."""
+    fracs = [f for f in (0.75, 0.5, 0.25) if _find(data, shape, f)]
+    if not fracs:
+        return None
+    res = _find(data, shape, 1.0)
+
+    def per(policy: str, key: str = "ratio_to_none", fmt: str = "{:.2f}") -> str | None:
+        rows = [_find(data, shape, f, policy) for f in fracs]
+        return None if not all(rows) else " / ".join(fmt.format(r[key]) for r in rows)
+
+    def best_ahead() -> str | None:
+        cells = []
+        for f in fracs:
+            rows = [r for d in range(1, 5) if (r := _find(data, shape, f, f"oracle+{d}"))]
+            if not rows:
+                return None
+            b = max(rows, key=lambda r: r["tok_s"])
+            cells.append(f"{b['ratio_to_none']:.2f} (d = {b['policy'].split('+')[1]})")
+        return " / ".join(cells)
+
+    kind = t.get("verdict", {}).get("kind")
+    at = " / ".join(f"{100 * f:.0f}" for f in fracs)
+    text = (
+        f"- **{t['real']} twin** ({'representative' if kind == 'close' else f'not representative: {kind}'}), "
+        f"at {at}% of the experts: `none` {per('none', 'tok_s', '{:.1f}')} tok/s"
+        + (f" against {res['tok_s']:.1f} resident" if res else "")
+        + f", hit {per('none', 'hit_rate', '{:.1%}')}."
+    )
+    if orc := per("oracle"):
+        text += f" `oracle` {orc}× `none`."
+    if ahead := best_ahead():
+        text += f" The best `oracle+d` {ahead}× `none`."
+    pred = [(p, r) for p in ("exact", "overprovision") if (r := per(p))]
+    if pred:
+        text += " The twin's predictors replayed: " + "; ".join(f"`{p}` {r}×" for p, r in pred) + "."
+    return text
+
+
+def _md_says_notes(data: dict) -> list[str]:
+    """Records left out (another twin's) and records whose steps all ran eager."""
+    out = []
     for t in data["twins"].values():
         if t.get("decode_stale"):
             out.append(

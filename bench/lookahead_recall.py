@@ -115,13 +115,17 @@ def baselines(la: LookaheadTraces, held: torch.Tensor, train: torch.Tensor, k_pr
     return out
 
 
-def distance_row(ts: TraceSet, d: int, args, k_prime: int) -> dict:
+def distance_row(ts: TraceSet, d: int, args, k_prime: int, banks: dict | None = None) -> dict:
+    """Train distance d's bank (1 row per source layer: its metrics and the baselines'); the bank itself
+    goes into `banks[d]` when given."""
     la = LookaheadTraces(ts, d)
     t0 = time.monotonic()
     bank, report = train_bank(
         la, args.arch, args.loss, hidden=args.hidden, epochs=args.epochs, device=args.device, seed=args.seed,
         progress=False,
     )  # fmt: skip
+    if banks is not None:
+        banks[d] = bank
     train_mask, held_mask = la.split(0.1, args.seed)
     base = baselines(la, held_mask, train_mask, k_prime)
     layers = []

@@ -18,13 +18,15 @@ Phases, each recorded in `<out>/train_twin_<shape>.json` as soon as it is done (
    training's grouped GEMMs (bf16 on CUDA: transformers 5.17's eager experts made this phase take minutes),
    the rest float32: MMLU, chat prompt sets, and 256-token WikiText-2 paragraphs for the cold-cache figures;
 3. predictors (bench/twin_predict.py, predictors.train): Arch 2 + weighted BCE by default, recall@k and top-1
-   per layer, in the time left after what the later phases need;
+   per layer, in the time left after what the later phases need; then with `--lookahead 1,2` a bank per
+   distance d (1 epoch): predictors of layer i + d's experts from layer i's input (bench/lookahead_recall.py,
+   recall against distance), while time is left;
 4. the replay artefact (bench/twin_replay.py): `<out>/twin_replay_<shape>.{npz,json}`, 64 MMLU + chat
-   prompts (up to 256 tokens each): routed ids and weights and the predictors' top-k' per token and layer;
+   prompts (up to 256 tokens each): routed ids and weights and the predictors' top-k' per token and layer,
+   and each lookahead bank's (`bench/decode.py --policies exact+d` replays them d layers ahead);
 5. routing statistics (bench/routing_stats.py; cold per-layer LRU/LFU/Belady caches and reuse distances in
    bench/twin_cache.py) next to Qwen3-30B-A3B's published figures (bench/twin_report.py);
-6. `--table3`: the four losses x both architectures after one epoch, cut by the deadline; `--lookahead 1,2`:
-   predictors of layer i + d's experts from layer i's input (bench/lookahead_recall.py), while time is left;
+6. `--table3`: the four losses x both architectures after one epoch, cut by the deadline;
 7. the PNG `<out>/train_twin_<shape>.png` (hit rate vs cache size, twin vs published) and the final JSON.
 The replay artefact comes before the statistics so that a run cut short still leaves what later decode runs
 replay.
@@ -81,7 +83,12 @@ def phase_train(run, args, shape, device, tok):
     run.say(f"{shape.name} twin: {twin_params(model)}; experts: {impl}")
     run.put(
         "model",
-        {"config": inner_model(model).config.to_dict(), "params": twin_params(model), "aux": args.aux, **impl},
+        {
+            "config": inner_model(model).config.to_dict(),
+            "params": twin_params(model),
+            "aux": args.aux,
+            **impl,
+        },
     )
     after = (2.0 if args.smoke else AFTER_TRAIN_S[shape.name]) + (
         TABLE3_S if args.table3 and not args.smoke else 0
@@ -158,9 +165,10 @@ def phase_routing(run, shape, traces: dict, workers: int) -> None:
     run.put("routing", out, phase="routing")
 
 
-def phase_lookahead(run, args, shape, traces, device, left) -> None:
-    """Phase 6b: a predictor bank per `--lookahead` distance on the MMLU traces (1 epoch), each started only
-    when more than LOOKAHEAD_S seconds are left before the tail."""
+def phase_lookahead(run, args, shape, traces, device, left, reserve: float) -> dict:
+    """Phase 3b: a predictor bank per `--lookahead` distance on the MMLU traces (1 epoch), each started only
+    when more than LOOKAHEAD_S seconds are left before the tail and the `reserve` the later phases need;
+    returns {d: bank} for the replay artefact (phase 4 records their predictions)."""
     from bench.lookahead_recall import PUBLISHED, distance_row
     from predictors.metrics import default_k_prime
 
@@ -169,15 +177,15 @@ def phase_lookahead(run, args, shape, traces, device, left) -> None:
         arch=args.arch, loss=args.loss, hidden=shape.predictor_hidden, epochs=epochs, device=str(device),
         seed=args.seed,
     )  # fmt: skip
-    kp, rows = default_k_prime(traces.top_k, traces.num_experts), []
+    kp, rows, banks = default_k_prime(traces.top_k, traces.num_experts), [], {}
     for d in (int(x) for x in args.lookahead.split(",")):
-        if d >= traces.num_layers:
+        if not 0 < d < traces.num_layers:
             run.say(f"lookahead d={d}: skipped, the twin has {traces.num_layers} MoE layers")
             continue
-        if left() - TAIL_S < (2.0 if args.smoke else LOOKAHEAD_S):
-            run.say(f"lookahead d={d}: skipped, {left():.0f} s left")
+        if left() - TAIL_S - reserve < (2.0 if args.smoke else LOOKAHEAD_S):
+            run.say(f"lookahead d={d}: skipped, {left():.0f} s left ({reserve:.0f} s kept for later phases)")
             break
-        rows.append(distance_row(traces, d, ns, kp))
+        rows.append(distance_row(traces, d, ns, kp, banks))
         m = rows[-1]["mean"]
         run.say(
             f"lookahead d={d}: predictor recall@k {m['predictor']['recall_at_k']:.4f}, router ahead "
@@ -188,6 +196,7 @@ def phase_lookahead(run, args, shape, traces, device, left) -> None:
             {"k_prime": kp, "epochs": epochs, "published": PUBLISHED, "distances": rows},
             phase="lookahead",
         )
+    return banks
 
 
 def replay_prompts(args, shape, tok, mmlu: list[str]) -> list[dict]:
@@ -282,6 +291,12 @@ def run_pipeline(args) -> None:
         f"layer 0 recall@k {pred['layers'][0]['recall_at_k']:.4f} ({pred['seconds']} s)"
     )
     run.put("predictors", pred, phase="predictors")
+    ahead = {}
+    if (
+        args.lookahead
+    ):  # 3b: recall against lookahead distance (bench/lookahead_recall.py), while time is left
+        reserve = 0.0 if args.smoke else ROUTING_S[shape.name] + t3
+        ahead = phase_lookahead(run, args, shape, traces["mmlu"], device, left, reserve)
     k = int(model.config.num_experts_per_tok)  # 4
     kp = default_k_prime(k, traces["mmlu"].num_experts)
     rec = record(
@@ -291,6 +306,7 @@ def run_pipeline(args) -> None:
         kp,
         shape.replay_tokens,
         args.replay_max_mb * 2**20,
+        ahead={d: b.to(device) for d, b in ahead.items()},
     )
     meta = {
         "tokenizer": "engine/model/assets/tokenizer.json",
@@ -324,11 +340,6 @@ def run_pipeline(args) -> None:
             phase="table3",
         )
 
-    if (
-        args.lookahead
-    ):  # 6b: recall against lookahead distance (bench/lookahead_recall.py), while time is left
-        phase_lookahead(run, args, shape, traces["mmlu"], device, left)
-
     caches = {n: run.data["routing"][n]["cache"] for n in ("cold", "chat")}  # 7
     plot(shape.name, caches, args.out / f"{name}.png")
     run.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -360,7 +371,7 @@ def main() -> None:
         choices=("per-layer", "transformers"),
         default="per-layer",
         help="balance loss: per MoE layer (bench/twin_shapes.py BalanceAux), or the family's own in "
-        "transformers (layer-blind; the first Qwen3 and Phi twins)"
+        "transformers (layer-blind; the first Qwen3 and Phi twins)",
     )
     ap.add_argument("--arch", type=int, choices=(1, 2), default=2)
     ap.add_argument("--loss", choices=("mse", "wbce", "focal", "rank_bce"), default="wbce")

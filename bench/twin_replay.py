@@ -11,6 +11,9 @@ P = prompts.
     routed_weights   [L,N,k] float16  the weights the twin's experts were given (its routing function's)
     predicted_ids    [L,N,k'] uint8   the predictor bank's top-k' experts from the same token's
                                       pre-attention input (input_layernorm output), best first
+    predicted_ids_ahead_<d>  [L-d,N,k'] uint8   (optional, one per lookahead distance d in the manifest's
+                                      `ahead`) row i: a lookahead bank's top-k' experts of MoE layer i + d
+                                      from layer i's pre-attention input (`moe-prefetch train --distance d`)
     layer_ids        [L]     int16    the decoder layer of each MoE layer
 
 Each prompt is run alone (batch 1, no padding) through the twin in eval mode (float32, its experts the
@@ -44,6 +47,10 @@ ARRAYS = {
     "input at that layer, best first",
     "layer_ids": "[L] int16: decoder-layer index of each MoE layer",
 }
+AHEAD_ARRAY = (
+    "[L-{d}, N, k'] uint8: row i, a lookahead bank's top-k' experts of MoE layer i + {d} from layer i's "
+    "pre-attention input, best first"
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -80,18 +87,35 @@ class _Hooks:
             h.remove()
 
 
-def bytes_per_token(num_layers: int, k: int, k_prime: int) -> int:
-    return 2 + num_layers * (k + 2 * k + k_prime)  # token + ids (uint8) + weights (fp16) + predictions
+def ahead_key(d: int) -> str:
+    """The array of the lookahead bank of distance d."""
+    return f"predicted_ids_ahead_{d}"
+
+
+def bytes_per_token(num_layers: int, k: int, k_prime: int, ahead: tuple[int, ...] = ()) -> int:
+    """token + ids (uint8) + weights (fp16) + predictions, and each lookahead distance's predictions"""
+    return 2 + num_layers * (k + 2 * k + k_prime) + sum(num_layers - d for d in ahead) * k_prime
+
+
+def _top(bank, x: list, k_prime: int, layers: range) -> np.ndarray:
+    """[len(layers), T, k'] uint8: the bank's predictor i's top-k' experts from input x[i], i in layers."""
+    scores = [bank.forward_layer(j, x[i]) for j, i in enumerate(layers)]
+    return torch.stack([s.topk(k_prime, dim=-1).indices for s in scores]).cpu().numpy().astype(np.uint8)
 
 
 @torch.inference_mode()
-def record(model, bank, prompts: list[dict], k_prime: int, max_tokens: int, max_bytes: int) -> dict:
-    """Arrays of the artefact for `prompts` ([{source, text, ids}]); prompts past `max_bytes` are dropped."""
+def record(
+    model, bank, prompts: list[dict], k_prime: int, max_tokens: int, max_bytes: int, ahead: dict | None = None
+) -> dict:
+    """Arrays of the artefact for `prompts` ([{source, text, ids}]); prompts past `max_bytes` are dropped.
+    `ahead`: {d: a lookahead bank of distance d (predictor i names MoE layer i + d's experts)}."""
+    ahead = dict(sorted((ahead or {}).items()))
     hooks = _Hooks(model)
     device = model.get_input_embeddings().weight.device
     nl, k = len(hooks.layers), int(model.config.num_experts_per_tok)
-    per_token = bytes_per_token(nl, k, k_prime)
+    per_token = bytes_per_token(nl, k, k_prime, tuple(ahead))
     toks, routed, weights, preds, kept, n_tok = [], [], [], [], [], 0
+    far: dict[int, list] = {d: [] for d in ahead}
     try:
         for p in prompts:
             ids = p["ids"][:max_tokens]
@@ -102,10 +126,9 @@ def record(model, bank, prompts: list[dict], k_prime: int, max_tokens: int, max_
             order = w.argsort(dim=-1, descending=True, stable=True)
             routed.append(torch.stack(hooks.ids).gather(-1, order).cpu().numpy().astype(np.uint8))
             weights.append(w.gather(-1, order).cpu().numpy().astype(np.float16))
-            scores = [bank.forward_layer(i, hooks.x[i]) for i in range(nl)]  # L x [T, E]
-            preds.append(
-                torch.stack([s.topk(k_prime, dim=-1).indices for s in scores]).cpu().numpy().astype(np.uint8)
-            )
+            preds.append(_top(bank, hooks.x, k_prime, range(nl)))
+            for d, b in ahead.items():
+                far[d].append(_top(b, hooks.x, k_prime, range(nl - d)))
             toks.append(np.asarray(ids, dtype=np.int16))
             kept.append({"source": p["source"], "text": p["text"], "tokens": len(ids)})
             n_tok += len(ids)
@@ -121,7 +144,8 @@ def record(model, bank, prompts: list[dict], k_prime: int, max_tokens: int, max_
         "predicted_ids": np.concatenate(preds, axis=1),
         "layer_ids": np.asarray([layer.layer_id for layer in hooks.layers], dtype=np.int16),
     }
-    return {"arrays": arrays, "prompts": kept}
+    arrays |= {ahead_key(d): np.concatenate(v, axis=1) for d, v in far.items()}
+    return {"arrays": arrays, "prompts": kept, "ahead": list(ahead)}
 
 
 def write(out_dir: Path, shape: str, rec: dict, meta: dict) -> dict:
@@ -141,7 +165,8 @@ def write(out_dir: Path, shape: str, rec: dict, meta: dict) -> dict:
         "prompts_count": len(rec["prompts"]),
         "top_k": int(a["routed_ids"].shape[2]),
         "k_prime": int(a["predicted_ids"].shape[2]),
-        "arrays": ARRAYS,
+        "ahead": rec.get("ahead", []),
+        "arrays": ARRAYS | {ahead_key(d): AHEAD_ARRAY.format(d=d) for d in rec.get("ahead", [])},
         "file": npz.name,
         "bytes": npz.stat().st_size,
         "sha256": sha256_file(npz),
@@ -169,7 +194,13 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         "predicted_ids": (nl, n, kp),
         "tokens": (n,),
     }
+    for d in manifest.get("ahead", []):
+        if not 0 < d < nl:
+            raise ValueError(f"{path}: lookahead distance {d} outside 1..{nl - 1}")
+        want[ahead_key(d)] = (nl - d, n, kp)
     for key, shp in want.items():
+        if key not in arrays:
+            raise ValueError(f"{npz}: no {key} array, which the manifest lists")
         if arrays[key].shape != shp:
             raise ValueError(f"{npz}: {key} has shape {arrays[key].shape}, the manifest says {shp}")
     return manifest, arrays

@@ -258,10 +258,10 @@ def _says_shape(data: dict, shape: str, t: dict) -> str | None:
         rows = [_find(data, shape, f, policy) for f in fracs]
         return None if not all(rows) else " / ".join(fmt.format(r[key]) for r in rows)
 
-    def best_ahead() -> str | None:
+    def best_ahead(name: str) -> str | None:
         cells = []
         for f in fracs:
-            rows = [r for d in range(1, 5) if (r := _find(data, shape, f, f"oracle+{d}"))]
+            rows = [r for d in range(1, 5) if (r := _find(data, shape, f, f"{name}+{d}"))]
             if not rows:
                 return None
             b = max(rows, key=lambda r: r["tok_s"])
@@ -278,8 +278,10 @@ def _says_shape(data: dict, shape: str, t: dict) -> str | None:
     )
     if orc := per("oracle"):
         text += f" `oracle` {orc}× `none`."
-    if ahead := best_ahead():
+    if ahead := best_ahead("oracle"):
         text += f" The best `oracle+d` {ahead}× `none`."
+    if ahead := best_ahead("exact"):
+        text += f" The twin's lookahead predictors (the best `exact+d`): {ahead}× `none`."
     pred = [(p, r) for p in ("exact", "overprovision") if (r := per(p))]
     if pred:
         text += " The twin's predictors replayed: " + "; ".join(f"`{p}` {r}×" for p, r in pred) + "."

@@ -44,7 +44,7 @@ REPORT_COMMAND = (
 )
 ROW_KEY = ("shape", "fraction", "policy", "batch", "step")  # what names a decode row
 LOG_LINE = re.compile(
-    r"\]\s+(?P<policy>[\w-]+) (?P<variant>[\w-]+)?\s*@\s*(?P<pct>\d+)%:.*graphs (?P<g>\{.*\})"
+    r"\]\s+(?P<policy>[\w+-]+) (?P<variant>[\w-]+)?\s*@\s*(?P<pct>\d+)%:.*graphs (?P<g>\{.*\})"
 )
 
 

@@ -19,7 +19,11 @@ T = tokens of one forward, E = experts):
   token at that index, so the replayed routing always belongs to the token being decoded;
 - `ReplayedBank` wraps the predictor bank given to the prefetcher: the real bank's `forward_layer` still
   runs (its time is paid, its output dropped) and the scores it returns rank the twin's predicted ids
-  first (descending from 20 in steps of 0.25, exact in bf16) and every other expert at -20.
+  first (descending from 20 in steps of 0.25, exact in bf16) and every other expert at -20. With a
+  lookahead distance d (`--policies exact+d`, an artefact with `predicted_ids_ahead_<d>`) it is a bank of
+  L - d predictors: predictor i runs the real bank's predictor i on layer i's input and returns the twin's
+  lookahead bank's ids for layer i + d, so the prefetcher (a bundle of `distance` d) issues them d layers
+  early.
 
 Imports numpy, torch, `bench.twin_replay` (the artefact), `engine.model.offload.decode_mode` (whether a
 forward is a decode step) and `engine.api.policies` (the policy table) only.
@@ -146,6 +150,10 @@ class DeviceReplay:
         self.ids = torch.from_numpy(a["routed_ids"].astype(np.int64)).to(device)  # [L, N, k]
         self.weights = torch.from_numpy(a["routed_weights"].astype(np.float32)).to(device)  # [L, N, k]
         self.predicted = torch.from_numpy(a["predicted_ids"].astype(np.int64)).to(device)  # [L, N, k']
+        self.ahead = {  # d -> [L - d, N, k']: the lookahead banks' ids of layer i + d, from layer i
+            d: torch.from_numpy(a[twin_replay.ahead_key(d)].astype(np.int64)).to(device)
+            for d in replay.manifest.get("ahead", [])
+        }
         self.cursor = torch.zeros(MAX_ROWS, dtype=torch.long, device=device)  # [R]
         self.arange = torch.arange(self.n, dtype=torch.long, device=device)  # [N]
         kp = self.predicted.shape[-1]
@@ -203,19 +211,23 @@ def replayed_routers(om, table: DeviceReplay) -> Iterator[None]:
 
 class ReplayedBank:
     """The predictor bank as the prefetcher's scorer sees it: the real bank runs, the twin's predictions
-    are what it returns ([T, E] scores ranking the artefact's predicted ids first)."""
+    are what it returns ([T, E] scores ranking the artefact's predicted ids first). `distance` d > 0: the
+    twin's lookahead predictions, L - d predictors (predictor i names layer i + d's experts)."""
 
-    def __init__(self, bank, table: DeviceReplay) -> None:
-        self.bank, self.table = bank, table
+    def __init__(self, bank, table: DeviceReplay, distance: int = 0) -> None:
+        if distance and distance not in table.ahead:
+            raise ValueError(f"the twin replay artefact has no lookahead predictions of distance {distance}")
+        self.bank, self.table, self.distance = bank, table, distance
+        self.predicted = table.ahead[distance] if distance else table.predicted
 
     def forward_layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
         real = self.bank.forward_layer(index, x)  # [T, E], paid for and dropped
-        pred = self.table.predicted[index].index_select(0, self.table.index(x.shape[0]))  # [T, k']
+        pred = self.predicted[index].index_select(0, self.table.index(x.shape[0]))  # [T, k']
         out = torch.full_like(real, LOW)
         return out.scatter_(1, pred, self.table.ranks.to(out.dtype).expand(pred.shape[0], -1))
 
     def __len__(self) -> int:
-        return len(self.bank)
+        return len(self.bank) - self.distance
 
 
 class ReplayRunner:
@@ -266,6 +278,11 @@ def predictions_by_policy(policies: list[str], routing: str) -> dict[str, str]:
                 "the twin's predictors (replayed; the real-shape bank runs, its output dropped)"
                 if twin
                 else "the real-shape bank trained on the random-weight model's traces"
+            )
+        elif p.partition("+")[0] in PREDICTOR_POLICIES:
+            out[p] = (
+                f"the twin's lookahead predictors of distance {p.partition('+')[2]} (replayed that many MoE "
+                "layers ahead; the real-shape bank's predictors for the layers they reach run, output dropped)"
             )
         elif p == "oracle":
             out[p] = "the routing `none` recorded at the same cache size"

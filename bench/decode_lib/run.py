@@ -31,7 +31,7 @@ from bench.decode_lib.replay import (
     routing_check,
 )
 from bench.decode_lib.seams import BENCH_MAX_LEN
-from bench.decode_lib.sweep import Deadline, Sweep, sweep
+from bench.decode_lib.sweep import Deadline, Sweep, split_policy, sweep
 from bench.decode_lib.timing import Workload, time_prefill
 from bench.decode_lib.training import Bank, train_predictors
 from engine.runner.runner import ModelRunner
@@ -57,6 +57,15 @@ def run(args) -> None:
     if twin is not None:
         record.data["routing"] = twin.label
     policies = [p for p in args.policies.split(",") if p]
+    for p in policies:  # a bad name fails here, before the traces and the training
+        try:
+            split_policy(p)
+        except ValueError as err:
+            raise SystemExit(f"--policies: {err}") from None
+        if twin is None and "+" in p and not p.startswith("oracle"):
+            raise SystemExit(
+                f"--policies {p}: lookahead predictions come from a twin replay (--routing twin:...)"
+            )
     record.data["predictions_by_policy"] = predictions_by_policy(policies, record.data["routing"])
 
     prompts, traced, fresh = prompt_sets(args.prompts, args.collect_prompts, args.diagnose_recall)
@@ -90,7 +99,11 @@ def run(args) -> None:
             table = DeviceReplay(twin, b.device)
             starts = {tuple(s.prompt): s.start for s in [*segs, long]}
             replaying.enter_context(replayed_routers(om, table))
-            bank = Bank(ReplayedBank(bank.bank, table), ReplayedBank(bank.fp32, table), bank.manifest)
+            ahead = {  # exact+d: the twin's lookahead predictions, issued d MoE layers ahead
+                d: Bank(ReplayedBank(bank.bank, table, d), ReplayedBank(bank.fp32, table, d), bank.manifest | {"distance": d})
+                for d in table.ahead
+            }  # fmt: skip
+            bank = Bank(ReplayedBank(bank.bank, table), ReplayedBank(bank.fp32, table), bank.manifest, ahead)
             wrap = lambda r: ReplayRunner(r, table, twin.tokens, starts)  # noqa: E731
         workload = Workload(runner, text.segments, wrap, args.eviction)
         measure(args, b, workload, bank, text.long_prompt, batches, record, deadline, bw, twin is not None)

@@ -22,23 +22,38 @@ from bench.decode_lib.seams import attach_cache_hooks, runner_of_kind, torch_exp
 from bench.decode_lib.timing import STALLS, Workload, summarise
 from bench.decode_lib.training import Bank
 from engine.api.config import EngineConfig
+from engine.api.policies import PREDICTOR_POLICIES
 from engine.model.fingerprint import model_fingerprint
 from engine.model.loader import CacheBudget, replace_cache
 from engine.prefetch.build import build_prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
 
 
-def engine_config(policy: str, routing: Path) -> EngineConfig:
-    """The engine configuration of a sweep's policy name: a `MOE_POLICY` value, or `oracle+d` (the oracle
-    issued d MoE layers ahead, `MOE_ORACLE_AHEAD=d`)."""
+def split_policy(policy: str) -> tuple[str, int]:
+    """A sweep's policy name -> (`MOE_POLICY` value, lookahead distance): `oracle+d` is the oracle issued d
+    MoE layers ahead (`MOE_ORACLE_AHEAD=d`); `exact+d` (any predictor policy) uses a lookahead bank of
+    distance d (the twin replay's `predicted_ids_ahead_<d>`)."""
     name, plus, ahead = policy.partition("+")
-    if name != "oracle":
-        if plus:
-            raise ValueError(f"policy {policy!r}: only oracle takes a lookahead distance (oracle+d)")
-        return EngineConfig(policy=policy)
+    if plus and (name != "oracle" and name not in PREDICTOR_POLICIES):
+        raise ValueError(f"policy {policy!r}: only oracle and the predictor policies take a distance (+d)")
     if plus and not ahead.isdigit():
-        raise ValueError(f"policy {policy!r}: oracle+d needs a distance d >= 0")
-    return EngineConfig(policy="oracle", oracle_trace=str(routing), oracle_ahead=int(ahead or 0))
+        raise ValueError(f"policy {policy!r}: +d needs a distance d >= 0")
+    return name, int(ahead or 0)
+
+
+def engine_config(policy: str, routing: Path) -> EngineConfig:
+    """The engine configuration of a sweep's policy name (`split_policy`); a predictor policy's distance is
+    its bank's (`bank_for`), not a setting."""
+    name, ahead = split_policy(policy)
+    if name != "oracle":
+        return EngineConfig(policy=name)
+    return EngineConfig(policy="oracle", oracle_trace=str(routing), oracle_ahead=ahead)
+
+
+def bank_for(bank: Bank, policy: str) -> Bank | None:
+    """The bank a policy runs with: its lookahead bank for `exact+d` (None when there is none)."""
+    name, ahead = split_policy(policy)
+    return bank.ahead.get(ahead) if ahead and name != "oracle" else bank
 
 
 def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, routing: Path, bw):
@@ -53,6 +68,7 @@ def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, rou
         recorder = RoutingRecorder(len(om.layers))
     attach_cache_hooks(cache, STALLS.add, recorder.record if recorder is not None else None)
     ecfg = engine_config(policy, routing)
+    bank = bank_for(bank, policy)
     latencies: list[float] = []
     pf = build_prefetcher(om, ecfg, bank=bank.bank, manifest=bank.manifest, on_latency=latencies.append)
     runner.invalidate()
@@ -112,6 +128,11 @@ def sweep(sw: Sweep, fractions: list[float], policies: list[str], segmented: lis
                 continue
             if policy.startswith("oracle") and not sw.routing.exists():
                 log("oracle skipped: no routing recorded (run policy none first)")
+                continue
+            if bank_for(sw.bank, policy) is None:
+                log(
+                    f"{policy} skipped: no lookahead predictions of that distance (an artefact of train_twin --lookahead)"
+                )
                 continue
             if policy == "none" and fraction < 1.0:
                 sw.routing.unlink(missing_ok=True)  # record this cache size's routing for its oracle

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.decode_lib.record import log
@@ -24,11 +24,13 @@ from predictors.train import train_bank
 
 @dataclass
 class Bank:
-    """The bank the policies use (the served dtype), a float32 copy (the recall diagnosis) and its manifest."""
+    """The bank the policies use (the served dtype), a float32 copy (the recall diagnosis) and its manifest;
+    `ahead`: d -> the bank of lookahead distance d (`exact+d`; only the twin replay has them)."""
 
     bank: object
     fp32: object
     manifest: dict
+    ahead: dict = field(default_factory=dict)
 
 
 def train_predictors(om, tok, prompts: list[str], work: Path, args, out: Path, tag: str, fresh: list[str]):

@@ -23,7 +23,8 @@ LAYERS, EXPERTS, K, KP = 3, 16, 2, 3  # bench.decode_lib.model.SMOKE: 3 MoE laye
 
 
 def synthetic_artefact(out: Path, prompts: int = 4, length: int = 80, seed: int = 0) -> Path:
-    """Random routing of the smoke topology; the predicted ids are the routed ones plus one more."""
+    """Random routing of the smoke topology; the predicted ids are the routed ones plus one more, and the
+    lookahead predictions of distance 1 (row i: layer i + 1's) likewise."""
     rng = np.random.default_rng(seed)
     n = prompts * length
     order = np.argsort(rng.random((LAYERS, n, EXPERTS)), axis=-1)  # a random permutation per layer-token
@@ -36,8 +37,10 @@ def synthetic_artefact(out: Path, prompts: int = 4, length: int = 80, seed: int 
         "routed_weights": (w / w.sum(-1, keepdims=True)).astype(np.float16),
         "predicted_ids": order[..., :KP].astype(np.uint8),  # [L, N, k']: routed first, then one more
         "layer_ids": np.arange(LAYERS, dtype=np.int16),
+        twin_replay.ahead_key(1): order[1:, :, :KP].astype(np.uint8),  # [L - 1, N, k']
     }
     rec = {"arrays": arrays, "prompts": [{"source": "synthetic", "text": "", "tokens": length}] * prompts}
+    rec["ahead"] = [1]
     twin_replay.write(out, "twin_replay_smoke_test", rec, {"routing_source": "synthetic (test)"})
     return out / "twin_replay_smoke_test.json"
 
@@ -83,7 +86,7 @@ def test_decode_bench_twin_replay_smoke(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "bench" / "decode.py"), "--smoke", "--prompts", str(MMLU),
         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--runs", "2", "--new-tokens", "4",
-        "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,oracle",
+        "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,exact+1,exact+2,oracle",
         "--fractions", "1.0,0.5", "--batches", "2", "--routing", f"twin:{path}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -109,3 +112,9 @@ def test_decode_bench_twin_replay_smoke(tmp_path):
     by = {(c["policy"], c["fraction"]): c["summary"] for c in out["configs"]}
     assert by[("exact", 0.5)]["online_recall"] == 1.0
     assert "twin's predictors" in by[("exact", 0.5)]["predictions"]
+    # exact+1 issues the lookahead ids of layer i + 1 at layer i: perfect for layers 1 and 2, none for layer 0
+    ahead, none = by[("exact+1", 0.5)], by[("none", 0.5)]
+    assert "lookahead predictors of distance 1" in ahead["predictions"]
+    assert ahead["hit_rate"] > none["hit_rate"] + 0.1, (ahead["hit_rate"], none["hit_rate"])
+    assert ("exact+2", 0.5) not in by  # the artefact has no distance 2: skipped, said in the log
+    assert "exact+2 skipped: no lookahead predictions of that distance" in res.stdout + res.stderr

@@ -155,6 +155,12 @@ def test_replay_artefact_loads_with_matching_shapes(smoke):
     assert a["routed_ids"].shape == (nl, n, k) and a["routed_ids"].dtype == np.uint8
     assert a["routed_weights"].shape == (nl, n, k) and a["routed_weights"].dtype == np.float16
     assert a["predicted_ids"].shape == (nl, n, kp)
+    # the --lookahead 1 bank's predictions: row 0 names layer 1's experts from layer 0's input
+    assert manifest["ahead"] == [1] and a["predicted_ids_ahead_1"].shape == (nl - 1, n, kp)
+    assert int(a["predicted_ids_ahead_1"].max()) < run["model"]["config"]["n_routed_experts"]
+    assert not np.array_equal(
+        a["predicted_ids_ahead_1"][0], a["predicted_ids"][0]
+    )  # another bank, another layer
     assert a["offsets"][-1] == n and len(manifest["prompts"]) == a["offsets"].size - 1
     assert a["layer_ids"].tolist() == [1, 2]  # the first layer is dense
     assert manifest["tokenizer_sha256"] == run["tokenizer_sha256"] and manifest["bytes"] < 20 * 2**20

@@ -156,6 +156,8 @@ def test_step_kinds_from_the_logs(report):
     }
     assert ran[("deepseek-v2-lite", 0.5, "none")] == "segmented"  # 1 GB a token: the runner copies first
     assert ran[("phi-mini-moe", 0.75, "none")] == "streamed"  # 4 MB a token: copies behind streamed graphs
+    line = "[19:43:51]      oracle+1                @  75%:   88.20 tok/s [...], graphs {'graph': 126, 'eager': 2, 'captures': 2, 'streamed': 2, 'segmented': 124}"
+    assert [(r["policy"], r["pct"], r["ran"]) for r in step_kinds(line)] == [("oracle+1", 75, "segmented")]
     line = "[14:57:00]          none eager          @ 100%:   14.68 tok/s [...], graphs {'graph': 0, 'eager': 128, 'captures': 0, 'streamed': 0, 'segmented': 0}"
     assert step_kinds(line) == [{"policy": "none", "pct": 100, "variant": "eager", "ran": "eager",
                                  "steps": {"graph": 0, "eager": 128, "captures": 0, "streamed": 0, "segmented": 0}}]  # fmt: skip

@@ -63,6 +63,10 @@ def run(
         raise SystemExit(f"{shape}: no decode record of this twin in {decode_dir} to fit the clock to")
     measured, tm, where = engine_measured(decode)
     lfu = current_decode(decode_dir, shape, artefact, "lfu")
+    calls = {
+        "lru": decode.get("started"),
+        "lfu": (lfu or {}).get("started"),
+    }  # None: a record before `started`
     by_eviction = {"lru": measured, "lfu": engine_measured(lfu)[0] if lfu else {}}
     if (1.0, "none") not in measured:
         raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
@@ -111,11 +115,28 @@ def run(
         "command": "python " + " ".join(sys.argv),
         "tokens": w.steps,
         "decode_record": decode.get("command"),
+        "engine_calls": calls,
         "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
         "expert_bytes": eb,
         "seconds": round(time.monotonic() - t0, 1),
         "rows": rows,
     }  # fmt: skip
+
+
+def _calls_note(calls: dict, lfu_measured: bool) -> str:
+    """A warning when the LFU engine rows are divided by an LRU `none` of another device call."""
+    from datetime import datetime
+
+    if not lfu_measured:
+        return ""
+    if calls.get("lru") and calls.get("lfu"):
+        a, b = (datetime.strptime(calls[k][:19], "%Y-%m-%d %H:%M:%S") for k in ("lru", "lfu"))
+        if abs((a - b).total_seconds()) < 600:  # one device call runs at most 10 minutes
+            return ""
+    return (
+        " The LFU engine rows come from another device call than the LRU ones (or from records that do not say "
+        "when they started), so their engine ratio crosses calls, across which `none` moved by up to ~10%."
+    )
 
 
 def write_md(doc: dict, path: Path) -> None:
@@ -132,7 +153,10 @@ def write_md(doc: dict, path: Path) -> None:
         f"{c['bandwidth_gbs']:.1f} GB/s, the host's decision at each segment boundary {c['decision_ms']:.3f} ms, "
         f"fitted: {c['fit']} ({c['source']}). `oracle+d`: the oracle issued d MoE layers ahead (MOE_ORACLE_AHEAD). "
         "Engine columns: the twin-replayed decode runs of the same twin (LRU and LFU sweeps) where they measured "
-        "that configuration; both ratios are over LRU's `none` at the same cache.",
+        "that configuration; both ratios are over LRU's `none` at the same cache."
+        + _calls_note(
+            doc.get("engine_calls", {}), any(r["eviction"] == "lfu" and r["engine_ms"] for r in doc["rows"])
+        ),
         "",
         head,
         "|---|---|---|---|---|---|---|---|---|",

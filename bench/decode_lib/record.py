@@ -49,6 +49,7 @@ def header(
         "prompt_tokens": prompt_tokens,
         "decode": "teacher-forced, batch 1: each step feeds the text's next token; each run its own text",
         "command": "python " + " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),  # tells records of one device call from another's
         "configs": [],
     }
 

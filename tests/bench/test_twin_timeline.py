@@ -44,3 +44,16 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
     assert lfu["engine_ms"] is not None  # the LFU sweep of the same call (decode_deepseek_v2_lite_lfu.json)
     md = (tmp_path / "timeline_deepseek_v2_lite.md").read_text()
     assert "`oracle+1`" in md and "fitted: none at 50%" in md
+
+
+def test_lfu_ratios_across_device_calls_are_flagged():
+    """The LFU engine rows are divided by the LRU record's `none`: the page says so when the two records
+    come from different device calls (or do not say when they started)."""
+    from bench.twin_timeline import _calls_note
+
+    one = {"lru": "2026-12-01 19:40:00 UTC", "lfu": "2026-12-01 19:45:00 UTC"}
+    two = {"lru": "2026-12-01 19:40:00 UTC", "lfu": "2026-12-01 18:10:00 UTC"}
+    assert _calls_note(one, True) == ""
+    assert "another device call" in _calls_note(two, True)
+    assert "another device call" in _calls_note({"lru": None, "lfu": None}, True)
+    assert _calls_note(two, False) == ""  # no LFU engine row: nothing to flag

@@ -89,6 +89,8 @@ def expand_bits(bits, vocab_size: int, device=None):
     shifts = _SHIFTS.get(bits.device)
     if shifts is None:
         shifts = _SHIFTS[bits.device] = torch.arange(32, dtype=torch.int32, device=bits.device)
+        if shifts.is_cuda:  # made once; then read from any stream (the masks' side stream included)
+            torch.cuda.synchronize(shifts.device)
     return ((bits.unsqueeze(-1) >> shifts) & 1).reshape(bits.shape[0], -1)[:, :vocab_size].bool()
 
 

@@ -184,6 +184,12 @@ class EngineConfig:
         "Missed MB per step above which decode steps are segmented; 0: never [MOE_STREAM_MISS_MB].",
         ge=0,
     )
+    hybrid_misses: bool = setting(
+        False,
+        "Eager decode steps on CUDA compute part of each layer's missed experts on the host CPU while PCIe "
+        "copies the rest, split by rates measured at start (segmented and streamed graph steps do not yet).",
+        "Host CPU computes part of each decode layer's misses [MOE_HYBRID_MISSES].",
+    )
     seed: int = setting(
         0,
         "Seed of the synthetic and built-in models, and the default sampling seed.",

@@ -98,6 +98,7 @@ CACHE_METRICS = {
     "moe_prefetch_wasted_total": "Prefetched experts not picked by the router in their step, by layer.",
     "moe_predictor_routed_total": "Routed experts for which a prediction existed (recall denominator), by layer.",
     "moe_predictor_hits_total": "Routed experts the prediction contained (recall numerator), by layer.",
+    "moe_expert_host_computed_total": "Missed experts computed on the host CPU instead of copied (MOE_HYBRID_MISSES), by layer.",
     "moe_expert_bytes_copied_total": "Bytes moved host->device, by reason (prefetch|demand|fill|host_read).",
     "moe_expert_cache_slots_used": "Expert cache slots holding an expert.",
     "moe_expert_cache_slots_capacity": "Expert cache slots on the device.",
@@ -159,6 +160,7 @@ class _CacheCollector:
         yield per_layer("moe_prefetch_wasted_total", c.prefetch_wasted)
         yield per_layer("moe_predictor_routed_total", c.routed_scored)
         yield per_layer("moe_predictor_hits_total", c.predicted_routed)
+        yield per_layer("moe_expert_host_computed_total", c.host_computed)
         by = CounterMetricFamily(
             "moe_expert_bytes_copied", CACHE_METRICS["moe_expert_bytes_copied_total"], labels=["reason"]
         )

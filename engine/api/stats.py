@@ -18,6 +18,7 @@ PER_LAYER = (
     "prefetch_wasted",
     "predicted_routed",
     "routed_scored",
+    "host_computed",
 )
 
 
@@ -44,6 +45,9 @@ class CacheCounters:
     )  # prefetched experts evicted or never routed in their step
     predicted_routed: list[int] = field(default_factory=list)  # routed experts that the prediction contained
     routed_scored: list[int] = field(default_factory=list)  # routed experts for which a prediction existed
+    host_computed: list[int] = field(
+        default_factory=list
+    )  # missed experts computed on the host (MOE_HYBRID_MISSES)
     bytes_prefetch: int = 0
     bytes_demand: int = 0
     bytes_host_read: int = 0  # expert weights read by a step's kernels from host memory (streamed decode)

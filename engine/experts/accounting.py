@@ -3,7 +3,7 @@
 A layer's prediction pins its experts until the layer's routing is known (`pending`); a prefetched
 expert not used yet is `fresh`. Three entry points account a layer-step, one for each way a step can
 run: `account_routing` (the host looks the experts up before they compute, then `acquire` classifies
-them), `count_resident` (a whole-step graph found every expert resident), and `stream_account` (a
+them, and `count_host` counts the misses computed on the host), `count_resident` (a whole-step graph found every expert resident), and `stream_account` (a
 streamed step ran; some experts were read from host memory). `unwind` is the one way prediction pins
 are let go.
 
@@ -74,6 +74,16 @@ class Accounting:
         c.hits_resident[layer] += len(routed)
         for e in routed:
             self.slots.touch((layer, int(e)))
+
+    def count_host(self, layer: int, experts: Sequence[int]) -> None:
+        """Routed experts that missed and were computed on the host (hybrid misses): requests and misses,
+        no bytes copied; each counts a use for the eviction order, as a copied miss does."""
+        c = self.counters
+        c.requests[layer] += len(experts)
+        c.misses[layer] += len(experts)
+        c.host_computed[layer] += len(experts)
+        for e in experts:
+            self.slots.use((layer, int(e)))
 
     def stream_account(
         self, layer: int, routed: Sequence[int], slots_seen: Sequence[int], predicted: set[int] | None

@@ -181,6 +181,11 @@ class ExpertCache:
         self._listener.on_route(layer, list(routed))
         self._accounts.account_routing(layer, routed)
 
+    def count_host(self, layer: int, experts: Sequence[int]) -> None:
+        """After `account_routing`: these routed experts missed and were computed on the host (hybrid
+        misses), so `acquire` never sees them."""
+        self._accounts.count_host(layer, experts)
+
     def reset_prefetch(self) -> None:
         """Forget every outstanding prediction (e.g. after an aborted step)."""
         for layer in range(len(self._accounts.pending)):

@@ -25,6 +25,7 @@ from engine.frontend.faults import device_probe
 from engine.frontend.prompt_bound import max_prompt_chars
 from engine.model.devices import resolve_device, resolve_dtype
 from engine.model.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
+from engine.model.offload import host_experts
 from engine.prefetch.build import build_prefetcher, resolve_bundle
 from engine.prefetch.prefetcher import Prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
@@ -82,6 +83,9 @@ class EngineParts:
             kernels=cfg.fused_kernels,
             host_reads=cfg.host_reads,
             stream_miss_mb=cfg.stream_miss_mb,
+            hybrid=host_experts(om.store, om.layers, int(mcfg.hidden_size), device)
+            if cfg.hybrid_misses and device.type == "cuda"
+            else None,
         )
         kv_bytes = self.runner.allocate()
         replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters

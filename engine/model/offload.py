@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,11 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.experts.cache import ExpertCache
+from engine.experts.host_experts import HostExperts, calibrate, redirect
 from engine.experts.slots import Acquired
 from engine.kernels.grouped_experts import GroupedExperts
 from engine.model.model_map import MoELayer, expert_param_names
 
 IMPLEMENTATION = "moe_offload"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class DecodeMode:
     # [B] long on the device, row b -> the row whose routed experts row b computes with: b for the step's
     # real rows, 0 for the padding rows of a step shape larger than its rows (None: no padding possible)
     row_source: torch.Tensor | None = None
+    # hybrid misses (MOE_HYBRID_MISSES): the host computes part of a layer's misses while the rest are copied
+    hybrid: HostExperts | None = None
 
 
 _DECODE: contextvars.ContextVar[DecodeMode | None] = contextvars.ContextVar("moe_decode_mode", default=None)
@@ -170,6 +175,11 @@ def offloaded_experts_forward(
     if not experts:
         return torch.zeros_like(hidden_states)
     if decode is not None and len(experts) <= cache.room_for(layer):
+        host = _host_share(decode, cache, layer, experts, groups)
+        if host:
+            return _hybrid_decode(
+                self, cache, layer, hidden_states, top_k_index, top_k_weights, experts, host, decode
+            )
         acq = cache.acquire(layer, experts)
         try:
             cache.sync_slot_table(layer)
@@ -181,6 +191,59 @@ def offloaded_experts_forward(
         finally:
             cache.release(acq)
     return _experts_one_by_one(self, cache, layer, hidden_states, top_k_weights, groups, experts)
+
+
+def host_experts(store, layers: list[MoELayer], hidden: int, device: torch.device) -> HostExperts:
+    """Hybrid misses for this model (`MOE_HYBRID_MISSES`): the engine's expert math on the store, with the
+    copy and host rates measured now on this machine."""
+    rates = calibrate(store, _expert_mlp, layers[0].experts, hidden, device)
+    log.info(
+        "hybrid misses: an expert copies in %.3f ms, the host computes one row of it in %.3f ms",
+        rates.copy_ms,
+        rates.host_ms,
+    )
+    return HostExperts(store, rates, _expert_mlp)
+
+
+def _host_share(decode: DecodeMode, cache: ExpertCache, layer: int, experts: list[int], groups) -> list[int]:
+    """The missed experts the host computes in this decode layer-step (none without hybrid misses)."""
+    if decode.hybrid is None:
+        return []
+    missing = [e for e in experts if not cache.resident(layer, e)]
+    if not missing:
+        return []
+    return decode.hybrid.choose(missing, {e: len(groups[e][1]) for e in missing}, len(experts))
+
+
+def _hybrid_decode(
+    mod: nn.Module,
+    cache: ExpertCache,
+    layer: int,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    experts: list[int],
+    host: list[int],
+    decode: DecodeMode,
+) -> torch.Tensor:
+    """A decode layer-step with hybrid misses: the rows' hidden states go to the host first (before the
+    compute stream waits on any copy), the device's experts are acquired (their copies start), the host
+    computes its experts meanwhile, and the device computes its own with the host's pairs redirected at
+    weight zero, then adds the host's output."""
+    x_host, w_host = hidden_states.to("cpu"), top_k_weights.to("cpu")
+    on_host = set(host)
+    device_ids = [e for e in experts if e not in on_host]
+    cache.count_host(layer, host)
+    acq = cache.acquire(layer, device_ids)
+    try:
+        cache.sync_slot_table(layer)
+        y = decode.hybrid.output(mod, layer, x_host, top_k_index.tolist(), w_host, host)  # [T, D] host
+        ids, weights = redirect(top_k_index, top_k_weights, host, device_ids[0])
+        views = cache.store.layer_views(layer) if decode.host_reads else None
+        out = decode.grouped.forward(mod, hidden_states, cache.slot_dev[layer], ids, weights, host=views)
+        return out + y.to(out.device)
+    finally:
+        cache.release(acq)
 
 
 def _experts_one_by_one(

@@ -27,6 +27,7 @@ import logging
 import torch
 
 from engine.api.config import EngineConfig
+from engine.experts.host_experts import HostExperts
 from engine.kernels.grouped_experts import GroupedExperts
 from engine.kernels.triton_guard import triton_available
 from engine.model.loader import OffloadedModel
@@ -57,6 +58,7 @@ class ModelRunner:
         kernels: bool = _DEFAULTS.fused_kernels,
         host_reads: bool = _DEFAULTS.host_reads,
         stream_miss_mb: float | None = _DEFAULTS.stream_miss_mb,
+        hybrid: HostExperts | None = None,
     ) -> None:
         """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
         kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
@@ -64,7 +66,8 @@ class ModelRunner:
         `kernels`; True also on CPU under Triton's interpreter, for tests; False: never). The attention
         kernel needs the model on sdpa attention; it then switches the model to it. host_reads: stream
         decode steps where the store and the experts allow it; stream_miss_mb: the missed MB per step
-        above which they are segmented instead (None or 0: always streamed; see the module's docstring)."""
+        above which they are segmented instead (None or 0: always streamed; see the module's docstring);
+        hybrid: the host computes part of each eager decode layer's misses (`engine.experts.host_experts`)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -88,6 +91,7 @@ class ModelRunner:
         cuda = self.device.type == "cuda"
         self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
         self.host_reads = host_reads
+        self.hybrid = hybrid
         self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
         # bytes per step; None: always streamed
         self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
@@ -206,7 +210,12 @@ class ModelRunner:
         ids = torch.tensor([tokens + tokens[:1] * pad], dtype=torch.long, device=self.device).T  # [B, 1]
         pos = torch.tensor(positions + positions[:1] * pad, dtype=torch.long, device=self.device)  # [B]
         src = torch.tensor(row_sources(n, batch), device=self.device) if pad else None  # [B]
-        mode = DecodeMode(self.grouped(), host_reads=self.graphs_enabled and self.streams, row_source=src)
+        mode = DecodeMode(
+            self.grouped(),
+            host_reads=self.graphs_enabled and self.streams,
+            row_source=src,
+            hybrid=self.hybrid,
+        )
         with decoding(mode):
             return self._decode_forward(ids, pos, kv_len)
 

@@ -1,0 +1,122 @@
+"""Hybrid misses: some of a decode layer's missed experts are computed on the host CPU, from the pinned
+expert store, while PCIe copies the others in (issue #17, item 4; `MOE_HYBRID_MISSES`).
+
+A missed expert costs the step its copy (`copy_ms`: expert bytes over the host-to-device bandwidth) or, on
+the host, `host_ms` per row routed to it (one gated MLP over one hidden state, reading the expert at host
+memory bandwidth, while copies run). `HostExperts.choose` gives the host the misses that balance the two
+sides: it adds misses to the host, the ones with the fewest routed rows first, while that shortens
+max(copies left x copy_ms, the host's rows x host_ms). It always leaves at least one routed expert on the
+device (a resident or copied one), because the device's computation of the host's (row, expert) pairs is
+redirected to it with weight zero (`redirect`): the grouped kernels then need no other change.
+
+`output` computes the host's share with the engine's own expert math (`_expert_mlp` on the store's views,
+the ops transformers' eager experts loop runs), the routing weights applied per pair, summed per row; the
+device adds it to its own output. So the layer's output is the same sum, in a different order.
+
+Imports torch and `engine.experts.store` only; the expert math is passed in (`engine.model.offload`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.experts.store import ExpertStore
+
+ExpertMath = Callable[[object, dict, int, torch.Tensor], torch.Tensor]  # (module, views, expert, x) -> y
+
+
+@dataclass(frozen=True)
+class HybridRates:
+    copy_ms: float  # one expert over PCIe
+    host_ms: float  # one expert on one row, on the host
+
+
+class HostExperts:
+    """The host's share of a layer's misses: which ones (`choose`), and their output (`output`)."""
+
+    def __init__(self, store: ExpertStore, rates: HybridRates, math: ExpertMath) -> None:
+        self.store = store
+        self.rates = rates
+        self.math = math
+
+    def choose(self, missing: Sequence[int], rows: dict[int, int], routed: int) -> list[int]:
+        """The missed experts to compute on the host: `missing` (not resident), `rows[e]` the rows routed
+        to expert e, `routed` the layer's distinct routed experts (resident ones included)."""
+        r = self.rates
+        order = sorted(missing, key=lambda e: (rows.get(e, 1), e))
+        host: list[int] = []
+        host_ms, copies = 0.0, len(order)
+        best = copies * r.copy_ms
+        for e in order:
+            if routed - len(host) - 1 < 1:  # one routed expert stays on the device (`redirect`)
+                break
+            t = max((copies - 1) * r.copy_ms, host_ms + rows.get(e, 1) * r.host_ms)
+            if t >= best:
+                break
+            host.append(e)
+            host_ms += rows.get(e, 1) * r.host_ms
+            copies -= 1
+            best = t
+        return host
+
+    def output(
+        self,
+        mod,
+        layer: int,
+        x: torch.Tensor,
+        ids: list[list[int]],
+        weights: torch.Tensor,
+        host: Sequence[int],
+    ) -> torch.Tensor:
+        """[T, D] on the host: the weighted outputs of the `host` experts for the rows routed to them; x [T, D]
+        and weights [T, k] on the host, ids the rows' routed experts (host lists)."""
+        views = self.store.layer_views(layer)
+        out = torch.zeros(x.shape, dtype=torch.float32)
+        chosen = set(host)
+        for e in sorted(chosen):
+            pairs = [(t, p) for t, row in enumerate(ids) for p, v in enumerate(row) if v == e]
+            tok = torch.tensor([t for t, _ in pairs])
+            pos = torch.tensor([p for _, p in pairs])
+            y = self.math(mod, views, e, x[tok])  # [t, D]
+            out.index_add_(0, tok, y.float() * weights[tok, pos, None].float())
+        return out.to(x.dtype)
+
+
+def redirect(
+    ids: torch.Tensor, weights: torch.Tensor, host: Sequence[int], to: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, weights) [T, k] with each pair routed to a `host` expert sent to expert `to` (one the device
+    computes) with weight zero, so the device adds nothing for it."""
+    h = torch.tensor(sorted(host), dtype=ids.dtype, device=ids.device)
+    on_host = torch.isin(ids, h)
+    return torch.where(on_host, torch.full_like(ids, to), ids), weights.masked_fill(on_host, 0)
+
+
+def calibrate(
+    store: ExpertStore, math: ExpertMath, mod, hidden: int, device: torch.device, reps: int = 5
+) -> HybridRates:
+    """Measure `HybridRates` on this machine: one expert's copy to `device` (pinned, median of `reps`) and
+    one expert on one row of `hidden` values on the host (layer 0's first experts, median of `reps`)."""
+    views = store.layer_views(0)
+    x = torch.zeros((1, hidden), dtype=store.layout.dtype)
+    host = []
+    for i in range(reps + 1):
+        t0 = time.perf_counter()
+        math(mod, views, i % store.layout.num_experts, x)
+        host.append(time.perf_counter() - t0)
+    copy = []
+    slot = torch.empty(store.layout.numel, dtype=store.layout.dtype, device=device)
+    for i in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        slot.copy_(store.row(0, i % store.layout.num_experts), non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        copy.append(time.perf_counter() - t0)
+    med = lambda v: sorted(v[1:])[len(v[1:]) // 2]  # noqa: E731  (the first run warms up)
+    return HybridRates(copy_ms=1e3 * med(copy), host_ms=1e3 * med(host))

@@ -86,6 +86,11 @@ def main() -> None:
         help="policies also run with segmented steps (MOE_HOST_READS=false) below a full cache",
     )
     ap.add_argument(
+        "--hybrid",
+        default="",
+        help="policies also run with hybrid misses (MOE_HYBRID_MISSES, segmented steps) below a full cache",
+    )
+    ap.add_argument(
         "--routing",
         default="random",
         help="random (the model's own), or twin:PATH to replay a twin_replay_<shape> artefact's routing and "

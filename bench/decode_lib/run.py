@@ -130,7 +130,10 @@ def measure(
     fractions = [float(f) for f in args.fractions.split(",")]
     policies = [p for p in args.policies.split(",") if p]
     segmented = args.segmented.split(",")
-    sweep(Sweep(workload, bank, routing, bw, record, deadline, b.cuda), fractions, policies, segmented)
+    hybrid = [p for p in args.hybrid.split(",") if p]
+    sweep(
+        Sweep(workload, bank, routing, bw, record, deadline, b.cuda), fractions, policies, segmented, hybrid
+    )
 
     if batches and not deadline.passed():
         batched_runs(om, workload.segments, batches, record, wrap=workload.wrap, eviction=args.eviction)

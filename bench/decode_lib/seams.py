@@ -1,11 +1,11 @@
 """Every way the decode benchmark changes how the engine runs, in one place.
 
-Runners of another kind are built through `ModelRunner`'s constructor (`graphs`, `host_reads`), as the
-server builds its own from settings. The cache's stall and routing callbacks are attached the way
+Runners of another kind are built through `ModelRunner`'s constructor (`graphs`, `host_reads`, `hybrid`),
+as the server builds its own from settings. The cache's stall and routing callbacks are attached the way
 `engine.frontend.startup` attaches them. One switch has no public seam:
 `torch_expert_gemv` (see there).
 
-Imports `engine.runner` and `engine.experts.hooks` only.
+Imports `engine.runner`, `engine.experts.hooks` and `engine.model.offload` (`host_experts`) only.
 """
 
 from __future__ import annotations
@@ -14,16 +14,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from engine.experts.hooks import Listener
+from engine.model.offload import host_experts
 from engine.runner.runner import ModelRunner
 
 BENCH_MAX_LEN = 1024  # KV positions of the batch-1 and batched runners: a prompt and its decode steps
 
 
 @contextmanager
-def runner_of_kind(om, rows: int = 1, graphs: bool | None = None, host_reads: bool = True) -> Iterator:
-    """A runner of its own over `om` (graphs=False: eager steps; host_reads=False: segmented steps),
-    its captured graphs dropped on the way out."""
-    runner = ModelRunner(om, rows=rows, max_len=BENCH_MAX_LEN, graphs=graphs, host_reads=host_reads)
+def runner_of_kind(
+    om, rows: int = 1, graphs: bool | None = None, host_reads: bool = True, hybrid: bool = False
+) -> Iterator:
+    """A runner of its own over `om` (graphs=False: eager steps; host_reads=False: segmented steps;
+    hybrid: hybrid misses, `MOE_HYBRID_MISSES`), its captured graphs dropped on the way out."""
+    he = host_experts(om.store, om.layers, int(om.model.config.hidden_size), om.device) if hybrid else None
+    runner = ModelRunner(
+        om, rows=rows, max_len=BENCH_MAX_LEN, graphs=graphs, host_reads=host_reads, hybrid=he
+    )
     try:
         yield runner
     finally:

@@ -117,7 +117,9 @@ class Sweep:
         self.record.add_config(policy, fraction, s, slots, wall, workload.runner.steps, variant=variant)
 
 
-def sweep(sw: Sweep, fractions: list[float], policies: list[str], segmented: list[str]) -> None:
+def sweep(
+    sw: Sweep, fractions: list[float], policies: list[str], segmented: list[str], hybrid: list[str] = ()
+) -> None:
     runner = sw.workload.runner
     for fraction in fractions:
         here = ["none"] if fraction >= 1.0 else policies
@@ -145,6 +147,7 @@ def sweep(sw: Sweep, fractions: list[float], policies: list[str], segmented: lis
                 sw.measure("exact", fraction, "eager", sw.workload.on(eager))
         if sw.cuda and fraction < 1.0:
             segmented_steps(sw, fraction, [p for p in segmented if p in here])
+            segmented_steps(sw, fraction, [p for p in hybrid if p in here], hybrid=True)
 
 
 def resident_ablations(sw: Sweep, fraction: float) -> None:
@@ -155,14 +158,24 @@ def resident_ablations(sw: Sweep, fraction: float) -> None:
         sw.measure("none", fraction, "torch-gemv")
 
 
-def segmented_steps(sw: Sweep, fraction: float, policies: list[str]) -> None:
-    """The same policies with segmented steps (no reads from host memory), on a runner built for them."""
+def segmented_steps(sw: Sweep, fraction: float, policies: list[str], hybrid: bool = False) -> None:
+    """The same policies with segmented steps (no reads from host memory), on a runner built for them;
+    `hybrid`: with hybrid misses (the host computes part of each layer's misses, rates measured now)."""
     if not policies:
         return
-    with runner_of_kind(sw.workload.runner.om, host_reads=False) as seg:
+    variant = "hybrid" if hybrid else "segmented"
+    with runner_of_kind(sw.workload.runner.om, host_reads=False, hybrid=hybrid) as seg:
+        if hybrid and seg.hybrid is None:
+            log("hybrid misses skipped: this model's experts cannot run on the host")
+            return
+        if hybrid:
+            r = seg.hybrid.rates
+            log(
+                f"hybrid misses: an expert copies in {r.copy_ms:.3f} ms, the host computes a row of it in {r.host_ms:.3f} ms"
+            )
         for policy in policies:
             if sw.deadline.passed():
-                sw.record.skipped(f"{policy}@{fraction}/segmented")
+                sw.record.skipped(f"{policy}@{fraction}/{variant}")
                 continue
             seg.reset_steps()
-            sw.measure(policy, fraction, "segmented", sw.workload.on(seg))
+            sw.measure(policy, fraction, variant, sw.workload.on(seg))

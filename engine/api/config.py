@@ -186,8 +186,9 @@ class EngineConfig:
     )
     hybrid_misses: bool = setting(
         False,
-        "Eager decode steps on CUDA compute part of each layer's missed experts on the host CPU while PCIe "
-        "copies the rest, split by rates measured at start (segmented and streamed graph steps do not yet).",
+        "Decode steps on CUDA compute part of each layer's missed experts on the host CPU while PCIe copies "
+        "the rest, split by rates measured at start (eager and segmented steps; streamed steps, which read "
+        "their misses from host memory, do not).",
         "Host CPU computes part of each decode layer's misses [MOE_HYBRID_MISSES].",
     )
     seed: int = setting(

@@ -71,8 +71,16 @@ class CapturedTap(Protocol):
 class StepCapture(Protocol):
     """The runner's object that is live while a decode step is captured as a CUDA graph."""
 
-    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
-        """Called inside the capture; returns extra keyword arguments for `GroupedExperts.forward`."""
+    def on_routing(
+        self,
+        layer: int,
+        top_k_index: torch.Tensor,
+        mod: nn.Module | None = None,
+        hidden: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> dict:
+        """Called inside the capture; returns extra keyword arguments for `GroupedExperts.forward`, and
+        under "hybrid" the layer's hybrid-miss buffers (`sub`, `keep`, `out`, `reset()`) to apply."""
         ...
 
     def on_prediction(self, tap: CapturedTap, target: int, table: torch.Tensor | None) -> None:
@@ -164,10 +172,18 @@ def offloaded_experts_forward(
         # is an out-of-bounds read. Padding rows compute with row 0's experts instead (their output is dropped).
         top_k_index = top_k_index.index_select(0, decode.row_source)  # [T, k]
     if decode is not None and decode.capture is not None:  # inside a CUDA graph capture: no host work
-        extra = decode.capture.on_routing(layer, top_k_index)
-        return decode.grouped.forward(
+        extra = decode.capture.on_routing(layer, top_k_index, self, hidden_states, top_k_weights)
+        hy = extra.pop("hybrid", None)  # segmented steps with hybrid misses: the host's share, applied here
+        if hy is not None:
+            top_k_index = torch.where(hy.sub >= 0, hy.sub, top_k_index)
+            top_k_weights = top_k_weights * hy.keep
+        out = decode.grouped.forward(
             self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights, **extra
         )
+        if hy is not None:
+            out = out + hy.out
+            hy.reset()  # inside the graph: the next step starts with no host share
+        return out
     groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer
     experts = sorted(groups)
     cache.before_routing()  # a prefetch still being issued for this layer finishes first
@@ -193,9 +209,16 @@ def offloaded_experts_forward(
     return _experts_one_by_one(self, cache, layer, hidden_states, top_k_weights, groups, experts)
 
 
-def host_experts(store, layers: list[MoELayer], hidden: int, device: torch.device) -> HostExperts:
+def host_experts(store, layers: list[MoELayer], hidden: int, device: torch.device) -> HostExperts | None:
     """Hybrid misses for this model (`MOE_HYBRID_MISSES`): the engine's expert math on the store, with the
-    copy and host rates measured now on this machine."""
+    copy and host rates measured now on this machine; None (logged) for experts with a post-expert norm,
+    whose weights live on the device only."""
+    if getattr(layers[0].experts, "has_post_expert_norm", False):
+        log.warning(
+            "hybrid misses are off: %s experts end in a norm the host does not hold",
+            type(layers[0].experts).__name__,
+        )
+        return None
     rates = calibrate(store, _expert_mlp, layers[0].experts, hidden, device)
     log.info(
         "hybrid misses: an expert copies in %.3f ms, the host computes one row of it in %.3f ms",

@@ -47,10 +47,44 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.experts.cache import ExpertCache
+from engine.experts.host_experts import HostExperts
 from engine.experts.slots import Acquired
 from engine.model.offload import CapturedTap
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HybridSlot:
+    """A segmented step's hybrid-miss buffers for one MoE layer (`engine.experts.host_experts`): the
+    experts' input and routing weights the host reads after the route segment, and what the host writes
+    before the experts' segment (`sub`: a pair's redirected expert, -1 none; `keep`: its weight factor;
+    `out`: the host's output), which that segment applies and then resets."""
+
+    mod: object  # the layer's experts module (the host's expert math reads its flags)
+    x: torch.Tensor  # [B, D] the experts' input (static, the graph's)
+    w: torch.Tensor  # [B, k] routing weights (static)
+    sub: torch.Tensor  # [B, k] long
+    keep: torch.Tensor  # [B, k] the weights' dtype
+    out: torch.Tensor  # [B, D] the hidden states' dtype
+    host: dict[str, torch.Tensor] = field(default_factory=dict)  # pinned copies of all five, after capture
+
+    def reset(self) -> None:
+        self.sub.fill_(-1)
+        self.keep.fill_(1)
+        self.out.zero_()
+
+    def pin(self) -> None:
+        self.host = {
+            n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            for n, t in (
+                ("x", self.x),
+                ("w", self.w),
+                ("sub", self.sub),
+                ("keep", self.keep),
+                ("out", self.out),
+            )
+        }
 
 
 @dataclass
@@ -60,6 +94,7 @@ class Action:
     dev: torch.Tensor | None  # the segment's static result (ids); None for a host-only prediction (oracle)
     issuer: CapturedTap | None = None  # the prefetch tap that turns a prediction into copies
     host: torch.Tensor | None = None  # pinned, same shape as `dev`, filled after each replay
+    hybrid: HybridSlot | None = None  # route actions of a step captured with hybrid misses
 
 
 @dataclass
@@ -83,6 +118,9 @@ class StepGraph:
         for _, action in self.segments:
             if action is not None and action.dev is not None:
                 action.host = torch.empty(action.dev.shape, dtype=action.dev.dtype, pin_memory=True)
+            if action is not None and action.hybrid is not None:
+                action.hybrid.pin()
+                action.hybrid.reset()  # made during the capture, never written yet
         # two of each log, so a step's logs are read while the next step's are copied
         self.logs_host = [
             {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in self.logs.items()}
@@ -100,12 +138,14 @@ class StepGraph:
 class GraphCapture:
     """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
 
-    def __init__(self, pool, whole: bool, layers: int, host_views=None) -> None:
+    def __init__(self, pool, whole: bool, layers: int, host_views=None, hybrid: bool = False) -> None:
         """whole: the step is one graph; `host_views(layer)` (streamed steps): the layer's experts in
-        mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot."""
+        mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot;
+        hybrid (segmented steps): each layer's experts segment takes the host's share of its misses."""
         self.pool = pool
         self.whole = whole
         self.host_views = host_views
+        self.hybrid = hybrid and not whole
         self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
         self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
         # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
@@ -143,8 +183,15 @@ class GraphCapture:
             log_ = self.logs[name] = torch.empty((self._layers, *shape), dtype=dtype, device=device)
         return log_
 
-    def on_routing(self, layer: int, top_k_index: torch.Tensor) -> dict:
-        # top_k_index: [B, k] on the device
+    def on_routing(
+        self,
+        layer: int,
+        top_k_index: torch.Tensor,
+        mod=None,
+        hidden: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> dict:
+        # top_k_index, weights: [B, k] on the device; hidden: [B, D] the experts' input
         if self.whole:
             dev = top_k_index.device
             self._log("route", tuple(top_k_index.shape), top_k_index.dtype, dev)[layer].copy_(top_k_index)
@@ -152,6 +199,17 @@ class GraphCapture:
                 return {}
             slots = self._log("slots", (top_k_index.numel(),), torch.int32, dev)
             return {"host": self.host_views(layer), "slot_log": slots[layer]}  # the kernels write the log
+        if self.hybrid and hidden is not None and weights is not None:
+            slot = HybridSlot(
+                mod,
+                hidden,
+                weights,
+                sub=torch.empty(top_k_index.shape, dtype=top_k_index.dtype, device=top_k_index.device),
+                keep=torch.empty(weights.shape, dtype=weights.dtype, device=weights.device),
+                out=torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
+            )
+            self.split(Action("route", layer, top_k_index, hybrid=slot))
+            return {"hybrid": slot}
         self.split(Action("route", layer, top_k_index))
         return {}
 
@@ -169,8 +227,9 @@ class GraphCapture:
 class GraphReplayer:
     """Runs a captured step: replays its segments and does each segment's host action."""
 
-    def __init__(self, cache: ExpertCache) -> None:
+    def __init__(self, cache: ExpertCache, hybrid: HostExperts | None = None) -> None:
         self.cache = cache
+        self.hybrid = hybrid  # hybrid misses: the host computes part of a layer's misses
 
     def replay(self, sg: StepGraph, n: int) -> None:
         cache = self.cache
@@ -190,6 +249,10 @@ class GraphReplayer:
                 continue
             if action.dev is not None:
                 action.host.copy_(action.dev, non_blocking=True)
+            hy = action.hybrid if self.hybrid is not None else None
+            if hy is not None:  # the experts' input and weights, in case the host takes some misses
+                hy.host["x"].copy_(hy.x, non_blocking=True)
+                hy.host["w"].copy_(hy.w, non_blocking=True)
             ev.record(stream)
             if action.kind == "predict":
                 predictions.append((action, ev, time.perf_counter()))
@@ -202,6 +265,8 @@ class GraphReplayer:
             experts = sorted(set(action.host[:n].reshape(-1).tolist()))
             if cache.ready_on_device(action.layer, experts):
                 ready = (action, experts)  # launch the next segment first
+            elif hy is not None and (host := self._host_share(action.layer, experts, action.host[:n])):
+                held.append(self._route_hybrid(action, experts, host, n))
             else:
                 held.append(self._route(action, experts))
         if ready is not None:
@@ -214,6 +279,35 @@ class GraphReplayer:
         cache.account_routing(action.layer, experts)
         acq = cache.acquire(action.layer, experts)  # demand copies; the compute stream waits on them
         cache.sync_slot_table(action.layer)
+        return acq
+
+    def _host_share(self, layer: int, experts: list[int], ids: torch.Tensor) -> list[int]:
+        missing = [e for e in experts if not self.cache.resident(layer, e)]
+        if not missing:
+            return []
+        rows = {e: int((ids == e).any(dim=-1).sum()) for e in missing}
+        return self.hybrid.choose(missing, rows, len(experts))
+
+    def _route_hybrid(self, action: Action, experts: list[int], host: list[int], n: int) -> Acquired:
+        """`_route` with the host computing `host` (missed experts) while the rest are copied: the copies
+        start, the host computes, then its output and the redirect of its pairs go to the device ahead of
+        the experts' segment."""
+        cache, hy, layer = self.cache, action.hybrid, action.layer
+        on_host = set(host)
+        device_ids = [e for e in experts if e not in on_host]
+        cache.account_routing(layer, experts)
+        cache.count_host(layer, host)
+        acq = cache.acquire(layer, device_ids)  # demand copies; the compute stream waits on them
+        cache.sync_slot_table(layer)
+        ids = action.host  # [B, k] pinned: every row (padding rows route as row 0)
+        y = self.hybrid.output(hy.mod, layer, hy.host["x"][:n], ids[:n].tolist(), hy.host["w"][:n], host)
+        on = torch.isin(ids, torch.tensor(sorted(on_host), dtype=ids.dtype))
+        hy.host["sub"].copy_(torch.where(on, device_ids[0], -1))
+        hy.host["keep"].copy_((~on).to(hy.host["keep"].dtype))
+        hy.host["out"].zero_()
+        hy.host["out"][:n].copy_(y)
+        for name in ("sub", "keep", "out"):  # ordered before the experts' segment on this stream
+            getattr(hy, name).copy_(hy.host[name], non_blocking=True)
         return acq
 
     def account_whole_step(self, logs: dict[str, torch.Tensor], n: int) -> None:

@@ -67,7 +67,8 @@ class ModelRunner:
         kernel needs the model on sdpa attention; it then switches the model to it. host_reads: stream
         decode steps where the store and the experts allow it; stream_miss_mb: the missed MB per step
         above which they are segmented instead (None or 0: always streamed; see the module's docstring);
-        hybrid: the host computes part of each eager decode layer's misses (`engine.experts.host_experts`)."""
+        hybrid: the host computes part of each decode layer's misses in eager and segmented steps
+        (`engine.experts.host_experts`; streamed steps read their misses from host memory instead)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -267,7 +268,7 @@ class ModelRunner:
                 graph.replay()
             self._deferred.launched(sg, n, self.om.cache)
         else:
-            GraphReplayer(self.om.cache).replay(sg, n)
+            GraphReplayer(self.om.cache, self.hybrid).replay(sg, n)
         self.steps["graph"] += 1
         self.steps["streamed"] += sg.stream
         self.steps["segmented"] += not sg.whole
@@ -311,7 +312,9 @@ class ModelRunner:
         with torch.cuda.stream(self._stream):
             try:
                 views = self.om.store.layer_views if stream else None
-                cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views)
+                cap = GraphCapture(
+                    self._pool, whole, len(self.om.layers), host_views=views, hybrid=self.hybrid is not None
+                )
                 with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
                     sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                     cap.close()

@@ -240,3 +240,29 @@ def test_steps_switch_between_streamed_and_segmented(checkpoints, references):
         runner.steps
     )
     check_counts(om)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.1], ids=["cache50", "cache10"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_misses_give_the_reference_tokens(family, fraction, checkpoints, references):
+    """MOE_HYBRID_MISSES in segmented graph steps: the host computes every miss it may (the rates say so),
+    the device the rest with the host's pairs redirected at weight zero; same tokens as the reference."""
+    from engine.experts.host_experts import HostExperts, HybridRates
+    from engine.model.offload import _expert_mlp, host_experts
+
+    prompt = references[family][0]
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=fraction))
+    measured = host_experts(om.store, om.layers, int(om.model.config.hidden_size), CUDA)
+    assert measured.rates.copy_ms > 0 and measured.rates.host_ms > 0
+    hybrid = HostExperts(om.store, HybridRates(copy_ms=1.0, host_ms=1e-4), _expert_mlp)
+    runner = ModelRunner(om, rows=2, host_reads=False, hybrid=hybrid)
+    tokens = runner.greedy(prompt, NEW)
+    torch.cuda.synchronize()
+    runner.after_step()
+    assert runner.graph_failure is None
+    if fraction >= 0.5:  # a segmented step needs room for a layer's experts at once
+        assert runner.steps["segmented"] >= NEW - 3
+    assert tokens == reference(checkpoints[family], prompt)
+    c = check_counts(om)
+    assert c["host_computed"] > 0
+    assert c["bytes_demand"] == (c["misses"] - c["host_computed"]) * om.store.layout.nbytes

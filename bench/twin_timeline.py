@@ -29,13 +29,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.twin_eviction import current_decode, engine_measured, policy_runs, workload  # noqa: E402
+from bench.twin_eviction import (  # noqa: E402
+    CPU_EXPERT_BYTES,
+    CPU_EXPERT_MS,
+    CPU_SLOWDOWN_DURING_COPIES,
+    current_decode,
+    engine_measured,
+    policy_runs,
+    workload,
+)
 from predictors.sim_inputs import model_shape  # noqa: E402
 from predictors.sim_policies import PolicyRun  # noqa: E402
 from predictors.sim_timeline import Clock, Timeline, fit_decision_ms  # noqa: E402
 from predictors.simulate import replay  # noqa: E402
 
 AHEAD = (1, 2, 4)
+
+
+HYBRID_POLICIES = ("none", "oracle+1")  # also run with hybrid misses on the clock
 
 
 def configurations(w, pred) -> dict[str, PolicyRun]:
@@ -86,20 +97,26 @@ def run(
         raise SystemExit(f"{shape}: no host decision time makes the clock reach the measured {target:.2f} ms")
     del events
     tl = Timeline(**{**base.__dict__, "decision_ms": decision})
+    # hybrid misses (MOE_HYBRID_MISSES): the host's time for one expert on one row, the DESIGN.md rate of
+    # the H200's host scaled by the expert's bytes and slowed while copies run (bench/twin_eviction.py)
+    host_ms = CPU_EXPERT_MS * eb / CPU_EXPERT_BYTES * CPU_SLOWDOWN_DURING_COPIES
+    hybrid_tl = Timeline(**{**tl.__dict__, "host_ms": host_ms})
     rows = []
     for f in fractions:
         slots = max(w.top_k, round(f * w.total_experts))
         for ev in evictions:
             for name, pr in runs.items():
-                clock = Clock(w.num_layers, eb, tl)
-                c = replay(w, slots, ev, pr, preload_full=False, events=clock)
-                m = by_eviction.get(ev, {}).get((f, name))
-                rows.append(
-                    {"fraction": f, "eviction": ev, "slots": slots, "policy": name,
-                     "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests)),
-                     "model_ms": clock.ms(w.steps), "engine_ms": 1e3 / m[0] if m else None,
-                     "copies_per_token": (sum(c.misses) + sum(c.prefetch_issued)) / w.steps}
-                )  # fmt: skip
+                for hybrid in (False, True) if name in HYBRID_POLICIES else (False,):
+                    clock = Clock(w.num_layers, eb, hybrid_tl if hybrid else tl, w.top_k)
+                    c = replay(w, slots, ev, pr, preload_full=False, events=clock)
+                    label = f"{name} + hybrid" if hybrid else name
+                    m = by_eviction.get(ev, {}).get((f, name)) if not hybrid else None
+                    rows.append(
+                        {"fraction": f, "eviction": ev, "slots": slots, "policy": label, "hybrid": hybrid,
+                         "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests)),
+                         "model_ms": clock.ms(w.steps), "engine_ms": 1e3 / m[0] if m else None,
+                         "copies_per_token": (sum(c.misses) + sum(c.prefetch_issued)) / w.steps}
+                    )  # fmt: skip
     for r in rows:  # over LRU's none at the same cache: what the eviction and the policy give together
         none = next(
             x for x in rows if (x["fraction"], x["eviction"], x["policy"]) == (r["fraction"], "lru", "none")
@@ -116,6 +133,7 @@ def run(
         "tokens": w.steps,
         "decode_record": decode.get("command"),
         "engine_calls": calls,
+        "hybrid_host_ms": host_ms,
         "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
         "expert_bytes": eb,
         "seconds": round(time.monotonic() - t0, 1),
@@ -152,7 +170,15 @@ def write_md(doc: dict, path: Path) -> None:
         f"step {c['step_ms']:.2f} ms split {c['attention_share']:.0%} attention, one copy engine at "
         f"{c['bandwidth_gbs']:.1f} GB/s, the host's decision at each segment boundary {c['decision_ms']:.3f} ms, "
         f"fitted: {c['fit']} ({c['source']}). `oracle+d`: the oracle issued d MoE layers ahead (MOE_ORACLE_AHEAD). "
-        "Engine columns: the twin-replayed decode runs of the same twin (LRU and LFU sweeps) where they measured "
+        + (
+            f"`+ hybrid`: hybrid misses (MOE_HYBRID_MISSES), the host computing part of each layer's demand misses "
+            f"at {doc['hybrid_host_ms']:.3f} ms per expert (the H200 host's measured rate, scaled by bytes, slowed "
+            "30% while copies run; the engine's split rule; its `copies / token` are the misses, of which the "
+            "host computes part). "
+            if "hybrid_host_ms" in doc
+            else ""
+        )
+        + "Engine columns: the twin-replayed decode runs of the same twin (LRU and LFU sweeps) where they measured "
         "that configuration; both ratios are over LRU's `none` at the same cache."
         + _calls_note(
             doc.get("engine_calls", {}), any(r["eviction"] == "lfu" and r["engine_ms"] for r in doc["rows"])

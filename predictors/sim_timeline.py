@@ -10,7 +10,10 @@ them against two resources, the GPU's compute stream and one host-to-device copy
 - the layer's attention and router (`attention_share` of the layer's resident time) run, then the host
   decides again (`decision_ms`) and queues the layer's demand copies;
 - the layer's experts start when the router's decision is made and every copy for this layer (predicted
-  by an earlier tap or demanded now) has landed, and take the rest of the layer's resident time.
+  by an earlier tap or demanded now) has landed, and take the rest of the layer's resident time;
+- with hybrid misses (`host_ms` > 0, `MOE_HYBRID_MISSES`), the host computes part of the layer's demand
+  misses (`engine.experts.hybrid_split.host_share`, the engine's rule) while the rest are copied, and the
+  experts start when both are done.
 
 A copy takes expert bytes / bandwidth. Fitted to one measured configuration through `decision_ms`
 (`fit_decision_ms`: the host's work at a boundary, launch and Python included, is not a number one can
@@ -18,13 +21,15 @@ look up), the model's other predictions can be checked against the engine's meas
 issuing copies earlier (`MOE_ORACLE_AHEAD`, lookahead bundles) can buy before a GPU measures it. What it
 does not model: streamed steps, batches, copies slower while compute runs, and the predictor's own time.
 
-Imports nothing but the standard library.
+Imports the standard library and `engine.experts.hybrid_split` (torch-free) only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from engine.experts.hybrid_split import host_share
 
 Event = tuple[
     int, int, int, int, int
@@ -37,14 +42,18 @@ class Timeline:
     bandwidth_gbs: float  # host->device
     decision_ms: float = 0.0  # host work at each segment boundary
     attention_share: float = 0.5  # of a layer's resident time, before its experts
+    host_ms: float = 0.0  # hybrid misses: the host's time for one expert on one row (0: off)
 
 
 class Clock:
     """The timeline played as events arrive (`replay(..., events=Clock(...))`: it only appends), in O(layers)
     memory, so a long trace needs no event list."""
 
-    def __init__(self, num_layers: int, expert_bytes: int, tl: Timeline) -> None:
+    def __init__(self, num_layers: int, expert_bytes: int, tl: Timeline, top_k: int = 1) -> None:
+        """top_k: routed experts per token (hybrid misses keep one of a layer's routed experts on the
+        device); a replay's steps are batch 1."""
         self.copy_ms = expert_bytes / (tl.bandwidth_gbs * 1e6)
+        self.host_ms, self.top_k = tl.host_ms, top_k
         layer_ms = tl.step_ms / num_layers
         self.attn, self.experts = tl.attention_share * layer_ms, (1.0 - tl.attention_share) * layer_ms
         self.decision = tl.decision_ms
@@ -59,8 +68,12 @@ class Clock:
                 self.copy_free = max(self.copy_free, self.t) + issued * self.copy_ms
                 self.ready[target] = max(self.ready[target], self.copy_free)
         self.t += self.attn + self.decision  # attention, router, the host's decision on its routing
-        if demand:
-            self.copy_free = max(self.copy_free, self.t) + demand * self.copy_ms
+        on_host = 0
+        if demand and self.host_ms > 0:
+            on_host = len(host_share([(i, 1) for i in range(demand)], self.copy_ms, self.host_ms, self.top_k))
+            self.ready[layer] = max(self.ready[layer], self.t + on_host * self.host_ms)
+        if demand - on_host:
+            self.copy_free = max(self.copy_free, self.t) + (demand - on_host) * self.copy_ms
             self.ready[layer] = max(self.ready[layer], self.copy_free)
         self.t = max(self.t, self.ready[layer]) + self.experts
 
@@ -70,10 +83,10 @@ class Clock:
 
 
 def timeline_ms(
-    events: Sequence[Event], steps: int, num_layers: int, expert_bytes: int, tl: Timeline
+    events: Sequence[Event], steps: int, num_layers: int, expert_bytes: int, tl: Timeline, top_k: int = 1
 ) -> float:
     """Mean ms per step of the recorded events on the timeline (events in replay order)."""
-    clock = Clock(num_layers, expert_bytes, tl)
+    clock = Clock(num_layers, expert_bytes, tl, top_k)
     for e in events:
         clock.append(e)
     return clock.ms(steps)

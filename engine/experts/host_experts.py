@@ -13,7 +13,7 @@ redirected to it with weight zero (`redirect`): the grouped kernels then need no
 the ops transformers' eager experts loop runs), the routing weights applied per pair, summed per row; the
 device adds it to its own output. So the layer's output is the same sum, in a different order.
 
-Imports torch and `engine.experts.store` only; the expert math is passed in (`engine.model.offload`).
+Imports torch, `engine.experts.store` and `engine.experts.hybrid_split` only; the expert math is passed in (`engine.model.offload`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.experts.hybrid_split import host_share
 from engine.experts.store import ExpertStore
 
 ExpertMath = Callable[[object, dict, int, torch.Tensor], torch.Tensor]  # (module, views, expert, x) -> y
@@ -47,21 +48,7 @@ class HostExperts:
         """The missed experts to compute on the host: `missing` (not resident), `rows[e]` the rows routed
         to expert e, `routed` the layer's distinct routed experts (resident ones included)."""
         r = self.rates
-        order = sorted(missing, key=lambda e: (rows.get(e, 1), e))
-        host: list[int] = []
-        host_ms, copies = 0.0, len(order)
-        best = copies * r.copy_ms
-        for e in order:
-            if routed - len(host) - 1 < 1:  # one routed expert stays on the device (`redirect`)
-                break
-            t = max((copies - 1) * r.copy_ms, host_ms + rows.get(e, 1) * r.host_ms)
-            if t >= best:
-                break
-            host.append(e)
-            host_ms += rows.get(e, 1) * r.host_ms
-            copies -= 1
-            best = t
-        return host
+        return host_share([(e, rows.get(e, 1)) for e in missing], r.copy_ms, r.host_ms, routed)
 
     def output(
         self,

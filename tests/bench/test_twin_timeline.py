@@ -27,10 +27,26 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((tmp_path / "timeline_deepseek_v2_lite.json").read_text())
     assert doc["tokens"] == 300 and doc["routing"].startswith("twin-replayed")
-    policies = {"none", "exact", "oracle", "oracle+1", "oracle+2", "oracle+4"}
+    policies = {
+        "none",
+        "exact",
+        "oracle",
+        "oracle+1",
+        "oracle+2",
+        "oracle+4",
+        "none + hybrid",
+        "oracle+1 + hybrid",
+    }
     assert {(r["fraction"], r["eviction"], r["policy"]) for r in doc["rows"]} == {
         (f, e, p) for f in (0.25, 0.5, 0.75) for e in ("lru", "lfu") for p in policies
     }
+    by = {(r["fraction"], r["eviction"], r["policy"]): r for r in doc["rows"]}
+    for (f, e, p), r in by.items():  # the host's share only ever shortens a layer: never slower
+        if r["hybrid"]:
+            plain = by[(f, e, p.removesuffix(" + hybrid"))]
+            assert r["engine_ms"] is None and r["model_ms"] <= plain["model_ms"] + 1e-9
+            assert r["copies_per_token"] == plain["copies_per_token"]  # the same misses, fewer of them copied
+    assert by[(0.25, "lru", "none + hybrid")]["model_ms"] < by[(0.25, "lru", "none")]["model_ms"]
     fit = next(r for r in doc["rows"] if (r["fraction"], r["eviction"], r["policy"]) == (0.5, "lru", "none"))
     assert fit["model_ms"] == pytest.approx(fit["engine_ms"], rel=1e-6)  # the one fitted number
     assert doc["clock"]["decision_ms"] > 0

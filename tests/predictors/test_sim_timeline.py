@@ -37,6 +37,20 @@ def test_a_prediction_one_layer_ahead_hides_its_copies_behind_the_layer_before()
     assert timeline_ms(big, 1, 2, EB, TL) == pytest.approx(0.1 + 4.0 + 0.5)
 
 
+def test_hybrid_misses_compute_part_of_the_demand_on_the_host_while_the_rest_copy():
+    # layer 0 (top-4) misses 3 experts: copies take 0.2 each, the host 0.3 each. The engine's rule gives the
+    # host one (max(2 x 0.2, 0.3) = 0.4 < 0.6), a second would make it 0.6: experts start at 0.6 + 0.4
+    events = [(0, 0, -1, 0, 3), (0, 1, -1, 0, 0)]
+    hybrid = Timeline(**{**TL.__dict__, "host_ms": 0.3})
+    assert timeline_ms(events, 1, 2, EB, TL, top_k=4) == pytest.approx(0.6 + 0.6 + 0.5 + 1.1)
+    assert timeline_ms(events, 1, 2, EB, hybrid, top_k=4) == pytest.approx(0.6 + 0.4 + 0.5 + 1.1)
+    # a slow host takes nothing; top-1 keeps its one routed expert on the device
+    slow = Timeline(**{**TL.__dict__, "host_ms": 5.0})
+    assert timeline_ms(events, 1, 2, EB, slow, top_k=4) == timeline_ms(events, 1, 2, EB, TL, top_k=4)
+    one = [(0, 0, -1, 0, 1), (0, 1, -1, 0, 0)]
+    assert timeline_ms(one, 1, 2, EB, hybrid, top_k=1) == timeline_ms(one, 1, 2, EB, TL, top_k=1)
+
+
 def test_the_fit_recovers_the_decision_time_and_refuses_what_no_decision_reaches():
     events = [(s, layer, -1, 0, s % 3) for s in range(20) for layer in range(4)]
     truth = Timeline(step_ms=2.0, bandwidth_gbs=50.0, decision_ms=0.237)

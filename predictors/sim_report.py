@@ -65,10 +65,11 @@ def sweep(
         def hit_at(slots: int, eviction: str, run: PolicyRun, timed: bool = False) -> dict:
             clock = None
             if timed and expert_bytes:
+                tm = cfg.time
                 tl = Timeline(
-                    cfg.time.step_ms, cfg.time.bandwidth_gbs, cfg.time.decision_ms, cfg.time.attention_share
+                    tm.step_ms, tm.bandwidth_gbs, tm.decision_ms, tm.attention_share, tm.host_expert_ms
                 )
-                clock = Clock(w.num_layers, expert_bytes, tl)
+                clock = Clock(w.num_layers, expert_bytes, tl, w.top_k)
             counters = replay(
                 w,
                 slots,
@@ -111,7 +112,8 @@ def sweep(
             "overlap_ms": "max(step_ms, bytes_per_token / bandwidth): every copy hidden behind compute",
             "serial_ms": "step_ms + misses_per_token * expert_bytes / bandwidth: prefetches hidden, misses stall",
             "clock_ms": "per-layer clock of segmented steps (predictors.sim_timeline): one copy engine, decision_ms "
-            "of host work at each segment boundary, attention_share of each layer before its experts",
+            "of host work at each segment boundary, attention_share of each layer before its experts; with "
+            "host_expert_ms > 0 the host computes part of each layer's demand misses (hybrid misses)",
         },
         "lfu_half_life_tokens": cfg.lfu_half_life,
         "policies": {r.label: {"policy": r.name, **r.params} for r in runs},

@@ -223,6 +223,8 @@ class TimeModel:
     # fitted on the DeepSeek-V2-Lite twin on an H200 (bench/twin_timeline.py), and attention's share of a step
     decision_ms: float = 0.277
     attention_share: float = 0.5
+    # hybrid misses on the clock (MOE_HYBRID_MISSES): the host's ms for one expert on one row; 0: off
+    host_expert_ms: float = 0.0
 
 
 def summarize(counters, steps: int, expert_bytes: int | None, tm: TimeModel) -> dict:

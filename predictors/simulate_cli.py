@@ -106,6 +106,13 @@ def simulate(
     attention_share: Annotated[
         float, typer.Option(help="The clock's share of each layer's resident time before its experts.")
     ] = 0.5,
+    host_expert_ms: Annotated[
+        float,
+        typer.Option(
+            help="Hybrid misses on the clock (MOE_HYBRID_MISSES): the host's ms for one expert on one row "
+            "while copies run (H200 host, Qwen3-30B-A3B expert: about 0.40); 0: off."
+        ),
+    ] = 0.0,
     target_hit: Annotated[
         float | None, typer.Option(help="Print the smallest cache reaching this hit rate, e.g. 0.9.")
     ] = None,
@@ -140,6 +147,8 @@ def simulate(
         raise typer.BadParameter("a share in [0, 1]", param_hint="--attention-share")
     if decision_ms < 0:
         raise typer.BadParameter("0 or more milliseconds", param_hint="--decision-ms")
+    if host_expert_ms < 0:
+        raise typer.BadParameter("0 or more milliseconds", param_hint="--host-expert-ms")
     evictions = _names(eviction, EVICTIONS, "--eviction")
     asked = _names(policies, POLICIES, "--policies")
     try:
@@ -168,7 +177,7 @@ def simulate(
         cfg = SweepConfig(
             evictions=tuple(evictions) or DEFAULT_EVICTIONS,
             lfu_half_life=lfu_half_life,
-            time=TimeModel(step_ms, bandwidth_gbs, decision_ms, attention_share),
+            time=TimeModel(step_ms, bandwidth_gbs, decision_ms, attention_share, host_expert_ms),
             target_hit=target_hit,
             target_metric="resident_hit_rate" if target_metric is TargetMetric.resident else "hit_rate",
             progress=progress,
@@ -187,7 +196,13 @@ def simulate(
         wide.print(
             f"expert {expert_bytes / 1e6:.2f} MB; overlap ms = max(step {step_ms} ms, MB/tok / {bandwidth_gbs} GB/s) "
             "(copies hidden behind compute); serial ms = step + misses x expert / bandwidth (misses stall); clock ms = "
-            f"segmented steps on one copy engine, {decision_ms} ms per segment boundary (docs/simulate.md)"
+            f"segmented steps on one copy engine, {decision_ms} ms per segment boundary"
+            + (
+                f", the host computing part of the misses at {host_expert_ms} ms per expert"
+                if host_expert_ms
+                else ""
+            )
+            + " (docs/simulate.md)"
         )
     else:
         console.print("no expert size (--expert-mb or --model): bytes and modelled times left out")

@@ -89,6 +89,27 @@ def test_the_clock_takes_its_settings_and_refuses_a_share_outside_zero_to_one(ti
     assert row["clock_ms"] == pytest.approx(3.0)
     r = _invoke(*common, "--attention-share", "1.5", "--no-progress")
     assert r.exit_code == 2 and "--attention-share" in r.output
+    r = _invoke(*common, "--host-expert-ms", "-1", "--no-progress")
+    assert r.exit_code == 2 and "--host-expert-ms" in r.output
+
+
+def test_hybrid_misses_on_the_clock_never_slow_a_configuration(tiny, tmp_path):
+    traces, _ = tiny
+    common = ["--traces", traces, "--policies", "none", "--eviction", "lru", "--fractions", "0.2,0.5",
+              "--expert-mb", "9.4", "--no-progress"]  # fmt: skip
+    rows = {}
+    for host in ("0", "0.05"):
+        r = _invoke(*common, "--host-expert-ms", host, "--out", tmp_path / host)
+        assert r.exit_code == 0, r.output
+        doc = json.loads((tmp_path / host / "simulate.json").read_text())
+        assert doc["time_model"]["host_expert_ms"] == float(host)
+        rows[host] = {x["slots"]: x for x in doc["results"]}
+    assert "the host computing part of the misses at 0.05 ms" in r.output
+    for slots, plain in rows["0"].items():
+        hybrid = rows["0.05"][slots]
+        assert hybrid["counts"] == plain["counts"]  # the same cache; only the clock changes
+        assert hybrid["clock_ms"] <= plain["clock_ms"] + 1e-9
+    assert any(rows["0.05"][s]["clock_ms"] < rows["0"][s]["clock_ms"] for s in rows["0"])  # a fast host pays
 
 
 def test_a_routing_recording_replays_none_and_oracle_and_refuses_predictor_policies(tmp_path):

@@ -178,9 +178,16 @@ def test_sigterm_drains_a_running_stream(container) -> None:
     name, base = container
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
     model = client.models.list().data[0].id
-    body = _long_request(client, model, max_tokens=500)
+    # a stream of about a quarter of the graceful period on this machine (the 2-core CI machine makes 500
+    # tokens in about 5 s, a faster one more): long enough to be mid-flight at SIGTERM, short enough to drain
+    probe = _long_request(client, model, max_tokens=64)
+    per_token = probe["seconds"] / 64
+    tokens = max(64, min(500, int(GRACEFUL / 4 / per_token)))
+    body = _long_request(client, model, max_tokens=tokens)
     seconds = body.pop("seconds")
-    assert seconds < GRACEFUL / 2, f"{seconds:.1f} s for 500 tokens: too slow to drain inside {GRACEFUL} s"
+    assert seconds < GRACEFUL / 2, (
+        f"{seconds:.1f} s for {tokens} tokens: too slow to drain inside {GRACEFUL} s"
+    )
 
     lines: list[tuple[float, str]] = []
     first = threading.Event()

@@ -50,6 +50,12 @@ class HostExperts:
         r = self.rates
         return host_share([(e, rows.get(e, 1)) for e in missing], r.copy_ms, r.host_ms, routed)
 
+    def share(self, rows: dict[int, int], resident: Callable[[int], bool]) -> list[int]:
+        """`choose` for one layer-step: `rows[e]` the rows routed to each routed expert e, `resident(e)`
+        whether e is on the device; [] when nothing missed."""
+        missing = [e for e in rows if not resident(e)]
+        return self.choose(missing, rows, len(rows)) if missing else []
+
     def output(
         self,
         mod,
@@ -73,13 +79,17 @@ class HostExperts:
         return out.to(x.dtype)
 
 
+def host_pairs(ids: torch.Tensor, host: Sequence[int]) -> torch.Tensor:
+    """Bool [T, k]: the (row, position) pairs of `ids` [T, k] routed to a `host` expert."""
+    return torch.isin(ids, torch.tensor(sorted(host), dtype=ids.dtype, device=ids.device))
+
+
 def redirect(
     ids: torch.Tensor, weights: torch.Tensor, host: Sequence[int], to: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, weights) [T, k] with each pair routed to a `host` expert sent to expert `to` (one the device
     computes) with weight zero, so the device adds nothing for it."""
-    h = torch.tensor(sorted(host), dtype=ids.dtype, device=ids.device)
-    on_host = torch.isin(ids, h)
+    on_host = host_pairs(ids, host)
     return torch.where(on_host, torch.full_like(ids, to), ids), weights.masked_fill(on_host, 0)
 
 

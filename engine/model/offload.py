@@ -191,7 +191,7 @@ def offloaded_experts_forward(
     if not experts:
         return torch.zeros_like(hidden_states)
     if decode is not None and len(experts) <= cache.room_for(layer):
-        host = _host_share(decode, cache, layer, experts, groups)
+        host = _host_share(decode, cache, layer, groups)
         if host:
             return _hybrid_decode(
                 self, cache, layer, hidden_states, top_k_index, top_k_weights, experts, host, decode
@@ -228,14 +228,11 @@ def host_experts(store, layers: list[MoELayer], hidden: int, device: torch.devic
     return HostExperts(store, rates, _expert_mlp)
 
 
-def _host_share(decode: DecodeMode, cache: ExpertCache, layer: int, experts: list[int], groups) -> list[int]:
+def _host_share(decode: DecodeMode, cache: ExpertCache, layer: int, groups) -> list[int]:
     """The missed experts the host computes in this decode layer-step (none without hybrid misses)."""
     if decode.hybrid is None:
         return []
-    missing = [e for e in experts if not cache.resident(layer, e)]
-    if not missing:
-        return []
-    return decode.hybrid.choose(missing, {e: len(groups[e][1]) for e in missing}, len(experts))
+    return decode.hybrid.share({e: len(g[1]) for e, g in groups.items()}, lambda e: cache.resident(layer, e))
 
 
 def _hybrid_decode(

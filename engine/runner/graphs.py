@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.experts.cache import ExpertCache
-from engine.experts.host_experts import HostExperts
+from engine.experts.host_experts import HostExperts, host_pairs
 from engine.experts.slots import Acquired
 from engine.model.offload import CapturedTap
 
@@ -265,7 +266,7 @@ class GraphReplayer:
             experts = sorted(set(action.host[:n].reshape(-1).tolist()))
             if cache.ready_on_device(action.layer, experts):
                 ready = (action, experts)  # launch the next segment first
-            elif hy is not None and (host := self._host_share(action.layer, experts, action.host[:n])):
+            elif hy is not None and (host := self._host_share(action.layer, action.host[:n])):
                 held.append(self._route_hybrid(action, experts, host, n))
             else:
                 held.append(self._route(action, experts))
@@ -281,12 +282,9 @@ class GraphReplayer:
         cache.sync_slot_table(action.layer)
         return acq
 
-    def _host_share(self, layer: int, experts: list[int], ids: torch.Tensor) -> list[int]:
-        missing = [e for e in experts if not self.cache.resident(layer, e)]
-        if not missing:
-            return []
-        rows = {e: int((ids == e).any(dim=-1).sum()) for e in missing}
-        return self.hybrid.choose(missing, rows, len(experts))
+    def _host_share(self, layer: int, ids: torch.Tensor) -> list[int]:
+        rows = Counter(e for row in ids.tolist() for e in set(row))  # expert -> the rows routed to it
+        return self.hybrid.share(rows, lambda e: self.cache.resident(layer, e))
 
     def _route_hybrid(self, action: Action, experts: list[int], host: list[int], n: int) -> Acquired:
         """`_route` with the host computing `host` (missed experts) while the rest are copied: the copies
@@ -301,7 +299,7 @@ class GraphReplayer:
         cache.sync_slot_table(layer)
         ids = action.host  # [B, k] pinned: every row (padding rows route as row 0)
         y = self.hybrid.output(hy.mod, layer, hy.host["x"][:n], ids[:n].tolist(), hy.host["w"][:n], host)
-        on = torch.isin(ids, torch.tensor(sorted(on_host), dtype=ids.dtype))
+        on = host_pairs(ids, host)
         hy.host["sub"].copy_(torch.where(on, device_ids[0], -1))
         hy.host["keep"].copy_((~on).to(hy.host["keep"].dtype))
         hy.host["out"].zero_()

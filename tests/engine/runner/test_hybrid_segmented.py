@@ -46,7 +46,7 @@ class ReplayingCapture:
         action = Action("route", layer, top_k_index, host=top_k_index.clone(), hybrid=slot)
         n = top_k_index.shape[0]
         experts = sorted(set(action.host.reshape(-1).tolist()))
-        host = self.replayer._host_share(layer, experts, action.host)
+        host = self.replayer._host_share(layer, action.host)
         if host:
             self.held.append(self.replayer._route_hybrid(action, experts, host, n))
             self.shared += 1

@@ -146,8 +146,9 @@ def sweep(
             with runner_of_kind(runner.om, graphs=False) as eager:  # the same policy without CUDA graphs
                 sw.measure("exact", fraction, "eager", sw.workload.on(eager))
         if sw.cuda and fraction < 1.0:
-            segmented_steps(sw, fraction, [p for p in segmented if p in here])
-            segmented_steps(sw, fraction, [p for p in hybrid if p in here], hybrid=True)
+            ran = [p for p in here if bank_for(sw.bank, p) is not None]  # the lookahead ones the artefact has
+            segmented_steps(sw, fraction, [p for p in segmented if p in ran])
+            segmented_steps(sw, fraction, [p for p in hybrid if p in ran], hybrid=True)
 
 
 def resident_ablations(sw: Sweep, fraction: float) -> None:

@@ -175,13 +175,13 @@ def offloaded_experts_forward(
         extra = decode.capture.on_routing(layer, top_k_index, self, hidden_states, top_k_weights)
         hy = extra.pop("hybrid", None)  # segmented steps with hybrid misses: the host's share, applied here
         if hy is not None:
-            top_k_index = torch.where(hy.sub >= 0, hy.sub, top_k_index)
-            top_k_weights = top_k_weights * hy.keep
+            top_k_index = torch.where(hy.sub >= 0, hy.sub.to(top_k_index.dtype), top_k_index)
+            top_k_weights = top_k_weights * hy.keep.to(top_k_weights.dtype)
         out = decode.grouped.forward(
             self, hidden_states, cache.slot_dev[layer], top_k_index, top_k_weights, **extra
         )
         if hy is not None:
-            out = out + hy.out
+            out = out + hy.out.to(out.dtype)
             hy.reset()  # inside the graph: the next step starts with no host share
         return out
     groups = _group_by_expert(top_k_index.tolist(), self.num_experts)  # the one host sync of the layer

@@ -55,12 +55,30 @@ from engine.model.offload import CapturedTap
 log = logging.getLogger(__name__)
 
 
+def hybrid_buffers(
+    layers: int, batch: int, top_k: int, hidden: int, dtype: torch.dtype, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """Each MoE layer's `HybridSlot` device buffers (`sub` [B, k] long, `keep` [B, k] float32, `out`
+    [B, D] `dtype`), made before the capture begins. A buffer made inside a capture may get the memory of
+    a tensor that the same segment used and freed earlier, which every replay of that segment then
+    overwrites; these must keep what the host wrote (or their reset) from one segment to the next."""
+    return [
+        {
+            "sub": torch.empty((batch, top_k), dtype=torch.long, device=device),
+            "keep": torch.empty((batch, top_k), dtype=torch.float32, device=device),
+            "out": torch.empty((batch, hidden), dtype=dtype, device=device),
+        }
+        for _ in range(layers)
+    ]
+
+
 @dataclass
 class HybridSlot:
     """A segmented step's hybrid-miss buffers for one MoE layer (`engine.experts.host_experts`): the
     experts' input and routing weights the host reads after the route segment, and what the host writes
     before the experts' segment (`sub`: a pair's redirected expert, -1 none; `keep`: its weight factor;
-    `out`: the host's output), which that segment applies and then resets."""
+    `out`: the host's output), which that segment applies and then resets. `sub`, `keep` and `out` come
+    from `hybrid_buffers`, never from the capture's pool."""
 
     mod: object  # the layer's experts module (the host's expert math reads its flags)
     x: torch.Tensor  # [B, D] the experts' input (static, the graph's)
@@ -139,14 +157,17 @@ class StepGraph:
 class GraphCapture:
     """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
 
-    def __init__(self, pool, whole: bool, layers: int, host_views=None, hybrid: bool = False) -> None:
+    def __init__(
+        self, pool, whole: bool, layers: int, host_views=None, hybrid: list[dict] | None = None
+    ) -> None:
         """whole: the step is one graph; `host_views(layer)` (streamed steps): the layer's experts in
         mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot;
-        hybrid (segmented steps): each layer's experts segment takes the host's share of its misses."""
+        hybrid (segmented steps; `hybrid_buffers`, one per MoE layer): each layer's experts segment takes
+        the host's share of its misses."""
         self.pool = pool
         self.whole = whole
         self.host_views = host_views
-        self.hybrid = hybrid and not whole
+        self.hybrid = None if whole else hybrid
         self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
         self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
         # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
@@ -200,15 +221,14 @@ class GraphCapture:
                 return {}
             slots = self._log("slots", (top_k_index.numel(),), torch.int32, dev)
             return {"host": self.host_views(layer), "slot_log": slots[layer]}  # the kernels write the log
-        if self.hybrid and hidden is not None and weights is not None:
-            slot = HybridSlot(
-                mod,
-                hidden,
-                weights,
-                sub=torch.empty(top_k_index.shape, dtype=top_k_index.dtype, device=top_k_index.device),
-                keep=torch.empty(weights.shape, dtype=weights.dtype, device=weights.device),
-                out=torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
-            )
+        if self.hybrid is not None and hidden is not None and weights is not None:
+            buf = self.hybrid[layer]
+            if buf["sub"].shape != top_k_index.shape or buf["out"].shape != hidden.shape:
+                raise ValueError(
+                    f"hybrid buffers of layer {layer} are {tuple(buf['sub'].shape)} / {tuple(buf['out'].shape)}, "
+                    f"the step routes {tuple(top_k_index.shape)} / {tuple(hidden.shape)}"
+                )
+            slot = HybridSlot(mod, hidden, weights, **buf)
             self.split(Action("route", layer, top_k_index, hybrid=slot))
             return {"hybrid": slot}
         self.split(Action("route", layer, top_k_index))

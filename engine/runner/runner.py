@@ -35,7 +35,7 @@ from engine.model.offload import DecodeMode, decoding
 from engine.model.patch_rope import fused_rope_active
 from engine.model.patches import install as install_patches
 from engine.runner.deferred import DeferredSteps
-from engine.runner.graphs import GraphCapture, GraphReplayer, StepGraph
+from engine.runner.graphs import GraphCapture, GraphReplayer, StepGraph, hybrid_buffers
 from engine.runner.kv_cache import MaskBuilder, StaticKV
 from engine.runner.step_choice import MissedBytes, bucket, can_stream, pads, row_sources
 
@@ -307,14 +307,18 @@ class ModelRunner:
             whole=whole,
             stream=stream,
         )
+        hybrid = None
+        if self.hybrid is not None and not whole:  # outside the capture (see `hybrid_buffers`)
+            hidden = int(self.om.model.get_input_embeddings().weight.shape[1])
+            hybrid = hybrid_buffers(
+                len(self.om.layers), batch, self.om.top_k, hidden, self.om.dtype, self.device
+            )
         torch.cuda.synchronize(self.device)
         cap = None
         with torch.cuda.stream(self._stream):
             try:
                 views = self.om.store.layer_views if stream else None
-                cap = GraphCapture(
-                    self._pool, whole, len(self.om.layers), host_views=views, hybrid=self.hybrid is not None
-                )
+                cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views, hybrid=hybrid)
                 with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
                     sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                     cap.close()

@@ -66,9 +66,17 @@ def warmup_cosine(total_steps: int, warmup_frac: float):
 def predict_scores(
     predictor: torch.nn.Module, x: torch.Tensor, device: str, chunk: int = 8192
 ) -> torch.Tensor:
-    """scores[N, E] on the CPU for x[N, d], in eval mode, chunk by chunk."""
+    """scores[N, E] on the CPU for x[N, d], in eval mode, chunk by chunk, computed on `device` (the
+    predictor is moved there for the call and back after: a trained bank is handed back on the CPU)."""
     predictor.eval()
-    out = [predictor(x[s : s + chunk].to(device).float()).float().cpu() for s in range(0, x.shape[0], chunk)]
+    home = next(predictor.parameters()).device
+    predictor.to(device)
+    try:
+        out = [
+            predictor(x[s : s + chunk].to(device).float()).float().cpu() for s in range(0, x.shape[0], chunk)
+        ]
+    finally:
+        predictor.to(home)
     return torch.cat(out)
 
 

@@ -78,7 +78,7 @@ def phase_train(run, args, shape, device, tok):
         args.data, max_train_chars=args.train_chars, max_heldout_chars=args.heldout_chars, seed=args.seed
     )
     run.put("data", {**corpus.stats, "data_dir": str(args.data)}, phase="data")
-    model = build_twin(shape, device, args.seed, aux=args.aux)
+    model = build_twin(shape, device, args.seed, aux=args.aux, aux_coef=args.aux_coef)
     impl = choose_experts_implementation(inner_model(model), device)
     run.say(f"{shape.name} twin: {twin_params(model)}; experts: {impl}")
     run.put(
@@ -372,6 +372,13 @@ def main() -> None:
         default="per-layer",
         help="balance loss: per MoE layer (bench/twin_shapes.py BalanceAux), or the family's own in "
         "transformers (layer-blind; the first Qwen3 and Phi twins)",
+    )
+    ap.add_argument(
+        "--aux-coef",
+        type=float,
+        default=None,
+        help="weight of the per-layer balance loss (default: the real model's, 0.001); a smaller one lets a "
+        "twin that spreads its picks too evenly concentrate",
     )
     ap.add_argument("--arch", type=int, choices=(1, 2), default=2)
     ap.add_argument("--loss", choices=("mse", "wbce", "focal", "rank_bce"), default="wbce")

@@ -192,12 +192,17 @@ def balance_loss(router_logits: tuple, batch: int, seq: int, k: int) -> torch.Te
 seq_balance_loss = balance_loss  # the name the DeepSeek twin's records were made with
 
 
-def build_twin(shape: TwinShape, device: torch.device, seed: int, aux: str = "per-layer") -> nn.Module:
+def build_twin(
+    shape: TwinShape, device: torch.device, seed: int, aux: str = "per-layer", aux_coef: float | None = None
+) -> nn.Module:
     """A freshly initialised twin in float32 on `device` (transformers' init, seeded); SDPA attention.
     `aux`: "per-layer" (`BalanceAux`), or "transformers": the family's own loss (DeepSeek-V2 has none, so
-    its twin always takes the per-sequence one)."""
+    its twin always takes the per-sequence one). `aux_coef`: the per-layer loss's weight (default: the real
+    model's, `DEEPSEEK_AUX_ALPHA` / `BALANCE_ALPHA`)."""
     if aux not in AUX_KINDS:
         raise ValueError(f"aux {aux!r}: one of {', '.join(AUX_KINDS)}")
+    if aux_coef is not None and not aux_coef >= 0:
+        raise ValueError(f"aux_coef {aux_coef!r}: a weight >= 0")
     from transformers import AutoModelForCausalLM
 
     from engine.model.model_map import fix_latent_attention_groups
@@ -207,9 +212,9 @@ def build_twin(shape: TwinShape, device: torch.device, seed: int, aux: str = "pe
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
     fix_latent_attention_groups(model)
     if shape.name == "deepseek-v2-lite":
-        model = BalanceAux(model, DEEPSEEK_AUX_ALPHA, per_sequence=True)
+        model = BalanceAux(model, DEEPSEEK_AUX_ALPHA if aux_coef is None else aux_coef, per_sequence=True)
     elif aux == "per-layer":
-        model = BalanceAux(model, BALANCE_ALPHA, per_sequence=False)
+        model = BalanceAux(model, BALANCE_ALPHA if aux_coef is None else aux_coef, per_sequence=False)
     return model.to(device)
 
 

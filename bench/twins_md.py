@@ -93,12 +93,20 @@ def _md_routing(data: dict) -> list[str]:
     off = [t for t in data["twins"].values() if t["verdict"]["kind"] != "close"]
     if off:
         blind = [t["real"] for t in off if t["training"]["aux"] == "transformers"]
+        even = [
+            t for t in off if t["verdict"]["kind"] == "too spread" and t["training"]["aux"] != "transformers"
+        ]
         lines.append(
             f"- What would bring {', '.join(t['real'] for t in off)} closer: "
             + (
                 f"retraining {', '.join(blind)} with the per-layer balance loss (now the default), then "
                 if blind
                 else ""
+            )
+            + "".join(
+                f"retraining {t['real']} with a smaller balance weight than {t['training']['aux_coef']:g} "
+                f"(`train_twin --aux-coef`), then "
+                for t in even
             )
             + "more tokens. Their loss was still falling when the call's time ran out; a run that resumes "
             "training across device calls (not built) or a narrower twin (more tokens per second) are the next steps."

@@ -74,6 +74,7 @@ def training(run: dict) -> dict:
         "final_train_loss": _r(t["final_train_loss"]),
         "ppl": {k: _r(v["ppl"], 1) for k, v in t["perplexity"].items()},
         "aux": balance_loss_kind(run),
+        "aux_coef": run["model"]["config"].get("router_aux_loss_coef"),
     }
 
 
@@ -125,6 +126,12 @@ def verdict(tr: dict, cold: dict) -> dict:
             "trained with transformers' balance loss, which counts expert use over every layer at once, so one "
             "layer's concentration is invisible to it (`bench/twin_shapes.py`; the Qwen3-30B-A3B twin retrained "
             "with a per-layer loss moved from +20 points at 24 slots to within 10 points of the published)"
+        )
+    if kind == "too spread" and tr["aux"] != "transformers" and cold["usage_entropy_norm"] >= 0.95:
+        why.append(
+            f"usage entropy {cold['usage_entropy_norm']:.2f} of max under the per-layer balance loss (weight "
+            f"{tr['aux_coef']:g}): it spreads each layer's picks almost evenly over the experts, where the real "
+            "model concentrates more (this twin's earlier run, with the layer-blind loss, was too sticky)"
         )
     if kind != "close":
         why.append(

@@ -249,6 +249,13 @@ def test_per_layer_aux_replaces_the_familys_own_loss(name):
     assert not isinstance(plain, BalanceAux)
     with pytest.raises(ValueError, match="aux"):
         build_twin(shape, torch.device("cpu"), 0, aux="none")
+    light = build_twin(shape, torch.device("cpu"), 0, aux_coef=1e-4)  # `train_twin --aux-coef`
+    assert light.config.router_aux_loss_coef == 1e-4
+    with torch.no_grad():
+        out_light = light(input_ids=ids, labels=ids, output_router_logits=True)
+    assert torch.isclose(out_light.loss, lm + 1e-4 * out_light.aux_loss, atol=1e-6)
+    with pytest.raises(ValueError, match="aux_coef"):
+        build_twin(shape, torch.device("cpu"), 0, aux_coef=-1.0)
 
 
 def test_twin_data_folder_keeps_the_layout(tmp_path):

@@ -6,7 +6,8 @@ against its other measured policies (issue #17: measure in the simulator first, 
     python bench/twin_timeline.py --twin bench/twins/twin_replay_<shape>.json --out ...
 
 For each cache size it replays the artefact's tokens as batch-1 decode steps (`predictors.simulate.replay`,
-LRU, the engine's cache semantics) under `none`, `exact` (the twin's predictors), `oracle`, and the oracle
+LRU, the engine's cache semantics) under `none`, `exact` (the twin's predictors), `exact+d` (its trained lookahead
+banks, where the artefact has them: `train_twin --lookahead`), `oracle`, and the oracle
 issued 1, 2 and 4 MoE layers ahead (`MOE_ORACLE_AHEAD`), records every layer's copies, and plays them on
 the clock: one copy engine at the twin decode run's measured bandwidth, the resident step split evenly
 between attention and experts, and the host's decision at each segment boundary fitted so that `none` at
@@ -35,6 +36,7 @@ from bench.twin_eviction import (  # noqa: E402
     CPU_SLOWDOWN_DURING_COPIES,
     current_decode,
     engine_measured,
+    lookahead_runs,
     policy_runs,
     workload,
 )
@@ -49,9 +51,10 @@ AHEAD = (1, 2, 4)
 HYBRID_POLICIES = ("none", "oracle+1")  # also run with hybrid misses on the clock
 
 
-def configurations(w, pred) -> dict[str, PolicyRun]:
+def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[str, PolicyRun]:
+    """none, exact, the artefact's trained lookahead banks (`exact+d`, `ahead`), oracle and oracle+d."""
     runs = policy_runs(w, pred)
-    out = {"none": runs["none"], "exact": runs["exact"], "oracle": runs["oracle"]}
+    out = {"none": runs["none"], "exact": runs["exact"], **(ahead or {}), "oracle": runs["oracle"]}
     for d in AHEAD:
         if d < w.num_layers:
             out[f"oracle+{d}"] = PolicyRun("oracle", f"oracle+{d}", shift=d)
@@ -84,7 +87,7 @@ def run(
     w, pred, _ = workload(twin.with_suffix(".npz"), tokens)
     eb = model_shape(shape).expert_bytes
     base = Timeline(step_ms=tm.step_ms, bandwidth_gbs=tm.bandwidth_gbs, attention_share=share)
-    runs = configurations(w, pred)
+    runs = configurations(w, pred, lookahead_runs(twin.with_suffix(".npz"), w, tokens))
     t0 = time.monotonic()
     # the fit first, on one configuration's events; every other replay then runs on the fitted clock as it
     # goes (a Clock holds one number per layer, not the replay's events)

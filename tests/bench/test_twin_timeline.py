@@ -73,3 +73,22 @@ def test_lfu_ratios_across_device_calls_are_flagged():
     assert "another device call" in _calls_note(two, True)
     assert "another device call" in _calls_note({"lru": None, "lfu": None}, True)
     assert _calls_note(two, False) == ""  # no LFU engine row: nothing to flag
+
+
+def test_the_trained_lookahead_banks_play_on_the_clock(tmp_path):
+    """The committed Phi-mini-MoE twin carries lookahead banks 1 and 2 (`train_twin --lookahead`): the clock
+    plays them as `exact+d` (the bank's top-k for layer i + d issued at layer i's tap) beside the engine's
+    measured `exact+d`, and a bank issued ahead copies what it predicts before the layer needs it."""
+    twin = ROOT / "bench" / "twins" / "twin_replay_phi-mini-moe.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "twin_timeline.py"), "--twin", str(twin), "--tokens", "300",
+           "--fractions", "0.5", "--out", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((tmp_path / "timeline_phi_mini_moe.json").read_text())
+    by = {(r["eviction"], r["policy"]): r for r in doc["rows"]}
+    for d in (1, 2):
+        r = by[("lru", f"exact+{d}")]
+        assert r["engine_ms"] is not None  # decode_phi_mini_moe_twin.json measured it
+        assert r["hit_rate"] > by[("lru", "none")]["hit_rate"]
+        assert r["copies_per_token"] >= by[("lru", "none")]["copies_per_token"]  # wrong guesses copy too
+    assert by[("lru", "oracle+1")]["hit_rate"] >= by[("lru", "exact+1")]["hit_rate"]

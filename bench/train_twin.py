@@ -56,13 +56,15 @@ AFTER_TRAIN_S = {"qwen3-30b-a3b": 220.0, "deepseek-v2-lite": 150.0, "phi-mini-mo
 ROUTING_S = {"qwen3-30b-a3b": 90.0, "deepseek-v2-lite": 40.0, "phi-mini-moe": 30.0}
 TABLE3_S = 75.0  # measured: 59 s on the DeepSeek twin sharing the H200 with the Phi twin (stop 27)
 TAIL_S = 30.0  # replay (64 batch-1 forwards) + PNG + final JSON
-LOOKAHEAD_S = 90.0  # one lookahead distance's bank (1 epoch) must fit in what is left (an estimate)
+# one lookahead distance's bank (1 epoch on the MMLU traces) must fit in what is left: measured 13-14 s per
+# bank on the Phi twin (32 layers x 16 experts, stop 27); the others scaled by layers x experts, with margin
+LOOKAHEAD_S = {"qwen3-30b-a3b": 60.0, "deepseek-v2-lite": 40.0, "phi-mini-moe": 25.0}
 PREDICTORS_MIN_S = 120.0  # the predictors' budget is never cut below this for the lookahead banks
 
 
 def lookahead_seconds(args) -> float:
     """The seconds the `--lookahead` banks are given (none with --smoke)."""
-    return 0.0 if args.smoke else LOOKAHEAD_S * len([d for d in args.lookahead.split(",") if d])
+    return 0.0 if args.smoke else LOOKAHEAD_S[args.shape] * len([d for d in args.lookahead.split(",") if d])
 
 
 def phase_train(run, args, shape, device, tok):
@@ -167,7 +169,7 @@ def phase_routing(run, shape, traces: dict, workers: int) -> None:
 
 def phase_lookahead(run, args, shape, traces, device, left, reserve: float) -> dict:
     """Phase 3b: a predictor bank per `--lookahead` distance on the MMLU traces (1 epoch), each started only
-    when more than LOOKAHEAD_S seconds are left before the tail and the `reserve` the later phases need;
+    when more than the shape's LOOKAHEAD_S are left before the tail and the `reserve` the later phases need;
     returns {d: bank} for the replay artefact (phase 4 records their predictions)."""
     from bench.lookahead_recall import PUBLISHED, distance_row
     from predictors.metrics import default_k_prime
@@ -182,7 +184,7 @@ def phase_lookahead(run, args, shape, traces, device, left, reserve: float) -> d
         if not 0 < d < traces.num_layers:
             run.say(f"lookahead d={d}: skipped, the twin has {traces.num_layers} MoE layers")
             continue
-        if left() - TAIL_S - reserve < (2.0 if args.smoke else LOOKAHEAD_S):
+        if left() - TAIL_S - reserve < (2.0 if args.smoke else LOOKAHEAD_S[shape.name]):
             run.say(f"lookahead d={d}: skipped, {left():.0f} s left ({reserve:.0f} s kept for later phases)")
             break
         rows.append(distance_row(traces, d, ns, kp, banks))

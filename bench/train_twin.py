@@ -59,6 +59,7 @@ TAIL_S = 30.0  # replay (64 batch-1 forwards) + PNG + final JSON
 # one lookahead distance's bank (1 epoch on the MMLU traces) must fit in what is left: measured 13-14 s per
 # bank on the Phi twin (32 layers x 16 experts, stop 27); the others scaled by layers x experts, with margin
 LOOKAHEAD_S = {"qwen3-30b-a3b": 60.0, "deepseek-v2-lite": 40.0, "phi-mini-moe": 25.0}
+LOOKAHEAD_EPOCHS = 8  # the most epochs a lookahead bank is given (early stopping may end it sooner)
 PREDICTORS_MIN_S = 120.0  # the predictors' budget is never cut below this for the lookahead banks
 
 
@@ -168,36 +169,43 @@ def phase_routing(run, shape, traces: dict, workers: int) -> None:
 
 
 def phase_lookahead(run, args, shape, traces, device, left, reserve: float) -> dict:
-    """Phase 3b: a predictor bank per `--lookahead` distance on the MMLU traces (1 epoch), each started only
-    when more than the shape's LOOKAHEAD_S are left before the tail and the `reserve` the later phases need;
-    returns {d: bank} for the replay artefact (phase 4 records their predictions)."""
+    """Phase 3b: a predictor bank per `--lookahead` distance on the MMLU traces, each started only when more
+    than the shape's LOOKAHEAD_S are left before the tail and the `reserve` the later phases need, and given
+    its share of what is left: as many epochs (1 to LOOKAHEAD_EPOCHS, early stopping) as that share fits
+    (`bench.predictor_steps.plan_epochs`), so time the earlier phases did not use trains the banks longer.
+    Returns {d: bank} for the replay artefact (phase 4 records their predictions)."""
     from bench.lookahead_recall import PUBLISHED, distance_row
+    from bench.predictor_steps import plan_epochs
     from predictors.metrics import default_k_prime
 
-    epochs = 1
     ns = argparse.Namespace(
-        arch=args.arch, loss=args.loss, hidden=shape.predictor_hidden, epochs=epochs, device=str(device),
+        arch=args.arch, loss=args.loss, hidden=shape.predictor_hidden, epochs=1, device=str(device),
         seed=args.seed,
     )  # fmt: skip
     kp, rows, banks = default_k_prime(traces.top_k, traces.num_experts), [], {}
-    for d in (int(x) for x in args.lookahead.split(",")):
+    distances = [int(x) for x in args.lookahead.split(",")]
+    for i, d in enumerate(distances):
         if not 0 < d < traces.num_layers:
             run.say(f"lookahead d={d}: skipped, the twin has {traces.num_layers} MoE layers")
             continue
-        if left() - TAIL_S - reserve < (2.0 if args.smoke else LOOKAHEAD_S[shape.name]):
+        spare = left() - TAIL_S - reserve
+        if spare < (2.0 if args.smoke else LOOKAHEAD_S[shape.name]):
             run.say(f"lookahead d={d}: skipped, {left():.0f} s left ({reserve:.0f} s kept for later phases)")
             break
-        rows.append(distance_row(traces, d, ns, kp, banks))
+        share = spare / (len(distances) - i)
+        if not args.smoke:
+            fit, _ = plan_epochs(0.7 * share, traces, ns.arch, ns.loss, ns.hidden, ns.device)
+            ns.epochs = max(1, min(LOOKAHEAD_EPOCHS, fit))
+        rows.append(
+            distance_row(traces, d, ns, kp, banks) | {"epochs": ns.epochs, "budget_s": round(share, 1)}
+        )
         m = rows[-1]["mean"]
         run.say(
             f"lookahead d={d}: predictor recall@k {m['predictor']['recall_at_k']:.4f}, router ahead "
-            f"{m['router_ahead']['recall_at_k']:.4f} ({rows[-1]['seconds']} s)"
+            f"{m['router_ahead']['recall_at_k']:.4f} ({ns.epochs} epochs at most, {rows[-1]['seconds']} s "
+            f"of {share:.0f})"
         )
-        run.put(
-            "lookahead",
-            {"k_prime": kp, "epochs": epochs, "published": PUBLISHED, "distances": rows},
-            phase="lookahead",
-        )
+        run.put("lookahead", {"k_prime": kp, "published": PUBLISHED, "distances": rows}, phase="lookahead")
     return banks
 
 

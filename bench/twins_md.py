@@ -157,6 +157,45 @@ def _md_predictors(data: dict) -> list[str]:
         "",
         note,
         "",
+        *_md_lookahead(data),
+    ]
+
+
+def _md_lookahead(data: dict) -> list[str]:
+    """Recall against lookahead distance, per twin whose run trained banks (`train_twin --lookahead`)."""
+    rows, without, pub = [], [], None
+    for t in data["twins"].values():
+        la = t.get("lookahead")
+        if la is None:
+            without.append(t["real"])
+            continue
+        pub = la["published"]
+        for r in la["distances"]:
+            if r["distance"] == 0:
+                rows.append(
+                    f"{t['real']} twin | 0 (the predictors above) | {_pct(r['predictor'])} | — | — | — | —"
+                )
+                continue
+            rows.append(
+                f"{t['real']} twin | {r['distance']} | {_pct(r['predictor'])} | {_pct(r['router_ahead'])} | "
+                f"{_pct(r['prior'])} | {r['epochs']} | {r['seconds']:.0f}"
+            )
+    if not rows:
+        return []
+    head = "twin | distance d | predictor recall@k | layer i + d's router on layer i's input | prior | epochs (at most) | train s"
+    published = ", ".join(f"d = {d}: {100 * v:.1f}%" for d, v in pub["recall_by_distance"].items())
+    return [
+        "Lookahead predictors: a bank per distance d names MoE layer i + d's experts from layer i's pre-attention "
+        "input, so its copies can start d layers early (`exact+d` in section 5). Held-out MMLU prompts:",
+        "",
+        *_table(head, rows),
+        f"Published ({pub['source']}): {published}."
+        + (
+            f" No banks in the runs of: {', '.join(without)} (their artefacts predate `--lookahead`)."
+            if without
+            else ""
+        ),
+        "",
     ]
 
 

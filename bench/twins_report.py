@@ -161,6 +161,27 @@ def predictors(run: dict) -> dict:
     return out | {"recall_at_k": rec, "top1": top1}
 
 
+def lookahead(run: dict) -> dict | None:
+    """The lookahead banks' held-out recall@k by distance (`train_twin --lookahead`), beside the target
+    layer's router on the source input and the prior, with the same-layer predictors as distance 0; None
+    for a run without banks."""
+    la = run.get("lookahead")
+    if not la or not la.get("distances"):
+        return None
+    rows = [{"distance": 0, "predictor": _r(run["predictors"]["heldout_mean"]["recall_at_k"])}]
+    for r in la["distances"]:
+        m = r["mean"]
+        rows.append(
+            {
+                "distance": r["distance"],
+                **{k: _r(m[k]["recall_at_k"]) for k in ("predictor", "router_ahead", "prior")},
+                "epochs": r.get("epochs", la.get("epochs", 1)),  # runs before per-distance epochs: 1
+                "seconds": r["seconds"],
+            }
+        )
+    return {"distances": rows, "published": la["published"]}
+
+
 def table3(run: dict) -> list[dict] | None:
     """Table 3's cells with the paper's recall@k and the distance in points (skipped cells stay skipped)."""
     if "table3" not in run:
@@ -378,7 +399,11 @@ def summarise(twins_dir: Path, decode_dir: Path) -> dict:
         tr = training(run)
         rt = {s: routing_set(run["routing"][s]) for s in SETS if s in run["routing"]}
         twin = {"real": real, "training": tr, "routing": rt, "verdict": verdict(tr, rt["cold"])}
-        out["twins"][shape] = twin = twin | {"predictors": predictors(run), "table3": table3(run)}
+        out["twins"][shape] = twin = twin | {
+            "predictors": predictors(run),
+            "lookahead": lookahead(run),
+            "table3": table3(run),
+        }
         recs = decode_records(Path(decode_dir), prefix) if prefix else []
         want = run.get("replay", {}).get("twin_fingerprint")
         current = [(n, d, log) for n, d, log in recs if d.get("replay", {}).get("twin_fingerprint") == want]

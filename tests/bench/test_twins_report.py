@@ -223,3 +223,28 @@ def test_a_missing_record_is_named(tmp_path):
     assert list(data["twins"]) == ["deepseek-v2-lite"] and data["random_weight"] == {}
     md = render_markdown(data)
     assert "- `train_twin_qwen3-30b-a3b.json` (not found)" in md and "Qwen3-30B-A3B twin |" not in md
+
+
+def test_lookahead_recall_by_distance_comes_from_the_runs(report):
+    """A twin trained with `--lookahead` has its banks' recall by distance in the report, distance 0 being
+    its same-layer predictors; a twin without banks is named as such."""
+    data, md, _ = report
+    for shape, t in data["twins"].items():
+        run = source(shape)
+        if not run.get("lookahead", {}).get("distances"):
+            assert (
+                t["lookahead"] is None
+                and f"{t['real']}" in md.split("No banks in the runs of:")[1].split("\n")[0]
+            )
+            continue
+        rows = t["lookahead"]["distances"]
+        assert rows[0] == {
+            "distance": 0,
+            "predictor": pytest.approx(run["predictors"]["heldout_mean"]["recall_at_k"], abs=1e-4),
+        }
+        for got, want in zip(rows[1:], run["lookahead"]["distances"], strict=True):
+            assert got["distance"] == want["distance"]
+            for k in ("predictor", "router_ahead", "prior"):
+                assert got[k] == pytest.approx(want["mean"][k]["recall_at_k"], abs=1e-4)
+            assert f"| {t['real']} twin | {got['distance']} | {100 * got['predictor']:.1f}% |" in md
+    assert any(t["lookahead"] for t in data["twins"].values())  # the Phi twin's run has banks 1 and 2

@@ -8,7 +8,7 @@
 #     (default policies: none, exact and the twin's lookahead predictors 1 and 2 MoE layers ahead (skipped when
 #     the artefact has none: train_twin --lookahead), oracle and the oracle 1 and 2 ahead, overprovision; POLICIES=)
 #  3. LFU=1: the batch-1 sweep again with --eviction lfu -> decode_${SHAPE}_lfu.json/.log (LFU_BATCHES=8: and
-#     the batch-8 runs at 100% and 50%)
+#     the batch-8 runs at 100% and 50%; LFU_POLICIES=none,exact+1: other policies than none,exact)
 # Carry .whl (the server's dependencies) and .cache/data/mmlu/test (the real-shape predictors' prompts).
 #   SHAPE=deepseek-v2-lite GPUTESTS=1 LFU=1 DEADLINE=200 bash bench/gpu_twin_decode_session.sh
 set -u
@@ -37,7 +37,7 @@ cp /tmp/decode_lru/decode_${TAG}.json $OUTDIR/decode_${TAG}_twin.json
 cp /tmp/decode_lru/decode_${TAG}.png $OUTDIR/decode_${TAG}_twin.png 2>/dev/null
 if [ "${LFU:-0}" = 1 ]; then
   timeout ${LFU_S:-240} python3 bench/decode.py $COMMON --eviction lfu --runs 3 --new-tokens 32 --collect-prompts 40 \
-    --samples 4000 --epochs 2 --fractions 0.5,0.25 --policies none,exact --segmented none --batches "${LFU_BATCHES:-}" --no-plain \
+    --samples 4000 --epochs 2 --fractions 0.5,0.25 --policies ${LFU_POLICIES:-none,exact} --segmented none --batches "${LFU_BATCHES:-}" --no-plain \
     --no-profile --deadline ${LFU_DEADLINE:-150} --out /tmp/decode_lfu 2>&1 | grep -v Warning > $OUTDIR/decode_${TAG}_lfu.log
   tail -3 $OUTDIR/decode_${TAG}_lfu.log
   cp /tmp/decode_lfu/decode_${TAG}.json $OUTDIR/decode_${TAG}_lfu.json

@@ -87,14 +87,19 @@ def workload(path: Path, max_tokens: int | None = None) -> tuple[Workload, np.nd
 
 
 def lookahead_runs(path: Path, w: Workload, max_tokens: int | None = None) -> dict[str, PolicyRun]:
-    """`exact+d` for each lookahead bank the artefact carries (`train_twin --lookahead`): at layer i's tap
-    the bank's top-k for layer i + d (the engine's `exact` with a bundle of distance d); {} without any."""
+    """`exact+d` and `overprovision+d` for each lookahead bank the artefact carries (`train_twin
+    --lookahead`): at layer i's tap the bank's top-k (top-k') for layer i + d, the engine's `exact`
+    (`overprovision`) with a bundle of distance d; {} without any."""
     manifest, a = twin_replay.load(path)
     out = {}
     for d in manifest.get("ahead", []):
         ahead = a[twin_replay.ahead_key(d)][:, :max_tokens].astype(np.int32)  # [L-d, N, k']
+        kp = ahead.shape[2]
         tables = [ahead[i][:, : w.top_k] for i in range(w.num_layers - d)]
         out[f"exact+{d}"] = PolicyRun("exact", f"exact+{d}", shift=d, tables=tables)
+        out[f"overprovision+{d}"] = PolicyRun(
+            "overprovision", f"overprovision+{d}", shift=d, tables=list(ahead), params={"k_prime": kp}
+        )
     return out
 
 

@@ -6,8 +6,9 @@ against its other measured policies (issue #17: measure in the simulator first, 
     python bench/twin_timeline.py --twin bench/twins/twin_replay_<shape>.json --out ...
 
 For each cache size it replays the artefact's tokens as batch-1 decode steps (`predictors.simulate.replay`,
-LRU, the engine's cache semantics) under `none`, `exact` (the twin's predictors), `exact+d` (its trained lookahead
-banks, where the artefact has them: `train_twin --lookahead`), `oracle`, and the oracle
+LRU, the engine's cache semantics) under `none`, `exact` (the twin's predictors), `exact+d` and
+`overprovision+d` (its trained lookahead banks' top-k and top-k', where the artefact has them: `train_twin
+--lookahead`), `oracle`, and the oracle
 issued 1, 2 and 4 MoE layers ahead (`MOE_ORACLE_AHEAD`), records every layer's copies, and plays them on
 the clock: one copy engine at the twin decode run's measured bandwidth, the resident step split evenly
 between attention and experts, and the host's decision at each segment boundary fitted so that `none` at
@@ -52,7 +53,8 @@ HYBRID_POLICIES = ("none", "oracle+1")  # also run with hybrid misses on the clo
 
 
 def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[str, PolicyRun]:
-    """none, exact, the artefact's trained lookahead banks (`exact+d`, `ahead`), oracle and oracle+d."""
+    """none, exact, the artefact's trained lookahead banks (`exact+d`, `overprovision+d`: `ahead`), oracle and
+    oracle+d."""
     runs = policy_runs(w, pred)
     out = {"none": runs["none"], "exact": runs["exact"], **(ahead or {}), "oracle": runs["oracle"]}
     for d in AHEAD:

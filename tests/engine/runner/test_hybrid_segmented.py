@@ -97,3 +97,39 @@ def test_segmented_hybrid_gives_the_reference_tokens(family, fraction, checkpoin
     assert c["host_computed"] > 0
     assert c["requests"] == c["hits_resident"] + c["hits_prefetched"] + c["misses"]
     assert c["bytes_demand"] == (c["misses"] - c["host_computed"]) * om.store.layout.nbytes
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: a capture that records nothing."""
+
+    def capture_begin(self, pool=None, capture_error_mode=None) -> None:
+        pass
+
+    def capture_end(self) -> None:
+        pass
+
+
+def test_a_captured_step_uses_the_buffers_made_before_the_capture(monkeypatch):
+    """The route segment's HybridSlot takes the layer's `hybrid_buffers`, never a tensor made inside the
+    capture (the graph pool would hand it memory that the segment's own replay overwrites: the H200's
+    out-of-bounds read before the fix); a step of another shape than the buffers' is refused."""
+    from engine.runner.graphs import GraphCapture, hybrid_buffers
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    bufs = hybrid_buffers(2, batch=4, top_k=2, hidden=8, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert [(b["sub"].dtype, b["keep"].dtype, b["out"].dtype) for b in bufs] == [
+        (torch.long, torch.float32, torch.bfloat16)
+    ] * 2
+    cap = GraphCapture(None, whole=False, layers=2, hybrid=bufs)
+    ids, hidden, weights = torch.zeros((4, 2), dtype=torch.int32), torch.zeros((4, 8)), torch.zeros((4, 2))
+    slot = cap.on_routing(1, ids, object(), hidden, weights)["hybrid"]
+    assert slot.sub is bufs[1]["sub"] and slot.keep is bufs[1]["keep"] and slot.out is bufs[1]["out"]
+    assert slot.x is hidden and slot.w is weights
+    (_, action), = cap.segments  # fmt: skip
+    assert action.hybrid is slot and action.dev is ids
+    with pytest.raises(ValueError, match="hybrid buffers of layer 0"):
+        cap.on_routing(
+            0, torch.zeros((2, 2), dtype=torch.int32), object(), torch.zeros((2, 8)), torch.zeros((2, 2))
+        )
+    whole = GraphCapture(None, whole=True, layers=2, hybrid=bufs)  # one graph for the step: no host share
+    assert whole.hybrid is None

@@ -52,9 +52,11 @@ POLICIES = ("none", "exact", "overprovision", "oracle")
 FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def workload(path: Path, max_tokens: int | None = None) -> tuple[Workload, np.ndarray, dict]:
-    """(workload of every token as a decode step, predicted ids [L, N, k'], manifest) of an artefact, its
-    first `max_tokens` tokens when given."""
+def workload(
+    path: Path, max_tokens: int | None = None
+) -> tuple[Workload, np.ndarray, dict, dict[int, np.ndarray]]:
+    """(workload of every token as a decode step, predicted ids [L, N, k'], manifest, {d: the lookahead bank
+    of distance d's predicted ids [L-d, N, k']}) of an artefact, its first `max_tokens` tokens when given."""
     manifest, a = twin_replay.load(path)
     routed = a["routed_ids"][:, :max_tokens].astype(np.int32)  # [L, N, k]
     nl, n, k = routed.shape
@@ -83,17 +85,18 @@ def workload(path: Path, max_tokens: int | None = None) -> tuple[Workload, np.nd
         fingerprint=manifest.get("twin_fingerprint"),
         scores=scores,
     )
-    return w, pred, manifest
+    ahead = {
+        d: a[twin_replay.ahead_key(d)][:, :max_tokens].astype(np.int32) for d in manifest.get("ahead", [])
+    }
+    return w, pred, manifest, ahead
 
 
-def lookahead_runs(path: Path, w: Workload, max_tokens: int | None = None) -> dict[str, PolicyRun]:
+def lookahead_runs(w: Workload, banks: dict[int, np.ndarray]) -> dict[str, PolicyRun]:
     """`exact+d` and `overprovision+d` for each lookahead bank the artefact carries (`train_twin
-    --lookahead`): at layer i's tap the bank's top-k (top-k') for layer i + d, the engine's `exact`
-    (`overprovision`) with a bundle of distance d; {} without any."""
-    manifest, a = twin_replay.load(path)
+    --lookahead`; `banks` from `workload`): at layer i's tap the bank's top-k (top-k') for layer i + d, the
+    engine's `exact` (`overprovision`) with a bundle of distance d; {} without any."""
     out = {}
-    for d in manifest.get("ahead", []):
-        ahead = a[twin_replay.ahead_key(d)][:, :max_tokens].astype(np.int32)  # [L-d, N, k']
+    for d, ahead in banks.items():  # ahead: [L-d, N, k']
         kp = ahead.shape[2]
         tables = [ahead[i][:, : w.top_k] for i in range(w.num_layers - d)]
         out[f"exact+{d}"] = PolicyRun("exact", f"exact+{d}", shift=d, tables=tables)
@@ -162,7 +165,7 @@ def current_decode(decode_dir: Path, shape: str, artefact: dict, kind: str = "tw
 
 def _one(args) -> dict:
     path, max_tokens, fraction, eviction, policy = args
-    w, pred, _ = _cached(path, max_tokens)
+    w, pred, _, _ = _cached(path, max_tokens)
     slots = max(w.top_k, round(fraction * w.total_experts))
     c = replay(w, slots, eviction, policy_runs(w, pred)[policy], preload_full=False)
     return {"fraction": fraction, "slots": slots, "eviction": eviction, "policy": policy, "counters": c}
@@ -189,7 +192,7 @@ def simulate_twin(
 ):
     """Every (fraction, eviction, policy) replay of one artefact, with per-token figures, the floor and the
     engine's measured figures (see the module docstring)."""
-    w, _pred, manifest = _cached(str(path), max_tokens)
+    w, _pred, manifest, _ = _cached(str(path), max_tokens)
     measured, tm, tm_source = engine_measured(decode)
     jobs = [(str(path), max_tokens, f, e, p) for f in fractions for e in evictions for p in policies]
     t0 = time.monotonic()

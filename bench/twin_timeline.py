@@ -86,10 +86,10 @@ def run(
     by_eviction = {"lru": measured, "lfu": engine_measured(lfu)[0] if lfu else {}}
     if (1.0, "none") not in measured:
         raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
-    w, pred, _ = workload(twin.with_suffix(".npz"), tokens)
+    w, pred, _, banks = workload(twin.with_suffix(".npz"), tokens)
     eb = model_shape(shape).expert_bytes
     base = Timeline(step_ms=tm.step_ms, bandwidth_gbs=tm.bandwidth_gbs, attention_share=share)
-    runs = configurations(w, pred, lookahead_runs(twin.with_suffix(".npz"), w, tokens))
+    runs = configurations(w, pred, lookahead_runs(w, banks))
     t0 = time.monotonic()
     # the fit first, on one configuration's events; every other replay then runs on the fitted clock as it
     # goes (a Clock holds one number per layer, not the replay's events)

@@ -75,6 +75,11 @@ def main() -> None:
     )
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument(
+        "--no-ablations",
+        action="store_true",
+        help="skip the eager and torch-GEMV runs with every expert resident and `exact` eager at 50%%",
+    )
+    ap.add_argument(
         "--batches", default="4,8", help="batch sizes of the throughput runs (resident and 50%%); empty: none"
     )
     ap.add_argument(

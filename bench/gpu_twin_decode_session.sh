@@ -4,6 +4,7 @@
 #  1. GPUTESTS=1: the GPU tests of the cache and the decode paths (LFU included) -> gpu_tests.log
 #  2. bench/decode.py --routing twin:bench/twins/twin_replay_$SHAPE.npz with $DECODE_ARGS -> decode_$SHAPE*.json/.log
 #     HYBRID=none,oracle+1: those policies also with hybrid misses (segmented steps, MOE_HYBRID_MISSES)
+#     DECODE_EXTRA="--no-plain --no-ablations": without the plain forward and the eager / torch-GEMV runs
 #     FRACTIONS=1.0,0.25: only those cache sizes (default 1.0,0.75,0.5,0.25; batch 8 runs at 1.0 and 0.5 regardless)
 #     (default policies: none, exact and the twin's lookahead predictors 1 and 2 MoE layers ahead (skipped when
 #     the artefact has none: train_twin --lookahead), oracle and the oracle 1 and 2 ahead, overprovision; POLICIES=)
@@ -29,7 +30,7 @@ fi
 COMMON="--preset $SHAPE --routing twin:$ARTEFACT --prompts .cache/data/mmlu/test --work /tmp/work"
 DECODE_ARGS=${DECODE_ARGS:---runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 --epochs 2 \
   --fractions ${FRACTIONS:-1.0,0.75,0.5,0.25} --policies ${POLICIES:-none,exact,exact+1,exact+2,oracle,oracle+1,oracle+2,overprovision} --segmented none,overprovision ${HYBRID:+--hybrid $HYBRID} --batches 8 \
-  --plain-tokens 8 --no-profile --deadline ${DEADLINE:-300}}
+  --plain-tokens 8 --no-profile --deadline ${DEADLINE:-300} ${DECODE_EXTRA:-}}
 timeout ${DECODE_S:-420} python3 bench/decode.py $COMMON $DECODE_ARGS --out /tmp/decode_lru 2>&1 | grep -v Warning \
   > $OUTDIR/decode_${TAG}_twin.log
 tail -4 $OUTDIR/decode_${TAG}_twin.log

@@ -132,7 +132,11 @@ def measure(
     segmented = args.segmented.split(",")
     hybrid = [p for p in args.hybrid.split(",") if p]
     sweep(
-        Sweep(workload, bank, routing, bw, record, deadline, b.cuda), fractions, policies, segmented, hybrid
+        Sweep(workload, bank, routing, bw, record, deadline, b.cuda, not args.no_ablations),
+        fractions,
+        policies,
+        segmented,
+        hybrid,
     )
 
     if batches and not deadline.passed():

@@ -110,6 +110,7 @@ class Sweep:
     record: Record
     deadline: Deadline
     cuda: bool
+    ablations: bool = True  # the eager and torch-GEMV runs (resident) and `exact` eager (50%)
 
     def measure(self, policy: str, fraction: float, variant: str | None = None, workload=None) -> None:
         workload = workload or self.workload
@@ -140,9 +141,9 @@ def sweep(
                 sw.routing.unlink(missing_ok=True)  # record this cache size's routing for its oracle
             runner.reset_steps()
             sw.measure(policy, fraction)
-        if sw.cuda and fraction >= 1.0 and not sw.deadline.passed():
+        if sw.cuda and sw.ablations and fraction >= 1.0 and not sw.deadline.passed():
             resident_ablations(sw, fraction)
-        if sw.cuda and fraction == 0.5 and "exact" in policies and not sw.deadline.passed():
+        if sw.cuda and sw.ablations and fraction == 0.5 and "exact" in policies and not sw.deadline.passed():
             with runner_of_kind(runner.om, graphs=False) as eager:  # the same policy without CUDA graphs
                 sw.measure("exact", fraction, "eager", sw.workload.on(eager))
         if sw.cuda and fraction < 1.0:

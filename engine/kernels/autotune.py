@@ -36,12 +36,19 @@ def gpu_time_ms(run, reps: int = 10) -> float:
 
 
 def _tuned(key: tuple, run, configs: tuple = CONFIGS) -> tuple:
-    """The fastest config for this shape, timed once on the GPU (never while a graph is captured: a
-    decode step is always run eagerly, which tunes it, before it is captured)."""
+    """The fastest config for this shape, timed once on the GPU. The choice holds for the whole process,
+    because configurations sum in different orders and so round differently: one shape must compute the
+    same sums in every step, cache size and policy, or greedy tokens could flip at a near tie. A decode
+    step is run eagerly, which tunes it, before it is captured; a shape first met inside a graph capture
+    (nothing can be timed there) is fixed to the first config, for good."""
     cfg = _best.get(key)
     if cfg is not None:
         return cfg
-    if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
+    if not torch.cuda.is_available():
+        return configs[0]
+    if torch.cuda.is_current_stream_capturing():
+        _best[key] = configs[0]
+        log.warning("slot GEMV %s first met inside a graph capture: fixed to %s, untimed", key, configs[0])
         return configs[0]
     times = [(gpu_time_ms(lambda c=c: run(c)), c) for c in configs]
     cfg = _best[key] = min(times)[1]

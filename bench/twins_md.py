@@ -282,14 +282,25 @@ def _md_says(data: dict) -> list[str]:
         line = _says_shape(data, shape, t)
         if line:
             out.append(line)
-    if any(_find(data, s, f, "oracle+1") for s in data["twins"] for f in (0.75, 0.5, 0.25)):
+    fracs = (0.75, 0.5, 0.25)
+    if any(_find(data, s, f, "oracle+1") for s in data["twins"] for f in fracs):
+        ahead = [
+            t["real"] for s, t in data["twins"].items() if any(_find(data, s, f, "exact+1") for f in fracs)
+        ]
         out.append(
             "- **Where the window is**: perfect prediction issued at the layer itself (`oracle`) gains little, "
             "because a copy is longer than the attention it hides behind; the same prediction issued one or two "
             "layers ahead (`oracle+d`, `MOE_ORACLE_AHEAD`) is the gain prediction can bring at these cache sizes. "
-            "The trained predictors replayed here predict their own layer (d = 0); predictors of layer i + d from "
-            "layer i's input (`moe-prefetch train --distance d`) are what would turn it into tokens."
+            + (
+                f"Trained predictors of layer i + d from layer i's input (`train_twin --lookahead`) turn part of "
+                f"it into tokens on the {' and '.join(ahead)} twin (the best `exact+d` above); the other twins' "
+                "predictors predict their own layer (d = 0)."
+                if ahead
+                else "The trained predictors replayed here predict their own layer (d = 0); predictors of layer "
+                "i + d from layer i's input (`moe-prefetch train --distance d`) are what would turn it into tokens."
+            )
         )
+    out += _hybrid_lines(data)
     return out + _md_says_notes(data)
 
 
@@ -333,6 +344,25 @@ def _says_shape(data: dict, shape: str, t: dict) -> str | None:
     if pred:
         text += " The twin's predictors replayed: " + "; ".join(f"`{p}` {r}×" for p, r in pred) + "."
     return text
+
+
+def _hybrid_lines(data: dict) -> list[str]:
+    """One bullet per shape with hybrid-miss rows: each against the same policy's chosen steps, same record."""
+    out = []
+    for shape, t in data["twins"].items():
+        cells = [
+            f"`{r['policy']}` {r['ratio_to_chosen']:.2f}× at {100 * r['fraction']:.0f}%"
+            for r in data["decode"]
+            if r["shape"] == shape and r["step"] == "hybrid" and r["batch"] == 1 and r.get("ratio_to_chosen")
+        ]
+        if cells:
+            out.append(
+                f"- **Hybrid misses on the {t['real']} twin** (`MOE_HYBRID_MISSES`: the host computes part of "
+                "each layer's misses), against the same policy's chosen steps in the same run: "
+                + ", ".join(cells)
+                + ". Below 1, the host's share costs more than the copies it saves."
+            )
+    return out
 
 
 def _md_says_notes(data: dict) -> list[str]:

@@ -188,7 +188,8 @@ class EngineConfig:
         False,
         "Decode steps on CUDA compute part of each layer's missed experts on the host CPU while PCIe copies "
         "the rest, split by rates measured at start (eager and segmented steps; streamed steps, which read "
-        "their misses from host memory, do not).",
+        "their misses from host memory, do not). Measured 0.67-0.95x slower on an H200's host, and in bf16 "
+        "it may flip a near-tied greedy token (docs/performance.md).",
         "Host CPU computes part of each decode layer's misses [MOE_HYBRID_MISSES].",
     )
     seed: int = setting(

@@ -38,7 +38,7 @@ def test_the_committed_runs_give_a_record_per_configuration():
     assert len(keys) == len(set(keys))
     for r in rows:
         assert FIELDS <= set(r) and r["tok_s"] > 0 and r["routing"].startswith("twin-replayed")
-        if r["policy"] == "none":
+        if r["policy"] == "none" and r["step"] != "hybrid":
             assert r["ratio_to_none"] == 1.0
         if r["ratio_to_clairvoyant_floor"] is not None:
             assert r["ratio_to_clairvoyant_floor"] * r["clairvoyant_floor_ms"] == pytest.approx(
@@ -83,3 +83,17 @@ def test_the_floor_is_the_larger_of_the_resident_step_and_belady_bytes_per_token
     assert rows[(1, 0.5, "exact")]["ratio_to_none"] == pytest.approx(1.25)
     assert rows[(8, 0.5, "none")]["clairvoyant_floor_ms"] == pytest.approx(2.5)  # 20 ms / 8 rows > 1 ms
     assert rows[(8, 1.0, "none")]["ratio_to_clairvoyant_floor"] == pytest.approx(1.0)
+
+
+def test_segmented_rows_are_against_segmented_none_and_hybrid_rows_against_chosen_none():
+    dec = {
+        "preset": "toy",
+        "routing": "twin-replayed (toy)",
+        "configs": [_config(0.5, "none", 20.0), _config(0.5, "none", 16.0, "segmented"),
+                    _config(0.5, "none", 15.0, "hybrid"), _config(0.5, "oracle+1", 30.0, "hybrid"),
+                    _config(0.5, "oracle+1", 24.0, "segmented")],
+    }  # fmt: skip
+    rows = {(r["policy"], r["step"]): r["ratio_to_none"] for r in records(dec, "toy.json", {})}
+    assert rows[("oracle+1", "segmented")] == pytest.approx(24.0 / 16.0)
+    assert rows[("none", "hybrid")] == pytest.approx(15.0 / 20.0)  # the host's share loses: below 1
+    assert rows[("oracle+1", "hybrid")] == pytest.approx(30.0 / 20.0)

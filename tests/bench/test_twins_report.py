@@ -90,22 +90,43 @@ def test_decode_rows_come_from_the_runs(report):
         engine = {k: v for k, v in dec["batched"].items() if k != "plain"}
         assert len(batched) == sum(len(b) for f in engine.values() for b in f.values())
         plain = [r for r in latest if r["step"] == "plain"]
-        assert [(r["batch"], r["tok_s"]) for r in plain] == [(1, pytest.approx(dec["plain"]["tok_s_median"], abs=0.01))] + [
-            (int(b), pytest.approx(v["tok_s_median"], abs=0.01)) for b, v in dec["batched"]["plain"].items()]  # fmt: skip
+        if "plain" in dec:  # a run with --no-plain has none
+            assert [(r["batch"], r["tok_s"]) for r in plain] == [(1, pytest.approx(dec["plain"]["tok_s_median"], abs=0.01))] + [
+                (int(b), pytest.approx(v["tok_s_median"], abs=0.01)) for b, v in dec["batched"]["plain"].items()]  # fmt: skip
+        else:
+            assert plain == []
         for r in rows:
             if r["policy"] == "none":
                 assert r["ratio_to_none"] == 1.0
+        f = next(c["fraction"] for c in dec["configs"] if c["policy"] == "oracle")
         by = {
             c["policy"]: c["summary"]["tok_s_median"]
             for c in dec["configs"]
-            if c["fraction"] == 0.5 and "variant" not in c
+            if c["fraction"] == f and "variant" not in c
         }
-        orc = next(r for r in batch1 if (r["policy"], r["fraction"], r["step"]) == ("oracle", 0.5, "chosen"))
+        orc = next(r for r in batch1 if (r["policy"], r["fraction"], r["step"]) == ("oracle", f, "chosen"))
         assert orc["ratio_to_none"] == pytest.approx(by["oracle"] / by["none"], abs=1e-3)
         resident = next(c for c in dec["configs"] if c["fraction"] == 1.0 and "variant" not in c)
         assert orc["ratio_to_resident"] == pytest.approx(
             by["oracle"] / resident["summary"]["tok_s_median"], abs=1e-3
         )
+
+
+def test_hybrid_rows_are_against_the_same_policys_chosen_steps_of_their_run(report):
+    data, md, _ = report
+    hybrid = [r for r in data["decode"] if r["step"] == "hybrid"]
+    assert hybrid  # the Qwen3 runs at 25% and 50%
+    for r in hybrid:
+        dec = json.loads((DECODE_DIR / f"{r['run']}.json").read_text())
+        tok = {
+            (c["policy"], c.get("variant")): c["summary"]["tok_s_median"]
+            for c in dec["configs"]
+            if c["fraction"] == r["fraction"]
+        }
+        assert r["ratio_to_chosen"] == pytest.approx(
+            tok[(r["policy"], "hybrid")] / tok[(r["policy"], None)], abs=1e-3
+        )
+        assert f"`{r['policy']}` {r['ratio_to_chosen']:.2f}× at {100 * r['fraction']:.0f}%" in md
 
 
 def test_an_earlier_run_fills_only_what_the_latest_lacks(report):

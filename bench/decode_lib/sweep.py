@@ -180,4 +180,17 @@ def segmented_steps(sw: Sweep, fraction: float, policies: list[str], hybrid: boo
                 sw.record.skipped(f"{policy}@{fraction}/{variant}")
                 continue
             seg.reset_steps()
+            if hybrid:
+                seg.hybrid.spent.reset()
             sw.measure(policy, fraction, variant, sw.workload.on(seg))
+            if hybrid:  # where the host's time went, against the calibration
+                steps = seg.steps.get("graph", 0) + seg.steps.get("eager", 0)
+                host = seg.hybrid.spent.summary(steps, seg.hybrid.rates)
+                sw.record.data["configs"][-1]["hybrid_host"] = host
+                sw.record.write()
+                log(
+                    f"  host share: {host['experts_per_token']:.1f} experts a token in "
+                    f"{host['layer_steps_per_token']:.1f} layers, {host['output_ms_per_token']:.2f} ms computing "
+                    f"({host['output_ms_per_pair'] or 0:.3f} ms a pair, calibrated {host['calibrated_ms_per_pair']:.3f}), "
+                    f"{host['route_ms_per_token']:.2f} ms of host side a token"
+                )

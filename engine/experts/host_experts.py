@@ -36,6 +36,35 @@ class HybridRates:
     host_ms: float  # one expert on one row, on the host
 
 
+@dataclass
+class HostTiming:
+    """What the host's share cost, summed since the last `reset`: the calibrated rates against the decode
+    loop's own time (`output`), and the whole host side of those layer-steps (`route_s`: from the routed
+    ids on the host to the experts' launch, copies issued and the host's output sent included)."""
+
+    layer_steps: int = 0  # layer-steps the host took misses in
+    experts: int = 0  # missed experts it computed
+    pairs: int = 0  # (row, expert) pairs it computed
+    output_s: float = 0.0  # inside `output`
+    route_s: float = 0.0  # the host side of those layer-steps (set by the caller)
+
+    def reset(self) -> None:
+        self.layer_steps = self.experts = self.pairs = 0
+        self.output_s = self.route_s = 0.0
+
+    def summary(self, tokens: int, rates: HybridRates) -> dict:
+        """Per token and per pair, next to what the calibration predicted for the same pairs."""
+        per = max(tokens, 1)
+        return {
+            "layer_steps_per_token": self.layer_steps / per,
+            "experts_per_token": self.experts / per,
+            "output_ms_per_token": 1e3 * self.output_s / per,
+            "route_ms_per_token": 1e3 * self.route_s / per,
+            "output_ms_per_pair": 1e3 * self.output_s / self.pairs if self.pairs else None,
+            "calibrated_ms_per_pair": rates.host_ms,
+        }
+
+
 class HostExperts:
     """The host's share of a layer's misses: which ones (`choose`), and their output (`output`)."""
 
@@ -43,6 +72,7 @@ class HostExperts:
         self.store = store
         self.rates = rates
         self.math = math
+        self.spent = HostTiming()
 
     def choose(self, missing: Sequence[int], rows: dict[int, int], routed: int) -> list[int]:
         """The missed experts to compute on the host: `missing` (not resident), `rows[e]` the rows routed
@@ -67,16 +97,23 @@ class HostExperts:
     ) -> torch.Tensor:
         """[T, D] on the host: the weighted outputs of the `host` experts for the rows routed to them; x [T, D]
         and weights [T, k] on the host, ids the rows' routed experts (host lists)."""
+        t0 = time.perf_counter()
         views = self.store.layer_views(layer)
         out = torch.zeros(x.shape, dtype=torch.float32)
         chosen = set(host)
+        spent = self.spent
         for e in sorted(chosen):
             pairs = [(t, p) for t, row in enumerate(ids) for p, v in enumerate(row) if v == e]
             tok = torch.tensor([t for t, _ in pairs])
             pos = torch.tensor([p for _, p in pairs])
             y = self.math(mod, views, e, x[tok])  # [t, D]
             out.index_add_(0, tok, y.float() * weights[tok, pos, None].float())
-        return out.to(x.dtype)
+            spent.pairs += len(pairs)
+        out = out.to(x.dtype)
+        spent.layer_steps += 1
+        spent.experts += len(chosen)
+        spent.output_s += time.perf_counter() - t0
+        return out
 
 
 def host_pairs(ids: torch.Tensor, host: Sequence[int]) -> torch.Tensor:

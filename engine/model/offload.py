@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -250,6 +251,7 @@ def _hybrid_decode(
     compute stream waits on any copy), the device's experts are acquired (their copies start), the host
     computes its experts meanwhile, and the device computes its own with the host's pairs redirected at
     weight zero, then adds the host's output."""
+    t0 = time.perf_counter()
     x_host, w_host = hidden_states.to("cpu"), top_k_weights.to("cpu")
     on_host = set(host)
     device_ids = [e for e in experts if e not in on_host]
@@ -261,7 +263,9 @@ def _hybrid_decode(
         ids, weights = redirect(top_k_index, top_k_weights, host, device_ids[0])
         views = cache.store.layer_views(layer) if decode.host_reads else None
         out = decode.grouped.forward(mod, hidden_states, cache.slot_dev[layer], ids, weights, host=views)
-        return out + y.to(out.device)
+        out = out + y.to(out.device)
+        decode.hybrid.spent.route_s += time.perf_counter() - t0
+        return out
     finally:
         cache.release(acq)
 

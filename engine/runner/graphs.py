@@ -310,6 +310,7 @@ class GraphReplayer:
         """`_route` with the host computing `host` (missed experts) while the rest are copied: the copies
         start, the host computes, then its output and the redirect of its pairs go to the device ahead of
         the experts' segment."""
+        t0 = time.perf_counter()
         cache, hy, layer = self.cache, action.hybrid, action.layer
         on_host = set(host)
         device_ids = [e for e in experts if e not in on_host]
@@ -326,6 +327,7 @@ class GraphReplayer:
         hy.host["out"][:n].copy_(y)
         for name in ("sub", "keep", "out"):  # ordered before the experts' segment on this stream
             getattr(hy, name).copy_(hy.host[name], non_blocking=True)
+        self.hybrid.spent.route_s += time.perf_counter() - t0
         return acq
 
     def account_whole_step(self, logs: dict[str, torch.Tensor], n: int) -> None:

@@ -46,3 +46,24 @@ def test_record_checks_tokens_and_derives_ratios(tmp_path):
     add_ratios(record.data)
     assert record.data["ratios"]["exact@1.0"]["speedup_vs_none"] > 0
     assert (tmp_path / "r.json").stat().st_size > 0
+
+
+def test_a_hybrid_config_records_where_the_hosts_time_went(tmp_path, monkeypatch):
+    """The sweep's hybrid rows (run on CUDA by `bench/decode.py --hybrid`; here on the CPU smoke shape, the
+    host taking every miss it may) carry the host's time against the calibration."""
+    from bench.decode_lib.sweep import Deadline, Sweep, segmented_steps
+    from bench.decode_lib.training import Bank
+    from engine.experts.host_experts import HybridRates
+    from engine.model import offload
+
+    b = build_bench("qwen3-30b-a3b", smoke=True, embed_std=1.0)
+    workload = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok)))
+    record = Record(tmp_path / "r.json", {"configs": []})
+    sw = Sweep(workload, Bank(None, None, {}), tmp_path / "routing.json", None, record, Deadline(0), False)
+    monkeypatch.setattr(offload, "calibrate", lambda *a, **k: HybridRates(copy_ms=1.0, host_ms=1e-4))
+    segmented_steps(sw, 0.1, ["none"], hybrid=True)
+    (config,) = record.data["configs"]
+    assert config["variant"] == "hybrid"
+    host = config["hybrid_host"]
+    assert host["experts_per_token"] > 0 and host["calibrated_ms_per_pair"] == 1e-4
+    assert 0 < host["output_ms_per_token"] <= host["route_ms_per_token"]

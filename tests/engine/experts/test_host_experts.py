@@ -84,3 +84,12 @@ def test_hybrid_decode_gives_the_reference_tokens(family, fraction, checkpoints,
     assert c["requests"] == c["hits_resident"] + c["hits_prefetched"] + c["misses"]
     # a miss the host computed copied nothing; every other miss copied one expert
     assert c["bytes_demand"] == (c["misses"] - c["host_computed"]) * om.store.layout.nbytes
+    # the host's own time is counted per layer-step it took misses in, and its pairs per expert computed
+    spent = hybrid.spent
+    assert spent.experts == c["host_computed"] and spent.layer_steps <= spent.experts <= spent.pairs
+    assert 0 < spent.output_s <= spent.route_s
+    s = spent.summary(NEW, hybrid.rates)
+    assert s["experts_per_token"] == pytest.approx(spent.experts / NEW)
+    assert s["output_ms_per_pair"] == pytest.approx(1e3 * spent.output_s / spent.pairs)
+    spent.reset()
+    assert (spent.experts, spent.output_s) == (0, 0.0)

@@ -97,6 +97,8 @@ def test_segmented_hybrid_gives_the_reference_tokens(family, fraction, checkpoin
     assert c["host_computed"] > 0
     assert c["requests"] == c["hits_resident"] + c["hits_prefetched"] + c["misses"]
     assert c["bytes_demand"] == (c["misses"] - c["host_computed"]) * om.store.layout.nbytes
+    # the replayer times the host side of the layer-steps it gave the host, the host's output inside it
+    assert hybrid.spent.experts == c["host_computed"] and 0 < hybrid.spent.output_s <= hybrid.spent.route_s
 
 
 class _FakeGraph:

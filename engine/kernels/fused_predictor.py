@@ -68,14 +68,10 @@ if triton is not None:
         tl.store(h_ptr + t * stride_ht + offs_n, a.to(dt), mask=n_ok)
 
     @triton.jit
-    def _logits_kernel(
-        h_ptr, w_ptr, b_ptr, s_ptr, H, E, stride_ht, stride_we, stride_st,
-        BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    def _row_logits(
+        h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr
     ):  # fmt: skip
-        # s[t, e] = sum_k W2[e, k] h[t, k] + b2[e]
-        t = tl.program_id(0)
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        e_ok = offs_e < E
+        # fp32 W2[offs_e] h[t] + b2[offs_e], offs_e [BLOCK_E]
         acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
         for k0 in range(0, H, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -87,7 +83,18 @@ if triton is not None:
                 other=0.0,
             )
             acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        s = acc + tl.load(b_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+        return acc + tl.load(b_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _logits_kernel(
+        h_ptr, w_ptr, b_ptr, s_ptr, H, E, stride_ht, stride_we, stride_st,
+        BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        # s[t, e] = sum_k W2[e, k] h[t, k] + b2[e]
+        t = tl.program_id(0)
+        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        e_ok = offs_e < E
+        s = _row_logits(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
         tl.store(s_ptr + t * stride_st + offs_e, s.to(s_ptr.dtype.element_ty), mask=e_ok)
 
     @triton.jit
@@ -99,18 +106,7 @@ if triton is not None:
         t = tl.program_id(0)
         offs_e = tl.arange(0, BLOCK_E)
         e_ok = offs_e < E
-        acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < H
-            h = tl.load(h_ptr + t * stride_ht + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            w = tl.load(
-                w_ptr + offs_e[:, None] * stride_we + offs_k[None, :],
-                mask=e_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        s = acc + tl.load(b_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+        s = _row_logits(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
         s = s.to(h_ptr.dtype.element_ty).to(tl.float32)
         s = tl.where(e_ok, s, float("-inf"))
         for i in tl.static_range(M):

@@ -4,6 +4,7 @@ forward in Triton's interpreter (on a GPU, `bench/predictor_cost.py` times and c
 
 from __future__ import annotations
 
+import pytest
 import torch
 from interpreted import needs_triton, run_interpreted
 from torch import nn
@@ -52,3 +53,30 @@ def test_predictor_kernels_in_the_triton_interpreter(tmp_path):
         "print('ok')\n"
     )
     run_interpreted(tmp_path, code, timeout=300)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch", [1, 2])
+def test_predictor_kernels_on_the_gpu_in_bf16(arch):
+    """The Qwen3-30B-A3B shape's predictor (2048 -> 2048 -> 128) in bf16: scores within bf16 rounding of the
+    module's, and the same top-8 sets on nearly every row (a near tie may swap the last id)."""
+    from engine.kernels.fused_predictor import PredictorKernels
+    from engine.prefetch.nets import build_predictor
+
+    torch.manual_seed(0)
+    net = build_predictor(arch, 2048, 128, hidden=2048).eval()
+    if arch == 1:
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net = net.cuda().to(torch.bfloat16)
+    pk = PredictorKernels(net)
+    x = torch.randn(64, 2048, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = net(x).float()
+    got = pk.scores(x).float()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
+    ref = torch.topk(want, 8, dim=-1).indices.sort(-1).values
+    for fused in (False, True):
+        ids = pk.top_ids(x, 8, fused=fused).sort(-1).values
+        assert (ids == ref).all(-1).float().mean() >= 0.9

@@ -6,11 +6,11 @@
 #     target) -> predictor_cost.{json,png,log}
 #  3. bench/hybrid_layer.py: one layer's misses split between the host and PCIe, every split timed
 #     -> hybrid_layer.{json,png,log}
-# Carries nothing beyond the tree (no server dependencies needed).
+# Carry .whl (the test suite's conftest and fixtures import the server's dependencies).
 #   bash bench/gpu_kernels_session.sh
 set -u
+source bench/gpu_env.sh
 OUTDIR=${OUT:-bench/results}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout ${TESTS_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/kernels tests/engine/experts \
   > $OUTDIR/gpu_tests_kernels.log 2>&1

@@ -39,6 +39,24 @@ MAX_FUSED_EXPERTS, MAX_FUSED_IDS = 256, 16
 if triton is not None:
 
     @triton.jit
+    def _row_gemv(
+        x_ptr, w_ptr, b_ptr, t, offs, ok, K, stride_xt, stride_w, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr
+    ):  # fmt: skip
+        # fp32 W[offs] x[t] + b[offs] for a row-major W [N, K], offs [BLOCK] (`ok`: offs < N)
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            x = tl.load(x_ptr + t * stride_xt + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+            w = tl.load(
+                w_ptr + offs[:, None].to(tl.int64) * stride_w + offs_k[None, :],
+                mask=ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        return acc + tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _hidden_kernel(
         x_ptr, w_ptr, b_ptr, h_ptr, D, H, stride_xt, stride_wn, stride_ht,
         ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -47,43 +65,14 @@ if triton is not None:
         t = tl.program_id(0)
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < H
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < D
-            x = tl.load(x_ptr + t * stride_xt + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            w = tl.load(
-                w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
-                mask=n_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        z = _row_gemv(x_ptr, w_ptr, b_ptr, t, offs_n, n_ok, D, stride_xt, stride_wn, BLOCK_N, BLOCK_K)
         dt = h_ptr.dtype.element_ty
-        z = acc + tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         z = z.to(dt).to(tl.float32)
         if ACT == 0:
             a = z * tl.sigmoid(z)
         else:
             a = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
         tl.store(h_ptr + t * stride_ht + offs_n, a.to(dt), mask=n_ok)
-
-    @triton.jit
-    def _row_logits(
-        h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr
-    ):  # fmt: skip
-        # fp32 W2[offs_e] h[t] + b2[offs_e], offs_e [BLOCK_E]
-        acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < H
-            h = tl.load(h_ptr + t * stride_ht + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            w = tl.load(
-                w_ptr + offs_e[:, None] * stride_we + offs_k[None, :],
-                mask=e_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        return acc + tl.load(b_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
 
     @triton.jit
     def _logits_kernel(
@@ -94,7 +83,7 @@ if triton is not None:
         t = tl.program_id(0)
         offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         e_ok = offs_e < E
-        s = _row_logits(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
+        s = _row_gemv(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
         tl.store(s_ptr + t * stride_st + offs_e, s.to(s_ptr.dtype.element_ty), mask=e_ok)
 
     @triton.jit
@@ -106,7 +95,7 @@ if triton is not None:
         t = tl.program_id(0)
         offs_e = tl.arange(0, BLOCK_E)
         e_ok = offs_e < E
-        s = _row_logits(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
+        s = _row_gemv(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
         s = s.to(h_ptr.dtype.element_ty).to(tl.float32)
         s = tl.where(e_ok, s, float("-inf"))
         for i in tl.static_range(M):

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.common import device_bandwidth, device_name  # noqa: E402
 from engine.prefetch.nets import build_predictor  # noqa: E402
 
 SHAPES = {  # d_model, routed experts, k, k'
@@ -62,13 +63,19 @@ def bank(arch: int, d: int, e: int, hidden: int, layers: int, dtype, device) -> 
     return nets
 
 
-def runners(nets, m: int, impls: list[str]) -> dict:
+def kernels_of(nets, impls: list[str]) -> list | None:
+    """Each layer's `PredictorKernels` (weights folded once per bank), where an implementation needs them."""
+    if "kernels" not in impls and "kernels-fused" not in impls:
+        return None
+    from engine.kernels.fused_predictor import PredictorKernels
+
+    return [PredictorKernels(n) for n in nets]
+
+
+def runners(nets, pks: list | None, m: int, impls: list[str]) -> dict:
     """impl -> [per layer: x -> ids [T, M]]."""
     out = {"torch": [lambda x, n=n: torch.topk(n(x), m, dim=-1).indices for n in nets]}
-    if "kernels" in impls or "kernels-fused" in impls:
-        from engine.kernels.fused_predictor import PredictorKernels
-
-        pks = [PredictorKernels(n) for n in nets]
+    if pks is not None:
         out["kernels"] = [lambda x, p=p: p.top_ids(x, m) for p in pks]
         out["kernels-fused"] = [lambda x, p=p: p.top_ids(x, m, fused=True) for p in pks]
     return {k: v for k, v in out.items() if k in impls}
@@ -136,21 +143,11 @@ def main() -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     impls = ["torch"] if args.smoke else args.impls.split(",")
     widths = [int(w) for w in args.widths.split(",")] if not args.smoke else [32, 16]
-    hbm = None
-    if cuda:
-        buf = torch.empty(1 << 28, dtype=torch.uint8, device=device)
-        dst = torch.empty_like(buf)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            dst.copy_(buf)
-        torch.cuda.synchronize()
-        hbm = 2 * 10 * buf.numel() / (time.perf_counter() - t0)  # read + write bytes/s
-        del buf, dst
+    hbm = 1e9 * device_bandwidth(1 << 28)["gb_per_s"] if cuda else None  # read + write bytes/s
     args.out.mkdir(parents=True, exist_ok=True)
     res = {
         "shape": shape, "d_model": d, "experts": e, "top_k": k, "k_prime": kp, "moe_layers": layers,
-        "device": torch.cuda.get_device_name(device) if cuda else "cpu", "dtype": str(dtype),
+        "device": device_name(device), "dtype": str(dtype),
         "torch": torch.__version__, "hbm_gb_per_s": hbm and hbm / 1e9, "command": " ".join(sys.argv),
         "reps": args.reps, "runs": args.runs, "rows": [],
     }  # fmt: skip
@@ -158,11 +155,12 @@ def main() -> None:
     for arch in [int(a) for a in args.archs.split(",")]:
         for hidden in widths:
             nets = bank(arch, d, e, hidden, layers, dtype, device)
+            pks = kernels_of(nets, impls)
             layer_bytes = sum(p.numel() * p.element_size() for p in nets[0].parameters())
             for t in [int(r) for r in args.rows.split(",")]:
                 x = torch.randn(t, d, device=device, dtype=dtype)
                 for policy, m in (("exact", k), ("overprovision", kp)):
-                    fns = runners(nets, m, impls)
+                    fns = runners(nets, pks, m, impls)
                     for impl, fs in fns.items():
                         us = time_graph(fs, x, args.reps, args.runs, cuda)
                         row = {
@@ -177,7 +175,7 @@ def main() -> None:
                             f"arch {arch} width {hidden:5d} T={t} {policy:13s} {impl:13s}: {us:7.2f} µs/layer "
                             f"({us * layers / 1e3:.3f} ms/token), same ids {100 * row['same_ids_as_torch']:.1f}%"
                         )
-            del nets
+            del nets, pks
     plot(res, args.out / "predictor_cost.png")
     log(f"wrote {path}")
 

@@ -107,6 +107,16 @@ def main() -> None:
         default="lru",
         help="the expert caches' eviction order (MOE_EVICTION)",
     )
+    ap.add_argument(
+        "--full-cache-policies",
+        default="none",
+        help="the policies also run at a full cache (100%%): what predicting costs when nothing is missing",
+    )
+    ap.add_argument(
+        "--predictor-kernel",
+        action="store_true",
+        help="the predictors of decode steps as one Triton kernel per layer (MOE_PREDICTOR_KERNEL; CUDA only)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
     run(ap.parse_args())
 

@@ -12,9 +12,14 @@ times between CUDA events, its time over the layers is the cost per layer, media
 implementations:
 - `torch`: the module's forward then torch.topk, what the engine's tap runs today (`PredictorBank.forward_layer`,
   `TopK.select`);
-- `kernels`: `engine.kernels.fused_predictor.PredictorKernels.top_ids`: two Triton kernels, then torch.topk;
-- `kernels-fused`: the same with the logits and the top-k in one kernel (one launch fewer, one program per row
-  reading all of W2).
+- `kernel`: `engine.kernels.fused_predictor.PredictorKernels.top_ids`: the whole predictor and its top-M in
+  one Triton launch;
+- `kernel+topk`: the same kernel writing the logits, then the policy's torch.topk (what a policy that needs
+  the scores, `adaptive`, would run);
+- `kernel@BK/W` (also `kernel+topk@BK/W`): the kernel with another K block and number of warps (default
+  128/4).
+(Stop 28's two- and three-launch kernels, one program per row and block, measured 61-167 µs per layer on
+an H200, 3-4x torch's path; `predictor_cost_stop28.json` keeps that run.)
 Each is also checked against `torch`: the share of rows whose M ids are the same set (random weights: a
 near tie can reorder the last id). Also the bytes of one layer's weights and the time HBM needs for them.
 
@@ -63,22 +68,38 @@ def bank(arch: int, d: int, e: int, hidden: int, layers: int, dtype, device) -> 
     return nets
 
 
-def kernels_of(nets, impls: list[str]) -> list | None:
-    """Each layer's `PredictorKernels` (weights folded once per bank), where an implementation needs them."""
-    if "kernels" not in impls and "kernels-fused" not in impls:
-        return None
+def variant(impl: str) -> dict:
+    """`kernel` or `kernel@BK/W` (any implementation name with that tail) -> PredictorKernels' block_k and
+    num_warps."""
+    if "@" not in impl:
+        return {}
+    bk, _, w = impl.partition("@")[2].partition("/")
+    return {"block_k": int(bk), "num_warps": int(w or 4)}
+
+
+def kernels_of(nets, impls: list[str]) -> dict:
+    """kernel variant -> each layer's `PredictorKernels` (weights folded once per bank and variant)."""
     from engine.kernels.fused_predictor import PredictorKernels
 
-    return [PredictorKernels(n) for n in nets]
+    tails = {("@" + i.partition("@")[2]) if "@" in i else "" for i in impls if i.startswith("kernel")}
+    return {t: [PredictorKernels(n, **variant("kernel" + t)) for n in nets] for t in tails}
 
 
-def runners(nets, pks: list | None, m: int, impls: list[str]) -> dict:
+def runners(nets, pks: dict, m: int, impls: list[str]) -> dict:
     """impl -> [per layer: x -> ids [T, M]]."""
-    out = {"torch": [lambda x, n=n: torch.topk(n(x), m, dim=-1).indices for n in nets]}
-    if pks is not None:
-        out["kernels"] = [lambda x, p=p: p.top_ids(x, m) for p in pks]
-        out["kernels-fused"] = [lambda x, p=p: p.top_ids(x, m, fused=True) for p in pks]
-    return {k: v for k, v in out.items() if k in impls}
+    out = {}
+    for impl in impls:
+        tail = ("@" + impl.partition("@")[2]) if "@" in impl else ""
+        base = impl.partition("@")[0]
+        if base == "torch":
+            out[impl] = [lambda x, n=n: torch.topk(n(x), m, dim=-1).indices for n in nets]
+        elif base == "kernel":
+            out[impl] = [lambda x, p=p: p.top_ids(x, m) for p in pks[tail]]
+        elif base == "kernel+topk":
+            out[impl] = [lambda x, p=p: torch.topk(p.scores(x), m, dim=-1).indices for p in pks[tail]]
+        else:
+            raise SystemExit(f"--impls: unknown implementation {impl!r}")
+    return out
 
 
 def time_graph(fns, x: torch.Tensor, reps: int, runs: int, cuda: bool) -> float:
@@ -128,7 +149,7 @@ def main() -> None:
     ap.add_argument("--widths", default="2048,1024,512,256")
     ap.add_argument("--archs", default="2,1")
     ap.add_argument("--rows", default="1,8", help="tokens per step (batch)")
-    ap.add_argument("--impls", default="torch,kernels,kernels-fused")
+    ap.add_argument("--impls", default="torch,kernel,kernel+topk")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--device", default="cuda")
@@ -161,18 +182,19 @@ def main() -> None:
                 x = torch.randn(t, d, device=device, dtype=dtype)
                 for policy, m in (("exact", k), ("overprovision", kp)):
                     fns = runners(nets, pks, m, impls)
+                    ref = runners(nets, pks, m, ["torch"])["torch"]
                     for impl, fs in fns.items():
                         us = time_graph(fs, x, args.reps, args.runs, cuda)
                         row = {
                             "arch": arch, "hidden": hidden, "rows": t, "policy": policy, "ids": m, "impl": impl,
                             "us_per_layer": us, "us_per_token": us * layers, "layer_bytes": layer_bytes,
                             "hbm_floor_us": hbm and 1e6 * layer_bytes / (hbm / 2),
-                            "same_ids_as_torch": agreement(fs, fns["torch"], x),
+                            "same_ids_as_torch": agreement(fs, ref, x),
                         }  # fmt: skip
                         res["rows"].append(row)
                         path.write_text(json.dumps(res, indent=1))
                         log(
-                            f"arch {arch} width {hidden:5d} T={t} {policy:13s} {impl:13s}: {us:7.2f} µs/layer "
+                            f"arch {arch} width {hidden:5d} T={t} {policy:13s} {impl:16s}: {us:7.2f} µs/layer "
                             f"({us * layers / 1e3:.3f} ms/token), same ids {100 * row['same_ids_as_torch']:.1f}%"
                         )
             del nets, pks

@@ -22,7 +22,7 @@ ALLOWED = {  # engine subpackage -> the engine subpackages it may import (beside
     "kernels": set(),
     "experts": {"api"},
     "model": {"api", "experts", "kernels"},
-    "prefetch": {"api", "experts", "model"},
+    "prefetch": {"api", "experts", "kernels", "model"},
     "runner": {"api", "experts", "kernels", "model", "prefetch"},
     "core": {"api"},
     "frontend": {"api", "core", "experts", "kernels", "model", "prefetch", "runner"},

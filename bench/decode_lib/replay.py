@@ -23,7 +23,8 @@ T = tokens of one forward, E = experts):
   lookahead distance d (`--policies exact+d`, an artefact with `predicted_ids_ahead_<d>`) it is a bank of
   L - d predictors: predictor i runs the real bank's predictor i on layer i's input and returns the twin's
   lookahead bank's ids for layer i + d, so the prefetcher (a bundle of `distance` d) issues them d layers
-  early.
+  early. Over a `KernelBank` (`--predictor-kernel`) its `top_ids` runs the kernel's ranking launch and
+  returns the twin's first M predicted ids, as the top-k policies' fast path does in the engine.
 
 Imports numpy, torch, `bench.twin_replay` (the artefact), `engine.model.offload.decode_mode` (whether a
 forward is a decode step) and `engine.api.policies` (the policy table) only.
@@ -225,6 +226,15 @@ class ReplayedBank:
         pred = self.predicted[index].index_select(0, self.table.index(x.shape[0]))  # [T, k']
         out = torch.full_like(real, LOW)
         return out.scatter_(1, pred, self.table.ranks.to(out.dtype).expand(pred.shape[0], -1))
+
+    def top_ids(self, index: int, x: torch.Tensor, m: int) -> torch.Tensor | None:
+        """A top-k policy's M ids where the real bank ranks by itself (`KernelBank.top_ids`, paid for and
+        dropped): the twin's first M predicted ids, what ranking `forward_layer`'s scores would give; None
+        where the real bank gives none (then the scores are ranked) or M exceeds the twin's k'."""
+        ranker = getattr(self.bank, "top_ids", None)
+        if ranker is None or m > self.predicted.shape[-1] or ranker(index, x, m) is None:
+            return None
+        return self.predicted[index].index_select(0, self.table.index(x.shape[0]))[:, :m]
 
     def __len__(self) -> int:
         return len(self.bank) - self.distance

@@ -4,12 +4,13 @@ batched runs, the prefill, the overlap profile, the ratios, the PNG. With `--rou
 measurements after the plain baseline replay the twin's routing and predictions (`replay`), batch 1 and
 batched, and the routing `none` recorded is checked against the artefact's.
 
-Imports torch, `bench.common`, `engine.runner` and the rest of this package only.
+Imports torch, `bench.common`, `engine.runner`, `engine.prefetch.kernel_bank` and the rest of this package only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 from bench.common import active_bytes_per_token, device_bandwidth, device_name, pinned_bandwidth
@@ -34,6 +35,7 @@ from bench.decode_lib.seams import BENCH_MAX_LEN
 from bench.decode_lib.sweep import Deadline, Sweep, split_policy, sweep
 from bench.decode_lib.timing import Workload, time_prefill
 from bench.decode_lib.training import Bank, train_predictors
+from engine.prefetch.kernel_bank import KernelBank, kernel_bank
 from engine.runner.runner import ModelRunner
 
 
@@ -72,6 +74,9 @@ def run(args) -> None:
     bank, record.data["predictors"] = train_predictors(
         om, b.tok, traced, args.work, args, args.out, b.tag, fresh
     )
+    if args.predictor_kernel:  # MOE_PREDICTOR_KERNEL: wrapped here, under the twin's ReplayedBank
+        bank = dataclasses.replace(bank, bank=kernel_bank(bank.bank, b.device, True))
+    record.data["predictor_kernel"] = isinstance(bank.bank, KernelBank)
     record.write()
     if twin is None:
         text = decode_text(b.tok, prompts, args.runs, args.new_tokens, args.prefill_tokens)
@@ -132,7 +137,17 @@ def measure(
     segmented = args.segmented.split(",")
     hybrid = [p for p in args.hybrid.split(",") if p]
     sweep(
-        Sweep(workload, bank, routing, bw, record, deadline, b.cuda, not args.no_ablations),
+        Sweep(
+            workload,
+            bank,
+            routing,
+            bw,
+            record,
+            deadline,
+            b.cuda,
+            not args.no_ablations,
+            tuple(args.full_cache_policies.split(",")),
+        ),
         fractions,
         policies,
         segmented,

@@ -111,6 +111,7 @@ class Sweep:
     deadline: Deadline
     cuda: bool
     ablations: bool = True  # the eager and torch-GEMV runs (resident) and `exact` eager (50%)
+    full_cache: tuple[str, ...] = ("none",)  # the policies run at a full cache too (what predicting costs)
 
     def measure(self, policy: str, fraction: float, variant: str | None = None, workload=None) -> None:
         workload = workload or self.workload
@@ -123,7 +124,8 @@ def sweep(
 ) -> None:
     runner = sw.workload.runner
     for fraction in fractions:
-        here = ["none"] if fraction >= 1.0 else policies
+        full = ["none"] + [p for p in policies if p in sw.full_cache and p != "none"]
+        here = full if fraction >= 1.0 else policies
         for policy in here:
             if sw.deadline.passed():
                 log(f"deadline: {policy} @ {fraction} and later configs skipped")

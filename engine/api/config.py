@@ -169,6 +169,13 @@ class EngineConfig:
         "Triton kernels for experts, attention, norms, RoPE and routers on CUDA (off: torch ops only).",
         "Triton kernels on CUDA [MOE_FUSED_KERNELS].",
     )
+    predictor_kernel: bool = setting(
+        False,
+        "With fused kernels: each decode step's predictors run as one Triton kernel per layer (both "
+        "linears, the activation and the logits in one launch) instead of torch's chain of launches; "
+        "prefills keep torch's path. Scores equal up to rounding, so a near tie may prefetch another expert.",
+        "Predictors of decode steps as one Triton kernel per layer [MOE_PREDICTOR_KERNEL].",
+    )
     host_reads: bool = setting(
         True,
         "Decode steps read experts missing from the GPU cache from host memory inside one CUDA graph "

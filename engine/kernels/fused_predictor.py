@@ -1,23 +1,27 @@
-"""A pre-attention predictor (`engine.prefetch.nets`) as two or three Triton kernels, for the tap inside a
-decode step, where torch's path is a chain of small launches (linear, activation, linear, top-k).
+"""A pre-attention predictor (`engine.prefetch.nets`) as one Triton kernel, for the tap inside a decode step,
+where torch's path is a chain of small launches (linear, activation, linear, top-k) whose latency, not the
+weights' bytes, sets its cost.
 
 Shape legend: T = tokens, d = model hidden size, H = predictor hidden size, E = routed experts, M = ids
 kept per row.
 
-- `hidden`: h[t] = act(W1 x[t] + b1), one program per (row, block of H); fp32 sums, and the roundings of
-  the unfused ops (the linear's output, then the activation's, in the weights' dtype). Arch 2's SiLU, or
-  Arch 1's GELU (erf) after its BatchNorm, which `fold_batchnorm` folds into W1 and b1 once (eval mode:
-  Dropout is the identity).
-- `logits`: s[t] = W2 h[t] + b2, one program per (row, block of E); `top_ids` then takes the M best with
-  torch.topk.
-- `logits_top_ids`: the same logits and the M best ids in one program per row (E up to 256, M up to 16),
-  ties to the lowest id: one launch fewer, but one program reads all of W2 (E x H), so it pays only where
-  W2 is small (a narrow predictor).
+One launch, one program per block of BLOCK_N hidden units (and of BLOCK_T rows):
+1. h = act(W1[block] x + b1[block]) for the program's rows: fp32 sums (`tl.dot`), rounded to the weights'
+   dtype after the linear and after the activation as the unfused ops round. Arch 2's SiLU, or Arch 1's
+   GELU (erf) after its BatchNorm, which `fold_batchnorm` folds into W1 and b1 once (eval mode: Dropout is
+   the identity).
+2. The block's share of the logits, W2[:, block] h, is added (fp32 atomics) into a scratch [T, E]: each
+   hidden unit's contribution is computed once, so W1 and W2 are each read once per launch.
+3. The program that finishes last (an atomic counter) reads the scratch back (atomically, at L2 where the
+   adds landed), zeroes it for the next launch, adds b2, and writes the fp32 logits and/or each row's M
+   best ids (ties to the lowest id).
 
-`PredictorKernels(layer)` holds one predictor's (folded) weights and runs it either way; which is faster,
-at which width, is measured by `bench/predictor_cost.py` on the GPU before the prefetcher uses it. The
-scores are the predictor's up to rounding (BatchNorm folded; the sums' order), so the ids can differ from
-torch's at a near tie; predictions steer copies only, never outputs.
+So the weights are read once, by about as many programs as the GPU has SMs (H / BLOCK_N), and nothing
+waits between launches. The logits are fp32 sums in the order the atomics land: the predictor's up to
+rounding (BatchNorm folded, the sums' order), so ids can differ from torch's at a near tie, and between
+two launches on the same input where the last bit of a sum decides; predictions steer copies only, never
+outputs. The scratch and the counter belong to one `PredictorKernels` and are zero between launches: one
+launch at a time per predictor (the tap of a layer runs once per step, on one stream).
 
 Imports torch and (where it runs) Triton only.
 """
@@ -34,75 +38,83 @@ except ImportError:  # pragma: no cover - exercised where Triton is missing
     triton = None
 
 SILU, GELU = 0, 1
-MAX_FUSED_EXPERTS, MAX_FUSED_IDS = 256, 16
+MAX_EXPERTS, MAX_IDS = 256, 16
+BLOCK_T = 16  # rows per program (tl.dot's smallest tile side); more rows add programs along grid axis 1
 
 if triton is not None:
 
     @triton.jit
-    def _row_gemv(
-        x_ptr, w_ptr, b_ptr, t, offs, ok, K, stride_xt, stride_w, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr
+    def _predictor_kernel(
+        x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, acc_ptr, count_ptr, scores_ptr, ids_ptr,
+        T, D, H, E, stride_xt, stride_w1, stride_w2, stride_it,
+        ACT: tl.constexpr, M: tl.constexpr, WRITE_SCORES: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
-        # fp32 W[offs] x[t] + b[offs] for a row-major W [N, K], offs [BLOCK] (`ok`: offs < N)
-        acc = tl.zeros((BLOCK,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            x = tl.load(x_ptr + t * stride_xt + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            w = tl.load(
-                w_ptr + offs[:, None].to(tl.int64) * stride_w + offs_k[None, :],
-                mask=ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        return acc + tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _hidden_kernel(
-        x_ptr, w_ptr, b_ptr, h_ptr, D, H, stride_xt, stride_wn, stride_ht,
-        ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):  # fmt: skip
-        # h[t, n] = act(sum_k W1[n, k] x[t, k] + b1[n]), rounded as linear then activation would round
-        t = tl.program_id(0)
-        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        pid_n, pid_t = tl.program_id(0), tl.program_id(1)
+        dt = w1_ptr.dtype.element_ty
+        rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_ok = rows < T
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < H
-        z = _row_gemv(x_ptr, w_ptr, b_ptr, t, offs_n, n_ok, D, stride_xt, stride_wn, BLOCK_N, BLOCK_K)
-        dt = h_ptr.dtype.element_ty
-        z = z.to(dt).to(tl.float32)
+        offs_e = tl.arange(0, BLOCK_E)
+        e_ok = offs_e < E
+        # 1. z = x W1[block]^T + b1[block], [BLOCK_T, BLOCK_N] in fp32
+        z = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < D
+            x = tl.load(
+                x_ptr + rows[:, None].to(tl.int64) * stride_xt + offs_k[None, :],
+                mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+            ).to(dt)  # fmt: skip
+            w = tl.load(
+                w1_ptr + offs_n[None, :].to(tl.int64) * stride_w1 + offs_k[:, None],
+                mask=n_ok[None, :] & k_ok[:, None], other=0.0,
+            )  # [BLOCK_K, BLOCK_N]: W1's rows as columns  # fmt: skip
+            if IEEE:
+                z = tl.dot(x, w, z, input_precision="ieee")
+            else:
+                z = tl.dot(x, w, z)
+        z += tl.load(b1_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        z = z.to(dt).to(tl.float32)  # the linear's output, rounded
         if ACT == 0:
             a = z * tl.sigmoid(z)
         else:
             a = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        tl.store(h_ptr + t * stride_ht + offs_n, a.to(dt), mask=n_ok)
-
-    @triton.jit
-    def _logits_kernel(
-        h_ptr, w_ptr, b_ptr, s_ptr, H, E, stride_ht, stride_we, stride_st,
-        BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):  # fmt: skip
-        # s[t, e] = sum_k W2[e, k] h[t, k] + b2[e]
-        t = tl.program_id(0)
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        e_ok = offs_e < E
-        s = _row_gemv(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
-        tl.store(s_ptr + t * stride_st + offs_e, s.to(s_ptr.dtype.element_ty), mask=e_ok)
-
-    @triton.jit
-    def _logits_top_ids_kernel(
-        h_ptr, w_ptr, b_ptr, ids_ptr, H, E, stride_ht, stride_we, stride_it,
-        M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):  # fmt: skip
-        # the row's E logits (rounded to the weights' dtype, as torch's linear would), then its M best ids
-        t = tl.program_id(0)
-        offs_e = tl.arange(0, BLOCK_E)
-        e_ok = offs_e < E
-        s = _row_gemv(h_ptr, w_ptr, b_ptr, t, offs_e, e_ok, H, stride_ht, stride_we, BLOCK_E, BLOCK_K)
-        s = s.to(h_ptr.dtype.element_ty).to(tl.float32)
-        s = tl.where(e_ok, s, float("-inf"))
-        for i in tl.static_range(M):
-            best = tl.max(s, axis=0)
-            pick = tl.min(tl.where(s == best, offs_e, BLOCK_E), axis=0)  # the lowest id among ties
-            tl.store(ids_ptr + t * stride_it + i, pick.to(tl.int64))
-            s = tl.where(offs_e == pick, float("-inf"), s)
+        h = tl.where(n_ok[None, :], a, 0.0).to(dt)  # the activation's output, rounded
+        # 2. this block's share of the logits, h W2[:, block]^T, [BLOCK_T, BLOCK_E], added into the scratch
+        w2 = tl.load(
+            w2_ptr + offs_e[None, :].to(tl.int64) * stride_w2 + offs_n[:, None],
+            mask=e_ok[None, :] & n_ok[:, None], other=0.0,
+        )  # [BLOCK_N, BLOCK_E]  # fmt: skip
+        if IEEE:
+            part = tl.dot(h, w2, input_precision="ieee")
+        else:
+            part = tl.dot(h, w2)
+        cell = rows[:, None] * BLOCK_E + offs_e[None, :]
+        tl.atomic_add(acc_ptr + cell, part, mask=row_ok[:, None] & e_ok[None, :])
+        # 3. the last program to finish reads every row's logits back (zeroing them) and ranks them
+        tl.debug_barrier()  # every thread's adds are issued before the counter's release
+        done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+        if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+            b2 = tl.load(b2_ptr + offs_e, mask=e_ok, other=0.0).to(tl.float32)
+            for t0 in range(0, T, BLOCK_T):
+                r = t0 + tl.arange(0, BLOCK_T)
+                r_ok = r < T
+                ok = r_ok[:, None] & e_ok[None, :]
+                cells = acc_ptr + r[:, None] * BLOCK_E + offs_e[None, :]
+                s = tl.atomic_add(cells, tl.zeros((BLOCK_T, BLOCK_E), tl.float32), mask=ok)  # read at L2
+                tl.store(cells, tl.zeros((BLOCK_T, BLOCK_E), tl.float32), mask=ok)
+                s = s + b2[None, :]
+                if WRITE_SCORES:
+                    tl.store(scores_ptr + r[:, None] * E + offs_e[None, :], s, mask=ok)
+                s = tl.where(ok, s, float("-inf"))
+                for i in tl.static_range(M):
+                    best = tl.max(s, axis=1)
+                    pick = tl.min(tl.where(s == best[:, None], offs_e[None, :], BLOCK_E), axis=1)
+                    tl.store(ids_ptr + r * stride_it + i, pick.to(tl.int64), mask=r_ok)
+                    s = tl.where(offs_e[None, :] == pick[:, None], float("-inf"), s)
+            tl.atomic_xchg(count_ptr, 0)
 
 
 def fold_batchnorm(linear: nn.Linear, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,13 +125,20 @@ def fold_batchnorm(linear: nn.Linear, bn: nn.BatchNorm1d) -> tuple[torch.Tensor,
     return (w * scale[:, None]).to(linear.weight.dtype), folded_b.to(linear.weight.dtype)
 
 
+def kernels_available(device: torch.device) -> bool:
+    """Whether `PredictorKernels` can run on `device` (a CUDA device, and Triton present)."""
+    return triton is not None and device.type == "cuda"
+
+
 class PredictorKernels:
-    """One predictor (`build_predictor`'s Sequential, either architecture, eval mode) as Triton kernels;
+    """One predictor (`build_predictor`'s Sequential, either architecture, eval mode) as one Triton kernel;
     the weights are views of the module's (Arch 2) or its folded copy (Arch 1)."""
 
-    def __init__(self, predictor: nn.Sequential, block_n: int = 64, block_k: int = 128) -> None:
+    def __init__(
+        self, predictor: nn.Sequential, block_n: int = 16, block_k: int = 128, num_warps: int = 4
+    ) -> None:
         if triton is None:
-            raise RuntimeError("the predictor kernels need Triton, which this build of torch lacks")
+            raise RuntimeError("the predictor kernel needs Triton, which this build of torch lacks")
         first, last = predictor[0], predictor[-1]
         if isinstance(predictor[1], nn.BatchNorm1d):  # Arch 1: Linear, BatchNorm1d, GELU, Dropout, Linear
             self.w1, self.b1 = fold_batchnorm(first, predictor[1])
@@ -132,45 +151,48 @@ class PredictorKernels:
         self.w2, self.b2 = last.weight.detach(), last.bias.detach()
         self.hidden_size, self.d_model = self.w1.shape
         self.num_experts = self.w2.shape[0]
-        self.block_n, self.block_k = block_n, block_k
-
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """h [T, H] (the weights' dtype) for x [T, d] (cast to it)."""
-        x = x.reshape(-1, self.d_model).to(self.w1.dtype).contiguous()
-        h = torch.empty((x.shape[0], self.hidden_size), dtype=self.w1.dtype, device=x.device)
-        grid = (x.shape[0], triton.cdiv(self.hidden_size, self.block_n))
-        _hidden_kernel[grid](
-            x, self.w1, self.b1, h, self.d_model, self.hidden_size, x.stride(0), self.w1.stride(0), h.stride(0),
-            ACT=self.act, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
-        )  # fmt: skip
-        return h
-
-    def scores(self, x: torch.Tensor, block_e: int = 32) -> torch.Tensor:
-        """Logits [T, E] (the weights' dtype): the predictor's `forward` up to rounding."""
-        h = self.hidden(x)
-        s = torch.empty((h.shape[0], self.num_experts), dtype=self.w2.dtype, device=h.device)
-        grid = (h.shape[0], triton.cdiv(self.num_experts, block_e))
-        _logits_kernel[grid](
-            h, self.w2, self.b2, s, self.hidden_size, self.num_experts, h.stride(0), self.w2.stride(0), s.stride(0),
-            BLOCK_E=block_e, BLOCK_K=self.block_k,
-        )  # fmt: skip
-        return s
-
-    def top_ids(self, x: torch.Tensor, m: int, fused: bool = False) -> torch.Tensor:
-        """The M best expert ids per row [T, M] (int64), best first: logits then torch.topk, or with `fused`
-        one kernel for both (E <= 256, M <= 16)."""
-        if not fused:
-            return torch.topk(self.scores(x), m, dim=-1).indices
-        if self.num_experts > MAX_FUSED_EXPERTS or m > MAX_FUSED_IDS:
+        if self.num_experts > MAX_EXPERTS:
             raise ValueError(
-                f"the fused top-k takes at most {MAX_FUSED_EXPERTS} experts and {MAX_FUSED_IDS} ids, "
-                f"not {self.num_experts} and {m}"
+                f"the predictor kernel ranks at most {MAX_EXPERTS} experts, not {self.num_experts}"
             )
-        h = self.hidden(x)
-        ids = torch.empty((h.shape[0], m), dtype=torch.int64, device=h.device)
-        block_e = triton.next_power_of_2(self.num_experts)
-        _logits_top_ids_kernel[(h.shape[0],)](
-            h, self.w2, self.b2, ids, self.hidden_size, self.num_experts, h.stride(0), self.w2.stride(0), ids.stride(0),
-            M=m, BLOCK_E=block_e, BLOCK_K=max(16, min(self.block_k, 8192 // block_e)),
+        self.block_n, self.block_k, self.num_warps = max(16, block_n), max(16, block_k), num_warps
+        self.block_e = max(16, triton.next_power_of_2(self.num_experts))
+        self._acc: torch.Tensor | None = None  # fp32 [rows, BLOCK_E], zero between launches
+        self._count = torch.zeros(1, dtype=torch.int32, device=self.w1.device)
+
+    def _scratch(self, rows: int) -> torch.Tensor:
+        if self._acc is None or self._acc.shape[0] < rows:  # grows outside graph captures (warm-up first)
+            cap = max(BLOCK_T, triton.cdiv(rows, BLOCK_T) * BLOCK_T)
+            self._acc = torch.zeros((cap, self.block_e), dtype=torch.float32, device=self.w1.device)
+        return self._acc
+
+    def run(
+        self, x: torch.Tensor, m: int = 0, scores: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(logits [T, E] fp32 or None, ids [T, m] int64, best first) for x [T, d] (cast to the weights')."""
+        if m > MAX_IDS:
+            raise ValueError(f"the predictor kernel keeps at most {MAX_IDS} ids a row, not {m}")
+        x = x.reshape(-1, self.d_model).contiguous()
+        t = x.shape[0]
+        dev = self.w1.device
+        out = torch.empty((t, self.num_experts), dtype=torch.float32, device=dev) if scores else None
+        ids = torch.empty((t, max(m, 1)), dtype=torch.int64, device=dev)
+        grid = (triton.cdiv(self.hidden_size, self.block_n), triton.cdiv(t, BLOCK_T))
+        _predictor_kernel[grid](
+            x, self.w1, self.b1, self.w2, self.b2, self._scratch(t), self._count,
+            out if scores else ids, ids,
+            t, self.d_model, self.hidden_size, self.num_experts, x.stride(0), self.w1.stride(0),
+            self.w2.stride(0), ids.stride(0),
+            ACT=self.act, M=m, WRITE_SCORES=scores, IEEE=self.w1.dtype == torch.float32,
+            BLOCK_T=BLOCK_T, BLOCK_N=self.block_n, BLOCK_K=self.block_k, BLOCK_E=self.block_e,
+            num_warps=self.num_warps,
         )  # fmt: skip
-        return ids
+        return out, ids[:, :m]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [T, E] (fp32): the predictor's `forward` up to rounding."""
+        return self.run(x, 0, scores=True)[0]
+
+    def top_ids(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """The M best expert ids per row [T, M] (int64), best first, ties to the lowest id."""
+        return self.run(x, m, scores=False)[1]

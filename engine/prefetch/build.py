@@ -2,7 +2,7 @@
 its policy, the bundle it loads and checks against the model, and its installation on the model.
 
 Imports `engine.prefetch.prefetcher`, `engine.prefetch.policies`, `engine.prefetch.routing_trace`,
-`engine.prefetch.bundle`, `engine.model.fingerprint` and `engine.api`.
+`engine.prefetch.bundle`, `engine.prefetch.kernel_bank`, `engine.model.fingerprint` and `engine.api`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from engine.api.errors import EngineError
 from engine.api.policies import PREDICTOR_POLICIES
 from engine.prefetch.bundle import distance
+from engine.prefetch.kernel_bank import KernelBank, kernel_bank
 from engine.prefetch.policies import ahead_limit, build_policy
 from engine.prefetch.prefetcher import Prefetcher, Scorer
 from engine.prefetch.routing_trace import RoutingReplay
@@ -148,12 +149,14 @@ def build_prefetcher(
             loss=(manifest or {}).get("loss", "wbce"),
         )
         ahead = distance(manifest)
+        bank = kernel_bank(bank, om.device, config.predictor_kernel and config.fused_kernels)
         pf = Prefetcher(
             layers,
             cache,
             policy,
             _bank_scorer(bank),
             shift=ahead,
+            ranker=getattr(bank, "top_ids", None),
             limit=ahead_limit(cache.capacity, om.top_k, ahead),
             on_latency=on_latency,
             threaded=threaded,
@@ -161,10 +164,11 @@ def build_prefetcher(
     pf.install()
     graphs = pf.capture_decode_graphs(int(om.model.config.hidden_size), om.dtype) if graphs_enabled else 0
     log.info(
-        "prefetch policy %s: up to %d experts per token; %s%s",
+        "prefetch policy %s: up to %d experts per token; %s%s%s",
         name,
         policy.width,
         "side stream + worker thread" if pf.threaded else "inline",
         f", {graphs} single-token taps as CUDA graphs" if graphs else "",
+        ", decode-step predictors as one Triton kernel per layer" if isinstance(bank, KernelBank) else "",
     )
     return pf

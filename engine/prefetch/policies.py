@@ -22,12 +22,15 @@ class Policy:
     name = "?"
     width = 0  # M
     counted = False
+    ranks_top_k = False  # whether `select` is torch.topk of width M (a ranker may give the ids directly)
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
 class TopK(Policy):
+    ranks_top_k = True
+
     def __init__(self, name: str, m: int, num_experts: int) -> None:
         self.name = name
         self.width = min(m, num_experts)

@@ -56,6 +56,8 @@ class _Job:
 
 
 Scorer = Callable[[int, torch.Tensor], torch.Tensor]  # (moe layer, x[T, d]) -> scores[T, E]
+# (moe layer, x[T, d], M) -> the M best ids [T, M] without scores, or None (then the scorer's scores are ranked)
+Ranker = Callable[[int, torch.Tensor, int], "torch.Tensor | None"]
 
 
 class _DecodeGraph:
@@ -86,6 +88,8 @@ class Prefetcher:
     `scorer(l, x)` gives the scores used at MoE layer l's tap; `shift` is 0 when they are for layer l
     itself and d when they are for layer l+d (`crosslayer`: 1; a lookahead bundle: its distance; `oracle`:
     MOE_ORACLE_AHEAD), so layers 0..d-1 get no prediction. `replay` replaces the scorer for `oracle`.
+    `ranker(l, x, M)`, where given, gives a top-k policy's ids directly (the one-launch predictor kernel,
+    `MOE_PREDICTOR_KERNEL`), or None to fall back on ranking the scorer's scores.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class Prefetcher:
         *,
         shift: int = 0,
         replay: RoutingReplay | None = None,
+        ranker: Ranker | None = None,
         limit: int | None = None,
         on_latency: Callable[[float], None] | None = None,
         threaded: bool | None = None,
@@ -108,6 +113,7 @@ class Prefetcher:
         self.scorer = scorer
         self.shift = shift
         self.replay = replay
+        self.ranker = ranker if policy is not None and policy.ranks_top_k else None
         self.limit = limit
         self.on_latency = on_latency
         self.cache = cache
@@ -223,6 +229,10 @@ class Prefetcher:
 
     def _select(self, index: int, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            if self.ranker is not None:
+                ids = self.ranker(index, x, self.policy.width)
+                if ids is not None:
+                    return ids
             return self.policy.select(self.scorer(index, x))
 
     def capture_decode_graphs(self, d_model: int, dtype: torch.dtype) -> int:

@@ -135,6 +135,37 @@ def test_graphs_with_prefetch_policies(family, policy, checkpoints, references):
     assert got["streamed"][1]["routed_scored"] == got[False][1]["routed_scored"]
 
 
+@pytest.mark.parametrize("policy", ["exact", "adaptive"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
+def test_graphs_with_the_predictor_kernel(family, policy, checkpoints, references, monkeypatch):
+    """MOE_PREDICTOR_KERNEL: decode steps' predictors run as one Triton kernel per layer (captured in the
+    taps' and the steps' graphs); the tokens stay the reference's on every step kind."""
+    from engine.kernels.fused_predictor import PredictorKernels
+
+    launches = []
+    scores = PredictorKernels.scores
+    monkeypatch.setattr(PredictorKernels, "scores", lambda self, x: launches.append(1) or scores(self, x))
+    prompt = references[family][0]
+    for graphs in (True, False, "streamed"):
+        launches.clear()
+        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+        torch.manual_seed(0)
+        bank = PredictorBank(
+            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=48
+        )
+        config = EngineConfig(policy=policy, predictor_kernel=True)
+        pf = build_prefetcher(om, config, bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"})
+        runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
+        tokens = runner.greedy(prompt, NEW)
+        torch.cuda.synchronize()
+        runner.after_step()
+        pf.remove()
+        assert runner.graph_failure is None
+        assert launches, "the kernel never ran"
+        assert check_counts(om)["prefetch_issued"] > 0
+        assert tokens == reference(checkpoints[family], prompt), graphs
+
+
 @pytest.mark.parametrize("graphs", [True, False, "streamed"], ids=["segmented", "eager", "streamed"])
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
 def test_oracle_ahead_on_every_step_kind(family, graphs, checkpoints, references, tmp_path):

@@ -17,7 +17,7 @@ implementations:
 - `kernel+topk`: the same kernel writing the logits, then the policy's torch.topk (what a policy that needs
   the scores, `adaptive`, would run);
 - `kernel@BK/W` (also `kernel+topk@BK/W`): the kernel with another K block and number of warps (default
-  128/4).
+  512/4, the fastest of 128/2, 128/4, 256/4, 256/8 and 512/4 on an H200: `predictor_cost_variants.json`).
 (Stop 28's two- and three-launch kernels, one program per row and block, measured 61-167 µs per layer on
 an H200, 3-4x torch's path; `predictor_cost_stop28.json` keeps that run.)
 Each is also checked against `torch`: the share of rows whose M ids are the same set (random weights: a

@@ -135,7 +135,7 @@ class PredictorKernels:
     the weights are views of the module's (Arch 2) or its folded copy (Arch 1)."""
 
     def __init__(
-        self, predictor: nn.Sequential, block_n: int = 16, block_k: int = 128, num_warps: int = 4
+        self, predictor: nn.Sequential, block_n: int = 16, block_k: int = 512, num_warps: int = 4
     ) -> None:
         if triton is None:
             raise RuntimeError("the predictor kernel needs Triton, which this build of torch lacks")

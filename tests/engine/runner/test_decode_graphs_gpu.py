@@ -142,9 +142,11 @@ def test_graphs_with_the_predictor_kernel(family, policy, checkpoints, reference
     taps' and the steps' graphs); the tokens stay the reference's on every step kind."""
     from engine.kernels.fused_predictor import PredictorKernels
 
-    launches = []
-    scores = PredictorKernels.scores
-    monkeypatch.setattr(PredictorKernels, "scores", lambda self, x: launches.append(1) or scores(self, x))
+    launches = []  # every launch goes through `run`: the scores path (adaptive) and the ids path (exact)
+    run = PredictorKernels.run
+    monkeypatch.setattr(
+        PredictorKernels, "run", lambda self, *a, **k: launches.append(1) or run(self, *a, **k)
+    )
     prompt = references[family][0]
     for graphs in (True, False, "streamed"):
         launches.clear()

@@ -96,6 +96,12 @@ def main() -> None:
         help="policies also run with hybrid misses (MOE_HYBRID_MISSES, segmented steps) below a full cache",
     )
     ap.add_argument(
+        "--after-demand",
+        default="",
+        help="policies also run with segmented steps queueing lookahead copies behind each layer's demand "
+        "copies (MOE_LOOKAHEAD_AFTER_DEMAND) below a full cache",
+    )
+    ap.add_argument(
         "--routing",
         default="random",
         help="random (the model's own), or twin:PATH to replay a twin_replay_<shape> artefact's routing and "

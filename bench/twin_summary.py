@@ -5,8 +5,8 @@ table issue #17 is judged on can be checked by a script.
 
 Each record: `shape`, `batch`, `cache_fraction`, `policy`, `step` (`chosen`: the runner's own choice of
 streamed or segmented steps; `segmented`: forced), `eviction`, `tok_s` (median), `ratio_to_none` (tok/s over
-`none` at the same shape, batch, cache, step kind and eviction; a `hybrid` row, over `none` with the runner's
-chosen steps, the setting it would replace), `ratio_to_clairvoyant_floor` (the time per
+`none` at the same shape, batch, cache, step kind and eviction; a `hybrid` or `after-demand` row, over `none`
+with the runner's chosen steps, the setting it would replace), `ratio_to_clairvoyant_floor` (the time per
 token over the floor: max(resident batch-1 step, the bytes Belady-optimal eviction copies / the measured
 bandwidth), from `eviction_twins.json` for that shape and cache; 1.0 at a full cache is the resident step; null
 where no floor was simulated), `hit_rate`, `routing` (the artefact it replayed) and `source` (the JSON file).
@@ -68,7 +68,8 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
     resident = {r["batch"]: r["tok_s"] for r in rows if r["cache_fraction"] == 1.0 and r["policy"] == "none"}
     out = []
     for r in rows:
-        against = "chosen" if r["step"] == "hybrid" else r["step"]  # hybrid misses: against plain `none`
+        # hybrid misses and lookahead copies after demand: against plain `none` (the setting they would replace)
+        against = "chosen" if r["step"] in ("hybrid", "after-demand") else r["step"]
         base = next(
             (x for x in rows if (x["batch"], x["cache_fraction"], x["step"]) == (r["batch"], r["cache_fraction"], against)
              and x["policy"] == "none"),

@@ -16,8 +16,9 @@ the fit cache (50%) takes what the engine measured. The other configurations' pr
 then set beside the engine's (`decode_<shape>_twin.json`, the same twin only), and the ratios to `none`
 say what lookahead can gain at best (the oracle ahead) on this routing. Writes
 `<out>/timeline_<shape>.{json,md}`. Every configuration runs under LRU and LFU (`MOE_EVICTION`), so the
-table also says what the two mechanisms give together. Imports numpy and `predictors` (through
-`bench.twin_eviction`).
+table also says what the two mechanisms give together. Every lookahead configuration (`exact+d`, `oracle+d`)
+also runs under LRU with its copies queued behind each layer's demand copies (`... after demand`,
+`MOE_LOOKAHEAD_AFTER_DEMAND`). Imports numpy and `predictors` (through `bench.twin_eviction`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ AHEAD = (1, 2, 4)
 
 
 HYBRID_POLICIES = ("none", "oracle+1")  # also run with hybrid misses on the clock
+AFTER_DEMAND = " after demand"  # lookahead configurations also run with MOE_LOOKAHEAD_AFTER_DEMAND (LRU)
 
 
 def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[str, PolicyRun]:
@@ -106,18 +108,25 @@ def run(
     # the H200's host scaled by the expert's bytes and slowed while copies run (bench/twin_eviction.py)
     host_ms = CPU_EXPERT_MS * eb / CPU_EXPERT_BYTES * CPU_SLOWDOWN_DURING_COPIES
     hybrid_tl = Timeline(**{**tl.__dict__, "host_ms": host_ms})
+    # MOE_LOOKAHEAD_AFTER_DEMAND: a tap's copies for a later layer queued behind the layer's demand copies
+    after_tl = Timeline(**{**tl.__dict__, "demand_first": True})
     rows = []
     for f in fractions:
         slots = max(w.top_k, round(f * w.total_experts))
         for ev in evictions:
             for name, pr in runs.items():
-                for hybrid in (False, True) if name in HYBRID_POLICIES else (False,):
-                    clock = Clock(w.num_layers, eb, hybrid_tl if hybrid else tl, w.top_k)
+                variants = [("", tl)]
+                if name in HYBRID_POLICIES:
+                    variants.append((" + hybrid", hybrid_tl))
+                if pr.shift > 0 and ev == "lru":
+                    variants.append((AFTER_DEMAND, after_tl))
+                for suffix, clock_tl in variants:
+                    clock = Clock(w.num_layers, eb, clock_tl, w.top_k)
                     c = replay(w, slots, ev, pr, preload_full=False, events=clock)
-                    label = f"{name} + hybrid" if hybrid else name
-                    m = by_eviction.get(ev, {}).get((f, name)) if not hybrid else None
+                    m = None if suffix else by_eviction.get(ev, {}).get((f, name))  # engine: plain runs only
                     rows.append(
-                        {"fraction": f, "eviction": ev, "slots": slots, "policy": label, "hybrid": hybrid,
+                        {"fraction": f, "eviction": ev, "slots": slots, "policy": name + suffix,
+                         "hybrid": suffix == " + hybrid", "after_demand": suffix == AFTER_DEMAND,
                          "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests)),
                          "model_ms": clock.ms(w.steps), "engine_ms": 1e3 / m[0] if m else None,
                          "copies_per_token": (sum(c.misses) + sum(c.prefetch_issued)) / w.steps}

@@ -311,8 +311,9 @@ def _plain_row(shape: str, batch: int, b: dict, run: str) -> dict:
 def add_ratios(rows: list[dict]) -> list[dict]:
     """ratio_to_none: tok/s over `none`'s at the same shape, batch, cache and step; ratio_to_resident: over
     `none` at 100% (chosen steps), same shape and batch; ratio_to_plain: over the plain forward's;
-    ratio_to_chosen (segmented and hybrid rows): over the same policy's chosen steps at that cache. Given one
-    record's rows, so every ratio is to a baseline of the same run (runs differ by up to ~10%)."""
+    ratio_to_chosen (segmented, hybrid and after-demand rows): over the same policy's chosen steps at that
+    cache. Given one record's rows, so every ratio is to a baseline of the same run (runs differ by up to
+    ~10%)."""
     chosen = {
         (r["shape"], r["batch"], r["fraction"], r["policy"]): r["tok_s"]
         for r in rows
@@ -329,7 +330,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         r["ratio_to_none"] = _r(r["tok_s"] / base, 3) if base and r["step"] != "plain" else None
         r["ratio_to_resident"] = _r(r["tok_s"] / resident, 3) if resident else None
         r["ratio_to_plain"] = _r(r["tok_s"] / p, 3) if p else None
-        if r["step"] in ("segmented", "hybrid"):
+        if r["step"] in ("segmented", "hybrid", "after-demand"):
             c = chosen.get((r["shape"], r["batch"], r["fraction"], r["policy"]))
             r["ratio_to_chosen"] = _r(r["tok_s"] / c, 3) if c else None
     return rows

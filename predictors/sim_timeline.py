@@ -11,6 +11,9 @@ them against two resources, the GPU's compute stream and one host-to-device copy
   decides again (`decision_ms`) and queues the layer's demand copies;
 - the layer's experts start when the router's decision is made and every copy for this layer (predicted
   by an earlier tap or demanded now) has landed, and take the rest of the layer's resident time;
+- with `demand_first`, a tap's copies for a later layer (a lookahead prediction, `oracle+d`) queue right
+  after the layer's demand copies instead of before them, so the layer's own misses do not wait behind copies
+  that a later layer needs (the engine queues them first, in the tap's order);
 - with hybrid misses (`host_ms` > 0, `MOE_HYBRID_MISSES`), the host computes part of the layer's demand
   misses (`engine.experts.hybrid_split.host_share`, the engine's rule) while the rest are copied, and the
   experts start when both are done.
@@ -43,6 +46,7 @@ class Timeline:
     decision_ms: float = 0.0  # host work at each segment boundary
     attention_share: float = 0.5  # of a layer's resident time, before its experts
     host_ms: float = 0.0  # hybrid misses: the host's time for one expert on one row (0: off)
+    demand_first: bool = False  # a tap's copies for a later layer queue after this layer's demand copies
 
 
 class Clock:
@@ -57,14 +61,18 @@ class Clock:
         layer_ms = tl.step_ms / num_layers
         self.attn, self.experts = tl.attention_share * layer_ms, (1.0 - tl.attention_share) * layer_ms
         self.decision = tl.decision_ms
+        self.demand_first = tl.demand_first
         self.t = self.copy_free = 0.0
         self.ready = [0.0] * num_layers  # when every copy queued so far for a layer has landed
 
     def append(self, event: Event) -> None:
         _step, layer, target, issued, demand = event
+        later = 0  # copies for a later layer held back until this layer's demand copies are queued
         if target >= 0:  # the tap predicted: a segment boundary, then its copies queue
             self.t += self.decision
-            if issued:
+            if issued and self.demand_first and target != layer:
+                later = issued
+            elif issued:
                 self.copy_free = max(self.copy_free, self.t) + issued * self.copy_ms
                 self.ready[target] = max(self.ready[target], self.copy_free)
         self.t += self.attn + self.decision  # attention, router, the host's decision on its routing
@@ -75,6 +83,9 @@ class Clock:
         if demand - on_host:
             self.copy_free = max(self.copy_free, self.t) + (demand - on_host) * self.copy_ms
             self.ready[layer] = max(self.ready[layer], self.copy_free)
+        if later:  # queued at the routing decision, behind the demand copies
+            self.copy_free = max(self.copy_free, self.t) + later * self.copy_ms
+            self.ready[target] = max(self.ready[target], self.copy_free)
         self.t = max(self.t, self.ready[layer]) + self.experts
 
     def ms(self, steps: int) -> float:

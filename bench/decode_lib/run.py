@@ -152,6 +152,7 @@ def measure(
         policies,
         segmented,
         hybrid,
+        [p for p in args.after_demand.split(",") if p],
     )
 
     if batches and not deadline.passed():

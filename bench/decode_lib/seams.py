@@ -22,13 +22,25 @@ BENCH_MAX_LEN = 1024  # KV positions of the batch-1 and batched runners: a promp
 
 @contextmanager
 def runner_of_kind(
-    om, rows: int = 1, graphs: bool | None = None, host_reads: bool = True, hybrid: bool = False
+    om,
+    rows: int = 1,
+    graphs: bool | None = None,
+    host_reads: bool = True,
+    hybrid: bool = False,
+    after_demand: bool = False,
 ) -> Iterator:
     """A runner of its own over `om` (graphs=False: eager steps; host_reads=False: segmented steps;
-    hybrid: hybrid misses, `MOE_HYBRID_MISSES`), its captured graphs dropped on the way out."""
+    hybrid: hybrid misses, `MOE_HYBRID_MISSES`; after_demand: `MOE_LOOKAHEAD_AFTER_DEMAND`), its captured
+    graphs dropped on the way out."""
     he = host_experts(om.store, om.layers, int(om.model.config.hidden_size), om.device) if hybrid else None
     runner = ModelRunner(
-        om, rows=rows, max_len=BENCH_MAX_LEN, graphs=graphs, host_reads=host_reads, hybrid=he
+        om,
+        rows=rows,
+        max_len=BENCH_MAX_LEN,
+        graphs=graphs,
+        host_reads=host_reads,
+        hybrid=he,
+        lookahead_after_demand=after_demand,
     )
     try:
         yield runner

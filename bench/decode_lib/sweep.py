@@ -120,7 +120,12 @@ class Sweep:
 
 
 def sweep(
-    sw: Sweep, fractions: list[float], policies: list[str], segmented: list[str], hybrid: list[str] = ()
+    sw: Sweep,
+    fractions: list[float],
+    policies: list[str],
+    segmented: list[str],
+    hybrid: list[str] = (),
+    after_demand: list[str] = (),
 ) -> None:
     runner = sw.workload.runner
     for fraction in fractions:
@@ -152,6 +157,7 @@ def sweep(
             ran = [p for p in here if bank_for(sw.bank, p) is not None]  # the lookahead ones the artefact has
             segmented_steps(sw, fraction, [p for p in segmented if p in ran])
             segmented_steps(sw, fraction, [p for p in hybrid if p in ran], hybrid=True)
+            segmented_steps(sw, fraction, [p for p in after_demand if p in ran], after_demand=True)
 
 
 def resident_ablations(sw: Sweep, fraction: float) -> None:
@@ -162,13 +168,18 @@ def resident_ablations(sw: Sweep, fraction: float) -> None:
         sw.measure("none", fraction, "torch-gemv")
 
 
-def segmented_steps(sw: Sweep, fraction: float, policies: list[str], hybrid: bool = False) -> None:
+def segmented_steps(
+    sw: Sweep, fraction: float, policies: list[str], hybrid: bool = False, after_demand: bool = False
+) -> None:
     """The same policies with segmented steps (no reads from host memory), on a runner built for them;
-    `hybrid`: with hybrid misses (the host computes part of each layer's misses, rates measured now)."""
+    `hybrid`: with hybrid misses (the host computes part of each layer's misses, rates measured now);
+    `after_demand`: lookahead copies queued behind each layer's demand copies (MOE_LOOKAHEAD_AFTER_DEMAND)."""
     if not policies:
         return
-    variant = "hybrid" if hybrid else "segmented"
-    with runner_of_kind(sw.workload.runner.om, host_reads=False, hybrid=hybrid) as seg:
+    variant = "hybrid" if hybrid else "after-demand" if after_demand else "segmented"
+    with runner_of_kind(
+        sw.workload.runner.om, host_reads=False, hybrid=hybrid, after_demand=after_demand
+    ) as seg:
         if hybrid and seg.hybrid is None:
             log("hybrid misses skipped: this model's experts cannot run on the host")
             return

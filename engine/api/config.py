@@ -172,9 +172,19 @@ class EngineConfig:
     predictor_kernel: bool = setting(
         False,
         "With fused kernels: each decode step's predictors run as one Triton kernel per layer (both "
-        "linears, the activation and the logits in one launch) instead of torch's chain of launches; "
-        "prefills keep torch's path. Scores equal up to rounding, so a near tie may prefetch another expert.",
+        "linears, the activation, the logits and the top-k in one launch) instead of torch's chain of "
+        "launches; prefills keep torch's path. Measured to halve what predicting costs a step on an H200 "
+        "(docs/performance.md); scores equal up to rounding, so a near tie may prefetch another expert.",
         "Predictors of decode steps as one Triton kernel per layer [MOE_PREDICTOR_KERNEL].",
+    )
+    lookahead_after_demand: bool = setting(
+        False,
+        "Segmented decode steps queue a prefetch tap's copies for later layers (a lookahead bundle, "
+        "MOE_ORACLE_AHEAD) behind the routed layer's own missing experts instead of ahead of them, so a "
+        "layer's misses never wait for copies a later layer needs. Simulated on the twins' routing "
+        "(docs/simulate.md): +4-12% for trained lookahead predictors, -4-6% for a perfect one a layer "
+        "ahead; not yet measured on a GPU.",
+        "Lookahead copies queue behind the layer's demand copies [MOE_LOOKAHEAD_AFTER_DEMAND].",
     )
     host_reads: bool = setting(
         True,

@@ -83,6 +83,7 @@ class EngineParts:
             kernels=cfg.fused_kernels,
             host_reads=cfg.host_reads,
             stream_miss_mb=cfg.stream_miss_mb,
+            lookahead_after_demand=cfg.lookahead_after_demand,
             hybrid=host_experts(om.store, om.layers, int(mcfg.hidden_size), device)
             if cfg.hybrid_misses and device.type == "cuda"
             else None,

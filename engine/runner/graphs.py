@@ -12,7 +12,9 @@ to act end one graph segment and start the next:
 - `predict` (with a prefetch policy): a layer's pre-attention tap has scored experts. The segment ends
   there; at replay the id table is copied to the host, the host launches the next segment (the layer's
   attention and router) first, then waits for the table and issues the prefetch copies, which run on
-  the copy stream while that attention computes.
+  the copy stream while that attention computes. With `after_demand` (`MOE_LOOKAHEAD_AFTER_DEMAND`) the
+  copies a tap predicted for a later layer are issued only once the routed layer's own experts are
+  acquired, so its demand copies go first on the copy stream (`split_predictions`).
 
 Device-to-host copies happen between replays, not inside graphs (a graph writing pinned memory is
 what torch's host allocator handles worst); each costs one small copy launch.
@@ -245,12 +247,25 @@ class GraphCapture:
         self.split(Action("predict", target, table, tap))
 
 
+def split_predictions(predictions: list, layer: int, after_demand: bool) -> tuple[list, list]:
+    """The pending predictions at MoE layer `layer`'s route, as (issued before its demand copies, issued
+    after its experts are acquired): with `after_demand`, those for a later layer (a lookahead tap's) go
+    after, so the layer's misses are first on the copy stream; otherwise all go before, in tap order."""
+    if not after_demand:
+        return list(predictions), []
+    now = [p for p in predictions if p[0].layer == layer]
+    return now, [p for p in predictions if p[0].layer != layer]
+
+
 class GraphReplayer:
     """Runs a captured step: replays its segments and does each segment's host action."""
 
-    def __init__(self, cache: ExpertCache, hybrid: HostExperts | None = None) -> None:
+    def __init__(
+        self, cache: ExpertCache, hybrid: HostExperts | None = None, after_demand: bool = False
+    ) -> None:
         self.cache = cache
         self.hybrid = hybrid  # hybrid misses: the host computes part of a layer's misses
+        self.after_demand = after_demand  # lookahead copies behind the routed layer's demand copies
 
     def replay(self, sg: StepGraph, n: int) -> None:
         cache = self.cache
@@ -258,6 +273,7 @@ class GraphReplayer:
         held: list[Acquired] = []
         predictions: list[tuple[Action, torch.cuda.Event, float]] = []
         ready: tuple[Action, list[int]] | None = None  # routed experts already usable on the device
+        later: list = []  # predictions for later layers, issued once the routed layer's experts are held
         for (graph, action), ev in zip(sg.segments, sg.events, strict=True):
             graph.replay()
             for acq in held:  # the experts of the last routed layer are in this segment: now they may go
@@ -266,6 +282,7 @@ class GraphReplayer:
             if ready is not None:  # their segment is queued: the bookkeeping runs while it computes
                 held.append(self._route(*ready))
                 ready = None
+                self._issue(later, n)  # only now: a copy issued earlier could evict what `ready` reads
             if action is None:
                 continue
             if action.dev is not None:
@@ -278,22 +295,32 @@ class GraphReplayer:
             if action.kind == "predict":
                 predictions.append((action, ev, time.perf_counter()))
                 continue
-            for pred, pev, t0 in predictions:  # the attention segment is queued: now issue the copies
-                pev.synchronize()
-                pred.issuer.issue_captured(pred.layer, pred.host, n, t0)
+            now, later = split_predictions(predictions, action.layer, self.after_demand)
+            self._issue(now, n)  # the attention segment is queued: now issue the copies
             predictions.clear()
             ev.synchronize()  # the routed ids are on the host
             experts = sorted(set(action.host[:n].reshape(-1).tolist()))
             if cache.ready_on_device(action.layer, experts):
                 ready = (action, experts)  # launch the next segment first
-            elif hy is not None and (host := self._host_share(action.layer, action.host[:n])):
+                continue
+            if hy is not None and (host := self._host_share(action.layer, action.host[:n])):
                 held.append(self._route_hybrid(action, experts, host, n))
             else:
                 held.append(self._route(action, experts))
+            self._issue(later, n)  # behind the demand copies the acquire queued
         if ready is not None:
             held.append(self._route(*ready))
+        self._issue(later, n)
         for acq in held:
             cache.release(acq)
+
+    @staticmethod
+    def _issue(predictions: list, n: int) -> None:
+        """Issue each pending prediction's copies (after its id table is on the host); empties the list."""
+        for pred, pev, t0 in predictions:
+            pev.synchronize()
+            pred.issuer.issue_captured(pred.layer, pred.host, n, t0)
+        predictions.clear()
 
     def _route(self, action: Action, experts: list[int]) -> Acquired:
         cache = self.cache

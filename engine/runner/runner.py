@@ -59,6 +59,7 @@ class ModelRunner:
         host_reads: bool = _DEFAULTS.host_reads,
         stream_miss_mb: float | None = _DEFAULTS.stream_miss_mb,
         hybrid: HostExperts | None = None,
+        lookahead_after_demand: bool = _DEFAULTS.lookahead_after_demand,
     ) -> None:
         """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
         kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
@@ -68,7 +69,9 @@ class ModelRunner:
         decode steps where the store and the experts allow it; stream_miss_mb: the missed MB per step
         above which they are segmented instead (None or 0: always streamed; see the module's docstring);
         hybrid: the host computes part of each decode layer's misses in eager and segmented steps
-        (`engine.experts.host_experts`; streamed steps read their misses from host memory instead)."""
+        (`engine.experts.host_experts`; streamed steps read their misses from host memory instead);
+        lookahead_after_demand: segmented steps queue the copies a tap predicted for later layers behind the
+        routed layer's demand copies (`engine.runner.graphs.GraphReplayer`)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -93,6 +96,7 @@ class ModelRunner:
         self.graphs_enabled = cuda if graphs is None else (graphs and cuda)
         self.host_reads = host_reads
         self.hybrid = hybrid
+        self.lookahead_after_demand = lookahead_after_demand
         self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
         # bytes per step; None: always streamed
         self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
@@ -268,7 +272,7 @@ class ModelRunner:
                 graph.replay()
             self._deferred.launched(sg, n, self.om.cache)
         else:
-            GraphReplayer(self.om.cache, self.hybrid).replay(sg, n)
+            GraphReplayer(self.om.cache, self.hybrid, self.lookahead_after_demand).replay(sg, n)
         self.steps["graph"] += 1
         self.steps["streamed"] += sg.stream
         self.steps["segmented"] += not sg.whole

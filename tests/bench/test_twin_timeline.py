@@ -27,19 +27,12 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((tmp_path / "timeline_deepseek_v2_lite.json").read_text())
     assert doc["tokens"] == 300 and doc["routing"].startswith("twin-replayed")
-    policies = {
-        "none",
-        "exact",
-        "oracle",
-        "oracle+1",
-        "oracle+2",
-        "oracle+4",
-        "none + hybrid",
-        "oracle+1 + hybrid",
-    }
+    ahead = ("exact+1", "overprovision+1", "oracle+1", "oracle+2", "oracle+4")  # the twin has a d=1 bank
+    policies = {"none", "exact", "oracle", *ahead, "none + hybrid", "oracle+1 + hybrid"}
+    after = {f"{p} after demand" for p in ahead}  # MOE_LOOKAHEAD_AFTER_DEMAND, under LRU
     assert {(r["fraction"], r["eviction"], r["policy"]) for r in doc["rows"]} == {
         (f, e, p) for f in (0.25, 0.5, 0.75) for e in ("lru", "lfu") for p in policies
-    }
+    } | {(f, "lru", p) for f in (0.25, 0.5, 0.75) for p in after}
     by = {(r["fraction"], r["eviction"], r["policy"]): r for r in doc["rows"]}
     for (f, e, p), r in by.items():  # the host's share only ever shortens a layer: never slower
         if r["hybrid"]:
@@ -54,8 +47,11 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
         assert r["model_ms"] > 0 and 0 <= r["hit_rate"] <= 1
         if (r["eviction"], r["policy"]) == ("lru", "none"):
             assert r["model_ratio_to_none"] == 1.0
-        if r["policy"].startswith("oracle") and r["eviction"] == "lru":
-            assert r["engine_ms"] is not None or "+" in r["policy"]  # the engine ran the oracle, not ahead
+        if r["policy"] in ("oracle+1", "exact+1") and r["eviction"] == "lru":
+            assert r["engine_ms"] is not None  # the engine ran these on this twin
+        if r["after_demand"]:  # the same copies, queued later: the same hits and bytes
+            plain = by[(r["fraction"], "lru", r["policy"].removesuffix(" after demand"))]
+            assert r["engine_ms"] is None and r["copies_per_token"] == plain["copies_per_token"]
     lfu = next(r for r in doc["rows"] if (r["fraction"], r["eviction"], r["policy"]) == (0.5, "lfu", "none"))
     assert lfu["engine_ms"] is not None  # the LFU sweep of the same call (decode_deepseek_v2_lite_lfu.json)
     md = (tmp_path / "timeline_deepseek_v2_lite.md").read_text()

@@ -37,6 +37,24 @@ def test_a_prediction_one_layer_ahead_hides_its_copies_behind_the_layer_before()
     assert timeline_ms(big, 1, 2, EB, TL) == pytest.approx(0.1 + 4.0 + 0.5)
 
 
+def test_lookahead_copies_after_the_demand_copies_no_longer_delay_the_layer_that_misses():
+    first = Timeline(**{**TL.__dict__, "demand_first": True})
+    # layer 0's tap (at 0.1) queues 20 copies for layer 1 (4.0 ms) and layer 0's router (at 0.7) misses one
+    events = [(0, 0, 1, 20, 1), (0, 1, -1, 0, 0)]
+    # in tap order the miss queues behind them: it lands at 4.1 + 0.2, layer 0's experts end at 4.8, layer 1
+    # adds its attention and decision (0.6) and experts (0.5)
+    assert timeline_ms(events, 1, 2, EB, TL) == pytest.approx(4.8 + 1.1)
+    # demand first: the miss lands at 0.9, layer 0's experts end at 1.4; the lookahead copies run 0.9-4.9,
+    # and layer 1's experts start when they land: 5.4, half a millisecond sooner for the same copies
+    assert timeline_ms(events, 1, 2, EB, first) == pytest.approx(4.9 + 0.5)
+    # short lookahead copies (0.4 ms) hide behind layer 0 either way: no change
+    short = [(0, 0, 1, 2, 1), (0, 1, -1, 0, 0)]
+    assert timeline_ms(short, 1, 2, EB, first) == pytest.approx(timeline_ms(short, 1, 2, EB, TL)) == 2.5
+    # a same-layer tap (target == layer) keeps its place ahead of the demand
+    same = [(0, 0, 0, 2, 1), (0, 1, -1, 0, 0)]
+    assert timeline_ms(same, 1, 2, EB, first) == pytest.approx(timeline_ms(same, 1, 2, EB, TL))
+
+
 def test_hybrid_misses_compute_part_of_the_demand_on_the_host_while_the_rest_copy():
     # layer 0 (top-4) misses 3 experts: copies take 0.2 each, the host 0.3 each. The engine's rule gives the
     # host one (max(2 x 0.2, 0.3) = 0.4 < 0.6), a second would make it 0.6: experts start at 0.6 + 0.4

@@ -201,6 +201,40 @@ def test_oracle_ahead_on_every_step_kind(family, graphs, checkpoints, references
     check_counts(om)
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
+def test_lookahead_copies_after_the_demand_copies(family, checkpoints, references, tmp_path):
+    """MOE_LOOKAHEAD_AFTER_DEMAND in segmented steps, with the oracle one and two layers ahead: the reference
+    tokens, and no decode miss past the first MoE layers (the lookahead copies still land in time)."""
+    prompt = references[family][0]
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+    rec = RoutingRecorder(len(om.layers))
+    om.cache.listen(Listener(route=rec.record))
+    ModelRunner(om, graphs=True, host_reads=False).greedy(prompt, NEW)
+    path = rec.save(tmp_path / "routing.json", model_fingerprint(om.model))
+    for ahead in (1, 2):
+        if ahead >= len(om.layers):
+            continue
+        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+        pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=ahead))
+        runner = ModelRunner(om, graphs=True, host_reads=False, lookahead_after_demand=True)
+        logits = runner.prefill(0, prompt)
+        torch.cuda.synchronize()
+        before = list(om.counters.misses)
+        tokens, pos = [], len(prompt)
+        for _ in range(NEW):
+            tokens.append(int(torch.argmax(logits)))
+            logits = runner.decode([tokens[-1]], [pos])[0]
+            pos += 1
+        torch.cuda.synchronize()
+        runner.after_step()
+        pf.remove()
+        assert runner.graph_failure is None and runner.steps["segmented"] > 0
+        assert tokens == reference(checkpoints[family], prompt), ahead
+        misses = [m - b for m, b in zip(om.counters.misses, before, strict=True)]
+        assert sum(misses[ahead:]) == 0, (ahead, misses)
+        check_counts(om)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_online_recall_is_the_same_on_every_prediction_path(dtype, checkpoints, references):
     """inline, worker thread, worker + per-tap graphs, captured decode steps: one prediction each."""

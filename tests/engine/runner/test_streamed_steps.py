@@ -81,3 +81,18 @@ def test_an_expert_made_resident_after_it_was_queued_is_not_filled_again():
             cache._slots.slot_of.values()
         )  # one slot each
     cache.release(cache.acquire(1, [0, 1, 2, 3]))  # every slot can still be taken at once
+
+
+def test_lookahead_predictions_wait_for_the_routed_layers_demand_when_asked():
+    """MOE_LOOKAHEAD_AFTER_DEMAND (`GraphReplayer`'s `after_demand`): at layer 3's route, a same-layer
+    prediction is issued before its demand copies and a lookahead one (for layer 4 or 5) after them; off,
+    every pending prediction goes first, in tap order."""
+    from types import SimpleNamespace
+
+    from engine.runner.graphs import split_predictions
+
+    same, ahead1, ahead2 = ((SimpleNamespace(layer=t), None, 0.0) for t in (3, 4, 5))
+    pending = [ahead2, same, ahead1]
+    assert split_predictions(pending, 3, False) == (pending, [])
+    assert split_predictions(pending, 3, True) == ([same], [ahead2, ahead1])
+    assert split_predictions([], 3, True) == ([], [])

@@ -2,7 +2,8 @@
 # One GPU call (about 10 minutes on Qwen3, 5 on DeepSeek) for issue #17's predictor-cost target (at most
 # 5 us per layer): the one-launch predictor kernel (engine/kernels/fused_predictor.py, MOE_PREDICTOR_KERNEL)
 # tested, timed and run in decode steps. Everything under $OUT:
-#  1. its GPU tests and the decode-graph tests with it on (tokens equal the reference)
+#  1. its GPU tests and the decode-graph tests with it on (tokens equal the reference), and those of
+#     MOE_LOOKAHEAD_AFTER_DEMAND
 #     -> gpu_tests_predictor_kernel.log
 #  2. bench/predictor_cost.py: torch's path against the kernel per layer, by width -> predictor_cost.{json,png,log}
 #  3. the twin of SHAPE (default Qwen3) decoded at 100% and 50% with none and exact (exact at 100% too: what
@@ -17,7 +18,7 @@ source bench/gpu_env.sh
 OUTDIR=${OUT:-bench/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/kernels/test_fused_predictor.py \
-  tests/engine/runner/test_decode_graphs_gpu.py -k "${TESTS_K:-predictor_kernel or fused_predictor or test_graphs_with_prefetch_policies}" \
+  tests/engine/runner/test_decode_graphs_gpu.py -k "${TESTS_K:-predictor_kernel or fused_predictor or test_graphs_with_prefetch_policies or lookahead_copies_after}" \
   > $OUTDIR/gpu_tests_predictor_kernel.log 2>&1
 tail -3 $OUTDIR/gpu_tests_predictor_kernel.log
 timeout ${PREDICTOR_S:-120} python3 bench/predictor_cost.py --out $OUTDIR ${PREDICTOR_ARGS:-} > $OUTDIR/predictor_cost.log 2>&1

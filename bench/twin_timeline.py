@@ -2,7 +2,7 @@
 (`predictors.sim_timeline`) on a routing twin's replay, fitted to the engine's measured `none` and checked
 against its other measured policies (issue #17: measure in the simulator first, then in the engine).
 
-    python bench/twin_timeline.py --out bench/results                  # the DeepSeek-V2-Lite twin, ~1 minute
+    python bench/twin_timeline.py --out bench/results                  # the DeepSeek-V2-Lite twin, ~10 minutes
     python bench/twin_timeline.py --twin bench/twins/twin_replay_<shape>.json --out ...
 
 For each cache size it replays the artefact's tokens as batch-1 decode steps (`predictors.simulate.replay`,

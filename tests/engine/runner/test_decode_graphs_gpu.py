@@ -30,6 +30,22 @@ def reference(checkpoint, prompt: list[int]) -> list[int]:
     return greedy_reference(checkpoint, prompt, NEW, device="cuda")
 
 
+def greedy_decode_misses(runner, om, prompt: list[int]) -> tuple[list[int], list[int]]:
+    """NEW greedy tokens after a prefill of `prompt`, and each MoE layer's misses during the decode steps
+    alone (the prefill's left out)."""
+    logits = runner.prefill(0, prompt)
+    torch.cuda.synchronize()
+    before = list(om.counters.misses)
+    tokens, pos = [], len(prompt)
+    for _ in range(NEW):
+        tokens.append(int(torch.argmax(logits)))
+        logits = runner.decode([tokens[-1]], [pos])[0]
+        pos += 1
+    torch.cuda.synchronize()
+    runner.after_step()
+    return tokens, [m - b for m, b in zip(om.counters.misses, before, strict=True)]
+
+
 def check_counts(om) -> dict:
     c = om.counters.totals()
     assert c["requests"] > 0
@@ -182,21 +198,11 @@ def test_oracle_ahead_on_every_step_kind(family, graphs, checkpoints, references
     om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
     pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=1))
     runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
-    logits = runner.prefill(0, prompt)
-    torch.cuda.synchronize()
-    before = list(om.counters.misses)
-    tokens, pos = [], len(prompt)
-    for _ in range(NEW):
-        tokens.append(int(torch.argmax(logits)))
-        logits = runner.decode([tokens[-1]], [pos])[0]
-        pos += 1
-    torch.cuda.synchronize()
-    runner.after_step()
+    tokens, misses = greedy_decode_misses(runner, om, prompt)
     pf.remove()
     assert runner.graph_failure is None
     assert tokens == reference(checkpoints[family], prompt)
     if graphs != "streamed":  # streamed steps fill behind the step: a prediction helps a later token
-        misses = [m - b for m, b in zip(om.counters.misses, before, strict=True)]
         assert sum(misses[1:]) == 0
     check_counts(om)
 
@@ -217,20 +223,10 @@ def test_lookahead_copies_after_the_demand_copies(family, checkpoints, reference
         om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
         pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=ahead))
         runner = ModelRunner(om, graphs=True, host_reads=False, lookahead_after_demand=True)
-        logits = runner.prefill(0, prompt)
-        torch.cuda.synchronize()
-        before = list(om.counters.misses)
-        tokens, pos = [], len(prompt)
-        for _ in range(NEW):
-            tokens.append(int(torch.argmax(logits)))
-            logits = runner.decode([tokens[-1]], [pos])[0]
-            pos += 1
-        torch.cuda.synchronize()
-        runner.after_step()
+        tokens, misses = greedy_decode_misses(runner, om, prompt)
         pf.remove()
         assert runner.graph_failure is None and runner.steps["segmented"] > 0
         assert tokens == reference(checkpoints[family], prompt), ahead
-        misses = [m - b for m, b in zip(om.counters.misses, before, strict=True)]
         assert sum(misses[ahead:]) == 0, (ahead, misses)
         check_counts(om)
 

@@ -118,3 +118,41 @@ def test_decode_bench_twin_replay_smoke(tmp_path):
     assert ahead["hit_rate"] > none["hit_rate"] + 0.1, (ahead["hit_rate"], none["hit_rate"])
     assert ("exact+2", 0.5) not in by  # the artefact has no distance 2: skipped, said in the log
     assert "exact+2 skipped: no lookahead predictions of that distance" in res.stdout + res.stderr
+
+
+def test_a_replayed_bank_over_a_ranking_bank_gives_the_twins_first_ids():
+    """`ReplayedBank.top_ids` (the top-k policies' fast path under `--predictor-kernel`): the real bank's
+    ranking launch runs (its ids dropped) and the twin's first M predicted ids come back, what ranking the
+    scores of `forward_layer` would give; None where the real bank cannot rank or M exceeds k'."""
+    import torch
+
+    from bench.decode_lib.replay import ReplayedBank
+
+    predicted = torch.tensor([[[5, 1, 7], [2, 0, 3]], [[4, 6, 1], [9, 8, 2]]])  # [L=2, N=2, k'=3]
+    table = SimpleNamespace(
+        predicted=predicted,
+        ahead={},
+        ranks=torch.tensor([20.0, 19.75, 19.5]),
+        index=lambda t: torch.tensor([1]),
+    )
+    ran = []
+
+    class Ranking:  # a KernelBank's interface: forward_layer and top_ids
+        def forward_layer(self, i, x):
+            return torch.zeros(x.shape[0], 10)
+
+        def top_ids(self, i, x, m):
+            ran.append((i, m))
+            return torch.zeros(x.shape[0], m, dtype=torch.long)
+
+    x = torch.zeros(1, 4)
+    bank = ReplayedBank(Ranking(), table)
+    assert bank.top_ids(1, x, 2).tolist() == [[9, 8]] and ran == [(1, 2)]
+    ranked = torch.topk(bank.forward_layer(1, x), 2, dim=-1).indices  # the scores path ranks the same ids
+    assert ranked.tolist() == [[9, 8]]
+    assert bank.top_ids(1, x, 4) is None  # more than the twin's k'
+    torchy = SimpleNamespace(forward_layer=Ranking().forward_layer)  # a plain bank: no ranking launch
+    assert ReplayedBank(torchy, table).top_ids(0, x, 2) is None
+    prefill = Ranking()
+    prefill.top_ids = lambda i, x, m: None  # the real bank declines (a prefill's rows)
+    assert ReplayedBank(prefill, table).top_ids(0, x, 2) is None

@@ -252,7 +252,7 @@ def split_predictions(predictions: list, layer: int, after_demand: bool) -> tupl
     after its experts are acquired): with `after_demand`, those for a later layer (a lookahead tap's) go
     after, so the layer's misses are first on the copy stream; otherwise all go before, in tap order."""
     if not after_demand:
-        return list(predictions), []
+        return predictions, []
     now = [p for p in predictions if p[0].layer == layer]
     return now, [p for p in predictions if p[0].layer != layer]
 
@@ -297,7 +297,7 @@ class GraphReplayer:
                 continue
             now, later = split_predictions(predictions, action.layer, self.after_demand)
             self._issue(now, n)  # the attention segment is queued: now issue the copies
-            predictions.clear()
+            predictions.clear()  # (off: `now` is this list, issued and emptied already)
             ev.synchronize()  # the routed ids are on the host
             experts = sorted(set(action.host[:n].reshape(-1).tolist()))
             if cache.ready_on_device(action.layer, experts):

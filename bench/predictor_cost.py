@@ -68,29 +68,29 @@ def bank(arch: int, d: int, e: int, hidden: int, layers: int, dtype, device) -> 
     return nets
 
 
-def variant(impl: str) -> dict:
-    """`kernel` or `kernel@BK/W` (any implementation name with that tail) -> PredictorKernels' block_k and
-    num_warps."""
-    if "@" not in impl:
-        return {}
-    bk, _, w = impl.partition("@")[2].partition("/")
-    return {"block_k": int(bk), "num_warps": int(w or 4)}
+def split_impl(impl: str) -> tuple[str, str, dict]:
+    """`kernel@512/4` -> ("kernel", "@512/4", {"block_k": 512, "num_warps": 4}); no tail: (impl, "", {})."""
+    base, at, spec = impl.partition("@")
+    if not at:
+        return base, "", {}
+    bk, _, w = spec.partition("/")
+    return base, at + spec, {"block_k": int(bk), "num_warps": int(w or 4)}
 
 
 def kernels_of(nets, impls: list[str]) -> dict:
-    """kernel variant -> each layer's `PredictorKernels` (weights folded once per bank and variant)."""
+    """kernel variant (its `@BK/W` tail) -> each layer's `PredictorKernels` (weights folded once per bank
+    and variant)."""
     from engine.kernels.fused_predictor import PredictorKernels
 
-    tails = {("@" + i.partition("@")[2]) if "@" in i else "" for i in impls if i.startswith("kernel")}
-    return {t: [PredictorKernels(n, **variant("kernel" + t)) for n in nets] for t in tails}
+    variants = {split_impl(i)[1]: split_impl(i)[2] for i in impls if i.startswith("kernel")}
+    return {tail: [PredictorKernels(n, **kw) for n in nets] for tail, kw in variants.items()}
 
 
 def runners(nets, pks: dict, m: int, impls: list[str]) -> dict:
     """impl -> [per layer: x -> ids [T, M]]."""
     out = {}
     for impl in impls:
-        tail = ("@" + impl.partition("@")[2]) if "@" in impl else ""
-        base = impl.partition("@")[0]
+        base, tail, _ = split_impl(impl)
         if base == "torch":
             out[impl] = [lambda x, n=n: torch.topk(n(x), m, dim=-1).indices for n in nets]
         elif base == "kernel":

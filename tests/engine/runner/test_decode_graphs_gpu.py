@@ -30,6 +30,23 @@ def reference(checkpoint, prompt: list[int]) -> list[int]:
     return greedy_reference(checkpoint, prompt, NEW, device="cuda")
 
 
+def greedy_with_random_bank(checkpoint, prompt: list[int], config: EngineConfig, graphs, hidden: int):
+    """A fresh 50% cache, a random arch-2 bank of `hidden` under `config`'s prefetcher, NEW greedy tokens on
+    segmented (graphs=True), eager (False) or streamed steps; (om, runner, tokens), the prefetcher removed."""
+    om = load_checkpoint(checkpoint, CUDA, torch.float32, CacheBudget(fraction=0.5))
+    torch.manual_seed(0)
+    bank = PredictorBank(
+        2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=hidden
+    )
+    pf = build_prefetcher(om, config, bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"})
+    runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
+    tokens = runner.greedy(prompt, NEW)
+    torch.cuda.synchronize()
+    runner.after_step()
+    pf.remove()
+    return om, runner, tokens
+
+
 def greedy_decode_misses(runner, om, prompt: list[int]) -> tuple[list[int], list[int]]:
     """NEW greedy tokens after a prefill of `prompt`, and each MoE layer's misses during the decode steps
     alone (the prefill's left out)."""
@@ -126,19 +143,9 @@ def test_graphs_with_prefetch_policies(family, policy, checkpoints, references):
     prompt = references[family][0]
     got = {}
     for graphs in (True, False, "streamed"):  # True: segmented graphs
-        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
-        torch.manual_seed(0)
-        bank = PredictorBank(
-            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=32
+        om, runner, tokens = greedy_with_random_bank(
+            checkpoints[family], prompt, EngineConfig(policy=policy), graphs, hidden=32
         )
-        pf = build_prefetcher(
-            om, EngineConfig(policy=policy), bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"}
-        )
-        runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
-        tokens = runner.greedy(prompt, NEW)
-        torch.cuda.synchronize()
-        runner.after_step()
-        pf.remove()
         assert runner.graph_failure is None
         assert (runner.steps["graph"] > 0) is (graphs is not False)
         assert runner.streams is (graphs == "streamed")
@@ -166,18 +173,8 @@ def test_graphs_with_the_predictor_kernel(family, policy, checkpoints, reference
     prompt = references[family][0]
     for graphs in (True, False, "streamed"):
         launches.clear()
-        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
-        torch.manual_seed(0)
-        bank = PredictorBank(
-            2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=48
-        )
         config = EngineConfig(policy=policy, predictor_kernel=True)
-        pf = build_prefetcher(om, config, bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"})
-        runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
-        tokens = runner.greedy(prompt, NEW)
-        torch.cuda.synchronize()
-        runner.after_step()
-        pf.remove()
+        om, runner, tokens = greedy_with_random_bank(checkpoints[family], prompt, config, graphs, hidden=48)
         assert runner.graph_failure is None
         assert launches, "the kernel never ran"
         assert check_counts(om)["prefetch_issued"] > 0

@@ -16,8 +16,9 @@ implementations:
   one Triton launch;
 - `kernel+topk`: the same kernel writing the logits, then the policy's torch.topk (what a policy that needs
   the scores, `adaptive`, would run);
-- `kernel@BK/W` (also `kernel+topk@BK/W`): the kernel with another K block and number of warps (default
-  512/4, the fastest of 128/2, 128/4, 256/4, 256/8 and 512/4 on an H200: `predictor_cost_variants.json`).
+- `kernel@BK/W/BN` (also `kernel+topk@...`): the kernel with another K block, number of warps and hidden
+  units per program (default 512/4/16, the fastest of 128/2, 128/4, 256/4, 256/8 and 512/4 on an H200:
+  `predictor_cost_variants.json`; 32 hidden units a program measured slower, `predictor_anatomy.json`).
 (Stop 28's two- and three-launch kernels, one program per row and block, measured 61-167 µs per layer on
 an H200, 3-4x torch's path; `predictor_cost_stop28.json` keeps that run.)
 Each is also checked against `torch`: the share of rows whose M ids are the same set (random weights: a
@@ -69,12 +70,16 @@ def bank(arch: int, d: int, e: int, hidden: int, layers: int, dtype, device) -> 
 
 
 def split_impl(impl: str) -> tuple[str, str, dict]:
-    """`kernel@512/4` -> ("kernel", "@512/4", {"block_k": 512, "num_warps": 4}); no tail: (impl, "", {})."""
+    """`kernel@512/4/32` -> ("kernel", "@512/4/32", {"block_k": 512, "num_warps": 4, "block_n": 32}) (K
+    block, warps, hidden units per program; the last two optional); no tail: (impl, "", {})."""
     base, at, spec = impl.partition("@")
     if not at:
         return base, "", {}
-    bk, _, w = spec.partition("/")
-    return base, at + spec, {"block_k": int(bk), "num_warps": int(w or 4)}
+    bk, w, bn = (spec.split("/") + ["", ""])[:3]
+    kw = {"block_k": int(bk), "num_warps": int(w or 4)}
+    if bn:
+        kw["block_n"] = int(bn)
+    return base, at + spec, kw
 
 
 def kernels_of(nets, impls: list[str]) -> dict:

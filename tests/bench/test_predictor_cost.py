@@ -29,3 +29,17 @@ def test_predictor_cost_smoke(tmp_path):
         d, e, h = data["d_model"], data["experts"], r["hidden"]
         assert r["layer_bytes"] == 4 * (d * h + h + h * e + e + (2 * h if r["arch"] == 1 else 0))
     assert (tmp_path / "predictor_cost.png").stat().st_size > 0
+
+
+def test_implementation_names_parse_into_kernel_variants():
+    sys.path.insert(0, str(ROOT))
+    from bench.predictor_cost import split_impl
+
+    assert split_impl("torch") == ("torch", "", {})
+    assert split_impl("kernel") == ("kernel", "", {})
+    assert split_impl("kernel@512/4") == ("kernel", "@512/4", {"block_k": 512, "num_warps": 4})
+    assert split_impl("kernel@256/8/32") == (
+        "kernel", "@256/8/32", {"block_k": 256, "num_warps": 8, "block_n": 32}
+    )  # fmt: skip
+    # the same variant for the ids-only and the scores launch: one set of kernels serves both
+    assert split_impl("kernel+topk@128/2")[1:] == split_impl("kernel@128/2")[1:]

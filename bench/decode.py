@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.decode_lib.run import run  # noqa: E402
+from engine.api.config import EngineConfig  # noqa: E402
 from engine.api.policies import EVICTIONS, POLICIES  # noqa: E402
 
 
@@ -122,6 +123,13 @@ def main() -> None:
         "--predictor-kernel",
         action="store_true",
         help="the predictors of decode steps as one Triton kernel per layer (MOE_PREDICTOR_KERNEL; CUDA only)",
+    )
+    ap.add_argument(
+        "--predictor-overlap",
+        action=argparse.BooleanOptionalAction,
+        default=EngineConfig().predictor_overlap,
+        help="streamed steps run the predictors on a parallel branch of the step's graph (MOE_PREDICTOR_OVERLAP, "
+        "the engine's default); --no-predictor-overlap: in line",
     )
     ap.add_argument("--smoke", action="store_true", help="a shrunken shape on the CPU, to test this script")
     run(ap.parse_args())

@@ -97,7 +97,9 @@ def run(args) -> None:
             record.data.pop("agreement_with_plain", None)
             record.plain_tokens = None
 
-    runner = ModelRunner(om, rows=1, max_len=BENCH_MAX_LEN)  # fuses the routers before any replay patch
+    record.data["predictor_overlap"] = args.predictor_overlap  # MOE_PREDICTOR_OVERLAP, the batch-1 runner
+    # fuses the routers before any replay patch
+    runner = ModelRunner(om, rows=1, max_len=BENCH_MAX_LEN, predictor_overlap=args.predictor_overlap)
     with contextlib.ExitStack() as replaying:
         wrap = None
         if twin is not None:

@@ -28,10 +28,11 @@ def runner_of_kind(
     host_reads: bool = True,
     hybrid: bool = False,
     after_demand: bool = False,
+    predictor_overlap: bool = False,
 ) -> Iterator:
     """A runner of its own over `om` (graphs=False: eager steps; host_reads=False: segmented steps;
-    hybrid: hybrid misses, `MOE_HYBRID_MISSES`; after_demand: `MOE_LOOKAHEAD_AFTER_DEMAND`), its captured
-    graphs dropped on the way out."""
+    hybrid: hybrid misses, `MOE_HYBRID_MISSES`; after_demand: `MOE_LOOKAHEAD_AFTER_DEMAND`;
+    predictor_overlap: `MOE_PREDICTOR_OVERLAP`), its captured graphs dropped on the way out."""
     he = host_experts(om.store, om.layers, int(om.model.config.hidden_size), om.device) if hybrid else None
     runner = ModelRunner(
         om,
@@ -41,6 +42,7 @@ def runner_of_kind(
         host_reads=host_reads,
         hybrid=he,
         lookahead_after_demand=after_demand,
+        predictor_overlap=predictor_overlap,
     )
     try:
         yield runner

@@ -173,18 +173,30 @@ class EngineConfig:
         False,
         "With fused kernels: each decode step's predictors run as one Triton kernel per layer (both "
         "linears, the activation, the logits and the top-k in one launch) instead of torch's chain of "
-        "launches; prefills keep torch's path. Measured to halve what predicting costs a step on an H200 "
-        "(docs/performance.md); scores equal up to rounding, so a near tie may prefetch another expert.",
+        "launches; prefills keep torch's path. In line (segmented steps, or MOE_PREDICTOR_OVERLAP off) it "
+        "halves what predicting costs a step on an H200; on the parallel branch of streamed steps torch's "
+        "path overlaps better (docs/performance.md). Scores equal up to rounding, so a near tie may "
+        "prefetch another expert.",
         "Predictors of decode steps as one Triton kernel per layer [MOE_PREDICTOR_KERNEL].",
     )
     lookahead_after_demand: bool = setting(
         False,
         "Segmented decode steps queue a prefetch tap's copies for later layers (a lookahead bundle, "
         "MOE_ORACLE_AHEAD) behind the routed layer's own missing experts instead of ahead of them, so a "
-        "layer's misses never wait for copies a later layer needs. Simulated on the twins' routing "
-        "(docs/simulate.md): +4-12% for trained lookahead predictors, -4-6% for a perfect one a layer "
-        "ahead; not yet measured on a GPU.",
+        "layer's misses never wait for copies a later layer needs. Measured on an H200 with the twins' "
+        "routing (docs/performance.md): +5-15% for trained lookahead predictors (Phi exact+2 1.26x none "
+        "at 50%), even or -2% for a perfect one.",
         "Lookahead copies queue behind the layer's demand copies [MOE_LOOKAHEAD_AFTER_DEMAND].",
+    )
+    predictor_overlap: bool = setting(
+        True,
+        "Streamed decode steps run each prefetch tap's predictor on a parallel branch of the step's CUDA "
+        "graph (a side stream joined at the step's end), overlapping the layer's attention and experts, "
+        "instead of in line before them; its predictions are read after the step either way, so tokens "
+        "do not change. Measured on an H200 with every expert resident: predicting costs 5.2 µs a layer "
+        "on the Qwen3-30B-A3B twin and 8.8 on the DeepSeek-V2-Lite twin, against 32.5 in line "
+        "(docs/performance.md).",
+        "Predictors on a parallel branch of streamed decode steps [MOE_PREDICTOR_OVERLAP].",
     )
     host_reads: bool = setting(
         True,

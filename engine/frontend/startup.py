@@ -84,6 +84,7 @@ class EngineParts:
             host_reads=cfg.host_reads,
             stream_miss_mb=cfg.stream_miss_mb,
             lookahead_after_demand=cfg.lookahead_after_demand,
+            predictor_overlap=cfg.predictor_overlap,
             hybrid=host_experts(om.store, om.layers, int(mcfg.hidden_size), device)
             if cfg.hybrid_misses and device.type == "cuda"
             else None,

@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,9 +84,15 @@ class StepCapture(Protocol):
         under "hybrid" the layer's hybrid-miss buffers (`sub`, `keep`, `out`, `reset()`) to apply."""
         ...
 
-    def on_prediction(self, tap: CapturedTap, target: int, table: torch.Tensor | None) -> None:
-        """A prefetch tap inside the capture: `table` is its device id table (None when the ids are known
-        on the host)."""
+    def on_prediction(
+        self,
+        tap: CapturedTap,
+        target: int,
+        select: Callable[[], torch.Tensor] | None,
+        reads: torch.Tensor | None = None,
+    ) -> None:
+        """A prefetch tap inside the capture: `select()` makes its device id table on the current stream,
+        where and if the step needs it (None when the ids are known on the host); `reads`: its input."""
         ...
 
 

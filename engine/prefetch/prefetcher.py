@@ -25,6 +25,7 @@ ids and `engine.prefetch.build` makes the prefetcher a configuration asks for.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sys
@@ -179,10 +180,11 @@ class Prefetcher:
         target = index + self.shift
         decode = decode_mode()
         if decode is not None and decode.capture is not None:  # a decode step is being captured
-            table = None
+            select = x = None
             if self.replay is None:
-                table = self._select(index, output.detach().reshape(-1, output.shape[-1]))  # [T, M(+1)]
-            decode.capture.on_prediction(self, target, table)
+                x = output.detach().reshape(-1, output.shape[-1])
+                select = functools.partial(self._select, index, x)  # -> [T, M(+1)]
+            decode.capture.on_prediction(self, target, select, x)
             return
         if self.replay is not None:
             self._issue(target, None, t0, ids=self.replay.next(target))

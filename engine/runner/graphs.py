@@ -33,6 +33,8 @@ later step (see `engine.experts.streamed` for why no step ever reads a slot bein
 works behind the steps: an expert missed or predicted in step t is copied while step t+2 runs and read
 from its slot from step t+3 on.
 
+How a step is captured, and where a prefetch tap's predictor runs in it: `engine.runner.capture`.
+
 A shape is captured on its first use, right after an eager run of the same shape on the capture
 stream (which gives that step's result and warms every kernel, Triton autotuning included). Every
 capture shares one memory pool; segments replay in capture order and one step's outputs are
@@ -154,97 +156,6 @@ class StepGraph:
         for name, t in self.logs.items():
             host[name].copy_(t, non_blocking=True)
         return host
-
-
-class GraphCapture:
-    """Live while one decode step is captured; the experts forward and the prefetch tap call into it."""
-
-    def __init__(
-        self, pool, whole: bool, layers: int, host_views=None, hybrid: list[dict] | None = None
-    ) -> None:
-        """whole: the step is one graph; `host_views(layer)` (streamed steps): the layer's experts in
-        mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot;
-        hybrid (segmented steps; `hybrid_buffers`, one per MoE layer): each layer's experts segment takes
-        the host's share of its misses."""
-        self.pool = pool
-        self.whole = whole
-        self.host_views = host_views
-        self.hybrid = None if whole else hybrid
-        self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
-        self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
-        # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
-        self.predictors: dict[int, CapturedTap] = {}
-        self._layers = layers
-        self._cur = torch.cuda.CUDAGraph()
-        self._cur.capture_begin(pool=pool, capture_error_mode="thread_local")
-        self._open = True
-
-    def split(self, action: Action) -> None:
-        self._cur.capture_end()
-        self.segments.append((self._cur, action))
-        self._cur = torch.cuda.CUDAGraph()
-        self._cur.capture_begin(pool=self.pool, capture_error_mode="thread_local")
-
-    def close(self) -> None:
-        self._cur.capture_end()
-        self._open = False
-        self.segments.append((self._cur, None))
-
-    def abort(self) -> None:
-        if self._open:
-            self._open = False
-            try:
-                self._cur.capture_end()
-            except Exception:  # the capture was already invalidated; ending it is all that is left
-                pass
-
-    # ---------------------------------------------------------------- called from the model's forward
-    def _log(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The per-layer device log `name` ([L, *shape]; made on first use in the graph's pool, so it lives
-        as long as the graph; every layer's row is written by every replay)."""
-        log_ = self.logs.get(name)
-        if log_ is None:
-            log_ = self.logs[name] = torch.empty((self._layers, *shape), dtype=dtype, device=device)
-        return log_
-
-    def on_routing(
-        self,
-        layer: int,
-        top_k_index: torch.Tensor,
-        mod=None,
-        hidden: torch.Tensor | None = None,
-        weights: torch.Tensor | None = None,
-    ) -> dict:
-        # top_k_index, weights: [B, k] on the device; hidden: [B, D] the experts' input
-        if self.whole:
-            dev = top_k_index.device
-            self._log("route", tuple(top_k_index.shape), top_k_index.dtype, dev)[layer].copy_(top_k_index)
-            if self.host_views is None:
-                return {}
-            slots = self._log("slots", (top_k_index.numel(),), torch.int32, dev)
-            return {"host": self.host_views(layer), "slot_log": slots[layer]}  # the kernels write the log
-        if self.hybrid is not None and hidden is not None and weights is not None:
-            buf = self.hybrid[layer]
-            if buf["sub"].shape != top_k_index.shape or buf["out"].shape != hidden.shape:
-                raise ValueError(
-                    f"hybrid buffers of layer {layer} are {tuple(buf['sub'].shape)} / {tuple(buf['out'].shape)}, "
-                    f"the step routes {tuple(top_k_index.shape)} / {tuple(hidden.shape)}"
-                )
-            slot = HybridSlot(mod, hidden, weights, **buf)
-            self.split(Action("route", layer, top_k_index, hybrid=slot))
-            return {"hybrid": slot}
-        self.split(Action("route", layer, top_k_index))
-        return {}
-
-    def on_prediction(self, tap: CapturedTap, target: int, table: torch.Tensor | None) -> None:
-        """A prefetch tap: `table` is the device id table (None when the ids are known on the host)."""
-        if self.whole:
-            if self.host_views is not None:  # streamed: logged, filled in behind the steps
-                self.predictors[target] = tap
-                if table is not None:
-                    self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
-            return  # every expert is resident, or streamed: nothing to decide inside the step
-        self.split(Action("predict", target, table, tap))
 
 
 def split_predictions(predictions: list, layer: int, after_demand: bool) -> tuple[list, list]:

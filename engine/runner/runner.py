@@ -34,8 +34,9 @@ from engine.model.loader import OffloadedModel
 from engine.model.offload import DecodeMode, decoding
 from engine.model.patch_rope import fused_rope_active
 from engine.model.patches import install as install_patches
+from engine.runner.capture import GraphCapture
 from engine.runner.deferred import DeferredSteps
-from engine.runner.graphs import GraphCapture, GraphReplayer, StepGraph, hybrid_buffers
+from engine.runner.graphs import GraphReplayer, StepGraph, hybrid_buffers
 from engine.runner.kv_cache import MaskBuilder, StaticKV
 from engine.runner.step_choice import MissedBytes, bucket, can_stream, pads, row_sources
 
@@ -60,6 +61,7 @@ class ModelRunner:
         stream_miss_mb: float | None = _DEFAULTS.stream_miss_mb,
         hybrid: HostExperts | None = None,
         lookahead_after_demand: bool = _DEFAULTS.lookahead_after_demand,
+        predictor_overlap: bool = _DEFAULTS.predictor_overlap,
     ) -> None:
         """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
         kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
@@ -71,7 +73,9 @@ class ModelRunner:
         hybrid: the host computes part of each decode layer's misses in eager and segmented steps
         (`engine.experts.host_experts`; streamed steps read their misses from host memory instead);
         lookahead_after_demand: segmented steps queue the copies a tap predicted for later layers behind the
-        routed layer's demand copies (`engine.runner.graphs.GraphReplayer`)."""
+        routed layer's demand copies (`engine.runner.graphs.GraphReplayer`); predictor_overlap: streamed
+        steps run each prefetch tap's predictor on a parallel branch of the step's graph
+        (`engine.runner.graphs.GraphCapture`)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -97,6 +101,7 @@ class ModelRunner:
         self.host_reads = host_reads
         self.hybrid = hybrid
         self.lookahead_after_demand = lookahead_after_demand
+        self.predictor_overlap = predictor_overlap
         self._streams: bool | None = None  # whether steps can be streamed (decided on first use)
         # bytes per step; None: always streamed
         self.stream_miss_limit = int(stream_miss_mb * 2**20) if stream_miss_mb else None
@@ -322,7 +327,8 @@ class ModelRunner:
         with torch.cuda.stream(self._stream):
             try:
                 views = self.om.store.layer_views if stream else None
-                cap = GraphCapture(self._pool, whole, len(self.om.layers), host_views=views, hybrid=hybrid)
+                layers, overlap = len(self.om.layers), self.predictor_overlap
+                cap = GraphCapture(self._pool, whole, layers, views, hybrid, branch_predictions=overlap)
                 with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
                     sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                     cap.close()

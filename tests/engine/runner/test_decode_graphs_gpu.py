@@ -30,16 +30,19 @@ def reference(checkpoint, prompt: list[int]) -> list[int]:
     return greedy_reference(checkpoint, prompt, NEW, device="cuda")
 
 
-def greedy_with_random_bank(checkpoint, prompt: list[int], config: EngineConfig, graphs, hidden: int):
+def greedy_with_random_bank(
+    checkpoint, prompt: list[int], config: EngineConfig, graphs, hidden: int, **runner_kw
+):
     """A fresh 50% cache, a random arch-2 bank of `hidden` under `config`'s prefetcher, NEW greedy tokens on
-    segmented (graphs=True), eager (False) or streamed steps; (om, runner, tokens), the prefetcher removed."""
+    segmented (graphs=True), eager (False) or streamed steps (`runner_kw`: the runner's other settings);
+    (om, runner, tokens), the prefetcher removed."""
     om = load_checkpoint(checkpoint, CUDA, torch.float32, CacheBudget(fraction=0.5))
     torch.manual_seed(0)
     bank = PredictorBank(
         2, om.model.config.hidden_size, om.store.layout.num_experts, len(om.layers), hidden=hidden
     )
     pf = build_prefetcher(om, config, bank=bank.to(CUDA).eval(), manifest={"loss": "wbce"})
-    runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
+    runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed", **runner_kw)
     tokens = runner.greedy(prompt, NEW)
     torch.cuda.synchronize()
     runner.after_step()
@@ -179,6 +182,28 @@ def test_graphs_with_the_predictor_kernel(family, policy, checkpoints, reference
         assert launches, "the kernel never ran"
         assert check_counts(om)["prefetch_issued"] > 0
         assert tokens == reference(checkpoints[family], prompt), graphs
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["torch", "predictor_kernel"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v2"])
+def test_predictions_on_a_parallel_branch(family, kernel, checkpoints, references):
+    """MOE_PREDICTOR_OVERLAP: streamed steps run the taps' predictors on a side branch of the step's graph;
+    the reference tokens, and the same predictions scored against the same routing as in line."""
+    prompt = references[family][0]
+    got = {}
+    for overlap in (False, True):
+        config = EngineConfig(policy="exact", predictor_kernel=kernel)
+        om, runner, tokens = greedy_with_random_bank(
+            checkpoints[family], prompt, config, "streamed", hidden=48, predictor_overlap=overlap
+        )
+        assert runner.graph_failure is None and runner.steps["streamed"] > 0
+        c = check_counts(om)
+        got[overlap] = (tokens, c["routed_scored"], c["predicted_routed"])
+        assert c["prefetch_issued"] > 0
+    assert got[True][0] == got[False][0] == reference(checkpoints[family], prompt)
+    assert got[True][1] == got[False][1] > 0  # every tap's prediction was logged and scored
+    if not kernel:  # torch's path sums in a fixed order: the same ids, as right as before
+        assert got[True][2] == got[False][2]
 
 
 @pytest.mark.parametrize("graphs", [True, False, "streamed"], ids=["segmented", "eager", "streamed"])

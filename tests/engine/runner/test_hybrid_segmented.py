@@ -54,7 +54,7 @@ class ReplayingCapture:
             self.held.append(self.replayer._route(action, experts))
         return {"hybrid": slot}
 
-    def on_prediction(self, tap, target, table) -> None:
+    def on_prediction(self, tap, target, select, reads=None) -> None:
         raise AssertionError("no prefetch policy here")
 
     def release(self, cache) -> None:
@@ -115,7 +115,8 @@ def test_a_captured_step_uses_the_buffers_made_before_the_capture(monkeypatch):
     """The route segment's HybridSlot takes the layer's `hybrid_buffers`, never a tensor made inside the
     capture (the graph pool would hand it memory that the segment's own replay overwrites: the H200's
     out-of-bounds read before the fix); a step of another shape than the buffers' is refused."""
-    from engine.runner.graphs import GraphCapture, hybrid_buffers
+    from engine.runner.capture import GraphCapture
+    from engine.runner.graphs import hybrid_buffers
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     bufs = hybrid_buffers(2, batch=4, top_k=2, hidden=8, dtype=torch.bfloat16, device=torch.device("cpu"))

@@ -97,7 +97,8 @@ def run(args) -> None:
             record.data.pop("agreement_with_plain", None)
             record.plain_tokens = None
 
-    record.data["predictor_overlap"] = args.predictor_overlap  # MOE_PREDICTOR_OVERLAP, the batch-1 runner
+    # MOE_PREDICTOR_OVERLAP for the batch-1 runner; the batched and ablation runners keep the engine's default
+    record.data["predictor_overlap"] = args.predictor_overlap
     # fuses the routers before any replay patch
     runner = ModelRunner(om, rows=1, max_len=BENCH_MAX_LEN, predictor_overlap=args.predictor_overlap)
     with contextlib.ExitStack() as replaying:

@@ -28,11 +28,12 @@ def runner_of_kind(
     host_reads: bool = True,
     hybrid: bool = False,
     after_demand: bool = False,
-    predictor_overlap: bool = False,
+    predictor_overlap: bool | None = None,
 ) -> Iterator:
     """A runner of its own over `om` (graphs=False: eager steps; host_reads=False: segmented steps;
     hybrid: hybrid misses, `MOE_HYBRID_MISSES`; after_demand: `MOE_LOOKAHEAD_AFTER_DEMAND`;
-    predictor_overlap: `MOE_PREDICTOR_OVERLAP`), its captured graphs dropped on the way out."""
+    predictor_overlap: `MOE_PREDICTOR_OVERLAP`, None for the engine's default), its captured graphs dropped
+    on the way out."""
     he = host_experts(om.store, om.layers, int(om.model.config.hidden_size), om.device) if hybrid else None
     runner = ModelRunner(
         om,
@@ -42,7 +43,7 @@ def runner_of_kind(
         host_reads=host_reads,
         hybrid=he,
         lookahead_after_demand=after_demand,
-        predictor_overlap=predictor_overlap,
+        **({} if predictor_overlap is None else {"predictor_overlap": predictor_overlap}),
     )
     try:
         yield runner

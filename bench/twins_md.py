@@ -300,7 +300,7 @@ def _md_says(data: dict) -> list[str]:
                 "i + d from layer i's input (`moe-prefetch train --distance d`) are what would turn it into tokens."
             )
         )
-    out += _hybrid_lines(data)
+    out += _hybrid_lines(data) + _after_demand_lines(data)
     return out + _md_says_notes(data)
 
 
@@ -361,6 +361,29 @@ def _hybrid_lines(data: dict) -> list[str]:
                 "each layer's misses), against the same policy's chosen steps in the same run: "
                 + ", ".join(cells)
                 + ". Below 1, the host's share costs more than the copies it saves."
+            )
+    return out
+
+
+def _after_demand_lines(data: dict) -> list[str]:
+    """One bullet per shape with after-demand rows: each against the same policy's chosen steps (tap order)
+    and segmented `none`, same record."""
+    out = []
+    for shape, t in data["twins"].items():
+        cells = [
+            f"`{r['policy']}` {r['ratio_to_chosen']:.2f}× its tap order and {r['ratio_to_none']:.2f}× segmented "
+            f"`none` at {100 * r['fraction']:.0f}%"
+            for r in data["decode"]
+            if r["shape"] == shape
+            and r["step"] == "after-demand"
+            and r["batch"] == 1
+            and r.get("ratio_to_chosen")
+            and r.get("ratio_to_none")
+        ]
+        if cells:
+            out.append(
+                f"- **Lookahead copies behind the demand on the {t['real']} twin** (`MOE_LOOKAHEAD_AFTER_DEMAND`, "
+                "segmented steps), in the same run: " + ", ".join(cells) + "."
             )
     return out
 

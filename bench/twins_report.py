@@ -309,7 +309,8 @@ def _plain_row(shape: str, batch: int, b: dict, run: str) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """ratio_to_none: tok/s over `none`'s at the same shape, batch, cache and step; ratio_to_resident: over
+    """ratio_to_none: tok/s over `none`'s at the same shape, batch, cache and step (segmented `none` for
+    after-demand rows); ratio_to_resident: over
     `none` at 100% (chosen steps), same shape and batch; ratio_to_plain: over the plain forward's;
     ratio_to_chosen (segmented, hybrid and after-demand rows): over the same policy's chosen steps at that
     cache. Given one record's rows, so every ratio is to a baseline of the same run (runs differ by up to
@@ -324,7 +325,10 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     }
     plain = {(r["shape"], r["batch"]): r["tok_s"] for r in rows if r["step"] == "plain"}
     for r in rows:
-        base = by.get((r["shape"], r["batch"], r["fraction"], r["step"]))
+        # after-demand steps are segmented steps that order their copies differently; `none` predicts
+        # nothing, so its after-demand run is its segmented one
+        step = "segmented" if r["step"] == "after-demand" else r["step"]
+        base = by.get((r["shape"], r["batch"], r["fraction"], step))
         resident = by.get((r["shape"], r["batch"], 1.0, "chosen"))
         p = plain.get((r["shape"], r["batch"]))
         r["ratio_to_none"] = _r(r["tok_s"] / base, 3) if base and r["step"] != "plain" else None

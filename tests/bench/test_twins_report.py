@@ -130,6 +130,26 @@ def test_hybrid_rows_are_against_the_same_policys_chosen_steps_of_their_run(repo
         assert f"`{r['policy']}` {r['ratio_to_chosen']:.2f}× at {100 * r['fraction']:.0f}%" in md
 
 
+def test_after_demand_rows_are_against_their_runs_tap_order_and_segmented_none(report):
+    data, md, _ = report
+    rows = [r for r in data["decode"] if r["step"] == "after-demand" and r["batch"] == 1]
+    assert {r["shape"] for r in rows} >= {"deepseek-v2-lite", "phi-mini-moe"}
+    for r in rows:
+        dec = json.loads((DECODE_DIR / f"{r['run']}.json").read_text())
+        tok = {
+            (c["policy"], c.get("variant")): c["summary"]["tok_s_median"]
+            for c in dec["configs"]
+            if c["fraction"] == r["fraction"]
+        }
+        assert r["ratio_to_none"] == pytest.approx(
+            tok[(r["policy"], "after-demand")] / tok[("none", "segmented")], abs=1e-3
+        )
+        assert r["ratio_to_chosen"] == pytest.approx(
+            tok[(r["policy"], "after-demand")] / tok[(r["policy"], None)], abs=1e-3
+        )
+        assert f"`{r['policy']}` {r['ratio_to_chosen']:.2f}× its tap order" in md
+
+
 def test_an_earlier_run_fills_only_what_the_latest_lacks(report):
     """The Qwen3 twin's rows: the latest record's, then each earlier record's for configurations the later
     ones lack (stop 26 holds the 75% column and `oracle+2` / `overprovision` at 50%), each to its own run's

@@ -310,8 +310,8 @@ def _plain_row(shape: str, batch: int, b: dict, run: str) -> dict:
 
 def add_ratios(rows: list[dict]) -> list[dict]:
     """ratio_to_none: tok/s over `none`'s at the same shape, batch, cache and step (segmented `none` for
-    after-demand rows); ratio_to_resident: over
-    `none` at 100% (chosen steps), same shape and batch; ratio_to_plain: over the plain forward's;
+    after-demand rows); ratio_to_resident: over `none` at 100% (chosen steps), same shape and batch;
+    ratio_to_plain: over the plain forward's;
     ratio_to_chosen (segmented, hybrid and after-demand rows): over the same policy's chosen steps at that
     cache. Given one record's rows, so every ratio is to a baseline of the same run (runs differ by up to
     ~10%)."""

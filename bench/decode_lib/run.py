@@ -97,9 +97,9 @@ def run(args) -> None:
             record.data.pop("agreement_with_plain", None)
             record.plain_tokens = None
 
-    # MOE_PREDICTOR_OVERLAP for the batch-1 runner; the batched and ablation runners keep the engine's default
+    # --predictor-overlap sets the batch-1 runner's; the batched and ablation runners keep the engine's default.
+    # Built here, before any replay patch: it fuses the routers.
     record.data["predictor_overlap"] = args.predictor_overlap
-    # fuses the routers before any replay patch
     runner = ModelRunner(om, rows=1, max_len=BENCH_MAX_LEN, predictor_overlap=args.predictor_overlap)
     with contextlib.ExitStack() as replaying:
         wrap = None

@@ -5,7 +5,8 @@ as the server builds its own from settings. The cache's stall and routing callba
 `engine.frontend.startup` attaches them. One switch has no public seam:
 `torch_expert_gemv` (see there).
 
-Imports `engine.runner`, `engine.experts.hooks` and `engine.model.offload` (`host_experts`) only.
+Imports `engine.api.config` (the settings' defaults), `engine.runner`, `engine.experts.hooks` and
+`engine.model.offload` (`host_experts`) only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from engine.api.config import EngineConfig
 from engine.experts.hooks import Listener
 from engine.model.offload import host_experts
 from engine.runner.runner import ModelRunner
@@ -28,12 +30,12 @@ def runner_of_kind(
     host_reads: bool = True,
     hybrid: bool = False,
     after_demand: bool = False,
-    predictor_overlap: bool | None = None,
+    predictor_overlap: bool = EngineConfig().predictor_overlap,
 ) -> Iterator:
     """A runner of its own over `om` (graphs=False: eager steps; host_reads=False: segmented steps;
     hybrid: hybrid misses, `MOE_HYBRID_MISSES`; after_demand: `MOE_LOOKAHEAD_AFTER_DEMAND`;
-    predictor_overlap: `MOE_PREDICTOR_OVERLAP`, None for the engine's default), its captured graphs dropped
-    on the way out."""
+    predictor_overlap: `MOE_PREDICTOR_OVERLAP`, the engine's default unless given), its captured graphs
+    dropped on the way out."""
     he = host_experts(om.store, om.layers, int(om.model.config.hidden_size), om.device) if hybrid else None
     runner = ModelRunner(
         om,
@@ -43,7 +45,7 @@ def runner_of_kind(
         host_reads=host_reads,
         hybrid=he,
         lookahead_after_demand=after_demand,
-        **({} if predictor_overlap is None else {"predictor_overlap": predictor_overlap}),
+        predictor_overlap=predictor_overlap,
     )
     try:
         yield runner

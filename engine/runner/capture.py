@@ -144,10 +144,8 @@ class GraphCapture:
         if self._side is None:
             self._side = torch.cuda.Stream(device=main.device)
         self._side.wait_stream(main)
-        if reads is not None:
-            reads.record_stream(
-                self._side
-            )  # not reused by the step's later kernels before the branch reads it
+        if reads is not None:  # not reused by the step's later kernels before the branch reads it
+            reads.record_stream(self._side)
         with torch.cuda.stream(self._side):
             yield
 

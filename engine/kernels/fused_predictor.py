@@ -27,8 +27,8 @@ So the weights are read once, by about as many programs as the GPU has SMs (H / 
 waits between launches. The logits are fp32 sums in the order the atomics land: the predictor's up to
 rounding (BatchNorm folded, the sums' order), so ids can differ from torch's at a near tie, and between
 two launches on the same input where the last bit of a sum decides; predictions steer copies only, never
-outputs. The scratch and the counter belong to one `PredictorKernels` and are zero between launches: one
-launch at a time per predictor (the tap of a layer runs once per step, on one stream).
+outputs. The scratch and the counter belong to one `PredictorKernels` and one CUDA stream, and are zero
+between launches: one launch at a time per predictor and stream (the tap of a layer runs once per step).
 
 Imports torch and (where it runs) Triton only.
 """
@@ -166,14 +166,24 @@ class PredictorKernels:
             )
         self.block_n, self.block_k, self.num_warps = max(16, block_n), max(16, block_k), num_warps
         self.block_e = max(16, triton.next_power_of_2(self.num_experts))
-        self._acc: torch.Tensor | None = None  # fp32 [rows, BLOCK_E], zero between launches
-        self._count = torch.zeros(1, dtype=torch.int32, device=self.w1.device)
+        # per CUDA stream: (fp32 scratch [rows, BLOCK_E], int32 counter [1]), both zero between launches. A
+        # predictor can run on two streams at once (an eager step's prefetch on the prefetcher's side stream
+        # beside a graph's branch), and two launches sharing a scratch would garble each other's logits.
+        self._scratches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _scratch(self, rows: int) -> torch.Tensor:
-        if self._acc is None or self._acc.shape[0] < rows:  # grows outside graph captures (warm-up first)
+    def _scratch(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current stream's (scratch, counter). Grown outside graph captures (warm-up runs first); a
+        stream first seen inside a capture (a capture's own branch stream) gets its pair from the graph's
+        pool, kept alive here, and is only ever replayed by that graph."""
+        dev = self.w1.device
+        key = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
+        got = self._scratches.get(key)
+        if got is None or got[0].shape[0] < rows:
             cap = max(BLOCK_T, triton.cdiv(rows, BLOCK_T) * BLOCK_T)
-            self._acc = torch.zeros((cap, self.block_e), dtype=torch.float32, device=self.w1.device)
-        return self._acc
+            acc = torch.zeros((cap, self.block_e), dtype=torch.float32, device=dev)
+            count = got[1] if got is not None else torch.zeros(1, dtype=torch.int32, device=dev)
+            got = self._scratches[key] = (acc, count)
+        return got
 
     def run(
         self, x: torch.Tensor, m: int = 0, scores: bool = True
@@ -187,8 +197,9 @@ class PredictorKernels:
         out = torch.empty((t, self.num_experts), dtype=torch.float32, device=dev) if scores else None
         ids = torch.empty((t, max(m, 1)), dtype=torch.int64, device=dev)
         grid = (triton.cdiv(self.hidden_size, self.block_n), triton.cdiv(t, BLOCK_T))
+        acc, count = self._scratch(t)
         _predictor_kernel[grid](
-            x, self.w1, self.b1, self.w2, self.b2, self._scratch(t), self._count,
+            x, self.w1, self.b1, self.w2, self.b2, acc, count,
             out if scores else ids, ids,
             t, self.d_model, self.hidden_size, self.num_experts, x.stride(0), self.w1.stride(0),
             self.w2.stride(0), ids.stride(0),

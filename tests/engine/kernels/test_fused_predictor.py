@@ -47,7 +47,7 @@ def test_predictor_kernel_in_the_triton_interpreter(tmp_path):
         "            ref = torch.topk(want, 5, dim=-1).indices\n"
         "            assert torch.equal(ids, ref), (ids, ref)\n"
         "            assert torch.equal(pk.top_ids(x, 5), ref)\n"
-        "        assert not pk._acc.any() and int(pk._count) == 0\n"
+        "        assert all(not a.any() and int(c) == 0 for a, c in pk._scratches.values())\n"
         "# ties go to the lowest id\n"
         "net = build_predictor(2, 8, 6, hidden=4).eval()\n"
         "with torch.no_grad():\n"
@@ -103,4 +103,35 @@ def test_predictor_kernels_on_the_gpu_in_bf16(arch):
         assert torch.equal(pk.top_ids(x[r : r + 1], 8), ids1)  # the ids-only launch ranks the same
         same += int(torch.equal(ids1[0].sort().values, ref[r]))
     assert same >= 0.9 * x.shape[0]
-    assert not pk._acc.any() and int(pk._count) == 0
+    assert all(not a.any() and int(c) == 0 for a, c in pk._scratches.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predictor_kernel_launches_on_two_streams_at_once():
+    """One predictor launched on two streams with no ordering between them (an eager step's prefetch on the
+    prefetcher's side stream beside a graph's branch): each stream has its own scratch and counter, so
+    neither launch sees the other's partial logits."""
+    from engine.kernels.fused_predictor import PredictorKernels
+    from engine.prefetch.nets import build_predictor
+
+    torch.manual_seed(0)
+    net = build_predictor(2, 2048, 128, hidden=2048).eval().cuda().to(torch.bfloat16)
+    pk = PredictorKernels(net)
+    xa, xb = (torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    want_a, want_b = pk.scores(xa).clone(), pk.scores(xb).clone()
+    sa, sb = torch.cuda.Stream(), torch.cuda.Stream()
+    sa.wait_stream(torch.cuda.current_stream())
+    sb.wait_stream(torch.cuda.current_stream())
+    got_a, got_b = [], []
+    for _ in range(200):
+        with torch.cuda.stream(sa):
+            got_a.append(pk.scores(xa))
+        with torch.cuda.stream(sb):
+            got_b.append(pk.scores(xb))
+    torch.cuda.synchronize()
+    tol = 0.02 * want_a.abs().max()
+    assert max(float((g - want_a).abs().max()) for g in got_a) <= tol
+    assert max(float((g - want_b).abs().max()) for g in got_b) <= tol
+    assert len(pk._scratches) == 3  # the default stream's and one per side stream
+    assert all(not a.any() and int(c) == 0 for a, c in pk._scratches.values())

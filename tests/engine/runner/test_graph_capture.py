@@ -9,16 +9,6 @@ import torch
 from engine.runner.capture import GraphCapture
 
 
-class _FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph on the CPU: a capture that records nothing."""
-
-    def capture_begin(self, pool=None, capture_error_mode=None) -> None:
-        pass
-
-    def capture_end(self) -> None:
-        pass
-
-
 class _Select:
     """A tap's predictor: counts its calls, returns its id table."""
 
@@ -31,8 +21,7 @@ class _Select:
         return self.table
 
 
-def test_a_resident_whole_step_skips_the_predictor(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+def test_a_resident_whole_step_skips_the_predictor(fake_cuda_graph):
     cap = GraphCapture(None, whole=True, layers=3, branch_predictions=True)
     select, tap = _Select(), object()
     cap.on_prediction(tap, 1, select, torch.zeros(1, 4))
@@ -41,8 +30,7 @@ def test_a_resident_whole_step_skips_the_predictor(monkeypatch):
     assert not cap.branch  # nothing to overlap: no side stream either
 
 
-def test_a_streamed_step_logs_each_prediction(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+def test_a_streamed_step_logs_each_prediction(fake_cuda_graph):
     cap = GraphCapture(None, whole=True, layers=3, host_views=lambda layer: {})
     select, tap = _Select(), object()
     cap.on_prediction(tap, 2, select, torch.zeros(1, 4))
@@ -53,8 +41,7 @@ def test_a_streamed_step_logs_each_prediction(monkeypatch):
     assert len(cap.segments) == 1  # one graph for the step
 
 
-def test_a_segmented_step_ends_a_segment_at_each_prediction(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+def test_a_segmented_step_ends_a_segment_at_each_prediction(fake_cuda_graph):
     cap = GraphCapture(None, whole=False, layers=3, branch_predictions=True)
     select, tap = _Select(), object()
     cap.on_prediction(tap, 1, select, torch.zeros(1, 4))

@@ -101,24 +101,13 @@ def test_segmented_hybrid_gives_the_reference_tokens(family, fraction, checkpoin
     assert hybrid.spent.experts == c["host_computed"] and 0 < hybrid.spent.output_s <= hybrid.spent.route_s
 
 
-class _FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph on the CPU: a capture that records nothing."""
-
-    def capture_begin(self, pool=None, capture_error_mode=None) -> None:
-        pass
-
-    def capture_end(self) -> None:
-        pass
-
-
-def test_a_captured_step_uses_the_buffers_made_before_the_capture(monkeypatch):
+def test_a_captured_step_uses_the_buffers_made_before_the_capture(fake_cuda_graph):
     """The route segment's HybridSlot takes the layer's `hybrid_buffers`, never a tensor made inside the
     capture (the graph pool would hand it memory that the segment's own replay overwrites: the H200's
     out-of-bounds read before the fix); a step of another shape than the buffers' is refused."""
     from engine.runner.capture import GraphCapture
     from engine.runner.graphs import hybrid_buffers
 
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     bufs = hybrid_buffers(2, batch=4, top_k=2, hidden=8, dtype=torch.bfloat16, device=torch.device("cpu"))
     assert [(b["sub"].dtype, b["keep"].dtype, b["out"].dtype) for b in bufs] == [
         (torch.long, torch.float32, torch.bfloat16)

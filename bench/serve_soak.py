@@ -3,10 +3,12 @@
     python bench/serve_soak.py --shape qwen3 --out bench/results          # H200, about 8 minutes
     python bench/serve_soak.py --shape tiny --device cpu --fractions 1.0,0.5 --policies none \
         --concurrency 1,4 --requests small --out /tmp/soak                # the CPU smoke test
+    python bench/serve_soak.py --shape qwen3 --configs 0.5/none/segmented,0.5/exact+2/segmented \
+        --after-demand --out bench/results                                # lookahead, the winning setup
 
 1. `bench/soak_checkpoint.py` (a child process, so its GPU memory is freed) writes the checkpoint to
-   `--work` and, when a configuration needs one, a quickly trained predictor bundle; both are reused
-   when their spec matches.
+   `--work` and, when a configuration needs one, a quickly trained predictor bundle per lookahead
+   distance; each is reused when its spec (the distance included) matches.
 2. For each configuration of the plan (cache size x policy x decode steps) a `moe-prefetch serve`
    child is started and driven with the `openai` SDK and httpx at each concurrency level: mixed
    prompt lengths, chat and completions, streamed or not, ~10% clients that disconnect mid-stream, bad
@@ -17,6 +19,15 @@
    per configuration measures how much a 1,500-token prefill stalls running streams.
 3. `serve_soak_<shape>.json` is rewritten after every configuration; the PNG and a last line
    `soak: N configurations, E errors` at the end. Exit status 1 when anything counted as an error.
+
+Policies are `MOE_POLICY` names, or a lookahead policy `P+d` (`exact+2`; P any predictor policy, d >= 1):
+served with `MOE_POLICY=P` and `MOE_PREDICTORS` set to a bundle trained to name MoE layer l+d's experts from
+layer l's pre-attention input (`moe-prefetch train --distance d`), so the server prefetches d layers early.
+Records keep the `exact+2` spelling. `--after-demand` gives every server `MOE_LOOKAHEAD_AFTER_DEMAND=true`
+(segmented steps queue the lookahead copies behind the layer's own missing experts); the JSON records it
+as `after_demand`, each configuration record its server's `MOE_*` settings (`server_env`) and the policy
+and bundle the server reports on /metrics (`server_info`, a mismatch is an error), and each level record
+the prefetch copies by target layer (`prefetch_issued_by_layer`: none for the first d layers of `P+d`).
 
 Time is bounded by `--deadline`: no configuration starts that the slowest one so far would not finish
 in time, a level stops launching at its budget, and each level is cut to what the last level's
@@ -63,24 +74,46 @@ MIN_CACHE_GB = (
 )
 
 
+def split_policy(policy: str) -> tuple[str, int]:
+    """("exact", 2) for the lookahead policy "exact+2", ("exact", 0) for "exact"; ValueError if malformed."""
+    base, plus, ahead = policy.partition("+")
+    if not plus:
+        return base, 0
+    if not ahead.isdigit() or int(ahead) < 1:
+        raise ValueError(f"{policy!r}: a lookahead policy is POLICY+d with d = 1, 2, ...")
+    return base, int(ahead)
+
+
 @dataclass(frozen=True)
 class Conf:
     fraction: str  # "1.0", "0.5", ..., or "min"
-    policy: str
+    policy: str  # a MOE_POLICY name, or a lookahead one: "exact+2"
     steps: str  # "streamed" | "segmented"
+
+    @property
+    def server_policy(self) -> str:
+        """MOE_POLICY of the server: "exact" for "exact+2"."""
+        return split_policy(self.policy)[0]
+
+    @property
+    def distance(self) -> int:
+        """MoE layers ahead its bundle predicts (0: the layer itself)."""
+        return split_policy(self.policy)[1]
 
     @property
     def name(self) -> str:
         size = "min" if self.fraction == "min" else f"{100 * float(self.fraction):g}%"
         return f"{size}/{self.policy}/{self.steps}"
 
-    def env(self, ckpt: Path, bundle: Path | None, args, needs_bundle: bool) -> dict[str, str]:
+    def env(self, ckpt: Path, bundles: dict[int, Path], args, needs_bundle: bool) -> dict[str, str]:
+        """The server's MOE_* settings; `bundles`: {distance: bundle} (the one of this distance is served)."""
         env = {
             "MOE_MODEL": str(ckpt),
             "MOE_DEVICE": args.device,
             "MOE_DTYPE": args.dtype,
-            "MOE_POLICY": self.policy,
+            "MOE_POLICY": self.server_policy,
             "MOE_EVICTION": args.eviction,
+            "MOE_LOOKAHEAD_AFTER_DEMAND": "true" if args.after_demand else "false",
             "MOE_MAX_RUNNING": str(args.max_running),
             "MOE_MAX_WAITING": str(max(64, 2 * max(args.concurrency))),
             "MOE_MAX_MODEL_LEN": str(args.max_model_len),
@@ -90,8 +123,8 @@ class Conf:
             env["MOE_EXPERT_CACHE_GB"] = MIN_CACHE_GB
         else:
             env["MOE_EXPERT_CACHE_FRACTION"] = self.fraction
-        if needs_bundle and bundle is not None:
-            env["MOE_PREDICTORS"] = str(bundle)
+        if needs_bundle and bundles.get(self.distance) is not None:
+            env["MOE_PREDICTORS"] = str(bundles[self.distance])
         if self.steps == "segmented":
             env["MOE_HOST_READS"] = "false"
         else:
@@ -107,6 +140,11 @@ def make_plan(args) -> list[Conf]:
     if args.plan == "cross":
         return [Conf(f, p, s) for f in fr for p in po for s in st]
     plan = [Conf(*c) for c in DEFAULT_PLAN if c[0] in fr and c[1] in po and c[2] in st]
+    for p in po:  # a policy the default plan lacks (exact+2, top1) runs where its base policy does there
+        if not any(c.policy == p for c in plan):
+            base = split_policy(p)[0]
+            like = [Conf(f, p, s) for f, q, s in DEFAULT_PLAN if q == base and f in fr and s in st]
+            plan += like or [Conf(f, p, st[0]) for f in fr]
     covered = {c.fraction for c in plan}
     plan += [Conf(f, p, st[0]) for f in fr if f not in covered for p in po]  # fractions the default lacks
     return plan
@@ -146,10 +184,14 @@ def _cutter(ckpt: Path):
     return cut
 
 
-def build(args, run: Run, texts, needs_bundle: bool, timeout: float) -> tuple[Path, Path | None, dict]:
-    """The checkpoint (and bundle) via `bench/soak_checkpoint.py` in a child process."""
+def build(args, run: Run, texts, distances: list[int], timeout: float) -> tuple[Path, dict[int, Path], dict]:
+    """The checkpoint and a bundle per lookahead distance in `distances` (none for []) via
+    `bench/soak_checkpoint.py` in a child process: (checkpoint, {distance: bundle}, its summary)."""
+    from bench.soak_checkpoint import bundle_path
+
     tag = f"{args.shape}-l{args.layers}-{args.dtype}-e{args.embed_std:g}"
-    ckpt, bundle = args.work / tag, (args.work / f"{tag}-predictors" if needs_bundle else None)
+    ckpt, base = args.work / tag, args.work / f"{tag}-predictors"
+    bundles = {d: bundle_path(base, d) for d in distances}
     args.work.mkdir(parents=True, exist_ok=True)
     prompts = args.work / f"{tag}-prompts.json"
     prompts.write_text(json.dumps((texts.short[:24] + texts.medium[:24]) or ["hello"]))
@@ -158,8 +200,8 @@ def build(args, run: Run, texts, needs_bundle: bool, timeout: float) -> tuple[Pa
         "--layers", str(args.layers), "--dtype", args.dtype, "--device", args.device,
         "--embed-std", str(args.embed_std), "--out", str(ckpt), "--prompts", str(prompts),
     ]  # fmt: skip
-    if bundle is not None:
-        cmd += ["--bundle", str(bundle)]
+    if distances:
+        cmd += ["--bundle", str(base), "--distances", ",".join(map(str, distances))]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
@@ -171,11 +213,10 @@ def build(args, run: Run, texts, needs_bundle: bool, timeout: float) -> tuple[Pa
         raise RuntimeError(f"checkpoint build failed ({res.returncode}):\n{log.read_text()[-3000:]}")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     run.say(f"checkpoint {ckpt} ({summary.get('checkpoint_gb')} GB) in {summary.get('total_s')}s: {summary}")
-    return ckpt, bundle, summary
+    return ckpt, bundles, summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    t_start = time.monotonic()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=tuple(DEFAULT_LAYERS), default="qwen3")
     ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: 12; tiny: 4)")
@@ -183,10 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--embed-std", type=float, default=1.0, help="std of the random token embeddings")
     ap.add_argument("--fractions", default="1.0,0.5,0.25,min")
-    ap.add_argument("--policies", default="none,exact,overprovision")
+    ap.add_argument(
+        "--policies",
+        default="none,exact,overprovision",
+        help="MOE_POLICY names or lookahead ones (exact+2: exact with a bundle predicting 2 MoE layers ahead)",
+    )
     ap.add_argument(
         "--eviction", choices=("lru", "lfu"), default="lru", help="MOE_EVICTION of every server (one per run)"
     )
+    after = (
+        "every server gets MOE_LOOKAHEAD_AFTER_DEMAND=true: segmented steps queue lookahead copies behind the "
+        "layer's own missing experts (one per run)"
+    )
+    ap.add_argument("--after-demand", action=argparse.BooleanOptionalAction, default=False, help=after)
     ap.add_argument("--steps", default="streamed,segmented")
     ap.add_argument(
         "--plan", choices=("default", "cross"), default="default", help="cross: every combination"
@@ -194,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--configs",
         default="",
-        help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed",
+        help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed,0.5/exact+2/segmented",
     )
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--requests", default="default", help="per level: default | small | N | N1,N2,...")
@@ -227,17 +277,45 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.hostile = args.device.startswith("cuda") if args.hostile is None else args.hostile
-    from bench.soak_run import run_plan
-    from bench.soak_server import gpu_name
+    return args
+
+
+def check_names(args, policies: list[str], steps: list[str]) -> None:
+    """SystemExit naming the policies and step kinds the soak cannot serve (a lookahead distance needs a
+    predictor policy, and fewer MoE layers than the model has)."""
     from engine.api.policies import POLICIES, PREDICTOR_POLICIES
 
-    bad = [p for p in args.policies if p not in POLICIES] + [
-        s for s in args.steps if s not in ("streamed", "segmented")
-    ]
+    bad = []
+    for p in policies:
+        try:
+            base, ahead = split_policy(p)
+        except ValueError:
+            bad.append(p)
+            continue
+        if base not in POLICIES or (ahead and (base not in PREDICTOR_POLICIES or ahead >= args.layers)):
+            bad.append(p)
+    bad += [s for s in steps if s not in ("streamed", "segmented")]
     if bad:
-        raise SystemExit(f"unknown policy or steps: {bad}")
-    plan = make_plan(args)
-    needs_bundle = any(c.policy in PREDICTOR_POLICIES for c in plan)
+        raise SystemExit(
+            f"unknown policy or steps: {sorted(set(bad))} (policies: {', '.join(POLICIES)}, or a predictor "
+            f"policy +d for d = 1 .. {args.layers - 1}: {', '.join(p + '+1' for p in PREDICTOR_POLICIES)}, ...)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.monotonic()
+    args = parse_args(argv)
+    from bench.soak_run import run_plan
+    from bench.soak_server import gpu_name
+    from engine.api.policies import PREDICTOR_POLICIES
+
+    check_names(args, args.policies, args.steps)
+    try:
+        plan = make_plan(args)
+    except TypeError:  # a --configs entry without three parts
+        raise SystemExit(f"--configs: fraction/policy/steps,... expected, got {args.configs!r}") from None
+    check_names(args, [c.policy for c in plan], [c.steps for c in plan])
+    distances = sorted({c.distance for c in plan if c.server_policy in PREDICTOR_POLICIES})
     deadline = t_start + args.deadline
     data = find_data(ROOT, args.data)
     texts = load_texts(ROOT, data)
@@ -255,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": texts.source,
         "hostile": args.hostile,
         "eviction": args.eviction,
+        "after_demand": args.after_demand,
         "plan": [c.__dict__ | {"name": c.name} for c in plan],
         "requests_per_level": requests_per_level(args.requests, args.concurrency),
         "records": [],
@@ -264,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         f"plan: {', '.join(c.name for c in plan)}; levels {args.concurrency}; prompts from {texts.source}"
     )
     try:
-        ckpt, bundle, summary = build(
-            args, run, texts, needs_bundle, timeout=max(30.0, deadline - time.monotonic())
+        ckpt, bundles, summary = build(
+            args, run, texts, distances, timeout=max(30.0, deadline - time.monotonic())
         )
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         run.put("build_error", str(err)[-3000:])
@@ -278,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ctx = dict(
         ckpt=ckpt,
-        bundle=bundle,
+        bundles=bundles,
         long=long_prompt(texts, cut),
         predictor_policies=PREDICTOR_POLICIES,
         requests=info["requests_per_level"],

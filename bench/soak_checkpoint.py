@@ -1,7 +1,8 @@
-"""The soak's model on disk: a random-weight checkpoint of a real shape and a quick predictor bundle for it.
+"""The soak's model on disk: a random-weight checkpoint of a real shape and quick predictor bundles for it.
 
     python bench/soak_checkpoint.py --shape qwen3 --layers 12 --dtype bfloat16 --device cuda \
-        --out .cache/serve_soak/qwen3-l12-bfloat16 --bundle .cache/serve_soak/qwen3-l12-bfloat16-predictors
+        --out .cache/serve_soak/qwen3-l12-bfloat16 --bundle .cache/serve_soak/qwen3-l12-bfloat16-predictors \
+        --distances 0,2
 
 `bench/serve_soak.py` runs this as a child process, so the CUDA memory of the build is gone (the process
 is) before any server starts, and the soak's own process never touches the GPU. The checkpoint is what
@@ -11,9 +12,13 @@ own init (normal, std 0.02) from a fixed seed; the token embeddings are redrawn 
 (1.0 by default, as `engine.model.loader.build_synthetic` explains: with 0.02 a random model routes every
 token of a layer to a dozen experts, which any cache holds, and the soak would never miss).
 
-The bundle is trained with the project's own `predictors.collect` and `predictors.train.train_bank`
-on a few dozen prompts, from the model already in memory (its fingerprint is the checkpoint's: it
-hashes the bf16-rounded routers). Both are reused when `soak_spec.json` (written last) matches.
+The bundles are trained with the project's own `predictors.collect` and `predictors.train.train_bank`
+on a few dozen prompts (traced once), from the model already in memory (its fingerprint is the
+checkpoint's: it hashes the bf16-rounded routers): one per `--distances` entry d, at `bundle_path(--bundle,
+d)`. d = 0 names a layer's experts from its own input; d > 0 is a lookahead bundle, trained as
+`moe-prefetch train --distance d` trains one (`predictors.lookahead.LookaheadTraces`, the manifest's
+`distance`), from which the server prefetches d MoE layers early. Each is reused when its `soak_spec.json`
+(written last; a bundle's has its distance) matches.
 The last line on stdout is a JSON summary for the caller.
 """
 
@@ -151,10 +156,24 @@ def load_for_tracing(path: Path, dtype_name: str, device: str):
     return model.to(device).eval()
 
 
-def train_bundle(model, tok, prompts: list[str], out: Path, work: Path, spec: dict, device: str) -> dict:
-    """Traces of `model` over `prompts` (at most ~4k tokens), then one small predictor per MoE layer."""
+def bundle_path(base: Path, distance: int) -> Path:
+    """Where the bundle of a lookahead distance lives: `base` for 0, `base`-ahead<d> for d > 0."""
+    return base if distance == 0 else base.parent / f"{base.name}-ahead{distance}"
+
+
+def bundle_spec(spec: dict, distance: int) -> dict:
+    """A bundle's spec: the checkpoint's and its distance, so no bundle is reused at another distance."""
+    return {**spec, "distance": distance}
+
+
+def train_bundles(
+    model, tok, prompts: list[str], outs: dict[int, Path], work: Path, spec: dict, device: str
+) -> dict:
+    """Traces of `model` over `prompts` (at most ~4k tokens), then for each {distance: folder} of `outs`
+    one small predictor per MoE layer (but the last `distance`) naming the experts `distance` layers on."""
     from predictors.bundle import bundle_manifest, save_bundle
     from predictors.collect import collect
+    from predictors.lookahead import LookaheadTraces
     from predictors.traces import TraceSet
     from predictors.train import train_bank
 
@@ -175,29 +194,37 @@ def train_bundle(model, tok, prompts: list[str], out: Path, work: Path, spec: di
     )
     t_collect = time.perf_counter() - t0
     traces = TraceSet(traces_dir)
-    bank, report = train_bank(
-        traces,
-        arch=2,
-        loss="wbce",
-        hidden=256,
-        epochs=2,
-        batch_size=512,
-        patience=1,
-        holdout_frac=0.2,
-        device=device,
-        progress=False,
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    save_bundle(out, bank, bundle_manifest(traces.manifest, report))
-    _write_spec(out, spec)
+    info = {}
+    for d, out in sorted(outs.items()):
+        t1 = time.perf_counter()
+        data = LookaheadTraces(traces, d) if d else traces  # as `moe-prefetch train --distance d`
+        bank, report = train_bank(
+            data,
+            arch=2,
+            loss="wbce",
+            hidden=256,
+            epochs=2,
+            batch_size=512,
+            patience=1,
+            holdout_frac=0.2,
+            device=device,
+            progress=False,
+        )
+        bundle = bundle_manifest(traces.manifest, report)
+        if d:
+            bundle |= {"distance": d, "layer_ids": data.layer_ids}
+        if out.exists():
+            shutil.rmtree(out)
+        save_bundle(out, bank, bundle)
+        _write_spec(out, bundle_spec(spec, d))
+        info[d] = {
+            "collect_s": round(t_collect, 2),
+            "train_s": round(time.perf_counter() - t1, 2),
+            "samples": manifest["samples"],
+            "heldout_recall_at_k": report["heldout_mean"]["recall_at_k"],
+        }
     shutil.rmtree(traces_dir, ignore_errors=True)
-    return {
-        "collect_s": round(t_collect, 2),
-        "train_s": round(time.perf_counter() - t0 - t_collect, 2),
-        "samples": manifest["samples"],
-        "heldout_recall_at_k": report["heldout_mean"]["recall_at_k"],
-    }
+    return info
 
 
 def routing_spread(model, tok, prompts: list[str], device: str) -> dict:
@@ -239,13 +266,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--embed-std", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    ap.add_argument("--bundle", type=Path, default=None, help="predictor bundle folder (none: no bundle)")
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="predictor bundle folder (none: no bundle); of distance 0, d > 0 at <bundle>-ahead<d>",
+    )
+    ap.add_argument(
+        "--distances",
+        default="0",
+        help="with --bundle: the lookahead distances to train a bundle for, e.g. 0,2 (default: 0)",
+    )
     ap.add_argument("--prompts", type=Path, default=None, help="JSON list of prompt texts for the traces")
     ap.add_argument("--shard", default="2GB", help="max_shard_size of save_pretrained")
     ap.add_argument(
         "--tokenizer", type=Path, default=None, help="a tokenizer.json (default: the built-in one)"
     )
     args = ap.parse_args(argv)
+    try:
+        distances = sorted({int(d) for d in args.distances.split(",")})
+    except ValueError:
+        ap.error(f"--distances: comma-separated integers, got {args.distances!r}")
+    if distances[0] < 0 or distances[-1] >= args.layers:
+        ap.error(f"--distances: 0 to {args.layers - 1}, got {args.distances!r}")
     sys.path.insert(0, str(ROOT))
 
     t0 = time.perf_counter()
@@ -275,16 +318,20 @@ def main(argv: list[str] | None = None) -> None:
         summary["checkpoint_reused"] = False
     summary["checkpoint_gb"] = round(sum(f.stat().st_size for f in args.out.glob("*.safetensors")) / 1e9, 3)
     if args.bundle is not None:
-        summary["bundle"] = str(args.bundle)
-        if _read_spec(args.bundle) == spec:
-            summary["bundle_reused"] = True
-        else:
+        outs = {d: bundle_path(args.bundle, d) for d in distances}
+        stale = {d: out for d, out in outs.items() if _read_spec(out) != bundle_spec(spec, d)}
+        info = {}
+        if stale:
             if model is None:
                 model = load_for_tracing(args.out, args.dtype, args.device)
             work = args.bundle.parent / (args.bundle.name + "-work")
-            summary["bundle_reused"] = False
-            summary["bundle_info"] = train_bundle(model, tok, prompts, args.bundle, work, spec, args.device)
+            info = train_bundles(model, tok, prompts, stale, work, spec, args.device)
             shutil.rmtree(work, ignore_errors=True)
+        summary["bundles"] = {
+            str(d): {"path": str(out), "reused": d not in stale, **({"info": info[d]} if d in info else {})}
+            for d, out in outs.items()
+        }
+        summary["bundle_reused"] = not stale
     if model is not None:
         summary["routing_spread"] = routing_spread(model, tok, prompts, args.device)
     summary["total_s"] = round(time.perf_counter() - t0, 2)

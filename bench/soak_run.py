@@ -2,7 +2,8 @@
 
 `run_plan` starts configurations while the deadline allows; `run_config` owns one `moe-prefetch serve`
 child from start to exit code and returns its records: one per concurrency level, one for the
-configuration (start-up, admission probe, memory trend, /health after, exit code, error total).
+configuration (start-up, the server's MOE_* settings and the policy and bundle it reports, admission probe,
+memory trend, /health after, exit code, error total).
 """
 
 from __future__ import annotations
@@ -74,6 +75,31 @@ def _memory_summary(samples: list[dict], baseline_index: int) -> dict:
     return out
 
 
+def log_name(conf) -> str:
+    """The server log's file name: 50pct_exact+2_segmented.log for 50%/exact+2/segmented."""
+    return f"{conf.name.replace('/', '_').replace('%', 'pct')}.log"
+
+
+def _server_info(samples: dict) -> dict[str, str]:
+    """The labels of the server's `moe_policy_info` sample (policy, model, predictors, ...)."""
+    for (name, labels), _ in samples.items():
+        if name == "moe_policy_info":
+            return dict(labels)
+    return {}
+
+
+def _check_server(env: dict[str, str], info: dict[str, str]) -> list[str]:
+    """What the server reports serving (/metrics) against what it was started with."""
+    problems = []
+    if info.get("policy") != env["MOE_POLICY"]:
+        problems.append(f"server reports policy {info.get('policy')!r}, started with {env['MOE_POLICY']!r}")
+    if "MOE_PREDICTORS" in env and info.get("predictors") != env["MOE_PREDICTORS"]:
+        problems.append(
+            f"server reports bundle {info.get('predictors')!r}, started with {env['MOE_PREDICTORS']!r}"
+        )
+    return problems
+
+
 def _base(args, conf) -> dict:
     return dict(
         shape=args.shape,
@@ -88,11 +114,11 @@ def _base(args, conf) -> dict:
 async def run_config(args, run, conf, workload, ctx: dict, deadline: float, first_refs: dict | None):
     """(records, errors, greedy references of the concurrency-1 level) of one configuration. A failure of
     the soak's own code is recorded as an error of the configuration; the server never outlives it."""
-    needs = conf.policy in ctx["predictor_policies"]
+    needs = conf.server_policy in ctx["predictor_policies"]
     logs = args.out / f"serve_soak_{args.shape}_logs"
     server = Server(
-        conf.env(ctx["ckpt"], ctx["bundle"], args, needs),
-        logs / f"{conf.name.replace('/', '_').replace('%', 'pct')}.log",
+        conf.env(ctx["ckpt"], ctx["bundles"], args, needs),
+        logs / log_name(conf),
         wrapper=shlex.split(args.server_wrapper),
     )
     try:
@@ -125,6 +151,13 @@ async def _drive(
         run.say(f"{conf.name}: START-UP FAILED\n{err}")
         return [cfg], 1, None
     cfg["startup_s"] = round(server.started_s or 0.0, 1)
+    skip = ("MOE_HOST", "MOE_PORT")
+    cfg["server_env"] = {k: v for k, v in server.env.items() if k.startswith("MOE_") and k not in skip}
+    cfg["server_info"] = _server_info(await _scrape(server.base))
+    for problem in _check_server(cfg["server_env"], cfg["server_info"]):
+        cfg["errors"] += 1
+        cfg["notes"].append(problem)
+        run.say(f"{conf.name}: {problem}")
     models = await _get(server.base, "/v1/models")
     ok = models is not None and models.status_code == 200
     model = models.json()["data"][0]["id"] if ok else ctx["ckpt"].name  # the folder's name by default

@@ -138,7 +138,16 @@ def cache_deltas(before: dict, after: dict) -> dict:
     a = label_values(after, "moe_decode_steps_total", "kind")
     b = label_values(before, "moe_decode_steps_total", "kind")
     steps = {k: int(v - b.get(k, 0.0)) for k, v in a.items() if v - b.get(k, 0.0)}
-    return {"hit_rate": hits / lookups if lookups else None, "decode_steps": steps}
+    ia = label_values(after, "moe_prefetch_issued_total", "layer")
+    ib = label_values(before, "moe_prefetch_issued_total", "layer")
+    issued = {k: int(v - ib.get(k, 0.0)) for k, v in sorted(ia.items(), key=lambda kv: int(kv[0]))}
+    used = metric(after, "moe_prefetch_used_total") - metric(before, "moe_prefetch_used_total")
+    return {
+        "hit_rate": hits / lookups if lookups else None,
+        "decode_steps": steps,
+        "prefetch_issued_by_layer": issued,  # by decoder layer: a lookahead of d issues none for the first d
+        "prefetch_used": int(used),
+    }
 
 
 def level_record(outs: list[Outcome]) -> dict:

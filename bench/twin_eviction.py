@@ -3,6 +3,7 @@
 
     python bench/twin_eviction.py --out bench/results            # every committed twin in bench/twins
     python bench/twin_eviction.py --twins bench/twins/twin_replay_deepseek-v2-lite.json --fractions 0.5
+    python bench/twin_eviction.py --twins bench/twins/twin_replay_qwen3-30b-a3b.json --merge --out bench/results
 
 An artefact (`bench/twin_replay.py`) holds, per MoE layer and token of its 64 prompts, the twin's routed
 experts and its predictors' top-k' — at the real model's topology. This replays it through
@@ -286,6 +287,11 @@ def main() -> None:
     ap.add_argument(
         "--rewrite", action="store_true", help="re-derive and re-render <out>/eviction_twins.json, no replays"
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the replayed twins' entries of an existing <out>/eviction_twins.json",
+    )
     args = ap.parse_args()
     if args.rewrite:
         doc = json.loads((args.out / "eviction_twins.json").read_text())
@@ -311,7 +317,15 @@ def main() -> None:
             simulate_twin(path, fractions, evictions, policies, decode, eb, args.workers, args.tokens)
         )
         print(f"{shape}: done in {results[-1]['seconds']} s", flush=True)
-    doc = {"kind": "eviction_twins", "command": "python " + " ".join(sys.argv), "twins": results}
+    command = "python " + " ".join(sys.argv)
+    for r in results:
+        r["command"] = command
+    doc = {"kind": "eviction_twins", "command": command, "twins": results}
+    old = args.out / "eviction_twins.json"
+    if args.merge and old.exists():  # keep the twins this run did not replay, in their order
+        done = {r["twin"]: r for r in results}
+        kept = json.loads(old.read_text())["twins"]
+        doc["twins"] = [done.pop(t["twin"], t) for t in kept] + list(done.values())
     add_hybrid(doc)
     (args.out / "eviction_twins.json").write_text(json.dumps(doc, indent=1) + "\n")
     write_md(doc, args.out / "eviction_twins.md")

@@ -113,3 +113,29 @@ def test_engine_figures_come_only_from_graph_steps_of_this_twin(tmp_path):
     assert current_decode(tmp_path, "toy", {"twin_fingerprint": "a"}) == dec
     assert current_decode(tmp_path, "toy", {"twin_fingerprint": "b"}) is None
     assert current_decode(tmp_path, "other", {"twin_fingerprint": "a"}) is None
+
+
+def test_merge_replaces_only_the_replayed_twin(result, tmp_path):
+    """`--merge` keeps an existing report's other twins in their order and replaces the replayed one."""
+    (phi,) = result["twins"]
+    other = {**phi, "twin": "other-twin"}
+    stale = {**phi, "tokens": 1}
+    (tmp_path / "eviction_twins.json").write_text(
+        json.dumps({"kind": "eviction_twins", "twins": [other, stale]})
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "twin_eviction.py"),
+        "--twins",
+        str(ARTEFACT),
+        "--out",
+        str(tmp_path),
+    ]
+    cmd += ["--fractions", "0.5", "--policies", "none", "--evictions", "lru,belady", "--tokens", "200"]
+    cmd += ["--workers", "1", "--merge"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    twins = json.loads((tmp_path / "eviction_twins.json").read_text())["twins"]
+    assert [t["twin"] for t in twins] == ["other-twin", "phi-mini-moe"]
+    assert twins[0]["tokens"] == 600 and twins[1]["tokens"] == 200
+    assert "--merge" in twins[1]["command"]

@@ -1,0 +1,120 @@
+"""How far lossless coding could shrink the bytes an offloaded expert costs over PCIe: the entropy of bf16
+expert weights' exponents.
+
+    python bench/expert_entropy.py            # -> bench/results/expert_entropy.json
+
+A bf16 weight is 1 sign, 8 exponent and 7 mantissa bits. Trained (and normally initialised) weights use few
+exponents, so the exponent byte carries ~2.6 bits of information: coding it with a Huffman code per tensor
+and keeping sign and mantissa as they are is lossless (outputs unchanged) and makes an expert
+(8 + mean code length) / 16 of its size. This measures that ratio on
+- the built-in model's trained experts (`engine/model/assets/model.safetensors`, per projection), and
+- random N(0, std) weights at the Qwen3-30B-A3B expert shape (the benchmarks' random-weight models; std 0.02),
+giving the exponent entropy, the Huffman code's mean length (what a real code achieves) and the size ratio.
+Issue #17's 2x target at a 25% cache needs the copies at 0.62-0.71 of what LFU moves
+(`bench/target_ceiling.py`); this says what a lossless code would supply. A GPU decoder (the host copies
+coded bytes, the GPU expands them into the cache slot) is not built; this is the measurement that motivates
+it. Imports torch and safetensors only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = ROOT / "engine" / "model" / "assets" / "model.safetensors"
+QWEN3_EXPERT = (3, 768, 2048)  # gate, up, down of one Qwen3-30B-A3B expert: 3 x 768 x 2048 weights
+
+
+def exponent_counts(t: torch.Tensor) -> torch.Tensor:
+    """[256] int64: how many of `t`'s bf16 values have each exponent byte."""
+    bits = t.detach().to(torch.bfloat16).contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    return torch.bincount(((bits >> 7) & 0xFF).flatten(), minlength=256)
+
+
+def entropy_bits(counts: torch.Tensor) -> float:
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def huffman_mean_bits(counts: torch.Tensor) -> float:
+    """Mean code length of a Huffman code over the symbols with non-zero counts (1 bit for a single symbol)."""
+    freq = [int(c) for c in counts.tolist() if c > 0]
+    if len(freq) == 1:
+        return 1.0
+    total = sum(freq)
+    heap = [(f, i, 0) for i, f in enumerate(freq)]  # (weight, tie-break, sum of weight x depth below)
+    heapq.heapify(heap)
+    n = len(freq)
+    while len(heap) > 1:
+        fa, _, ca = heapq.heappop(heap)
+        fb, _, cb = heapq.heappop(heap)
+        heapq.heappush(heap, (fa + fb, n, ca + cb + fa + fb))  # every symbol below goes one level deeper
+        n += 1
+    return heap[0][2] / total
+
+
+def measure(name: str, tensors: dict[str, torch.Tensor]) -> dict:
+    """Per tensor group and in all: exponent entropy, Huffman mean length, coded size / bf16 size."""
+    groups: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        g = key.rsplit(".", 2)[-2] if key.endswith(".weight") else key
+        groups[g] = groups.get(g, torch.zeros(256, dtype=torch.int64)) + exponent_counts(t)
+    groups["all"] = sum(groups.values())
+    out = {"source": name, "weights": int(groups["all"].sum()), "groups": {}}
+    for g, c in groups.items():
+        h, m = entropy_bits(c), huffman_mean_bits(c)
+        out["groups"][g] = {
+            "exponents_used": int((c > 0).sum()),
+            "entropy_bits": round(h, 3),
+            "huffman_bits": round(m, 3),
+            "ratio_entropy": round((8 + h) / 16, 4),
+            "ratio_huffman": round((8 + m) / 16, 4),
+        }
+    return out
+
+
+def builtin_experts(path: Path = BUILTIN) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items() if ".experts." in k}
+
+
+def random_expert(std: float, seed: int = 0, shape=QWEN3_EXPERT) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * std
+    return {f"experts.0.{p}.weight": w[i] for i, p in enumerate(("gate_proj", "up_proj", "down_proj"))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--std", type=float, default=0.02, help="std of the random expert")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    rows = [
+        measure("built-in model, trained experts (engine/model/assets)", builtin_experts()),
+        measure(f"random N(0, {args.std:g}) at the Qwen3-30B-A3B expert shape", random_expert(args.std)),
+    ]
+    doc = {
+        "kind": "expert_entropy",
+        "command": "python bench/expert_entropy.py" + (" " + " ".join(argv) if argv else ""),
+        "what": "lossless size of bf16 expert weights with the exponent byte Huffman-coded per tensor group, "
+        "sign and mantissa raw: (8 + code bits) / 16",
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "expert_entropy.json").write_text(json.dumps(doc, indent=1) + "\n")
+    for r in rows:
+        a = r["groups"]["all"]
+        print(
+            f"{r['source']}: {r['weights']:,} weights, exponent entropy {a['entropy_bits']:.2f} bits, Huffman "
+            f"{a['huffman_bits']:.2f} -> {a['ratio_huffman']:.3f} of bf16 (entropy bound {a['ratio_entropy']:.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

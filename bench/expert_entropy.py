@@ -9,7 +9,8 @@ and keeping sign and mantissa as they are is lossless (outputs unchanged) and ma
 (8 + mean code length) / 16 of its size. This measures that ratio on
 - the built-in model's trained experts (`engine/model/assets/model.safetensors`, per projection), and
 - random N(0, std) weights at the Qwen3-30B-A3B expert shape (the benchmarks' random-weight models; std 0.02),
-giving the exponent entropy, the Huffman code's mean length (what a real code achieves) and the size ratio.
+giving the exponent entropy, the Huffman code's mean length (what a real code achieves) and the size ratio,
+and the ratio of a fixed 4-bit exponent code with escapes (simpler to decode on a GPU, larger).
 Issue #17's 2x target at a 25% cache needs the copies at 0.62-0.71 of what LFU moves
 (`bench/target_ceiling.py`); this says what a lossless code would supply. A GPU decoder (the host copies
 coded bytes, the GPU expands them into the cache slot) is not built; this is the measurement that motivates
@@ -58,6 +59,16 @@ def huffman_mean_bits(counts: torch.Tensor) -> float:
     return heap[0][2] / total
 
 
+def fixed_code_ratio(counts: torch.Tensor, bits: int = 4, escape_bits: int = 48) -> tuple[float, float]:
+    """(coded size / bf16 size, escaped share) of a fixed-width exponent code: the 2^bits - 1 most common
+    exponents get a code each, the last code marks an escape, and each escaped weight is also stored aside
+    (`escape_bits`: a 32-bit position and the raw 16 bits). Every code decodes independently: a GPU reads it
+    at full speed, where a Huffman code needs the offsets of its blocks."""
+    p = counts.sort(descending=True).values.double() / counts.sum()
+    escaped = float(p[2**bits - 1 :].sum())
+    return (8 + bits) / 16 + escaped * escape_bits / 16, escaped
+
+
 def measure(name: str, tensors: dict[str, torch.Tensor]) -> dict:
     """Per tensor group and in all: exponent entropy, Huffman mean length, coded size / bf16 size."""
     groups: dict[str, torch.Tensor] = {}
@@ -68,12 +79,15 @@ def measure(name: str, tensors: dict[str, torch.Tensor]) -> dict:
     out = {"source": name, "weights": int(groups["all"].sum()), "groups": {}}
     for g, c in groups.items():
         h, m = entropy_bits(c), huffman_mean_bits(c)
+        fixed, escaped = fixed_code_ratio(c)
         out["groups"][g] = {
             "exponents_used": int((c > 0).sum()),
             "entropy_bits": round(h, 3),
             "huffman_bits": round(m, 3),
             "ratio_entropy": round((8 + h) / 16, 4),
             "ratio_huffman": round((8 + m) / 16, 4),
+            "ratio_fixed4": round(fixed, 4),
+            "fixed4_escaped": escaped,
         }
     return out
 
@@ -112,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         a = r["groups"]["all"]
         print(
             f"{r['source']}: {r['weights']:,} weights, exponent entropy {a['entropy_bits']:.2f} bits, Huffman "
-            f"{a['huffman_bits']:.2f} -> {a['ratio_huffman']:.3f} of bf16 (entropy bound {a['ratio_entropy']:.3f})"
+            f"{a['huffman_bits']:.2f} -> {a['ratio_huffman']:.3f} of bf16 (entropy bound {a['ratio_entropy']:.3f}); "
+            f"a fixed 4-bit code with escapes {a['ratio_fixed4']:.3f} ({a['fixed4_escaped']:.1e} escaped)"
         )
 
 

@@ -108,3 +108,16 @@ def test_trained_and_random_experts_code_to_about_two_thirds():
         a = measure("x", tensors)["groups"]["all"]
         assert 2.0 < a["entropy_bits"] <= a["huffman_bits"] < 3.5
         assert 0.6 < a["ratio_huffman"] < 0.72
+
+
+def test_a_fixed_code_escapes_the_rare_exponents():
+    from bench.expert_entropy import fixed_code_ratio
+
+    counts = torch.zeros(256, dtype=torch.int64)
+    counts[:16] = 100
+    counts[16] = 40  # 2^4 - 1 = 15 codes: the 16th and 17th exponents escape
+    ratio, escaped = fixed_code_ratio(counts, bits=4, escape_bits=48)
+    assert escaped == pytest.approx(140 / 1640)
+    assert ratio == pytest.approx(12 / 16 + escaped * 3)
+    a = measure("x", builtin_experts())["groups"]["all"]
+    assert a["ratio_huffman"] < a["ratio_fixed4"] < 0.76 and a["fixed4_escaped"] < 1e-3

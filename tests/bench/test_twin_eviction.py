@@ -15,9 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTEFACT = ROOT / "bench" / "twins" / "twin_replay_phi-mini-moe.json"
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("eviction")
+def run_eviction(out: Path, *flags: str) -> None:
+    """bench/twin_eviction.py on the Phi twin's artefact into `out`, one worker."""
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "twin_eviction.py"),
@@ -26,9 +25,16 @@ def result(tmp_path_factory) -> dict:
         "--out",
         str(out),
     ]
-    cmd += ["--fractions", "0.25,0.5", "--policies", "none,exact,oracle", "--tokens", "600", "--workers", "1"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run(
+        [*cmd, "--workers", "1", *flags], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eviction")
+    run_eviction(out, "--fractions", "0.25,0.5", "--policies", "none,exact,oracle", "--tokens", "600")
     doc = json.loads((out / "eviction_twins.json").read_text())
     doc["md"] = (out / "eviction_twins.md").read_text()
     doc["png"] = (out / "eviction_twins.png").stat().st_size
@@ -123,18 +129,18 @@ def test_merge_replaces_only_the_replayed_twin(result, tmp_path):
     (tmp_path / "eviction_twins.json").write_text(
         json.dumps({"kind": "eviction_twins", "twins": [other, stale]})
     )
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "twin_eviction.py"),
-        "--twins",
-        str(ARTEFACT),
-        "--out",
-        str(tmp_path),
-    ]
-    cmd += ["--fractions", "0.5", "--policies", "none", "--evictions", "lru,belady", "--tokens", "200"]
-    cmd += ["--workers", "1", "--merge"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run_eviction(
+        tmp_path,
+        "--fractions",
+        "0.5",
+        "--policies",
+        "none",
+        "--evictions",
+        "lru,belady",
+        "--tokens",
+        "200",
+        "--merge",
+    )
     twins = json.loads((tmp_path / "eviction_twins.json").read_text())["twins"]
     assert [t["twin"] for t in twins] == ["other-twin", "phi-mini-moe"]
     assert twins[0]["tokens"] == 600 and twins[1]["tokens"] == 200

@@ -18,7 +18,9 @@ say what lookahead can gain at best (the oracle ahead) on this routing. Writes
 `<out>/timeline_<shape>.{json,md}`. Every configuration runs under LRU and LFU (`MOE_EVICTION`), so the
 table also says what the two mechanisms give together. Every lookahead configuration (`exact+d`, `oracle+d`)
 also runs under LRU with its copies queued behind each layer's demand copies (`... after demand`,
-`MOE_LOOKAHEAD_AFTER_DEMAND`). Imports numpy and `predictors` (through `bench.twin_eviction`).
+`MOE_LOOKAHEAD_AFTER_DEMAND`). With `--coded R`, `none`, `exact+d` and `oracle+d` also run with every copy R x
+an expert's bytes (`... coded`: experts losslessly coded for the copy, `bench/expert_entropy.py`; the GPU's
+decoding taken as free; not built in the engine). Imports numpy and `predictors` (through `bench.twin_eviction`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ AHEAD = (1, 2, 4)
 
 HYBRID_POLICIES = ("none", "oracle+1")  # also run with hybrid misses on the clock
 AFTER_DEMAND = " after demand"  # lookahead configurations also run with MOE_LOOKAHEAD_AFTER_DEMAND (LRU)
+CODED = " coded"  # with --coded R: copies of R x an expert's bytes (losslessly coded experts, not built)
+CODED_POLICIES = ("none", "exact+1", "exact+2", "oracle+1", "oracle+2")
 
 
 def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[str, PolicyRun]:
@@ -73,6 +77,7 @@ def run(
     share: float,
     tokens: int | None,
     evictions: tuple[str, ...] = ("lru", "lfu"),
+    coded: float | None = None,
 ) -> dict:
     artefact = json.loads(twin.read_text())
     shape = artefact["shape"].removeprefix("twin_replay_")
@@ -120,13 +125,17 @@ def run(
                     variants.append((" + hybrid", hybrid_tl))
                 if pr.shift > 0 and ev == "lru":
                     variants.append((AFTER_DEMAND, after_tl))
+                if coded is not None and name in CODED_POLICIES:
+                    variants.append((CODED, tl))
                 for suffix, clock_tl in variants:
-                    clock = Clock(w.num_layers, eb, clock_tl, w.top_k)
+                    size = eb * coded if suffix == CODED else eb  # coded copies: fewer bytes, decoding free
+                    clock = Clock(w.num_layers, size, clock_tl, w.top_k)
                     c = replay(w, slots, ev, pr, preload_full=False, events=clock)
                     m = None if suffix else by_eviction.get(ev, {}).get((f, name))  # engine: plain runs only
                     rows.append(
                         {"fraction": f, "eviction": ev, "slots": slots, "policy": name + suffix,
                          "hybrid": suffix == " + hybrid", "after_demand": suffix == AFTER_DEMAND,
+                         "coded": suffix == CODED,
                          "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests)),
                          "model_ms": clock.ms(w.steps), "engine_ms": 1e3 / m[0] if m else None,
                          "copies_per_token": (sum(c.misses) + sum(c.prefetch_issued)) / w.steps}
@@ -150,6 +159,7 @@ def run(
         "hybrid_host_ms": host_ms,
         "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
         "expert_bytes": eb,
+        "coded_ratio": coded,
         "seconds": round(time.monotonic() - t0, 1),
         "rows": rows,
     }  # fmt: skip
@@ -192,6 +202,13 @@ def write_md(doc: dict, path: Path) -> None:
             if "hybrid_host_ms" in doc
             else ""
         )
+        + (
+            f"`coded`: every copy {doc['coded_ratio']:g} of an expert's bytes (the experts' exponents "
+            "Huffman-coded for the copy, lossless: bench/expert_entropy.py; the GPU's decoding taken as free; the "
+            "engine does not have it). "
+            if doc.get("coded_ratio")
+            else ""
+        )
         + "Engine columns: the twin-replayed decode runs of the same twin (LRU and LFU sweeps) where they measured "
         "that configuration; both ratios are over LRU's `none` at the same cache."
         + _calls_note(
@@ -225,12 +242,29 @@ def main() -> None:
     ap.add_argument("--fit-fraction", type=float, default=0.5)
     ap.add_argument("--attention-share", type=float, default=0.5)
     ap.add_argument("--tokens", type=int, default=None, help="replay only the artefact's first N tokens")
+    ap.add_argument(
+        "--coded",
+        type=float,
+        default=None,
+        help="also run none, exact+d and oracle+d with copies of this share of an expert's bytes (losslessly "
+        "coded experts: 0.667 from bench/expert_entropy.py), the GPU's decoding taken as free",
+    )
+    ap.add_argument("--evictions", default="lru,lfu")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",")]
     if args.fit_fraction not in fractions:
         raise SystemExit("--fit-fraction must be one of --fractions")
-    doc = run(args.twin, args.decode, fractions, args.fit_fraction, args.attention_share, args.tokens)
+    doc = run(
+        args.twin,
+        args.decode,
+        fractions,
+        args.fit_fraction,
+        args.attention_share,
+        args.tokens,
+        tuple(args.evictions.split(",")),
+        args.coded,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"timeline_{doc['shape'].replace('-', '_')}"
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -88,3 +88,26 @@ def test_the_trained_lookahead_banks_play_on_the_clock(tmp_path):
         assert r["hit_rate"] > by[("lru", "none")]["hit_rate"]
         assert r["copies_per_token"] >= by[("lru", "none")]["copies_per_token"]  # wrong guesses copy too
     assert by[("lru", "oracle+1")]["hit_rate"] >= by[("lru", "exact+1")]["hit_rate"]
+
+
+def test_coded_copies_play_with_fewer_bytes(tmp_path):
+    """`--coded R`: `none`, `exact+d` and `oracle+d` again with copies of R x an expert's bytes; the same hits
+    and copies, and never slower than the same configuration with full-size copies."""
+    twin = ROOT / "bench" / "twins" / "twin_replay_phi-mini-moe.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "twin_timeline.py"), "--twin", str(twin), "--tokens", "300",
+           "--fractions", "0.25", "--fit-fraction", "0.25", "--evictions", "lru", "--coded", "0.5",
+           "--out", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((tmp_path / "timeline_phi_mini_moe.json").read_text())
+    assert doc["coded_ratio"] == 0.5 and {r["eviction"] for r in doc["rows"]} == {"lru"}
+    by = {r["policy"]: r for r in doc["rows"]}
+    coded = {p for p, r in by.items() if r["coded"]}
+    assert coded == {"none coded", "exact+1 coded", "exact+2 coded", "oracle+1 coded", "oracle+2 coded"}
+    for p in coded:
+        plain = by[p.removesuffix(" coded")]
+        assert by[p]["engine_ms"] is None  # the engine has no coded copies
+        assert (
+            by[p]["copies_per_token"] == plain["copies_per_token"] and by[p]["hit_rate"] == plain["hit_rate"]
+        )
+        assert by[p]["model_ms"] < plain["model_ms"]  # the copies bound these steps at 25%

@@ -14,17 +14,20 @@ and the ratio of a fixed 4-bit exponent code with escapes (simpler to decode on 
 Issue #17's 2x target at a 25% cache needs the copies at 0.62-0.71 of what LFU moves
 (`bench/target_ceiling.py`); this says what a lossless code would supply. A GPU decoder (the host copies
 coded bytes, the GPU expands them into the cache slot) is not built; this is the measurement that motivates
-it. Imports torch and safetensors only.
+it. Imports torch, safetensors and `bench.coded_experts` (its Huffman code).
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ROOT / "engine" / "model" / "assets" / "model.safetensors"
@@ -43,20 +46,12 @@ def entropy_bits(counts: torch.Tensor) -> float:
 
 
 def huffman_mean_bits(counts: torch.Tensor) -> float:
-    """Mean code length of a Huffman code over the symbols with non-zero counts (1 bit for a single symbol)."""
-    freq = [int(c) for c in counts.tolist() if c > 0]
-    if len(freq) == 1:
-        return 1.0
-    total = sum(freq)
-    heap = [(f, i, 0) for i, f in enumerate(freq)]  # (weight, tie-break, sum of weight x depth below)
-    heapq.heapify(heap)
-    n = len(freq)
-    while len(heap) > 1:
-        fa, _, ca = heapq.heappop(heap)
-        fb, _, cb = heapq.heappop(heap)
-        heapq.heappush(heap, (fa + fb, n, ca + cb + fa + fb))  # every symbol below goes one level deeper
-        n += 1
-    return heap[0][2] / total
+    """Mean code length of the Huffman code `bench/coded_experts.py` builds (at most MAX_BITS bits a code, 1
+    bit for a single symbol) over the symbols with non-zero counts."""
+    from bench.coded_experts import _huffman_lengths
+
+    c = counts.numpy()
+    return float((_huffman_lengths(c) * c).sum() / c.sum())
 
 
 def fixed_code_ratio(counts: torch.Tensor, bits: int = 4, escape_bits: int = 48) -> tuple[float, float]:

@@ -90,7 +90,7 @@ class Coded:
     numel: int
     shape: tuple[int, ...]
     raw: torch.Tensor  # uint8 [blocks * LANES * STEPS]: sign << 7 | mantissa, in weight order
-    words: torch.Tensor  # int32 [W]: every lane's bit stream, one after another, each ending in a zero word
+    words: torch.Tensor  # int32 [W + 1]: every lane's bit stream, one after another, then one zero word
     starts: torch.Tensor  # int32 [blocks * LANES]: the first word of each lane's stream
     table_sym: torch.Tensor  # uint8 [2^MAX_BITS]: the symbol whose code prefixes each MAX_BITS-bit window
     table_len: torch.Tensor  # uint8 [2^MAX_BITS]: that code's length
@@ -135,9 +135,11 @@ def encode(weights: torch.Tensor) -> Coded:
     lens, vals = lengths[lane_exp], codes[lane_exp]
     ends = np.cumsum(lens, axis=1)
     pos = ends - lens  # bit position of each code in its lane's stream
-    stream_words = (ends[:, -1] + 31) // 32 + 1  # + a zero word: the decoder reads one word ahead
+    stream_words = (ends[:, -1] + 31) // 32
     starts = np.concatenate([[0], np.cumsum(stream_words)[:-1]])
-    words = np.zeros(int(stream_words.sum()), dtype=np.uint64)
+    # the decoder reads one word past a code's own: the next lane's first word, or this zero word at the end
+    # (bits past a code never change its table entry)
+    words = np.zeros(int(stream_words.sum()) + 1, dtype=np.uint64)
     word = starts[:, None] + pos // 32
     off = pos % 32
     fits = off + lens <= 32

@@ -210,12 +210,9 @@ def train_bundles(
             device=device,
             progress=False,
         )
-        bundle = bundle_manifest(traces.manifest, report)
-        if d:
-            bundle |= {"distance": d, "layer_ids": data.layer_ids}
         if out.exists():
             shutil.rmtree(out)
-        save_bundle(out, bank, bundle)
+        save_bundle(out, bank, bundle_manifest(traces.manifest, report, d, data.layer_ids))
         _write_spec(out, bundle_spec(spec, d))
         info[d] = {
             "collect_s": round(t_collect, 2),

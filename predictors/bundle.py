@@ -14,10 +14,14 @@ from engine.prefetch.nets import PredictorBank
 from predictors.traces import write_json_atomic
 
 
-def bundle_manifest(traces_manifest: dict, report: dict) -> dict:
-    """The manifest of a bundle trained on a trace set (its manifest) with `train_bank`'s report."""
+def bundle_manifest(
+    traces_manifest: dict, report: dict, distance: int = 0, layer_ids: list[int] | None = None
+) -> dict:
+    """The manifest of a bundle trained on a trace set (its manifest) with `train_bank`'s report; a lookahead
+    bundle (`distance` > 0, trained on `predictors.lookahead.LookaheadTraces`) also records its distance and
+    the `layer_ids` of the layers it names experts for."""
     cfg = report["config"]
-    return {
+    manifest = {
         "fingerprint": traces_manifest["fingerprint"],
         "model_type": traces_manifest["model_type"],
         "layer_ids": traces_manifest["layer_ids"],
@@ -31,6 +35,9 @@ def bundle_manifest(traces_manifest: dict, report: dict) -> dict:
         "heldout_mean": report["heldout_mean"],
         "layers": report["layers"],
     }
+    if distance:
+        manifest |= {"distance": distance, "layer_ids": list(layer_ids)}
+    return manifest
 
 
 def save_bundle(directory: str | Path, bank: PredictorBank, manifest: dict) -> Path:

@@ -193,10 +193,7 @@ def train(
         progress=progress,
         loss_consts=_parse_consts(loss_param or []),
     )
-    manifest = bundle_manifest(ts.manifest, report)
-    if distance:
-        manifest |= {"distance": distance, "layer_ids": data.layer_ids}
-    save_bundle(out, bank, manifest)
+    save_bundle(out, bank, bundle_manifest(ts.manifest, report, distance, data.layer_ids))
     m = report["heldout_mean"]
     ahead = f", {distance} MoE layers ahead" if distance else ""
     console.print(

@@ -75,7 +75,7 @@ class ModelRunner:
         lookahead_after_demand: segmented steps queue the copies a tap predicted for later layers behind the
         routed layer's demand copies (`engine.runner.graphs.GraphReplayer`); predictor_overlap: streamed
         steps run each prefetch tap's predictor on a parallel branch of the step's graph
-        (`engine.runner.graphs.GraphCapture`)."""
+        (`engine.runner.capture.GraphCapture`)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -327,8 +327,14 @@ class ModelRunner:
         with torch.cuda.stream(self._stream):
             try:
                 views = self.om.store.layer_views if stream else None
-                layers, overlap = len(self.om.layers), self.predictor_overlap
-                cap = GraphCapture(self._pool, whole, layers, views, hybrid, branch_predictions=overlap)
+                cap = GraphCapture(
+                    self._pool,
+                    whole,
+                    len(self.om.layers),
+                    host_views=views,
+                    hybrid=hybrid,
+                    branch_predictions=self.predictor_overlap,
+                )
                 with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
                     sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                     cap.close()

@@ -327,14 +327,8 @@ class ModelRunner:
         with torch.cuda.stream(self._stream):
             try:
                 views = self.om.store.layer_views if stream else None
-                cap = GraphCapture(
-                    self._pool,
-                    whole,
-                    len(self.om.layers),
-                    host_views=views,
-                    hybrid=hybrid,
-                    branch_predictions=self.predictor_overlap,
-                )
+                kw = {"host_views": views, "hybrid": hybrid, "branch_predictions": self.predictor_overlap}
+                cap = GraphCapture(self._pool, whole, len(self.om.layers), **kw)
                 with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
                     sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                     cap.close()

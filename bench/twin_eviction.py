@@ -323,8 +323,9 @@ def main() -> None:
     doc = {"kind": "eviction_twins", "command": command, "twins": results}
     old = args.out / "eviction_twins.json"
     if args.merge and old.exists():  # keep the twins this run did not replay, in their order
-        done = {r["twin"]: r for r in results}
-        kept = json.loads(old.read_text())["twins"]
+        done, before = {r["twin"]: r for r in results}, json.loads(old.read_text())
+        # a kept twin written before each entry recorded its command ran the old report's command
+        kept = [t if "command" in t else {**t, "command": before.get("command")} for t in before["twins"]]
         doc["twins"] = [done.pop(t["twin"], t) for t in kept] + list(done.values())
     add_hybrid(doc)
     (args.out / "eviction_twins.json").write_text(json.dumps(doc, indent=1) + "\n")

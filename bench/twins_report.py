@@ -37,7 +37,8 @@ COMMANDS = [
     "python bench/twin_data.py --dst .cache/twin_data --books 0.45   # here, once; carried with the .whl",
     'SHAPES="deepseek-v2-lite:3:--table3+--trace-tokens+120000 phi-mini-moe:3:--trace-tokens+120000 '
     'qwen3-30b-a3b:3:--trace-tokens+60000+--chat-tokens+20000" DEADLINE=540 bash bench/gpu_twin_session.sh',
-    'SHAPES="qwen3-30b-a3b:7" DEADLINE=540 bash bench/gpu_twin_session.sh   # Qwen3 retrained alone, per-layer loss',
+    'SHAPES="qwen3-30b-a3b:7:--lookahead+1,2" DEADLINE=495 bash bench/gpu_twin_session.sh   # Qwen3 retrained '
+    "alone, per-layer loss, lookahead banks 1 and 2",
 ]
 REPORT_COMMAND = (
     "python bench/twins_report.py --twins bench/results/twins --decode bench/results --out bench/results"

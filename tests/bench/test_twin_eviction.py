@@ -122,13 +122,17 @@ def test_engine_figures_come_only_from_graph_steps_of_this_twin(tmp_path):
 
 
 def test_merge_replaces_only_the_replayed_twin(result, tmp_path):
-    """`--merge` keeps an existing report's other twins in their order and replaces the replayed one."""
+    """`--merge` keeps an existing report's other twins in their order and replaces the replayed one; a kept
+    twin written before each entry recorded its command gets the old report's."""
     (phi,) = result["twins"]
-    other = {**phi, "twin": "other-twin"}
+    other = {k: v for k, v in phi.items() if k != "command"} | {"twin": "other-twin"}  # no command of its own
     stale = {**phi, "tokens": 1}
-    (tmp_path / "eviction_twins.json").write_text(
-        json.dumps({"kind": "eviction_twins", "twins": [other, stale]})
-    )
+    before = {
+        "kind": "eviction_twins",
+        "command": "python bench/twin_eviction.py --out x",
+        "twins": [other, stale],
+    }
+    (tmp_path / "eviction_twins.json").write_text(json.dumps(before))
     run_eviction(
         tmp_path,
         "--fractions",
@@ -145,3 +149,4 @@ def test_merge_replaces_only_the_replayed_twin(result, tmp_path):
     assert [t["twin"] for t in twins] == ["other-twin", "phi-mini-moe"]
     assert twins[0]["tokens"] == 600 and twins[1]["tokens"] == 200
     assert "--merge" in twins[1]["command"]
+    assert twins[0]["command"] == before["command"]  # the kept twin's run

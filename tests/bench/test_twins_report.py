@@ -69,8 +69,15 @@ def test_markdown_has_each_twin_and_the_sections_in_order(report):
     for shape in CURRENT:
         assert decode_source(shape)["command"] in md
     assert "too spread" in md and "not representative" in md
-    # every record replayed the committed twin, in CUDA graphs
-    assert "replayed an earlier twin" not in md and "every step of" not in md
+    # every tabled record replayed the committed twin, in CUDA graphs; a record of an earlier twin of the
+    # shape (the Qwen3 twin 20e0ca2c's, kept beside its successor's) is named as left out
+    assert "every step of" not in md
+    for shape, t in data["twins"].items():
+        want = source(shape)["replay"]["twin_fingerprint"]
+        for name in t.get("decode_stale", []):
+            assert json.loads((DECODE_DIR / f"{name}.json").read_text())["replay"]["twin_fingerprint"] != want
+            assert f"`{name}.json`" in md
+        assert all(n not in t.get("decode_stale", []) for n in t["decode"]["records"])
 
 
 def test_decode_rows_come_from_the_runs(report):
@@ -151,33 +158,32 @@ def test_after_demand_rows_are_against_their_runs_tap_order_and_segmented_none(r
 
 
 def test_an_earlier_run_fills_only_what_the_latest_lacks(report):
-    """The Qwen3 twin's rows: the latest record's, then each earlier record's for configurations the later
-    ones lack (stop 26 holds the 75% column and `oracle+2` / `overprovision` at 50%), each to its own run's
-    `none`."""
+    """The DeepSeek twin's rows: the latest record's, then the earlier after-demand run's for configurations
+    the latest lacks (its after-demand rows), each to its own run's baselines."""
     data, _, _ = report
-    rows = [r for r in data["decode"] if r["shape"] == "qwen3-30b-a3b"]
+    rows = [r for r in data["decode"] if r["shape"] == "deepseek-v2-lite"]
     keys = [tuple(r[k] for k in ROW_KEY) for r in rows]
     assert len(keys) == len(set(keys))  # one row per configuration
-    runs = data["twins"]["qwen3-30b-a3b"]["decode"]["records"]
-    assert runs[0] == "decode_qwen3_30b_a3b_twin" and "decode_qwen3_30b_a3b_twin_stop26" in runs
+    runs = data["twins"]["deepseek-v2-lite"]["decode"]["records"]
+    assert runs == ["decode_deepseek_v2_lite_twin", "decode_deepseek_v2_lite_twin_after_demand"]
     seen: set = set()
     for run in runs:  # later records first: an earlier one adds only what none of them has
         mine = {(r["policy"], r["fraction"], r["step"], r["batch"]) for r in rows if r["run"] == run}
         assert not mine & seen, run
         seen |= mine
-    earlier = [r for r in rows if r["run"] == "decode_qwen3_30b_a3b_twin_stop26"]
-    assert {r["fraction"] for r in earlier} >= {0.75}
-    old = json.loads((DECODE_DIR / "decode_qwen3_30b_a3b_twin_stop26.json").read_text())
+    earlier = [r for r in rows if r["run"] == runs[1]]
+    assert earlier and {r["step"] for r in earlier} == {"after-demand"}
+    old = json.loads((DECODE_DIR / f"{runs[1]}.json").read_text())
     by = {
-        c["policy"]: c["summary"]["tok_s_median"]
+        (c["policy"], c.get("variant")): c["summary"]["tok_s_median"]
         for c in old["configs"]
-        if c["fraction"] == 0.75 and "variant" not in c
+        if c["fraction"] == 0.5
     }
-    exact = next(r for r in earlier if (r["policy"], r["fraction"], r["step"]) == ("exact", 0.75, "chosen"))
-    assert exact["tok_s"] == pytest.approx(by["exact"], abs=0.01)
-    assert exact["ratio_to_none"] == pytest.approx(
-        by["exact"] / by["none"], abs=1e-3
-    )  # to its own run's none
+    row = next(r for r in earlier if (r["policy"], r["fraction"]) == ("exact+1", 0.5))
+    assert row["tok_s"] == pytest.approx(by[("exact+1", "after-demand")], abs=0.01)
+    assert row["ratio_to_chosen"] == pytest.approx(
+        by[("exact+1", "after-demand")] / by[("exact+1", None)], abs=1e-3
+    )  # to its own run's exact+1, not the latest's
 
 
 def test_a_record_of_another_twin_is_left_out(tmp_path):

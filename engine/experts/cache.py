@@ -65,7 +65,12 @@ class ExpertCache:
         self._barrier: RoutingBarrier | None = None
         self._slots = SlotPool(num_slots, eviction)
         self._accounts = Accounting(self._slots, self.counters, store.num_layers, self.layout.nbytes)
-        self._copies = Copier(num_slots, device)
+        self.coded = store.coded  # when set, copies move codes and decode them (engine.model.coding)
+        self._copies = Copier(num_slots, device, self.coded)
+        coded = self.coded  # the bytes one copy moves over PCIe (coded: the mean code), for the counters
+        self.copy_nbytes = (
+            self.layout.nbytes if coded is None else round(coded.coded_bytes / store.total_experts)
+        )
         self._stalls = StallTimer(device)
         self.copy_stream = self._copies.stream
         self._table = SlotTable(store.num_layers, self.layout.num_experts, device)
@@ -121,9 +126,12 @@ class ExpertCache:
         self.counters.slots_used += 1
 
     def _copy_in(self, key: Key, slot: int, after: torch.cuda.Event | None = None) -> None:
-        src = self.store.row(*key)  # [numel] pinned host
-        dst = self.pool[slot]  # [numel] device
-        self._copies.copy(src, dst, slot, landing=key in self._table.landing, after=after)
+        dst, landing = self.pool[slot], key in self._table.landing  # [numel] device
+        if self.coded is not None:  # its pinned code, decoded on the device
+            return self._copies.copy_coded(self.coded.blob(*key), dst, slot, landing=landing, after=after)
+        self._copies.copy(
+            self.store.row(*key), dst, slot, landing=landing, after=after
+        )  # [numel] pinned host
 
     # ---------------------------------------------------------------- prefetch
     def prefetch(self, layer: int, ids: Sequence[int], limit: int | None = None) -> int:
@@ -157,7 +165,7 @@ class ExpertCache:
             pf.add(key)
         c = self.counters
         c.prefetch_issued[layer] += issued
-        c.bytes_prefetch += issued * self.layout.nbytes
+        c.bytes_prefetch += issued * self.copy_nbytes
         return issued
 
     def has_prediction(self, layer: int) -> bool:
@@ -236,7 +244,7 @@ class ExpertCache:
                 events.append(self._copies.claim(slot))
             slots.append(slot)
         c.requests[layer] += len(ids)
-        c.bytes_demand += demand * self.layout.nbytes
+        c.bytes_demand += demand * self.copy_nbytes
         acq = Acquired(layer, [int(e) for e in ids], slots, kinds, events=events)
         if self.cuda:
             if wait:
@@ -380,9 +388,9 @@ class ExpertCache:
             if prefetch:
                 self._accounts.fresh.add(key)
                 c.prefetch_issued[key[0]] += 1
-                c.bytes_prefetch += self.layout.nbytes
+                c.bytes_prefetch += self.copy_nbytes
             else:
-                c.bytes_fill += self.layout.nbytes
+                c.bytes_fill += self.copy_nbytes
         self._table.upload()
         if not fills:
             return 0

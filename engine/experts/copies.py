@@ -6,6 +6,11 @@ overwritten before the compute that last read it is done (an event recorded at r
 slot the device table shows before it lands is "unwaited" until some compute stream has waited for it.
 On CPU every copy is synchronous and there are no events.
 
+Coded copies (`copy_coded`, `engine.model.coding.attach_coded`): the copy stream moves an expert's code into one of
+STAGING device buffers, and a second stream decodes it into the slot behind that copy, so the next copy
+runs while a code decodes. The slot's event is the decode's; a staging buffer is reused only after its
+last decode.
+
 Imports torch only.
 """
 
@@ -13,12 +18,23 @@ from __future__ import annotations
 
 import torch
 
+STAGING = 4  # device buffers for codes in flight (coded copies)
+
 
 class Copier:
-    def __init__(self, num_slots: int, device: torch.device) -> None:
+    def __init__(self, num_slots: int, device: torch.device, coded=None) -> None:
+        """`coded`: the store's `CodedStore` when copies move codes (None: plain copies)."""
         self.device = device
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device=device) if self.cuda else None
+        self.coded = coded
+        if coded is not None and self.cuda:
+            self.decode_stream = torch.cuda.Stream(device=device)
+            self.staging = [
+                torch.empty(coded.max_nbytes, dtype=torch.uint8, device=device) for _ in range(STAGING)
+            ]
+            self.staging_free: list[torch.cuda.Event | None] = [None] * STAGING
+            self._next = 0
         self.done: list[torch.cuda.Event | None] = [None] * num_slots  # each slot's last copy, not waited on
         self.last_use: list[torch.cuda.Event | None] = [None] * num_slots  # its last reader's end
         self.unwaited: set[int] = set()  # slots visible in the table whose copy no compute has waited for
@@ -43,6 +59,40 @@ class Copier:
                 self.unwaited.add(slot)
         else:
             dst.copy_(src)
+
+    def copy_coded(
+        self, blob: torch.Tensor, dst: torch.Tensor, slot: int, landing: bool, after: torch.cuda.Event | None
+    ) -> None:
+        """`copy` of a coded expert: `blob` (its pinned code) copied to a staging buffer, decoded into `dst`."""
+        coded = self.coded
+        if not self.cuda:
+            coded.decode(blob, dst)
+            return
+        k = self._next
+        self._next = (k + 1) % STAGING
+        stage = self.staging[k][: blob.numel()]
+        with torch.cuda.stream(self.stream):
+            if after is not None:
+                self.stream.wait_event(after)
+            free = self.staging_free[k]
+            if free is not None:
+                self.stream.wait_event(free)  # its last code has been decoded
+            stage.copy_(blob, non_blocking=True)
+            copied = torch.cuda.Event(enable_timing=False)
+            copied.record(self.stream)
+        dec = self.decode_stream
+        with torch.cuda.stream(dec):
+            dec.wait_event(copied)
+            last = self.last_use[slot]
+            if last is not None:
+                dec.wait_event(last)  # never overwrite weights still being read
+            coded.decode(stage, dst)
+            ev = torch.cuda.Event(enable_timing=False)
+            ev.record(dec)
+        self.staging_free[k] = ev
+        self.done[slot] = ev
+        if not landing:
+            self.unwaited.add(slot)
 
     def claim(self, slot: int) -> torch.cuda.Event | None:
         """The event of `slot`'s copy for an acquire to wait on (None: nothing to wait for); CUDA only."""
@@ -99,5 +149,7 @@ class Copier:
     def wait_all(self) -> None:
         """The compute stream waits for every copy issued so far (a warm start); CUDA only."""
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        if self.coded is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.decode_stream)
         self.done = [None] * len(self.done)
         self.unwaited.clear()

@@ -69,6 +69,9 @@ class ExpertStore:
         self.pinned = pin
         self.buffers: list[torch.Tensor | None] = [None] * num_layers
         self._views: dict[int, dict[str, torch.Tensor]] = {}  # layer_views, made once per buffer
+        # every expert's lossless code (`engine.experts.coded.CodedStore`): when set, the caches made from
+        # now on copy codes and decode them on the device (`engine.model.coding.attach_coded`)
+        self.coded = None
 
     def allocate(self, layer: int) -> torch.Tensor:
         shape = (self.layout.num_experts, self.layout.numel)

@@ -1,0 +1,61 @@
+"""Coded expert copies for an offloaded model (`attach_coded`, not a setting yet): code every expert of its store once,
+check one decode on the device against the store, and attach the codes, so the caches made from then on
+copy codes (about two thirds of the bytes) and decode them into their slots (`engine.experts.coded`).
+
+The decoder is the Triton kernel where it runs on the device (`engine.kernels.expert_decode`), torch's
+reference elsewhere (CPU). Coding runs on the device: a Qwen3-30B-A3B-shaped model's 6,144 experts take
+seconds on a GPU; on a CPU, torch's encoder does about ten experts of that size a second.
+
+Imports torch, `engine.experts` and `engine.kernels` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from engine.experts.coded import LANES, MAX_BITS, STEPS, CodedStore, CodeLayout, code_store, decode_reference
+from engine.experts.store import ExpertStore
+from engine.kernels.expert_decode import decode_launch
+from engine.kernels.triton_guard import kernels_run_on
+
+log = logging.getLogger(__name__)
+
+
+def device_decoder(blob: torch.Tensor, layout: CodeLayout, out: torch.Tensor) -> torch.Tensor:
+    """Decode with the Triton kernel where it runs on `out`'s device, with torch's decoder elsewhere."""
+    if not kernels_run_on(out):
+        return decode_reference(blob, layout, out)
+    raw, starts, table, words = layout.parts(blob)
+    decode_launch(
+        raw, starts, table, words, out.view(torch.int16), layout.numel, layout.steps, LANES, MAX_BITS
+    )
+    return out
+
+
+def attach_coded(
+    store: ExpertStore,
+    device: torch.device,
+    steps: int = STEPS,
+    progress: Callable[[int, int], None] | None = None,
+) -> CodedStore:
+    """Code `store` on `device`, check that expert (0, 0) decodes there to the same bits (this also compiles
+    the kernel before any step needs it), and set `store.coded`; returns it."""
+    t0 = time.perf_counter()
+    coded = code_store(store, device, steps=steps, progress=progress, decoder=device_decoder)
+    out = torch.empty(store.layout.numel, dtype=store.layout.dtype, device=device)
+    coded.decode(coded.blob(0, 0).to(device), out)
+    if not torch.equal(out.cpu().view(torch.int16), store.row(0, 0).view(torch.int16)):
+        raise RuntimeError("coded experts: expert (0, 0) does not decode to its weights on this device")
+    store.coded = coded
+    log.info(
+        "coded experts: %d experts coded to %.3f of their bytes (%.2f GB) in %.1f s",
+        store.total_experts,
+        coded.ratio(store),
+        coded.coded_bytes / 1e9,
+        time.perf_counter() - t0,
+    )
+    return coded

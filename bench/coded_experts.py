@@ -23,7 +23,6 @@ the same bf16 bytes. Imports numpy, torch and (where present) Triton.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import time
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.experts.coded import MAX_BITS, canonical_codes, huffman_lengths
+
 try:
     import triton
     import triton.language as tl
@@ -39,47 +40,12 @@ except ImportError:  # CPU builds of torch
     triton = None
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_BITS = 12  # longest exponent code: the decode table has 2^MAX_BITS entries
 LANES = 128
 STEPS = 256  # weights a lane decodes per block
 
 
-def _huffman_lengths(counts: np.ndarray) -> np.ndarray:
-    """Code length per symbol (0 for unused ones), a Huffman code limited to MAX_BITS bits (counts are
-    flattened, halving the spread, until the longest code fits)."""
-    counts = counts.astype(np.int64)
-    used = np.flatnonzero(counts)
-    lengths = np.zeros(256, dtype=np.int64)
-    if len(used) == 1:
-        lengths[used] = 1
-        return lengths
-    c = counts[used].copy()
-    while True:
-        heap = [(int(f), i, [i]) for i, f in enumerate(c)]
-        heapq.heapify(heap)
-        depth = np.zeros(len(c), dtype=np.int64)
-        n = len(c)
-        while len(heap) > 1:
-            fa, _, a = heapq.heappop(heap)
-            fb, _, b = heapq.heappop(heap)
-            depth[a + b] += 1
-            heapq.heappush(heap, (fa + fb, n, a + b))
-            n += 1
-        if depth.max() <= MAX_BITS:
-            lengths[used] = depth
-            return lengths
-        c = (c + 1) // 2  # flatter counts: a shallower tree
-
-
-def _canonical(lengths: np.ndarray) -> np.ndarray:
-    """Canonical code values (MSB-first) of the symbols, by (length, symbol)."""
-    codes = np.zeros(256, dtype=np.int64)
-    code, prev = 0, 0
-    for s in sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s)):
-        code <<= int(lengths[s]) - prev
-        codes[s], prev = code, int(lengths[s])
-        code += 1
-    return codes
+# the code's Huffman lengths and canonical values are the engine's (engine.experts.coded)
+_huffman_lengths, _canonical = huffman_lengths, canonical_codes
 
 
 @dataclass

@@ -54,9 +54,7 @@ class Copier:
                 dst.copy_(src, non_blocking=True)
                 ev = torch.cuda.Event(enable_timing=False)
                 ev.record(self.stream)
-            self.done[slot] = ev
-            if not landing:  # prefetch / acquire: the table shows it before the copy lands
-                self.unwaited.add(slot)
+            self._issued(slot, ev, landing)
         else:
             dst.copy_(src)
 
@@ -90,8 +88,11 @@ class Copier:
             ev = torch.cuda.Event(enable_timing=False)
             ev.record(dec)
         self.staging_free[k] = ev
+        self._issued(slot, ev, landing)
+
+    def _issued(self, slot: int, ev: torch.cuda.Event, landing: bool) -> None:
         self.done[slot] = ev
-        if not landing:
+        if not landing:  # prefetch / acquire: the table shows it before the copy lands
             self.unwaited.add(slot)
 
     def claim(self, slot: int) -> torch.cuda.Event | None:

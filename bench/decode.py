@@ -103,6 +103,12 @@ def main() -> None:
         "copies (MOE_LOOKAHEAD_AFTER_DEMAND) below a full cache",
     )
     ap.add_argument(
+        "--coded",
+        default="",
+        help="policies also run with coded expert copies (MOE_CODED_EXPERTS) below a full cache, streamed and "
+        "(those also in --segmented) with segmented steps",
+    )
+    ap.add_argument(
         "--routing",
         default="random",
         help="random (the model's own), or twin:PATH to replay a twin_replay_<shape> artefact's routing and "

@@ -1,5 +1,5 @@
-"""The decode benchmark's PNG: tokens/s against cache size, one line per policy (segmented steps dashed),
-the plain forward as a gray line.
+"""The decode benchmark's PNG: tokens/s against cache size, one line per policy (segmented steps dashed,
+coded copies dotted), the plain forward as a gray line.
 
 Imports matplotlib only (Agg backend, at call time).
 """
@@ -7,6 +7,13 @@ Imports matplotlib only (Agg backend, at call time).
 from __future__ import annotations
 
 from pathlib import Path
+
+LABELS = {  # the variants drawn, and their legend suffixes
+    None: "",
+    "segmented": " (segmented steps)",
+    "coded": " (coded copies)",
+    "coded-segmented": " (coded copies, segmented steps)",
+}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -18,10 +25,11 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     by_policy: dict[str, list[tuple[float, float, float, float]]] = {}
     for c in result["configs"]:
-        if c.get("variant") not in (None, "segmented"):
+        variant = c.get("variant")
+        if variant not in LABELS:
             continue
         s = c["summary"]
-        name = c["policy"] + (" (segmented steps)" if c.get("variant") else "")
+        name = c["policy"] + LABELS[variant]
         by_policy.setdefault(name, []).append(
             (c["fraction"], s["tok_s_median"], s["tok_s_min"], s["tok_s_max"])
         )
@@ -31,8 +39,9 @@ def plot(result: dict, path: Path) -> None:
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
         ax.errorbar(
-            x, y, yerr=err, marker="o", capsize=3, label=policy, ls="--" if "segmented" in policy else "-"
-        )
+            x, y, yerr=err, marker="o", capsize=3, label=policy,
+            ls=":" if "coded" in policy else "--" if "segmented" in policy else "-",
+        )  # fmt: skip
     plain = result.get("plain")
     if plain and "tok_s_median" in plain:
         ax.axhline(

@@ -156,6 +156,7 @@ def measure(
         segmented,
         hybrid,
         [p for p in args.after_demand.split(",") if p],
+        [p for p in args.coded.split(",") if p],
     )
 
     if batches and not deadline.passed():

@@ -112,6 +112,7 @@ class Sweep:
     cuda: bool
     ablations: bool = True  # the eager and torch-GEMV runs (resident) and `exact` eager (50%)
     full_cache: tuple[str, ...] = ("none",)  # the policies run at a full cache too (what predicting costs)
+    coded: object = None  # the store's CodedStore once a `--coded` run has coded it (kept across cache sizes)
 
     def measure(self, policy: str, fraction: float, variant: str | None = None, workload=None) -> None:
         workload = workload or self.workload
@@ -126,6 +127,7 @@ def sweep(
     segmented: list[str],
     hybrid: list[str] = (),
     after_demand: list[str] = (),
+    coded: list[str] = (),
 ) -> None:
     runner = sw.workload.runner
     for fraction in fractions:
@@ -158,6 +160,7 @@ def sweep(
             segmented_steps(sw, fraction, [p for p in segmented if p in ran])
             segmented_steps(sw, fraction, [p for p in hybrid if p in ran], hybrid=True)
             segmented_steps(sw, fraction, [p for p in after_demand if p in ran], after_demand=True)
+            coded_copies(sw, fraction, [p for p in coded if p in ran], [p for p in segmented if p in ran])
 
 
 def resident_ablations(sw: Sweep, fraction: float) -> None:
@@ -166,6 +169,47 @@ def resident_ablations(sw: Sweep, fraction: float) -> None:
         sw.measure("none", fraction, "eager", sw.workload.on(eager))
     with torch_expert_gemv(sw.workload.runner):
         sw.measure("none", fraction, "torch-gemv")
+
+
+def coded_copies(sw: Sweep, fraction: float, policies: list[str], segmented: list[str]) -> None:
+    """The same policies with coded expert copies (MOE_CODED_EXPERTS, `engine.model.coding.attach_coded`): on
+    the main runner (its streamed steps still read misses from host memory; its prefetches and segmented
+    steps copy codes), and those also in `segmented` with segmented steps; the store is coded once."""
+    if not policies:
+        return
+    om = sw.workload.runner.om
+    if sw.coded is None:
+        from engine.model.coding import attach_coded
+
+        t0 = time.perf_counter()
+        sw.coded = attach_coded(om.store, om.device)
+        om.store.coded = None
+        sw.record.data["coded_experts"] = info = {
+            "ratio": round(sw.coded.ratio(om.store), 4),
+            "coded_gb": round(sw.coded.coded_bytes / 1e9, 2),
+            "coding_s": round(time.perf_counter() - t0, 1),
+            "steps": sw.coded.layout.steps,
+        }
+        log(f"coded experts: {info}")
+    om.store.coded = sw.coded  # the caches run_config makes from now on copy codes
+    try:
+        for policy in policies:
+            if sw.deadline.passed():
+                sw.record.skipped(f"{policy}@{fraction}/coded")
+                continue
+            sw.workload.runner.reset_steps()
+            sw.measure(policy, fraction, "coded")
+        seg_policies = [p for p in policies if p in segmented]
+        if seg_policies and not sw.deadline.passed():
+            with runner_of_kind(om, host_reads=False) as seg:
+                for policy in seg_policies:
+                    if sw.deadline.passed():
+                        sw.record.skipped(f"{policy}@{fraction}/coded-segmented")
+                        continue
+                    seg.reset_steps()
+                    sw.measure(policy, fraction, "coded-segmented", sw.workload.on(seg))
+    finally:
+        om.store.coded = None
 
 
 def segmented_steps(

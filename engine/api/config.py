@@ -221,6 +221,15 @@ class EngineConfig:
         "it may flip a near-tied greedy token (docs/performance.md).",
         "Host CPU computes part of each decode layer's misses [MOE_HYBRID_MISSES].",
     )
+    coded_experts: bool = setting(
+        False,
+        "Copies into the GPU expert cache move a lossless code of each bfloat16 expert (sign and mantissa "
+        "raw, the exponent Huffman-coded: about 0.69 of the bytes) and a Triton kernel decodes it into the "
+        "slot on a second stream; every expert is coded once at start, and the codes take that much more "
+        "pinned host memory. Outputs do not change. Streamed steps' host reads stay plain. bfloat16 "
+        'only (docs/performance.md, "Coded expert copies").',
+        "Coded (lossless, ~0.69x bytes) bf16 expert copies [MOE_CODED_EXPERTS].",
+    )
     seed: int = setting(
         0,
         "Seed of the synthetic and built-in models, and the default sampling seed.",

@@ -199,30 +199,42 @@ def decode_reference(blob: torch.Tensor, layout: CodeLayout, out: torch.Tensor) 
     return out
 
 
-Decoder = Callable[[torch.Tensor, CodeLayout, torch.Tensor], torch.Tensor]  # (blob, layout, out) -> out
+# (buffer, layout) -> a decoder of whatever code `buffer` (a fixed device buffer) holds when it is called:
+# out -> out. Binding once saves each copy the blob's views and checks (the coded copies' staging buffers).
+Binder = Callable[[torch.Tensor, CodeLayout], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def bind_reference(buffer: torch.Tensor, layout: CodeLayout) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch's decoder bound to `buffer`."""
+    return lambda out: decode_reference(buffer, layout, out)
 
 
 class CodedStore:
     """Every routed expert's code beside the `ExpertStore`: for MoE layer l, `buffers[l]` is a uint8
         [E, max bytes] tensor (pinned when a GPU is used) whose row e starts with expert e's blob of
         `nbytes[l][e]` bytes. The bf16 store stays: streamed steps and hybrid misses read it. `decode(blob, out)`
-    decodes a blob already on `out`'s device (the Triton kernel on a GPU, passed in by `engine.model`)."""
+    decodes a blob already on `out`'s device and `bind(buffer)` binds a decoder to a fixed buffer (the Triton kernel on
+    a GPU, passed in by `engine.model`)."""
 
     def __init__(
         self,
         layout: CodeLayout,
         buffers: list[torch.Tensor],
         nbytes: list[list[int]],
-        decoder: Decoder = decode_reference,
+        bind: Binder = bind_reference,
     ) -> None:
         self.layout = layout
         self.buffers = buffers
         self.nbytes = nbytes
         self.max_nbytes = max(b.shape[1] for b in buffers)
-        self._decoder = decoder
+        self._bind = bind
 
     def decode(self, blob: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return self._decoder(blob, self.layout, out)
+        return self._bind(blob, self.layout)(out)
+
+    def bind(self, buffer: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A decoder of the code `buffer` (a device buffer at least one blob long) holds at each call."""
+        return self._bind(buffer, self.layout)
 
     def blob(self, layer: int, expert: int) -> torch.Tensor:
         return self.buffers[layer][expert, : self.nbytes[layer][expert]]
@@ -242,7 +254,7 @@ def code_store(
     steps: int = STEPS,
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
-    decoder: Decoder = decode_reference,
+    bind: Binder = bind_reference,
 ) -> CodedStore:
     """Code every expert of `store`, encoding on `device` (the GPU when there is one: rows are copied there
     `chunk` at a time and their blobs brought back); pinned when `store` is. `progress(done, layers)`
@@ -274,4 +286,4 @@ def code_store(
         nbytes.append([b.numel() for b in blobs])
         if progress is not None:
             progress(layer + 1, store.num_layers)
-    return CodedStore(layout, buffers, nbytes, decoder)
+    return CodedStore(layout, buffers, nbytes, bind)

@@ -33,6 +33,7 @@ class Copier:
             self.staging = [
                 torch.empty(coded.max_nbytes, dtype=torch.uint8, device=device) for _ in range(STAGING)
             ]
+            self.decoders = [coded.bind(buf) for buf in self.staging]  # each staging buffer's, bound once
             self.staging_free: list[torch.cuda.Event | None] = [None] * STAGING
             self._next = 0
         self.done: list[torch.cuda.Event | None] = [None] * num_slots  # each slot's last copy, not waited on
@@ -84,7 +85,7 @@ class Copier:
             last = self.last_use[slot]
             if last is not None:
                 dec.wait_event(last)  # never overwrite weights still being read
-            coded.decode(stage, dst)
+            self.decoders[k](dst)
             ev = torch.cuda.Event(enable_timing=False)
             ev.record(dec)
         self.staging_free[k] = ev

@@ -46,6 +46,21 @@ class EngineParts:
         self.prefetcher: Prefetcher | None
         self._load()
 
+    @staticmethod
+    def _code_experts(om: OffloadedModel, device, budget: CacheBudget) -> None:
+        """MOE_CODED_EXPERTS: code the store's experts and give the model a cache that copies codes."""
+        from engine.model.coding import attach_coded
+
+        def progress(done: int, layers: int) -> None:
+            if done == layers or done % max(1, layers // 8) == 0:
+                log.info("coding experts: %d of %d layers", done, layers)
+
+        try:
+            attach_coded(om.store, device, progress=progress)
+        except ValueError as err:  # not bfloat16
+            raise EngineError(f"MOE_CODED_EXPERTS: {err}") from None
+        replace_cache(om, budget)
+
     def _load(self) -> None:
         cfg = self.config
         device = resolve_device(cfg.device)
@@ -91,8 +106,13 @@ class EngineParts:
         )
         kv_bytes = self.runner.allocate()
         replace_cache(om, budget)  # empty: the allocation step leaves no trace in the counters
-        if om.cache.load_all():
+        full = om.cache.load_all()
+        if full:
             log.info("the cache holds every expert: preloaded, decode steps need no host decisions")
+        if cfg.coded_experts and full:
+            log.info("MOE_CODED_EXPERTS: nothing is ever copied with every expert resident; not coded")
+        elif cfg.coded_experts:
+            self._code_experts(om, device, budget)
         ctx = self.runner.max_len
         log.info(
             "KV cache: %d rows x %d positions, %.2f GB on %s", cfg.max_running, ctx, kv_bytes / 1e9, device

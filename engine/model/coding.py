@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.experts.coded import LANES, MAX_BITS, STEPS, CodedStore, CodeLayout, code_store, decode_reference
+from engine.experts.coded import LANES, MAX_BITS, STEPS, CodedStore, CodeLayout, bind_reference, code_store
 from engine.experts.store import ExpertStore
 from engine.kernels.expert_decode import decode_launch
 from engine.kernels.triton_guard import kernels_run_on
@@ -25,15 +25,24 @@ from engine.kernels.triton_guard import kernels_run_on
 log = logging.getLogger(__name__)
 
 
+def bind_device(buffer: torch.Tensor, layout: CodeLayout) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A decoder of the code in `buffer`: the Triton kernel where it runs on `buffer`'s device (its views of
+    the buffer's parts taken once), torch's decoder elsewhere."""
+    if not kernels_run_on(buffer):
+        return bind_reference(buffer, layout)
+    raw, starts, table, words = layout.parts(buffer)
+    numel, steps = layout.numel, layout.steps
+
+    def decode(out: torch.Tensor) -> torch.Tensor:
+        decode_launch(raw, starts, table, words, out.view(torch.int16), numel, steps, LANES, MAX_BITS)
+        return out
+
+    return decode
+
+
 def device_decoder(blob: torch.Tensor, layout: CodeLayout, out: torch.Tensor) -> torch.Tensor:
-    """Decode with the Triton kernel where it runs on `out`'s device, with torch's decoder elsewhere."""
-    if not kernels_run_on(out):
-        return decode_reference(blob, layout, out)
-    raw, starts, table, words = layout.parts(blob)
-    decode_launch(
-        raw, starts, table, words, out.view(torch.int16), layout.numel, layout.steps, LANES, MAX_BITS
-    )
-    return out
+    """Decode `blob` into `out` once (`bind_device`)."""
+    return bind_device(blob, layout)(out)
 
 
 def attach_coded(
@@ -45,7 +54,7 @@ def attach_coded(
     """Code `store` on `device`, check that expert (0, 0) decodes there to the same bits (this also compiles
     the kernel before any step needs it), and set `store.coded`; returns it."""
     t0 = time.perf_counter()
-    coded = code_store(store, device, steps=steps, progress=progress, decoder=device_decoder)
+    coded = code_store(store, device, steps=steps, progress=progress, bind=bind_device)
     out = torch.empty(store.layout.numel, dtype=store.layout.dtype, device=device)
     coded.decode(coded.blob(0, 0).to(device), out)
     if not torch.equal(out.cpu().view(torch.int16), store.row(0, 0).view(torch.int16)):

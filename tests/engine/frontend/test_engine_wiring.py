@@ -23,3 +23,37 @@ def test_cuda_graphs_off_reaches_the_prefetcher(monkeypatch):
     assert engine.prefetcher is not None
     assert seen["graphs_enabled"] is False  # the taps are never captured when the steps are not
     assert engine.runner.graphs_enabled is False
+
+
+def _loaded(monkeypatch, **env) -> AsyncEngine:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    engine = AsyncEngine.from_config(load_settings(device="cpu", policy="none").engine_config())
+    engine.load()
+    return engine
+
+
+def test_coded_experts_reach_the_cache_and_change_no_logits(monkeypatch):
+    import torch
+
+    env = {"MOE_DTYPE": "bfloat16", "MOE_EXPERT_CACHE_FRACTION": "0.5"}
+    plain = _loaded(monkeypatch, **env)
+    coded = _loaded(monkeypatch, MOE_CODED_EXPERTS="true", **env)
+    assert plain.om.cache.coded is None and plain.om.store.coded is None
+    assert coded.om.cache.coded is coded.om.store.coded is not None  # the cache copies codes
+    assert coded.om.cache.copy_nbytes < 0.8 * plain.om.cache.copy_nbytes
+    ids = torch.tensor([[1, 5, 9, 33, 2, 17, 250, 4]])
+    with torch.no_grad():
+        a = plain.om.model(input_ids=ids).logits
+        b = coded.om.model(input_ids=ids).logits
+    assert sum(coded.om.cache.counters.misses) > 0  # the forward copied (and decoded) experts
+    assert torch.equal(a, b)
+
+
+def test_coded_experts_refuse_float32_weights_with_a_clear_error(monkeypatch):
+    import pytest
+
+    from engine.api.errors import EngineError
+
+    with pytest.raises(EngineError, match="MOE_CODED_EXPERTS: coded experts need bfloat16"):
+        _loaded(monkeypatch, MOE_CODED_EXPERTS="true", MOE_DTYPE="float32", MOE_EXPERT_CACHE_FRACTION="0.5")

@@ -1,5 +1,5 @@
 """Coded experts: a lossless code of a bf16 expert row that copies in about two thirds of its bytes
-(issue #17; `engine.model.coding.attach_coded`, not a setting yet). The copy path moves the code over PCIe and a GPU kernel
+(issue #17; `engine.model.coding.attach_coded`, MOE_CODED_EXPERTS). The copy path moves the code over PCIe and a GPU kernel
 (`engine.kernels.expert_decode`) decodes it into the cache slot.
 
 A bf16 weight is sign, 8 exponent and 7 mantissa bits. The code keeps sign and mantissa as one raw byte

@@ -1,4 +1,4 @@
-"""Coded expert copies for an offloaded model (`attach_coded`, not a setting yet): code every expert of its store once,
+"""Coded expert copies for an offloaded model (`attach_coded`, MOE_CODED_EXPERTS): code every expert of its store once,
 check one decode on the device against the store, and attach the codes, so the caches made from then on
 copy codes (about two thirds of the bytes) and decode them into their slots (`engine.experts.coded`).
 

@@ -1,18 +1,35 @@
 #!/usr/bin/env bash
-# One GPU call (about 4 minutes) for coded expert copies (issue #17); everything under $OUT:
+# One GPU call (about 8 minutes) for coded expert copies (issue #17); everything under $OUT:
 #  1. the GPU tests of the expert cache, its coded copies, the decode kernel and the coded bench
 #     -> gpu_tests_coded.log
 #  2. bench/coded_experts.py on one Qwen3-30B-A3B expert: the code's size, the decode per block length, the
 #     cache's fill per expert with plain and coded copies -> coded_experts.{json,log}
-# Carry .whl (the test suite's conftest and fixtures import the server's dependencies).
-#   bash bench/gpu_coded_session.sh
+#  3. DECODE=1: the Qwen3 twin's decode (bench/decode.py --routing twin:..., $EVICTION, default lru) with
+#     `none`, `exact+2` and `oracle+1` at 50% and 25%, plain and with coded copies (--coded), `exact+2` also
+#     after demand -> decode_qwen3_30b_a3b_coded_$EVICTION.{json,png,log}
+# Carry .whl (the test suite's and the server's dependencies) and .cache/data/mmlu/test (the predictors' prompts).
+#   DECODE=1 EVICTION=lfu bash bench/gpu_coded_session.sh
 set -u
 source bench/gpu_env.sh
 OUTDIR=${OUT:-bench/results}
+EVICTION=${EVICTION:-lru}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout ${TESTS_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/experts tests/engine/kernels \
-  tests/bench/test_coded_experts.py > $OUTDIR/gpu_tests_coded.log 2>&1
-tail -3 $OUTDIR/gpu_tests_coded.log
-timeout ${CODED_S:-200} python3 bench/coded_experts.py --out $OUTDIR > $OUTDIR/coded_experts.log 2>&1
-tail -2 $OUTDIR/coded_experts.log
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/experts \
+    tests/bench/test_coded_experts.py > $OUTDIR/gpu_tests_coded.log 2>&1
+  tail -3 $OUTDIR/gpu_tests_coded.log
+  timeout ${CODED_S:-120} python3 bench/coded_experts.py --out $OUTDIR > $OUTDIR/coded_experts.log 2>&1
+  tail -c 600 $OUTDIR/coded_experts.log
+fi
+if [ "${DECODE:-0}" = 1 ]; then
+  timeout ${DECODE_S:-400} python3 bench/decode.py --preset qwen3-30b-a3b \
+    --routing twin:bench/twins/twin_replay_qwen3-30b-a3b.npz --prompts .cache/data/mmlu/test --work /tmp/work \
+    --eviction $EVICTION --runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 --epochs 2 \
+    --fractions 1.0,0.5,0.25 --policies none,exact+2,oracle+1 --segmented= --after-demand exact+2 \
+    --coded none,exact+2,oracle+1 --batches= --no-plain --no-ablations --no-profile --deadline ${DEADLINE:-330} \
+    --out /tmp/decode_coded 2>&1 | grep -v Warning > $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.log
+  tail -3 $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.log
+  cp /tmp/decode_coded/decode_qwen3_30b_a3b.json $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.json
+  cp /tmp/decode_coded/decode_qwen3_30b_a3b.png $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.png
+fi
 ls -la $OUTDIR

@@ -65,3 +65,4 @@ def test_the_gpu_run_fills_exact_slots_with_plain_and_coded_copies(tmp_path):
     assert all(c["exact"] and c["decode_ms"] > 0 for c in rec["codec"])
     runs = rec["fill"]["runs"]
     assert [r["coded"] for r in runs] == [False, True, True] and all(r["exact"] for r in runs)
+    assert all(0 < r["host_ms_per_expert"] <= r["fill_ms_per_expert"] for r in runs)

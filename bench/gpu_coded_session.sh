@@ -6,7 +6,8 @@
 #     cache's fill per expert with plain and coded copies -> coded_experts.{json,log}
 #  3. DECODE=1: the Qwen3 twin's decode (bench/decode.py --routing twin:..., $EVICTION, default lru) with
 #     `none`, `exact+2` and `oracle+1` at 50% and 25%, plain and with coded copies (--coded), `exact+2` also
-#     after demand -> decode_qwen3_30b_a3b_coded_$EVICTION.{json,png,log}
+#     after demand -> decode_qwen3_30b_a3b_coded_$EVICTION.{json,png,log} (POLICIES=, CODED=, AFTER=, FRACTIONS=
+#     override the lists; TESTS=0 skips steps 1 and 2)
 # Carry .whl (the test suite's and the server's dependencies) and .cache/data/mmlu/test (the predictors' prompts).
 #   DECODE=1 EVICTION=lfu bash bench/gpu_coded_session.sh
 set -u
@@ -25,11 +26,12 @@ if [ "${DECODE:-0}" = 1 ]; then
   timeout ${DECODE_S:-400} python3 bench/decode.py --preset qwen3-30b-a3b \
     --routing twin:bench/twins/twin_replay_qwen3-30b-a3b.npz --prompts .cache/data/mmlu/test --work /tmp/work \
     --eviction $EVICTION --runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 --epochs 2 \
-    --fractions 1.0,0.5,0.25 --policies none,exact+2,oracle+1 --segmented= --after-demand exact+2 \
-    --coded none,exact+2,oracle+1 --batches= --no-plain --no-ablations --no-profile --deadline ${DEADLINE:-330} \
-    --out /tmp/decode_coded 2>&1 | grep -v Warning > $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.log
+    --fractions ${FRACTIONS:-1.0,0.5,0.25} --policies ${POLICIES:-none,exact+2,oracle+1} --segmented= \
+    --after-demand=${AFTER:-exact+2} --coded ${CODED:-none,exact+2,oracle+1} --batches= --no-plain --no-ablations \
+    --no-profile --deadline ${DEADLINE:-330} --out $OUTDIR 2>&1 | grep -v Warning \
+    > $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.log  # the record lands under $OUTDIR as it goes
   tail -3 $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.log
-  cp /tmp/decode_coded/decode_qwen3_30b_a3b.json $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.json
-  cp /tmp/decode_coded/decode_qwen3_30b_a3b.png $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.png
+  mv $OUTDIR/decode_qwen3_30b_a3b.json $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.json
+  mv $OUTDIR/decode_qwen3_30b_a3b.png $OUTDIR/decode_qwen3_30b_a3b_coded_$EVICTION.png
 fi
 ls -la $OUTDIR

@@ -66,7 +66,7 @@ class ExpertCache:
         self._slots = SlotPool(num_slots, eviction)
         self._accounts = Accounting(self._slots, self.counters, store.num_layers, self.layout.nbytes)
         self.coded = store.coded  # when set, copies move codes and decode them (engine.model.coding)
-        self._copies = Copier(num_slots, device, self.coded)
+        self._copies = Copier(num_slots, device, self.coded, self.pool)
         coded = self.coded  # the bytes one copy moves over PCIe (coded: the mean code), for the counters
         self.copy_nbytes = (
             self.layout.nbytes if coded is None else round(coded.coded_bytes / store.total_experts)
@@ -163,6 +163,7 @@ class ExpertCache:
                 self._slots.touch(key, routed=False)
             self._slots.pin(slot)
             pf.add(key)
+        self._copies.flush()  # a coded cache decodes this prediction's copies now, in one batch
         c = self.counters
         c.prefetch_issued[layer] += issued
         c.bytes_prefetch += issued * self.copy_nbytes
@@ -240,9 +241,9 @@ class ExpertCache:
                 pf.discard(key)
             else:
                 self._slots.pin(slot)
-            if self.cuda:
-                events.append(self._copies.claim(slot))
             slots.append(slot)
+        if self.cuda:  # after the loop: a coded cache decodes this acquire's copies in one batch
+            events = [self._copies.claim(slot) for slot in slots]
         c.requests[layer] += len(ids)
         c.bytes_demand += demand * self.copy_nbytes
         acq = Acquired(layer, [int(e) for e in ids], slots, kinds, events=events)
@@ -397,4 +398,5 @@ class ExpertCache:
         published = self._copies.published()
         for key, slot in fills:
             self._copy_in(key, slot, after=published)
+        self._copies.flush()  # a coded cache decodes these fills in one batch
         return len(fills)

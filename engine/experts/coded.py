@@ -209,6 +209,23 @@ def bind_reference(buffer: torch.Tensor, layout: CodeLayout) -> Callable[[torch.
     return lambda out: decode_reference(buffer, layout, out)
 
 
+# (stages [K, stride] uint8, out [S, numel], layout) -> a decoder of jobs [(k, d), ...]: the code in stage row
+# k into out row d, for every job (a batch of copies' codes in one call, one launch on a GPU).
+ManyBinder = Callable[[torch.Tensor, torch.Tensor, CodeLayout], Callable[[list[tuple[int, int]]], None]]
+
+
+def bind_many_reference(
+    stages: torch.Tensor, out: torch.Tensor, layout: CodeLayout
+) -> Callable[[list[tuple[int, int]]], None]:
+    """torch's decoder, one job at a time."""
+
+    def decode(jobs: list[tuple[int, int]]) -> None:
+        for k, d in jobs:
+            decode_reference(stages[k], layout, out[d])
+
+    return decode
+
+
 class CodedStore:
     """Every routed expert's code beside the `ExpertStore`: for MoE layer l, `buffers[l]` is a uint8
         [E, max bytes] tensor (pinned when a GPU is used) whose row e starts with expert e's blob of
@@ -222,12 +239,14 @@ class CodedStore:
         buffers: list[torch.Tensor],
         nbytes: list[list[int]],
         bind: Binder = bind_reference,
+        bind_many: ManyBinder = bind_many_reference,
     ) -> None:
         self.layout = layout
         self.buffers = buffers
         self.nbytes = nbytes
         self.max_nbytes = max(b.shape[1] for b in buffers)
         self._bind = bind
+        self._bind_many = bind_many
 
     def decode(self, blob: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return self._bind(blob, self.layout)(out)
@@ -235,6 +254,10 @@ class CodedStore:
     def bind(self, buffer: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """A decoder of the code `buffer` (a device buffer at least one blob long) holds at each call."""
         return self._bind(buffer, self.layout)
+
+    def bind_many(self, stages: torch.Tensor, out: torch.Tensor) -> Callable[[list[tuple[int, int]]], None]:
+        """A decoder of jobs [(k, d)]: the code in row k of `stages` into row d of `out` (one call a batch)."""
+        return self._bind_many(stages, out, self.layout)
 
     def blob(self, layer: int, expert: int) -> torch.Tensor:
         return self.buffers[layer][expert, : self.nbytes[layer][expert]]
@@ -255,6 +278,7 @@ def code_store(
     chunk: int = 16,
     progress: Callable[[int, int], None] | None = None,
     bind: Binder = bind_reference,
+    bind_many: ManyBinder = bind_many_reference,
 ) -> CodedStore:
     """Code every expert of `store`, encoding on `device` (the GPU when there is one: rows are copied there
     `chunk` at a time and their blobs brought back); pinned when `store` is. `progress(done, layers)`
@@ -286,4 +310,4 @@ def code_store(
         nbytes.append([b.numel() for b in blobs])
         if progress is not None:
             progress(layer + 1, store.num_layers)
-    return CodedStore(layout, buffers, nbytes, bind)
+    return CodedStore(layout, buffers, nbytes, bind, bind_many)

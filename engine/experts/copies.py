@@ -7,9 +7,11 @@ slot the device table shows before it lands is "unwaited" until some compute str
 On CPU every copy is synchronous and there are no events.
 
 Coded copies (`copy_coded`, `engine.model.coding.attach_coded`): the copy stream moves an expert's code into one of
-STAGING device buffers, and a second stream decodes it into the slot behind that copy, so the next copy
-runs while a code decodes. The slot's event is the decode's; a staging buffer is reused only after its
-last decode.
+STAGING rows of a device staging tensor, and a second stream decodes the codes copied since the last
+decode into their slots in one call (`flush`: one launch per GROUP codes), so the next copies run while
+codes decode. A batch is decoded when it fills the staging rows, when the cache's prefetch or acquire has
+issued its copies, and before anything reads a slot's event; each slot's event is its batch's decode, and
+a staging row is reused only after its batch's decode.
 
 Imports torch only.
 """
@@ -18,22 +20,29 @@ from __future__ import annotations
 
 import torch
 
-STAGING = 4  # device buffers for codes in flight (coded copies)
+STAGING = 8  # staging rows for codes in flight (coded copies): one batched decode launch's worth
 
 
 class Copier:
-    def __init__(self, num_slots: int, device: torch.device, coded=None) -> None:
-        """`coded`: the store's `CodedStore` when copies move codes (None: plain copies)."""
+    def __init__(
+        self, num_slots: int, device: torch.device, coded=None, pool: torch.Tensor | None = None
+    ) -> None:
+        """`coded`: the store's `CodedStore` when copies move codes (None: plain copies); `pool`: the cache's
+        slots ([S, numel] on `device`), where coded copies decode."""
         self.device = device
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device=device) if self.cuda else None
         self.coded = coded
+        self._pending: list[
+            tuple[int, int, bool]
+        ] = []  # coded: (staging row, slot, landing) copied, not decoded
         if coded is not None and self.cuda:
+            if pool is None:
+                raise ValueError("coded copies on CUDA need the cache's pool (their decodes' destination)")
             self.decode_stream = torch.cuda.Stream(device=device)
-            self.staging = [
-                torch.empty(coded.max_nbytes, dtype=torch.uint8, device=device) for _ in range(STAGING)
-            ]
-            self.decoders = [coded.bind(buf) for buf in self.staging]  # each staging buffer's, bound once
+            stride = -(-coded.max_nbytes // 16) * 16  # rows 16-aligned, like a blob's parts
+            self.staging = torch.empty((STAGING, stride), dtype=torch.uint8, device=device)
+            self._decode = coded.bind_many(self.staging, pool)  # bound once: jobs [(row, slot)]
             self.staging_free: list[torch.cuda.Event | None] = [None] * STAGING
             self._next = 0
         self.done: list[torch.cuda.Event | None] = [None] * num_slots  # each slot's last copy, not waited on
@@ -67,9 +76,11 @@ class Copier:
         if not self.cuda:
             coded.decode(blob, dst)
             return
+        if len(self._pending) == STAGING:  # every staging row holds a code not yet decoded
+            self.flush()
         k = self._next
         self._next = (k + 1) % STAGING
-        stage = self.staging[k][: blob.numel()]
+        stage = self.staging[k, : blob.numel()]
         with torch.cuda.stream(self.stream):
             if after is not None:
                 self.stream.wait_event(after)
@@ -77,19 +88,29 @@ class Copier:
             if free is not None:
                 self.stream.wait_event(free)  # its last code has been decoded
             stage.copy_(blob, non_blocking=True)
-            copied = torch.cuda.Event(enable_timing=False)
-            copied.record(self.stream)
+        self._pending.append((k, slot, landing))
+
+    def flush(self) -> None:
+        """Decode every code copied since the last flush into its slot, on the decode stream (CUDA, coded)."""
+        pending = self._pending
+        if not pending:
+            return
+        copied = torch.cuda.Event(enable_timing=False)
+        copied.record(self.stream)  # the copy stream runs in order: every pending code has landed after it
         dec = self.decode_stream
         with torch.cuda.stream(dec):
             dec.wait_event(copied)
-            last = self.last_use[slot]
-            if last is not None:
-                dec.wait_event(last)  # never overwrite weights still being read
-            self.decoders[k](dst)
+            for _, slot, _ in pending:
+                last = self.last_use[slot]
+                if last is not None:
+                    dec.wait_event(last)  # never overwrite weights still being read
+            self._decode([(k, slot) for k, slot, _ in pending])
             ev = torch.cuda.Event(enable_timing=False)
             ev.record(dec)
-        self.staging_free[k] = ev
-        self._issued(slot, ev, landing)
+        for k, slot, landing in pending:
+            self.staging_free[k] = ev
+            self._issued(slot, ev, landing)
+        pending.clear()
 
     def _issued(self, slot: int, ev: torch.cuda.Event, landing: bool) -> None:
         self.done[slot] = ev
@@ -98,6 +119,7 @@ class Copier:
 
     def claim(self, slot: int) -> torch.cuda.Event | None:
         """The event of `slot`'s copy for an acquire to wait on (None: nothing to wait for); CUDA only."""
+        self.flush()
         ev = self.done[slot]
         self.done[slot] = None
         self.unwaited.discard(slot)
@@ -105,11 +127,13 @@ class Copier:
 
     def in_flight(self, slot: int) -> bool:
         """Whether `slot`'s last copy may still be running."""
+        self.flush()
         ev = self.done[slot]
         return ev is not None and not ev.query()
 
     def landed(self, slot: int) -> bool:
         """Whether `slot`'s last copy has finished (then nobody needs to wait for it any more)."""
+        self.flush()
         ev = self.done[slot]
         if ev is None or ev.query():
             self.done[slot] = None
@@ -118,6 +142,8 @@ class Copier:
 
     def forget(self, slot: int) -> None:
         """`slot` was evicted: no compute will wait for its copy."""
+        if any(p[1] == slot for p in self._pending):  # its code is still to be decoded
+            self.flush()
         self.unwaited.discard(slot)
 
     def release_event(self) -> torch.cuda.Event | None:
@@ -131,6 +157,7 @@ class Copier:
 
     def wait_unwaited(self) -> None:
         """The compute stream waits for every copy the table shows but no compute has waited for."""
+        self.flush()
         if self.unwaited:  # copies made visible by prefetch or acquire (eager steps, prefill): the step
             stream = torch.cuda.current_stream(self.device)  # must not read their slots before they land
             for slot in self.unwaited:
@@ -150,6 +177,7 @@ class Copier:
 
     def wait_all(self) -> None:
         """The compute stream waits for every copy issued so far (a warm start); CUDA only."""
+        self.flush()
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         if self.coded is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.decode_stream)

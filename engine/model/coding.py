@@ -17,9 +17,18 @@ from collections.abc import Callable
 
 import torch
 
-from engine.experts.coded import LANES, MAX_BITS, STEPS, CodedStore, CodeLayout, bind_reference, code_store
+from engine.experts.coded import (
+    LANES,
+    MAX_BITS,
+    STEPS,
+    CodedStore,
+    CodeLayout,
+    bind_many_reference,
+    bind_reference,
+    code_store,
+)
 from engine.experts.store import ExpertStore
-from engine.kernels.expert_decode import decode_launch
+from engine.kernels.expert_decode import decode_launch, decode_many_launch
 from engine.kernels.triton_guard import kernels_run_on
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,23 @@ def bind_device(buffer: torch.Tensor, layout: CodeLayout) -> Callable[[torch.Ten
     return decode
 
 
+def bind_device_many(
+    stages: torch.Tensor, out: torch.Tensor, layout: CodeLayout
+) -> Callable[[list[tuple[int, int]]], None]:
+    """A decoder of jobs [(k, d)] (stage row k into pool row d): GROUP codes a Triton launch where it runs
+    on the device, torch's decoder elsewhere."""
+    if not kernels_run_on(stages):
+        return bind_many_reference(stages, out, layout)
+    out16 = out.view(torch.int16)
+    offsets = (layout.starts_at, layout.table_at, layout.words_at)
+    numel, blocks, steps = layout.numel, layout.blocks, layout.steps
+
+    def decode(jobs: list[tuple[int, int]]) -> None:
+        decode_many_launch(stages, out16, jobs, numel, blocks, offsets, steps, LANES, MAX_BITS)
+
+    return decode
+
+
 def device_decoder(blob: torch.Tensor, layout: CodeLayout, out: torch.Tensor) -> torch.Tensor:
     """Decode `blob` into `out` once (`bind_device`)."""
     return bind_device(blob, layout)(out)
@@ -54,7 +80,9 @@ def attach_coded(
     """Code `store` on `device`, check that expert (0, 0) decodes there to the same bits (this also compiles
     the kernel before any step needs it), and set `store.coded`; returns it."""
     t0 = time.perf_counter()
-    coded = code_store(store, device, steps=steps, progress=progress, bind=bind_device)
+    coded = code_store(
+        store, device, steps=steps, progress=progress, bind=bind_device, bind_many=bind_device_many
+    )
     out = torch.empty(store.layout.numel, dtype=store.layout.dtype, device=device)
     coded.decode(coded.blob(0, 0).to(device), out)
     if not torch.equal(out.cpu().view(torch.int16), store.row(0, 0).view(torch.int16)):

@@ -103,6 +103,38 @@ def test_the_decode_kernel_in_the_interpreter(tmp_path):
     )
 
 
+@needs_triton
+def test_the_batched_decode_kernel_in_the_interpreter(tmp_path):
+    """Codes in rows of one staging tensor decode into the pool rows their jobs name, a full group and a
+    partial one in one call; rows no job names stay untouched."""
+    run_interpreted(
+        tmp_path,
+        """
+        import torch
+        from engine.experts.coded import CodeLayout, encode
+        from engine.model.coding import bind_device_many
+        numel, steps, n = 6000, 32, 10
+        layout = CodeLayout(numel, steps)
+        g = torch.Generator().manual_seed(3)
+        w = (torch.randn((n, numel), generator=g) * 0.02).to(torch.bfloat16)
+        w[0, :3] = torch.tensor([0.0, float("inf"), -3.0e38])
+        blobs = [encode(r, layout) for r in w]
+        stride = -(-max(b.numel() for b in blobs) // 16) * 16
+        stages = torch.zeros((n, stride), dtype=torch.uint8)
+        for k, b in enumerate(blobs):
+            stages[k, : b.numel()] = b
+        pool = torch.zeros((n + 2, numel), dtype=torch.bfloat16)
+        jobs = [(k, (5 * k + 1) % (n + 2)) for k in range(n)]  # 8 in the first launch, 2 in the second
+        bind_device_many(stages, pool, layout)(jobs)
+        for k, d in jobs:
+            assert torch.equal(pool[d].view(torch.int16), w[k].view(torch.int16)), (k, d)
+        named = {d for _, d in jobs}
+        assert all(not pool[d].any() for d in range(n + 2) if d not in named)
+        print("ok")
+        """,
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_coded_copies_on_the_gpu():
@@ -125,4 +157,36 @@ def test_coded_copies_on_the_gpu():
             got = cache.pool[acq.slots].cpu()
             for e, row in zip(ids, got, strict=True):
                 assert torch.equal(row.view(torch.int16), store.row(layer, e).view(torch.int16))
+            cache.release(acq)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_decodes_on_the_gpu_past_the_staging_rows_and_after_prefetches():
+    """Acquires of 12 experts (more than the STAGING rows: a batch decoded mid-acquire) and predictions
+    prefetched a layer ahead (decoded when the prefetch has issued them) keep every expert exact."""
+    from engine.experts.cache import ExpertCache
+    from engine.experts.copies import STAGING
+    from engine.experts.store import ExpertLayout, ExpertStore
+
+    dev = torch.device("cuda")
+    layout = ExpertLayout.from_shapes({"w": (2, 384, 512)}, torch.bfloat16, 48)
+    store = ExpertStore(layout, 2, pin=True)
+    for layer in range(2):
+        store.allocate(layer).normal_(0.0, 0.02)
+    attach_coded(store, dev)
+    cache = ExpertCache(store, 30, dev)
+    n = STAGING + 4
+    for rnd, e0 in enumerate(range(0, 48 - n + 1, 6)):
+        ids = [(e0 + 5 * i) % 48 for i in range(n)]
+        cache.prefetch(1, ids[: n // 2])  # the next layer's guess, half of it right
+        for layer in (0, 1):
+            acq = cache.acquire(layer, ids)
+            got = cache.pool[acq.slots].cpu()
+            for e, row in zip(ids, got, strict=True):
+                assert torch.equal(row.view(torch.int16), store.row(layer, e).view(torch.int16)), (
+                    rnd,
+                    layer,
+                    e,
+                )
             cache.release(acq)

@@ -1,15 +1,15 @@
 """`bench/results/twin_replay_summary.json`: one record per twin-replayed decode configuration, so the decode
 table issue #17 is judged on can be checked by a script.
 
-    python bench/twin_summary.py            # reads bench/results/decode_*_twin.json and eviction_twins.json
+    python bench/twin_summary.py            # reads bench/results/decode_*_{twin,lfu,coded_lru}.json, eviction_twins.json
 
 Each record: `shape`, `batch`, `cache_fraction`, `policy`, `step` (`chosen`: the runner's own choice of
 streamed or segmented steps; `segmented`: forced), `eviction`, `tok_s` (median), `ratio_to_none` (tok/s over
-`none` at the same shape, batch, cache, step kind and eviction; a `hybrid` or `after-demand` row, over `none`
-with the runner's chosen steps, the setting it would replace), `ratio_to_clairvoyant_floor` (the time per
+`none` at the same shape, batch, cache, step kind and eviction; a `hybrid`, `after-demand` or `coded` row, over
+`none` with the runner's chosen steps and plain copies, the setting it would replace, in the same run), `ratio_to_clairvoyant_floor` (the time per
 token over the floor: max(resident batch-1 step, the bytes Belady-optimal eviction copies / the measured
-bandwidth), from `eviction_twins.json` for that shape and cache; 1.0 at a full cache is the resident step; null
-where no floor was simulated), `hit_rate`, `routing` (the artefact it replayed) and `source` (the JSON file).
+bandwidth), from `eviction_twins.json` for that shape and cache, those bytes times the code's share for coded
+copies' rows; 1.0 at a full cache is the resident step; null where no floor was simulated), `hit_rate`, `routing` (the artefact it replayed) and `source` (the JSON file).
 Batched rows' floor is per token of the batch: the resident batch's time per token, or Belady's bytes per
 token of one stream divided by the batch, whichever is larger (a lower bound: a step copies at least what one
 of its rows needs, and at best the rows share every expert). Ablations (eager steps, the
@@ -66,10 +66,16 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
                      "tok_s": r["tok_s_median"], "hit_rate": r.get("hit_rate"), "ran": None}
                 )  # fmt: skip
     resident = {r["batch"]: r["tok_s"] for r in rows if r["cache_fraction"] == 1.0 and r["policy"] == "none"}
+    coded_ratio = dec.get("coded_experts", {}).get("ratio", 1.0)
     out = []
     for r in rows:
         # hybrid misses and lookahead copies after demand: against plain `none` (the setting they would replace)
-        against = "chosen" if r["step"] in ("hybrid", "after-demand") else r["step"]
+        against = {
+            "hybrid": "chosen",
+            "after-demand": "chosen",
+            "coded": "chosen",
+            "coded-segmented": "segmented",
+        }.get(r["step"], r["step"])  # coded copies, too, against the plain copies they would replace
         base = next(
             (x for x in rows if (x["batch"], x["cache_fraction"], x["step"]) == (r["batch"], r["cache_fraction"], against)
              and x["policy"] == "none"),
@@ -79,8 +85,11 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
         floor = floor_of.get((shape, round(r["cache_fraction"], 3)))
         if r["cache_fraction"] >= 1.0:
             floor_ms = step_ms
-        elif floor is not None and step_ms is not None:
-            floor_ms = max(step_ms, floor["bytes_per_token"] / r["batch"] / (floor["bandwidth_gbs"] * 1e6))
+        elif floor is not None and step_ms is not None:  # coded copies move the code's share of the bytes
+            share = coded_ratio if r["step"].startswith("coded") else 1.0
+            floor_ms = max(
+                step_ms, share * floor["bytes_per_token"] / r["batch"] / (floor["bandwidth_gbs"] * 1e6)
+            )
         else:
             floor_ms = None
         out.append(
@@ -112,6 +121,7 @@ def summarise(results: Path, twins: Path = ROOT / "bench" / "twins") -> list[dic
     ev = results / "eviction_twins.json"
     floor_of = floors(json.loads(ev.read_text()) if ev.exists() else None)
     paths = sorted(results.glob("decode_*_twin.json")) + sorted(results.glob("decode_*_lfu.json"))
+    paths += sorted(results.glob("decode_*_coded_lru.json")) + sorted(results.glob("decode_*_coded_lfu.json"))
     paths += sorted(results.glob("decode_*_twin_*.json"), reverse=True)  # earlier runs last
     out, seen = [], set()
     for path in paths:

@@ -38,8 +38,10 @@ def test_the_committed_runs_give_a_record_per_configuration():
     assert len(keys) == len(set(keys))
     for r in rows:
         assert FIELDS <= set(r) and r["tok_s"] > 0 and r["routing"].startswith("twin-replayed")
-        if r["policy"] == "none" and r["step"] != "hybrid":
+        if r["policy"] == "none" and r["step"] in ("chosen", "segmented"):
             assert r["ratio_to_none"] == 1.0
+        if r["step"] in ("hybrid", "after-demand", "coded"):  # against plain `none` of the same run
+            assert r["ratio_to_none"] is not None
         if r["ratio_to_clairvoyant_floor"] is not None:
             assert r["ratio_to_clairvoyant_floor"] * r["clairvoyant_floor_ms"] == pytest.approx(
                 1e3 / r["tok_s"]
@@ -97,3 +99,24 @@ def test_segmented_rows_are_against_segmented_none_and_hybrid_rows_against_chose
     assert rows[("oracle+1", "segmented")] == pytest.approx(24.0 / 16.0)
     assert rows[("none", "hybrid")] == pytest.approx(15.0 / 20.0)  # the host's share loses: below 1
     assert rows[("oracle+1", "hybrid")] == pytest.approx(30.0 / 20.0)
+
+
+def test_coded_rows_are_against_plain_none_and_their_floor_moves_the_codes_bytes():
+    from bench.twin_summary import records
+
+    def cfg(policy, fraction, tok_s, variant=None):
+        c = {"policy": policy, "fraction": fraction, "summary": {"tok_s_median": tok_s, "hit_rate": 0.5}}
+        return c | ({"variant": variant} if variant else {})
+
+    dec = {
+        "preset": "qwen3-30b-a3b",
+        "coded_experts": {"ratio": 0.5},
+        "configs": [cfg("none", 1.0, 200.0), cfg("none", 0.5, 20.0), cfg("none", 0.5, 25.0, "coded")],
+    }
+    floor = {("qwen3-30b-a3b", 0.5): {"bytes_per_token": 1e9, "bandwidth_gbs": 50.0}}  # 20 ms of copies
+    rows = {(r["cache_fraction"], r["step"]): r for r in records(dec, "x.json", floor)}
+    coded, plain = rows[0.5, "coded"], rows[0.5, "chosen"]
+    assert coded["ratio_to_none"] == pytest.approx(25.0 / 20.0)
+    assert plain["clairvoyant_floor_ms"] == pytest.approx(20.0) and coded[
+        "clairvoyant_floor_ms"
+    ] == pytest.approx(10.0)

@@ -224,11 +224,12 @@ class EngineConfig:
     coded_experts: bool = setting(
         False,
         "Copies into the GPU expert cache move a lossless code of each bfloat16 expert (sign and mantissa "
-        "raw, the exponent Huffman-coded: about 0.69 of the bytes) and a Triton kernel decodes it into the "
-        "slot on a second stream; every expert is coded once at start, and the codes take that much more "
-        "pinned host memory. Outputs do not change. Streamed steps' host reads stay plain. bfloat16 "
-        'only. Measured on an H200 (docs/performance.md, "Coded expert copies"): a cache fill 1.32x '
-        "faster, decode 0.86-1.01x as fast (each expert still costs a copy call and a decode launch).",
+        "raw, the exponent Huffman-coded: about 0.69 of the bytes) and a Triton kernel decodes each batch of "
+        "copies into their slots on a second stream; every expert is coded once at start (30-50 s for a "
+        "Qwen3-30B-A3B shape on an H200), and the codes take that much more pinned host memory. Outputs do "
+        "not change. Streamed steps' host reads stay plain. bfloat16 only. Measured on an H200 with the "
+        'Qwen3 twin\'s routing at 25-50% (docs/performance.md, "Coded expert copies"): `none` 1.08x, a '
+        "trained two-ahead `exact+2` 1.13-1.20x and `oracle+1` 1.58x `none` with plain copies.",
         "Coded (lossless, ~0.69x bytes) bf16 expert copies [MOE_CODED_EXPERTS].",
     )
     seed: int = setting(

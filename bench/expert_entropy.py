@@ -46,12 +46,12 @@ def entropy_bits(counts: torch.Tensor) -> float:
 
 
 def huffman_mean_bits(counts: torch.Tensor) -> float:
-    """Mean code length of the Huffman code `bench/coded_experts.py` builds (at most MAX_BITS bits a code, 1
-    bit for a single symbol) over the symbols with non-zero counts."""
-    from bench.coded_experts import _huffman_lengths
+    """Mean code length of the Huffman code the engine's coded experts use (`engine.experts.coded`: at most
+    MAX_BITS bits a code, 1 bit for a single symbol) over the symbols with non-zero counts."""
+    from engine.experts.coded import huffman_lengths
 
     c = counts.numpy()
-    return float((_huffman_lengths(c) * c).sum() / c.sum())
+    return float((huffman_lengths(c) * c).sum() / c.sum())
 
 
 def fixed_code_ratio(counts: torch.Tensor, bits: int = 4, escape_bits: int = 48) -> tuple[float, float]:

@@ -129,9 +129,7 @@ class ExpertCache:
         dst, landing = self.pool[slot], key in self._table.landing  # [numel] device
         if self.coded is not None:  # its pinned code, decoded on the device
             return self._copies.copy_coded(self.coded.blob(*key), dst, slot, landing=landing, after=after)
-        self._copies.copy(
-            self.store.row(*key), dst, slot, landing=landing, after=after
-        )  # [numel] pinned host
+        self._copies.copy(self.store.row(*key), dst, slot, landing=landing, after=after)  # pinned host row
 
     # ---------------------------------------------------------------- prefetch
     def prefetch(self, layer: int, ids: Sequence[int], limit: int | None = None) -> int:

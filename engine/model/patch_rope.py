@@ -8,7 +8,8 @@ own forwards, per thread), the tensors are on CUDA, their shapes are ones the ke
 (`engine.kernels.fused_rope.supported`), and the kernel was checked at install to reproduce the
 original exactly for that dtype on random input (`reproduces`). A family whose function computes
 something else (gpt-oss's halves form, DeepSeek-V2's complex form, or none at all) keeps its own, with
-one log line. `uninstall_fused_rope()` puts every replaced function back.
+one log line. Newer transformers with `kernels` installed hold the function as a `Func` module; its
+`forward` is what is checked and wrapped. `uninstall_fused_rope()` puts every replaced function back.
 
 Imports torch and `engine.kernels`.
 """
@@ -121,8 +122,17 @@ class RopePatch:
 _PATCHES: dict[str, RopePatch] = {}
 
 
+def _rope_function(fn: object) -> Callable | None:
+    """The Python function behind `fn`: itself, or the `forward` of the module that newer transformers
+    with `kernels` installed put in its place (`use_kernel_forward_from_hub` makes it a `Func` module)."""
+    if isinstance(fn, nn.Module):
+        return fn.forward
+    return fn if callable(fn) else None
+
+
 def _has_rope_signature(fn: object) -> bool:
-    if not callable(fn):
+    fn = _rope_function(fn)
+    if fn is None:
         return False
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -134,7 +144,7 @@ def _has_rope_signature(fn: object) -> bool:
 def _wrapper(patch: RopePatch) -> Callable:
     original = patch.original
 
-    @functools.wraps(original)
+    @functools.wraps(_rope_function(original), updated=())
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         if (
             _ACTIVE.get()
@@ -145,6 +155,7 @@ def _wrapper(patch: RopePatch) -> Callable:
             return fused_rope(q, k, cos, sin)
         return original(q, k, cos, sin, unsqueeze_dim)
 
+    apply_rotary_pos_emb.__wrapped__ = original
     apply_rotary_pos_emb._rope_patch = patch
     return apply_rotary_pos_emb
 

@@ -29,6 +29,10 @@ as `after_demand`, each configuration record its server's `MOE_*` settings (`ser
 and bundle the server reports on /metrics (`server_info`, a mismatch is an error), and each level record
 the prefetch copies by target layer (`prefetch_issued_by_layer`: none for the first d layers of `P+d`).
 
+A configuration `0.5/exact+2/segmented/coded` serves with `MOE_CODED_EXPERTS=true` (cache copies move each
+expert's code and the GPU decodes it); its record has `coded: true`, and the server must report
+`coded_copies="true"` on /metrics unless every expert is resident.
+
 Time is bounded by `--deadline`: no configuration starts that the slowest one so far would not finish
 in time, a level stops launching at its budget, and each level is cut to what the last level's
 throughput can serve in the time left.
@@ -89,6 +93,7 @@ class Conf:
     fraction: str  # "1.0", "0.5", ..., or "min"
     policy: str  # a MOE_POLICY name, or a lookahead one: "exact+2"
     steps: str  # "streamed" | "segmented"
+    coded: bool = False  # MOE_CODED_EXPERTS: cache copies move the experts' code, decoded on the GPU
 
     @property
     def server_policy(self) -> str:
@@ -103,7 +108,7 @@ class Conf:
     @property
     def name(self) -> str:
         size = "min" if self.fraction == "min" else f"{100 * float(self.fraction):g}%"
-        return f"{size}/{self.policy}/{self.steps}"
+        return f"{size}/{self.policy}/{self.steps}" + ("/coded" if self.coded else "")
 
     def env(self, ckpt: Path, bundles: dict[int, Path], args, needs_bundle: bool) -> dict[str, str]:
         """The server's MOE_* settings; `bundles`: {distance: bundle} (the one of this distance is served)."""
@@ -114,6 +119,7 @@ class Conf:
             "MOE_POLICY": self.server_policy,
             "MOE_EVICTION": args.eviction,
             "MOE_LOOKAHEAD_AFTER_DEMAND": "true" if args.after_demand else "false",
+            "MOE_CODED_EXPERTS": "true" if self.coded else "false",
             "MOE_MAX_RUNNING": str(args.max_running),
             "MOE_MAX_WAITING": str(max(64, 2 * max(args.concurrency))),
             "MOE_MAX_MODEL_LEN": str(args.max_model_len),
@@ -133,10 +139,21 @@ class Conf:
         return env
 
 
+def parse_conf(text: str) -> Conf:
+    """`0.5/exact+2/segmented`, or with `/coded` after it (MOE_CODED_EXPERTS=true); ValueError otherwise."""
+    parts = text.split("/")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "coded"):
+        raise ValueError(f"{text!r}: a configuration is FRACTION/POLICY/STEPS, optionally followed by /coded")
+    if parts[2] not in ("streamed", "segmented"):
+        raise ValueError(f"{text!r}: the steps are streamed or segmented")
+    split_policy(parts[1])
+    return Conf(*parts[:3], coded=len(parts) == 4)
+
+
 def make_plan(args) -> list[Conf]:
     fr, po, st = args.fractions, args.policies, args.steps
-    if args.configs:  # an explicit list, in its order: fraction/policy/steps,...
-        return [Conf(*c.split("/")) for c in args.configs.split(",")]
+    if args.configs:  # an explicit list, in its order: fraction/policy/steps[/coded],...
+        return [parse_conf(c) for c in args.configs.split(",")]
     if args.plan == "cross":
         return [Conf(f, p, s) for f in fr for p in po for s in st]
     plan = [Conf(*c) for c in DEFAULT_PLAN if c[0] in fr and c[1] in po and c[2] in st]
@@ -244,7 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--configs",
         default="",
-        help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed,0.5/exact+2/segmented",
+        help="explicit configurations in order, e.g. 0.5/exact/streamed,min/none/streamed,0.5/exact+2/segmented;"
+        " /coded after one serves it with MOE_CODED_EXPERTS=true (0.5/exact+2/segmented/coded)",
     )
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--requests", default="default", help="per level: default | small | N | N1,N2,...")
@@ -312,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     check_names(args, args.policies, args.steps)
     try:
         plan = make_plan(args)
-    except TypeError:  # a --configs entry without three parts
-        raise SystemExit(f"--configs: fraction/policy/steps,... expected, got {args.configs!r}") from None
+    except ValueError as err:  # a --configs entry that is not fraction/policy/steps[/coded]
+        raise SystemExit(f"--configs: {err}") from None
     check_names(args, [c.policy for c in plan], [c.steps for c in plan])
     distances = sorted({c.distance for c in plan if c.server_policy in PREDICTOR_POLICIES})
     deadline = t_start + args.deadline

@@ -97,6 +97,10 @@ def _check_server(env: dict[str, str], info: dict[str, str]) -> list[str]:
         problems.append(
             f"server reports bundle {info.get('predictors')!r}, started with {env['MOE_PREDICTORS']!r}"
         )
+    full = float(env.get("MOE_EXPERT_CACHE_FRACTION") or 0) >= 1.0  # every expert resident: nothing coded
+    want = "true" if env.get("MOE_CODED_EXPERTS") == "true" and not full else "false"
+    if info.get("coded_copies", "false") != want:
+        problems.append(f"server reports coded copies {info.get('coded_copies')!r}, expected {want!r}")
     return problems
 
 
@@ -107,6 +111,7 @@ def _base(args, conf) -> dict:
         cache_fraction=conf.fraction,
         policy=conf.policy,
         steps=conf.steps,
+        coded=conf.coded,
         dtype=args.dtype,
     )
 

@@ -243,7 +243,11 @@ class Metrics:
             buckets=STALL_BUCKETS,
             registry=r,
         )
-        self.info = Info("moe_policy", "Active prefetch policy, model and predictor bundle.", registry=r)
+        self.info = Info(
+            "moe_policy",
+            "Active prefetch policy, model, predictor bundle and whether copies are coded.",
+            registry=r,
+        )
         self.engine_up = Gauge(
             "moe_engine_healthy", "1 while the engine can serve, 0 after a fatal error.", registry=r
         )

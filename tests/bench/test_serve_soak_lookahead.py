@@ -19,7 +19,7 @@ pytest.importorskip("openai")  # bench.soak_run drives the servers with it
 
 from bench.serve_soak import Conf, check_names, main, make_plan, parse_args, split_policy  # noqa: E402
 from bench.soak_checkpoint import bundle_path, bundle_spec  # noqa: E402
-from bench.soak_run import log_name  # noqa: E402
+from bench.soak_run import _check_server, log_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--shape", "tiny", "--device", "cpu", "--dtype", "float32"]
@@ -50,6 +50,29 @@ def test_exact_plus_d_env_serves_exact_with_the_distance_bundle(tmp_path):
     )
     assert "MOE_PREDICTORS" not in none.env(tmp_path / "ckpt", bundles, args, False)
     assert log_name(ahead) == "50pct_exact+2_segmented.log"
+
+
+def test_a_coded_configuration_serves_with_coded_copies_and_checks_the_server_says_so(tmp_path):
+    args = parse_args(
+        [*TINY, "--configs", "0.5/none/segmented,0.5/exact+2/segmented/coded,1.0/none/streamed/coded"]
+    )
+    plain, coded, full = make_plan(args)
+    assert (plain.coded, coded.coded, full.coded) == (False, True, True)
+    assert (
+        coded.name == "50%/exact+2/segmented/coded" and log_name(coded) == "50pct_exact+2_segmented_coded.log"
+    )
+    bundles = {0: tmp_path / "b", 2: tmp_path / "b2"}
+    envs = [c.env(tmp_path, bundles, args, c.server_policy != "none") for c in (plain, coded, full)]
+    assert [e["MOE_CODED_EXPERTS"] for e in envs] == ["false", "true", "true"]
+    info = {"policy": "exact", "predictors": str(tmp_path / "b2")}
+    assert _check_server(envs[1], {**info, "coded_copies": "true"}) == []
+    assert _check_server(envs[1], {**info, "coded_copies": "false"}) != []  # asked for, not served
+    assert _check_server(envs[0], {"policy": "none", "coded_copies": "true"}) != []  # not asked for
+    # every expert resident: nothing is copied, so the server codes nothing
+    assert _check_server(envs[2], {"policy": "none", "coded_copies": "false"}) == []
+    for bad in ("0.5/none", "0.5/none/segmented/fast", "0.5/none/sideways", "0.5/exact+0/segmented"):
+        with pytest.raises(SystemExit, match="--configs"):
+            main([*TINY, "--configs", bad, "--out", str(tmp_path)])
 
 
 def test_after_demand_sets_the_env_of_every_server(tmp_path):

@@ -48,6 +48,13 @@ def test_coded_experts_reach_the_cache_and_change_no_logits(monkeypatch):
         b = coded.om.model(input_ids=ids).logits
     assert sum(coded.om.cache.counters.misses) > 0  # the forward copied (and decoded) experts
     assert torch.equal(a, b)
+    # /metrics says which copies the server makes (moe_policy_info's coded_copies label)
+    assert 'coded_copies="true"' in _exposition(coded) and 'coded_copies="false"' in _exposition(plain)
+
+
+def _exposition(engine: AsyncEngine) -> str:
+    body, _content_type = engine.metrics_exposition()
+    return body.decode()
 
 
 def test_coded_experts_refuse_float32_weights_with_a_clear_error(monkeypatch):

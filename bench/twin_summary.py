@@ -75,6 +75,7 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
             "after-demand": "chosen",
             "coded": "chosen",
             "coded-segmented": "segmented",
+            "coded-after-demand": "chosen",
         }.get(r["step"], r["step"])  # coded copies, too, against the plain copies they would replace
         base = next(
             (x for x in rows if (x["batch"], x["cache_fraction"], x["step"]) == (r["batch"], r["cache_fraction"], against)

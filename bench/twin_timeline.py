@@ -20,7 +20,14 @@ table also says what the two mechanisms give together. Every lookahead configura
 also runs under LRU with its copies queued behind each layer's demand copies (`... after demand`,
 `MOE_LOOKAHEAD_AFTER_DEMAND`). With `--coded R`, `none`, `exact+d` and `oracle+d` also run with every copy R x
 an expert's bytes (`... coded`: experts losslessly coded for the copy, `bench/expert_entropy.py`; the GPU's
-decoding taken as free; not built in the engine). Imports numpy and `predictors` (through `bench.twin_eviction`).
+decoding taken as free). With `--coded bench/results/coded_experts.json` they run the engine's coded copy path
+instead (`MOE_CODED_EXPERTS`, `predictors.sim_timeline.Coding` from that record's H200 measurements: the
+code's copy time, staging rows, batched decodes, the host's extra time a copy), beside two what-ifs the engine
+does not have: double-buffered staging rows (`... coded, 16 rows`) and a coded copy costing the host what a
+plain one does (`... coded, host as plain`); the lookahead ones also after demand (`... after demand coded`).
+`--decode-kind coded_lru` fits the clock to `decode_<shape>_coded_lru.json` (bench/gpu_coded_session.sh),
+whose coded rows are then the engine's columns, every ratio within that one call.
+Imports numpy and `predictors` (through `bench.twin_eviction`).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from bench.twin_eviction import (  # noqa: E402
 )
 from predictors.sim_inputs import model_shape  # noqa: E402
 from predictors.sim_policies import PolicyRun  # noqa: E402
-from predictors.sim_timeline import Clock, Timeline, fit_decision_ms  # noqa: E402
+from predictors.sim_timeline import Clock, Coding, Timeline, fit_decision_ms  # noqa: E402
 from predictors.simulate import replay  # noqa: E402
 
 AHEAD = (1, 2, 4)
@@ -56,6 +63,42 @@ HYBRID_POLICIES = ("none", "oracle+1")  # also run with hybrid misses on the clo
 AFTER_DEMAND = " after demand"  # lookahead configurations also run with MOE_LOOKAHEAD_AFTER_DEMAND (LRU)
 CODED = " coded"  # with --coded R: copies of R x an expert's bytes (losslessly coded experts, not built)
 CODED_POLICIES = ("none", "exact+1", "exact+2", "oracle+1", "oracle+2")
+ROWS16 = " coded, 16 rows"  # what-if: double-buffered staging rows (16 rows, batches of 8)
+HOST_AS_PLAIN = " coded, host as plain"  # what-if: a coded copy costs the host what a plain one does
+VARIANT_SUFFIX = {
+    "coded": CODED,
+    "after-demand": AFTER_DEMAND,
+    "coded-after-demand": AFTER_DEMAND + CODED,
+}  # bench/decode.py variants -> row suffixes
+
+
+def coding_from(path: Path, steps: int = 128) -> Coding:
+    """The engine's coded copy path as bench/coded_experts.py measured it (`steps`: the codec's block length,
+    engine.experts.coded's default): a code's copy time over a plain expert's, a decode launch of one code and
+    of eight, the host's time per coded copy over a plain one's."""
+    doc = json.loads(path.read_text())
+    (codec,) = [c for c in doc["codec"] if c["steps"] == steps]
+    fills = doc["fill"]["runs"]
+    (plain,) = [r for r in fills if not r["coded"]]
+    (coded,) = [r for r in fills if r["coded"] and r.get("steps") == steps]
+    group = Coding.group
+    per = (codec["group_decode_ms"] - codec["decode_ms"]) / (group - 1)
+    return Coding(
+        copy_share=codec["h2d_code_ms"] / doc["h2d_bf16_ms"],
+        decode_base_ms=codec["decode_ms"] - per,
+        decode_per_expert_ms=per,
+        host_extra_ms=max(0.0, coded["host_ms_per_expert"] - plain["host_ms_per_expert"]),
+    )
+
+
+def engine_variants(decode: dict | None) -> dict:
+    """{(fraction, policy + suffix): tok/s} of a decode record's batch-1 variant rows (coded, after demand)."""
+    out = {}
+    for c in (decode or {}).get("configs", []):
+        suffix = VARIANT_SUFFIX.get(c.get("variant") or "")
+        if suffix and c.get("batch", 1) in (1, None):
+            out[(round(float(c["fraction"]), 3), c["policy"] + suffix)] = (c["summary"]["tok_s_median"], None)
+    return out
 
 
 def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[str, PolicyRun]:
@@ -77,20 +120,26 @@ def run(
     share: float,
     tokens: int | None,
     evictions: tuple[str, ...] = ("lru", "lfu"),
-    coded: float | None = None,
+    coded: float | Coding | None = None,
+    decode_kind: str = "twin",
 ) -> dict:
+    """`coded`: a share of an expert's bytes (coded copies, decoding free) or the engine's coded copy path."""
     artefact = json.loads(twin.read_text())
     shape = artefact["shape"].removeprefix("twin_replay_")
-    decode = current_decode(decode_dir, shape, artefact)
+    decode = current_decode(decode_dir, shape, artefact, decode_kind)
     if decode is None:
-        raise SystemExit(f"{shape}: no decode record of this twin in {decode_dir} to fit the clock to")
+        raise SystemExit(
+            f"{shape}: no decode_*_{decode_kind} record of this twin in {decode_dir} to fit the clock to"
+        )
     measured, tm, where = engine_measured(decode)
-    lfu = current_decode(decode_dir, shape, artefact, "lfu")
+    measured = {**measured, **engine_variants(decode)}
+    lfu_kind = "coded_lfu" if decode_kind == "coded_lru" else "lfu"
+    lfu = current_decode(decode_dir, shape, artefact, lfu_kind)
     calls = {
         "lru": decode.get("started"),
         "lfu": (lfu or {}).get("started"),
     }  # None: a record before `started`
-    by_eviction = {"lru": measured, "lfu": engine_measured(lfu)[0] if lfu else {}}
+    by_eviction = {"lru": measured, "lfu": {**engine_measured(lfu)[0], **engine_variants(lfu)} if lfu else {}}
     if (1.0, "none") not in measured:
         raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
     w, pred, _, banks = workload(twin.with_suffix(".npz"), tokens)
@@ -115,6 +164,19 @@ def run(
     hybrid_tl = Timeline(**{**tl.__dict__, "host_ms": host_ms})
     # MOE_LOOKAHEAD_AFTER_DEMAND: a tap's copies for a later layer queued behind the layer's demand copies
     after_tl = Timeline(**{**tl.__dict__, "demand_first": True})
+    engine_coding = isinstance(coded, Coding)
+    if engine_coding:
+        coded_variants = [
+            (CODED, Timeline(**{**tl.__dict__, "coding": coded})),
+            (ROWS16, Timeline(**{**tl.__dict__, "coding": Coding(**{**coded.__dict__, "staging": 16})})),
+            (
+                HOST_AS_PLAIN,
+                Timeline(**{**tl.__dict__, "coding": Coding(**{**coded.__dict__, "host_extra_ms": 0.0})}),
+            ),
+        ]
+        after_coded = Timeline(**{**after_tl.__dict__, "coding": coded})
+    elif coded is not None:
+        coded_variants = [(CODED, tl)]  # fewer bytes (the Clock's expert size below), decoding free
     rows = []
     for f in fractions:
         slots = max(w.top_k, round(f * w.total_experts))
@@ -126,16 +188,23 @@ def run(
                 if pr.shift > 0 and ev == "lru":
                     variants.append((AFTER_DEMAND, after_tl))
                 if coded is not None and name in CODED_POLICIES:
-                    variants.append((CODED, tl))
+                    variants += coded_variants
+                    if engine_coding and pr.shift > 0 and ev == "lru":
+                        variants.append((AFTER_DEMAND + CODED, after_coded))
                 for suffix, clock_tl in variants:
-                    size = eb * coded if suffix == CODED else eb  # coded copies: fewer bytes, decoding free
+                    bytes_only = suffix == CODED and not engine_coding
+                    size = (
+                        eb * coded if bytes_only else eb
+                    )  # bytes-only coded copies: fewer bytes, decoding free
                     clock = Clock(w.num_layers, size, clock_tl, w.top_k)
                     c = replay(w, slots, ev, pr, preload_full=False, events=clock)
-                    m = None if suffix else by_eviction.get(ev, {}).get((f, name))  # engine: plain runs only
+                    m = by_eviction.get(ev, {}).get((f, name + suffix))  # the engine's run of it, if any
+                    if bytes_only or suffix == " + hybrid":  # the engine's coded / hybrid runs are not these
+                        m = None
                     rows.append(
                         {"fraction": f, "eviction": ev, "slots": slots, "policy": name + suffix,
-                         "hybrid": suffix == " + hybrid", "after_demand": suffix == AFTER_DEMAND,
-                         "coded": suffix == CODED,
+                         "hybrid": suffix == " + hybrid", "after_demand": suffix.startswith(AFTER_DEMAND),
+                         "coded": CODED in suffix,
                          "hit_rate": 1 - sum(c.misses) / max(1, sum(c.requests)),
                          "model_ms": clock.ms(w.steps), "engine_ms": 1e3 / m[0] if m else None,
                          "copies_per_token": (sum(c.misses) + sum(c.prefetch_issued)) / w.steps}
@@ -159,7 +228,8 @@ def run(
         "hybrid_host_ms": host_ms,
         "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
         "expert_bytes": eb,
-        "coded_ratio": coded,
+        "coded_ratio": coded if isinstance(coded, float) else None,
+        "coding": coded.__dict__ if engine_coding else None,
         "seconds": round(time.monotonic() - t0, 1),
         "rows": rows,
     }  # fmt: skip
@@ -178,6 +248,18 @@ def _calls_note(calls: dict, lfu_measured: bool) -> str:
     return (
         " The LFU engine rows come from another device call than the LRU ones (or from records that do not say "
         "when they started), so their engine ratio crosses calls, across which `none` moved by up to ~10%."
+    )
+
+
+def _coding_note(c: dict) -> str:
+    return (
+        "`coded`: the engine's coded copies (MOE_CODED_EXPERTS) as measured on the H200 (bench/results/"
+        f"coded_experts.json): a code's copy {c['copy_share']:.3f} of a plain expert's time, {c['staging']} "
+        f"staging rows, each batch of copies decoded in launches of {c['group']} codes "
+        f"({c['decode_base_ms']:.3f} ms + {c['decode_per_expert_ms']:.4f} ms a code), the host "
+        f"{c['host_extra_ms']:.3f} ms more a copy than a plain one; `coded, 16 rows`: double-buffered staging "
+        "rows (a batch copies while the one before decodes); `coded, host as plain`: no extra host time a copy "
+        "(neither is built). "
     )
 
 
@@ -204,11 +286,11 @@ def write_md(doc: dict, path: Path) -> None:
         )
         + (
             f"`coded`: every copy {doc['coded_ratio']:g} of an expert's bytes (the experts' exponents "
-            "Huffman-coded for the copy, lossless: bench/expert_entropy.py; the GPU's decoding taken as free; the "
-            "engine does not have it). "
+            "Huffman-coded for the copy, lossless: bench/expert_entropy.py; the GPU's decoding taken as free). "
             if doc.get("coded_ratio")
             else ""
         )
+        + (_coding_note(doc["coding"]) if doc.get("coding") else "")
         + "Engine columns: the twin-replayed decode runs of the same twin (LRU and LFU sweeps) where they measured "
         "that configuration; both ratios are over LRU's `none` at the same cache."
         + _calls_note(
@@ -230,6 +312,15 @@ def write_md(doc: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def _coded_arg(value: str | None) -> float | Coding | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return coding_from(Path(value))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -244,10 +335,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None, help="replay only the artefact's first N tokens")
     ap.add_argument(
         "--coded",
-        type=float,
         default=None,
         help="also run none, exact+d and oracle+d with copies of this share of an expert's bytes (losslessly "
-        "coded experts: 0.667 from bench/expert_entropy.py), the GPU's decoding taken as free",
+        "coded experts: 0.667 from bench/expert_entropy.py), the GPU's decoding taken as free; or, given "
+        "bench/results/coded_experts.json, with the engine's coded copy path as measured there",
+    )
+    ap.add_argument(
+        "--decode-kind",
+        default="twin",
+        help="the decode record fitted to: decode_<shape>_<kind>.json (twin, or coded_lru from "
+        "bench/gpu_coded_session.sh; its LFU counterpart is read beside it)",
     )
     ap.add_argument("--evictions", default="lru,lfu")
     ap.add_argument("--out", type=Path, required=True)
@@ -263,7 +360,8 @@ def main() -> None:
         args.attention_share,
         args.tokens,
         tuple(args.evictions.split(",")),
-        args.coded,
+        _coded_arg(args.coded),
+        args.decode_kind,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"timeline_{doc['shape'].replace('-', '_')}"

@@ -160,7 +160,13 @@ def sweep(
             segmented_steps(sw, fraction, [p for p in segmented if p in ran])
             segmented_steps(sw, fraction, [p for p in hybrid if p in ran], hybrid=True)
             segmented_steps(sw, fraction, [p for p in after_demand if p in ran], after_demand=True)
-            coded_copies(sw, fraction, [p for p in coded if p in ran], [p for p in segmented if p in ran])
+            coded_copies(
+                sw,
+                fraction,
+                [p for p in coded if p in ran],
+                [p for p in segmented if p in ran],
+                [p for p in after_demand if p in ran],
+            )
 
 
 def resident_ablations(sw: Sweep, fraction: float) -> None:
@@ -171,10 +177,14 @@ def resident_ablations(sw: Sweep, fraction: float) -> None:
         sw.measure("none", fraction, "torch-gemv")
 
 
-def coded_copies(sw: Sweep, fraction: float, policies: list[str], segmented: list[str]) -> None:
+def coded_copies(
+    sw: Sweep, fraction: float, policies: list[str], segmented: list[str], after_demand: list[str] = ()
+) -> None:
     """The same policies with coded expert copies (MOE_CODED_EXPERTS, `engine.model.coding.attach_coded`): on
     the main runner (its streamed steps still read misses from host memory; its prefetches and segmented
-    steps copy codes), and those also in `segmented` with segmented steps; the store is coded once."""
+    steps copy codes), those also in `segmented` with segmented steps, and those also in `after_demand` with
+    segmented steps queueing lookahead copies behind the demand (`coded-after-demand`); the store is coded
+    once."""
     if not policies:
         return
     om = sw.workload.runner.om
@@ -199,15 +209,20 @@ def coded_copies(sw: Sweep, fraction: float, policies: list[str], segmented: lis
                 continue
             sw.workload.runner.reset_steps()
             sw.measure(policy, fraction, "coded")
-        seg_policies = [p for p in policies if p in segmented]
-        if seg_policies and not sw.deadline.passed():
-            with runner_of_kind(om, host_reads=False) as seg:
-                for policy in seg_policies:
+        for variant, chosen, after in (
+            ("coded-segmented", segmented, False),
+            ("coded-after-demand", after_demand, True),
+        ):
+            these = [p for p in policies if p in chosen]
+            if not these or sw.deadline.passed():
+                continue
+            with runner_of_kind(om, host_reads=False, after_demand=after) as seg:
+                for policy in these:
                     if sw.deadline.passed():
-                        sw.record.skipped(f"{policy}@{fraction}/coded-segmented")
+                        sw.record.skipped(f"{policy}@{fraction}/{variant}")
                         continue
                     seg.reset_steps()
-                    sw.measure(policy, fraction, "coded-segmented", sw.workload.on(seg))
+                    sw.measure(policy, fraction, variant, sw.workload.on(seg))
     finally:
         om.store.coded = None
 

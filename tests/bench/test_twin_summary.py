@@ -111,12 +111,23 @@ def test_coded_rows_are_against_plain_none_and_their_floor_moves_the_codes_bytes
     dec = {
         "preset": "qwen3-30b-a3b",
         "coded_experts": {"ratio": 0.5},
-        "configs": [cfg("none", 1.0, 200.0), cfg("none", 0.5, 20.0), cfg("none", 0.5, 25.0, "coded")],
+        "configs": [
+            cfg("none", 1.0, 200.0),
+            cfg("none", 0.5, 20.0),
+            cfg("none", 0.5, 25.0, "coded"),
+            cfg("exact+2", 0.5, 30.0, "coded-after-demand"),
+        ],  # fmt: skip
     }
     floor = {("qwen3-30b-a3b", 0.5): {"bytes_per_token": 1e9, "bandwidth_gbs": 50.0}}  # 20 ms of copies
     rows = {(r["cache_fraction"], r["step"]): r for r in records(dec, "x.json", floor)}
     coded, plain = rows[0.5, "coded"], rows[0.5, "chosen"]
     assert coded["ratio_to_none"] == pytest.approx(25.0 / 20.0)
+    both = rows[
+        0.5, "coded-after-demand"
+    ]  # both settings: against plain `none` too, the code's share of bytes
+    assert both["ratio_to_none"] == pytest.approx(30.0 / 20.0) and both[
+        "clairvoyant_floor_ms"
+    ] == pytest.approx(10.0)
     assert plain["clairvoyant_floor_ms"] == pytest.approx(20.0) and coded[
         "clairvoyant_floor_ms"
     ] == pytest.approx(10.0)

@@ -106,8 +106,43 @@ def test_coded_copies_play_with_fewer_bytes(tmp_path):
     assert coded == {"none coded", "exact+1 coded", "exact+2 coded", "oracle+1 coded", "oracle+2 coded"}
     for p in coded:
         plain = by[p.removesuffix(" coded")]
-        assert by[p]["engine_ms"] is None  # the engine has no coded copies
+        assert by[p]["engine_ms"] is None  # bytes only: not the engine's coded copies
         assert (
             by[p]["copies_per_token"] == plain["copies_per_token"] and by[p]["hit_rate"] == plain["hit_rate"]
         )
         assert by[p]["model_ms"] < plain["model_ms"]  # the copies bound these steps at 25%
+
+
+def test_the_engines_coded_copy_path_plays_on_the_clock_fitted_to_the_coded_call(tmp_path):
+    """`--coded coded_experts.json --decode-kind coded_lru`: the clock fitted to the coded call's plain `none`,
+    the coded rows modelled with the H200's measured code copy, staging rows, batched decodes and host time,
+    set beside that call's coded runs; the what-ifs (16 staging rows, the host as on a plain copy) are never
+    slower and have no engine run."""
+    twin = ROOT / "bench" / "twins" / "twin_replay_qwen3-30b-a3b.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "twin_timeline.py"), "--twin", str(twin), "--tokens", "80",
+           "--fractions", "0.5", "--fit-fraction", "0.5", "--evictions", "lru", "--decode-kind", "coded_lru",
+           "--coded", str(ROOT / "bench" / "results" / "coded_experts.json"), "--out", str(tmp_path)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((tmp_path / "timeline_qwen3_30b_a3b.json").read_text())
+    coding = doc["coding"]
+    assert doc["coded_ratio"] is None and 0.7 < coding["copy_share"] < 0.85  # 0.137 / 0.177 ms on the H200
+    assert coding["staging"] == 8 and coding["decode_base_ms"] > 0 and coding["host_extra_ms"] > 0
+    by = {r["policy"]: r for r in doc["rows"]}
+    for p in ("none", "exact+2", "oracle+1"):  # the coded call measured these plain and coded
+        plain, coded = by[p], by[f"{p} coded"]
+        assert plain["engine_ms"] is not None and coded["engine_ms"] is not None
+        assert coded["engine_ratio_to_none"] == pytest.approx(by["none"]["engine_ms"] / coded["engine_ms"])
+        assert coded["copies_per_token"] == plain["copies_per_token"] and coded["coded"]
+        for what_if in (", 16 rows", ", host as plain"):
+            r = by[f"{p} coded{what_if}"]
+            assert r["engine_ms"] is None and r["model_ms"] <= coded["model_ms"] + 1e-9
+    after = by["exact+2 after demand coded"]
+    assert (
+        after["coded"]
+        and after["after_demand"]
+        and after["copies_per_token"] == by["exact+2"]["copies_per_token"]
+    )
+    assert by["exact+2 after demand"]["engine_ms"] is not None  # the call's plain after-demand run
+    md = (tmp_path / "timeline_qwen3_30b_a3b.md").read_text()
+    assert "staging rows" in md and "`exact+2 after demand coded`" in md

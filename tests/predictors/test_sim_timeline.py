@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from predictors.sim_policies import PolicyRun
-from predictors.sim_timeline import Timeline, fit_decision_ms, timeline_ms
+from predictors.sim_timeline import Coding, Timeline, fit_decision_ms, timeline_ms
 from predictors.simulate import replay
 from tests.sim_workloads import random_workload
 
@@ -67,6 +67,47 @@ def test_hybrid_misses_compute_part_of_the_demand_on_the_host_while_the_rest_cop
     assert timeline_ms(events, 1, 2, EB, slow, top_k=4) == timeline_ms(events, 1, 2, EB, TL, top_k=4)
     one = [(0, 0, -1, 0, 1), (0, 1, -1, 0, 0)]
     assert timeline_ms(one, 1, 2, EB, hybrid, top_k=1) == timeline_ms(one, 1, 2, EB, TL, top_k=1)
+
+
+def _coded(**kw) -> Timeline:
+    coding = Coding(**{"copy_share": 0.5, "decode_base_ms": 0.05, "decode_per_expert_ms": 0.01,
+                       "host_extra_ms": 0.0, **kw})  # fmt: skip
+    return Timeline(**{**TL.__dict__, "coding": coding})
+
+
+def test_coded_demand_copies_are_shorter_and_the_experts_wait_for_their_batch_decode():
+    # layer 0 misses 2 experts: codes 0.1 ms each (0.6-0.8), one decode launch of 2 (0.05 + 0.02) ends at 0.87
+    events = [(0, 0, -1, 0, 2), (0, 1, -1, 0, 0)]
+    assert timeline_ms(events, 1, 2, EB, _coded()) == pytest.approx(0.87 + 0.5 + 1.1)
+    assert timeline_ms(events, 1, 2, EB, TL) == pytest.approx(1.0 + 0.5 + 1.1)  # plain: 0.4 of copies
+    # the host's extra time per coded copy delays the experts' launch past the copies' end
+    assert timeline_ms(events, 1, 2, EB, _coded(host_extra_ms=0.2)) == pytest.approx(0.6 + 0.4 + 0.5 + 1.1)
+
+
+def test_coded_copies_past_the_staging_rows_wait_for_a_decode_to_free_a_row():
+    # 6 demand codes, 4 staging rows: codes 1-4 copy 0.6-1.0, are decoded when the fifth needs a row
+    # (1.0-1.09); codes 5-6 then copy 1.09-1.29 and decode 1.29-1.36; the experts start at 1.36
+    events = [(0, 0, -1, 0, 6), (0, 1, -1, 0, 0)]
+    four = _coded(staging=4, batch=4)
+    assert timeline_ms(events, 1, 2, EB, four) == pytest.approx(1.36 + 0.5 + 1.1)
+    # eight rows: one copy run (0.6-1.2) and one launch of 6 (0.11): 1.31
+    assert timeline_ms(events, 1, 2, EB, _coded(staging=8)) == pytest.approx(1.31 + 0.5 + 1.1)
+    # two launches of up to 4 codes a flush of 6 (group 4): 0.05 x 2 + 0.06 after the last copy
+    assert timeline_ms(events, 1, 2, EB, _coded(staging=8, group=4)) == pytest.approx(1.36 + 0.5 + 1.1)
+
+
+def test_coded_lookahead_copies_decode_behind_the_layer_before():
+    # layer 0's tap at 0.1 queues layer 1's 2 codes: 0.1-0.3, decoded by 0.37, long before layer 1 needs them
+    ahead = [(0, 0, 1, 2, 0), (0, 1, -1, 0, 0)]
+    assert timeline_ms(ahead, 1, 2, EB, _coded()) == pytest.approx(timeline_ms(ahead, 1, 2, EB, TL)) == 2.3
+    # 20 codes (2.0 ms) bound layer 1 instead, plus the decodes of the last staging batch (4 codes: 0.09)
+    big = [(0, 0, 1, 20, 0), (0, 1, -1, 0, 0)]
+    rows4 = _coded(staging=4, batch=4)
+    # each batch of 4: copies 0.4 ms, then a decode of 0.09 that the next batch's copies wait for
+    assert timeline_ms(big, 1, 2, EB, rows4) == pytest.approx(0.1 + 5 * 0.4 + 4 * 0.09 + 0.09 + 0.5)
+    # double-buffered rows (8 rows, batches of 4): a batch copies while the one before decodes
+    double = _coded(staging=8, batch=4)
+    assert timeline_ms(big, 1, 2, EB, double) == pytest.approx(0.1 + 5 * 0.4 + 0.09 + 0.5)
 
 
 def test_the_fit_recovers_the_decision_time_and_refuses_what_no_decision_reaches():

@@ -19,14 +19,14 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
         sys.executable,
         str(ROOT / "bench" / "twin_timeline.py"),
         "--tokens",
-        "300",
+        "150",
         "--out",
         str(tmp_path),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((tmp_path / "timeline_deepseek_v2_lite.json").read_text())
-    assert doc["tokens"] == 300 and doc["routing"].startswith("twin-replayed")
+    assert doc["tokens"] == 150 and doc["routing"].startswith("twin-replayed")
     ahead = ("exact+1", "overprovision+1", "oracle+1", "oracle+2", "oracle+4")  # the twin has a d=1 bank
     policies = {"none", "exact", "oracle", *ahead, "none + hybrid", "oracle+1 + hybrid"}
     after = {f"{p} after demand" for p in ahead}  # MOE_LOOKAHEAD_AFTER_DEMAND, under LRU
@@ -49,7 +49,7 @@ def test_a_short_run_fits_the_clock_and_reports_every_configuration(tmp_path):
             assert r["model_ratio_to_none"] == 1.0
         if r["policy"] in ("oracle+1", "exact+1") and r["eviction"] == "lru":
             assert r["engine_ms"] is not None  # the engine ran these on this twin
-        if r["after_demand"]:  # the same copies, queued later: the same hits and bytes
+        if r["after_demand"]:  # the same copies, queued later: the same hits and bytes (this record ran none)
             plain = by[(r["fraction"], "lru", r["policy"].removesuffix(" after demand"))]
             assert r["engine_ms"] is None and r["copies_per_token"] == plain["copies_per_token"]
     lfu = next(r for r in doc["rows"] if (r["fraction"], r["eviction"], r["policy"]) == (0.5, "lfu", "none"))

@@ -72,10 +72,11 @@ VARIANT_SUFFIX = {
 }  # bench/decode.py variants -> row suffixes
 
 
-def coding_from(path: Path, steps: int = 128) -> Coding:
+def coding_from(path: Path, weights: int | None = None, steps: int = 128) -> Coding:
     """The engine's coded copy path as bench/coded_experts.py measured it (`steps`: the codec's block length,
     engine.experts.coded's default): a code's copy time over a plain expert's, a decode launch of one code and
-    of eight, the host's time per coded copy over a plain one's."""
+    of eight, the host's time per coded copy over a plain one's. `weights`: an expert's weights where they
+    differ from the measured one's; a code's decode time scales with them, a launch's fixed part does not."""
     doc = json.loads(path.read_text())
     (codec,) = [c for c in doc["codec"] if c["steps"] == steps]
     fills = doc["fill"]["runs"]
@@ -83,10 +84,11 @@ def coding_from(path: Path, steps: int = 128) -> Coding:
     (coded,) = [r for r in fills if r["coded"] and r.get("steps") == steps]
     group = Coding.group
     per = (codec["group_decode_ms"] - codec["decode_ms"]) / (group - 1)
+    scale = weights / doc["weights_per_expert"] if weights else 1.0
     return Coding(
         copy_share=codec["h2d_code_ms"] / doc["h2d_bf16_ms"],
         decode_base_ms=codec["decode_ms"] - per,
-        decode_per_expert_ms=per,
+        decode_per_expert_ms=per * scale,
         host_extra_ms=max(0.0, coded["host_ms_per_expert"] - plain["host_ms_per_expert"]),
     )
 
@@ -120,10 +122,11 @@ def run(
     share: float,
     tokens: int | None,
     evictions: tuple[str, ...] = ("lru", "lfu"),
-    coded: float | Coding | None = None,
+    coded: float | Path | None = None,
     decode_kind: str = "twin",
 ) -> dict:
-    """`coded`: a share of an expert's bytes (coded copies, decoding free) or the engine's coded copy path."""
+    """`coded`: a share of an expert's bytes (coded copies, decoding free), or bench/coded_experts.py's record
+    of the engine's coded copy path (`coding_from`, scaled to this shape's experts)."""
     artefact = json.loads(twin.read_text())
     shape = artefact["shape"].removeprefix("twin_replay_")
     decode = current_decode(decode_dir, shape, artefact, decode_kind)
@@ -164,8 +167,9 @@ def run(
     hybrid_tl = Timeline(**{**tl.__dict__, "host_ms": host_ms})
     # MOE_LOOKAHEAD_AFTER_DEMAND: a tap's copies for a later layer queued behind the layer's demand copies
     after_tl = Timeline(**{**tl.__dict__, "demand_first": True})
-    engine_coding = isinstance(coded, Coding)
+    engine_coding = isinstance(coded, Path)
     if engine_coding:
+        coded = coding_from(coded, weights=eb // 2)  # bf16 weights
         coded_variants = [
             (CODED, Timeline(**{**tl.__dict__, "coding": coded})),
             (ROWS16, Timeline(**{**tl.__dict__, "coding": Coding(**{**coded.__dict__, "staging": 16})})),
@@ -312,13 +316,13 @@ def write_md(doc: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def _coded_arg(value: str | None) -> float | Coding | None:
+def _coded_arg(value: str | None) -> float | Path | None:
     if value is None:
         return None
     try:
         return float(value)
     except ValueError:
-        return coding_from(Path(value))
+        return Path(value)
 
 
 def main() -> None:

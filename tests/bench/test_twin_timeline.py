@@ -146,3 +146,21 @@ def test_the_engines_coded_copy_path_plays_on_the_clock_fitted_to_the_coded_call
     assert by["exact+2 after demand"]["engine_ms"] is not None  # the call's plain after-demand run
     md = (tmp_path / "timeline_qwen3_30b_a3b.md").read_text()
     assert "staging rows" in md and "`exact+2 after demand coded`" in md
+
+
+def test_the_measured_coding_scales_its_decode_with_the_experts_weights():
+    from bench.twin_timeline import coding_from
+
+    path = ROOT / "bench" / "results" / "coded_experts.json"
+    measured = json.loads(path.read_text())["weights_per_expert"]
+    one, two = coding_from(path), coding_from(path, weights=2 * measured)
+    assert two.decode_per_expert_ms == pytest.approx(2 * one.decode_per_expert_ms)
+    assert (two.decode_base_ms, two.copy_share, two.host_extra_ms) == (
+        one.decode_base_ms,
+        one.copy_share,
+        one.host_extra_ms,
+    )
+    # one code and eight in a launch, as measured (steps 128): 0.074 and 0.181 ms
+    assert one.decode_ms(1) == pytest.approx(0.0741, abs=1e-4) and one.decode_ms(8) == pytest.approx(
+        0.1809, abs=1e-4
+    )

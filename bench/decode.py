@@ -106,7 +106,8 @@ def main() -> None:
         "--coded",
         default="",
         help="policies also run with coded expert copies (MOE_CODED_EXPERTS) below a full cache, streamed and "
-        "(those also in --segmented) with segmented steps",
+        "(those also in --segmented) with segmented steps; those also in --after-demand also with both settings "
+        "(variant coded-after-demand)",
     )
     ap.add_argument(
         "--routing",

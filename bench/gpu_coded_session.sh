@@ -6,8 +6,9 @@
 #     cache's fill per expert with plain and coded copies -> coded_experts.{json,log}
 #  3. DECODE=1: the twin's decode of $SHAPE (default qwen3-30b-a3b; bench/decode.py --routing twin:...,
 #     $EVICTION, default lru) with `none`, `exact+2` and `oracle+1` at 50% and 25%, plain and with coded copies
-#     (--coded), `exact+2` also after demand -> decode_${SHAPE//-/_}_coded_$EVICTION.{json,png,log} (POLICIES=,
-#     CODED=, AFTER=, FRACTIONS= override the lists; TESTS=0 skips steps 1 and 2, BENCH=0 step 2)
+#     (--coded), `exact+2` also after demand, plain and coded (variant coded-after-demand: both settings)
+#     -> decode_${SHAPE//-/_}_coded_$EVICTION.{json,png,log} (POLICIES=, CODED=, AFTER=, FRACTIONS= override the
+#     lists; TESTS=0 skips steps 1 and 2, BENCH=0 step 2)
 # Carry .whl (the test suite's and the server's dependencies) and .cache/data/mmlu/test (the predictors' prompts).
 #   DECODE=1 EVICTION=lfu bash bench/gpu_coded_session.sh
 #   DECODE=1 TESTS=0 SHAPE=deepseek-v2-lite POLICIES=none,exact+1,oracle+1 CODED=none,exact+1,oracle+1 \

@@ -24,7 +24,7 @@ decoding taken as free). With `--coded bench/results/coded_experts.json` they ru
 instead (`MOE_CODED_EXPERTS`, `predictors.sim_timeline.Coding` from that record's H200 measurements: the
 code's copy time, staging rows, batched decodes, the host's extra time a copy), beside two what-ifs the engine
 does not have: double-buffered staging rows (`... coded, 16 rows`) and a coded copy costing the host what a
-plain one does (`... coded, host as plain`); the lookahead ones also after demand (`... after demand coded`).
+plain one does (`... coded, host as plain`); the lookahead ones also after demand (`... after demand coded`, under LRU and LFU).
 `--decode-kind coded_lru` fits the clock to `decode_<shape>_coded_lru.json` (bench/gpu_coded_session.sh),
 whose coded rows are then the engine's columns, every ratio within that one call.
 Imports numpy and `predictors` (through `bench.twin_eviction`).
@@ -193,7 +193,7 @@ def run(
                     variants.append((AFTER_DEMAND, after_tl))
                 if coded is not None and name in CODED_POLICIES:
                     variants += coded_variants
-                    if engine_coding and pr.shift > 0 and ev == "lru":
+                    if engine_coding and pr.shift > 0:  # both evictions: LFU + after demand + coded
                         variants.append((AFTER_DEMAND + CODED, after_coded))
                 for suffix, clock_tl in variants:
                     bytes_only = suffix == CODED and not engine_coding

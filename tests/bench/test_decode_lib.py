@@ -1,6 +1,7 @@
 """The decode benchmark's library on the CPU smoke shape: runners of another kind give the same greedy
 tokens as the main runner, the torch-GEMV switch puts the runner back as it was, and the record checks
-every configuration's tokens against the first one's."""
+every configuration's tokens against the first one's; and which runs the sweep's coded copies make (with
+stand-ins for the CUDA runners)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,51 @@ def test_a_hybrid_config_records_where_the_hosts_time_went(tmp_path, monkeypatch
     host = config["hybrid_host"]
     assert host["experts_per_token"] > 0 and host["calibrated_ms_per_pair"] == 1e-4
     assert 0 < host["output_ms_per_token"] <= host["route_ms_per_token"]
+
+
+def test_coded_copies_run_each_policy_coded_and_with_the_settings_it_shares(monkeypatch):
+    """`sweep.coded_copies`: every policy coded on the main runner; those also segmented on a segmented
+    runner (`coded-segmented`); those also after demand on a runner with MOE_LOOKAHEAD_AFTER_DEMAND
+    (`coded-after-demand`); the store coded once and put back plain afterwards."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import engine.model.coding as coding
+    from bench.decode_lib import sweep
+
+    kinds, measured, coded_calls = [], [], []
+
+    @contextlib.contextmanager
+    def runner_of_kind(om, **kw):
+        kinds.append(kw)
+        yield SimpleNamespace(kind=kw, reset_steps=lambda: None)
+
+    code = SimpleNamespace(ratio=lambda store: 0.69, coded_bytes=2e9, layout=SimpleNamespace(steps=128))
+    monkeypatch.setattr(sweep, "runner_of_kind", runner_of_kind)
+    monkeypatch.setattr(coding, "attach_coded", lambda store, device: coded_calls.append(store) or code)
+    store = SimpleNamespace(coded=None)
+    runner = SimpleNamespace(om=SimpleNamespace(store=store, device="cuda"), reset_steps=lambda: None)
+    sw = SimpleNamespace(
+        workload=SimpleNamespace(runner=runner, on=lambda seg: seg),
+        record=SimpleNamespace(data={}, skipped=lambda name: None),
+        deadline=SimpleNamespace(passed=lambda: False),
+        coded=None,
+    )
+
+    def measure(policy, fraction, variant=None, workload=None):
+        assert store.coded is code  # every coded run copies codes
+        measured.append((policy, variant, None if workload is None else workload.kind))
+
+    sw.measure = measure
+    sweep.coded_copies(sw, 0.5, ["none", "exact+2", "oracle+1"], ["none"], ["exact+2"])
+    assert measured == [
+        ("none", "coded", None),
+        ("exact+2", "coded", None),
+        ("oracle+1", "coded", None),
+        ("none", "coded-segmented", {"host_reads": False, "after_demand": False}),
+        ("exact+2", "coded-after-demand", {"host_reads": False, "after_demand": True}),
+    ]
+    assert store.coded is None and sw.coded is code and len(coded_calls) == 1
+    assert sw.record.data["coded_experts"]["ratio"] == 0.69
+    sweep.coded_copies(sw, 0.25, ["none"], [], [])  # a second cache size: coded once, not again
+    assert len(coded_calls) == 1 and measured[-1] == ("none", "coded", None)

@@ -114,6 +114,19 @@ def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[s
     return out
 
 
+def width_runs(w, banks: dict, widths: list[int]) -> dict[str, PolicyRun]:
+    """`overprovision@m+d`: each lookahead bank's top-m ids for layer i + d at layer i's tap, m other than k
+    (the engine's `MOE_POLICY=overprovision MOE_OVERPROVISION=m` with a bundle of distance d)."""
+    out = {}
+    for d, ahead in banks.items():  # ahead: [L-d, N, k']
+        for m in widths:
+            if m != w.top_k and m <= ahead.shape[2]:
+                tables = [ahead[i][:, :m] for i in range(w.num_layers - d)]
+                name = f"overprovision@{m}+{d}"
+                out[name] = PolicyRun("overprovision", name, shift=d, tables=tables, params={"k_prime": m})
+    return out
+
+
 def run(
     twin: Path,
     decode_dir: Path,
@@ -124,9 +137,12 @@ def run(
     evictions: tuple[str, ...] = ("lru", "lfu"),
     coded: float | Path | None = None,
     decode_kind: str = "twin",
+    widths: list[int] = (),
+    only: list[str] = (),
 ) -> dict:
     """`coded`: a share of an expert's bytes (coded copies, decoding free), or bench/coded_experts.py's record
-    of the engine's coded copy path (`coding_from`, scaled to this shape's experts)."""
+    of the engine's coded copy path (`coding_from`, scaled to this shape's experts). `widths`: also each
+    lookahead bank's top-m (`width_runs`); `only`: play just these configurations (`none` always)."""
     artefact = json.loads(twin.read_text())
     shape = artefact["shape"].removeprefix("twin_replay_")
     decode = current_decode(decode_dir, shape, artefact, decode_kind)
@@ -148,7 +164,12 @@ def run(
     w, pred, _, banks = workload(twin.with_suffix(".npz"), tokens)
     eb = model_shape(shape).expert_bytes
     base = Timeline(step_ms=tm.step_ms, bandwidth_gbs=tm.bandwidth_gbs, attention_share=share)
-    runs = configurations(w, pred, lookahead_runs(w, banks))
+    runs = configurations(w, pred, {**lookahead_runs(w, banks), **width_runs(w, banks, widths)})
+    if only:
+        unknown = set(only) - set(runs)
+        if unknown:
+            raise SystemExit(f"--only: no configuration {sorted(unknown)} (there are {sorted(runs)})")
+        runs = {k: v for k, v in runs.items() if k == "none" or k in only}
     t0 = time.monotonic()
     # the fit first, on one configuration's events; every other replay then runs on the fitted clock as it
     # goes (a Clock holds one number per layer, not the replay's events)
@@ -191,7 +212,7 @@ def run(
                     variants.append((" + hybrid", hybrid_tl))
                 if pr.shift > 0 and ev == "lru":
                     variants.append((AFTER_DEMAND, after_tl))
-                if coded is not None and name in CODED_POLICIES:
+                if coded is not None and (name in CODED_POLICIES or "@" in name):
                     variants += coded_variants
                     if engine_coding and pr.shift > 0:  # both evictions: LFU + after demand + coded
                         variants.append((AFTER_DEMAND + CODED, after_coded))
@@ -351,6 +372,13 @@ def main() -> None:
         "bench/gpu_coded_session.sh; its LFU counterpart is read beside it)",
     )
     ap.add_argument("--evictions", default="lru,lfu")
+    ap.add_argument(
+        "--widths",
+        default="",
+        help="also each lookahead bank's top-m for these m (overprovision@m+d: MOE_POLICY=overprovision "
+        "MOE_OVERPROVISION=m with a bundle of distance d; m below k issues fewer, surer copies)",
+    )
+    ap.add_argument("--only", default="", help="play only these configurations (and none), comma-separated")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",")]
@@ -366,6 +394,8 @@ def main() -> None:
         tuple(args.evictions.split(",")),
         _coded_arg(args.coded),
         args.decode_kind,
+        [int(m) for m in args.widths.split(",") if m],
+        [p for p in args.only.split(",") if p],
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"timeline_{doc['shape'].replace('-', '_')}"

@@ -289,10 +289,17 @@ def predictions_by_policy(policies: list[str], routing: str) -> dict[str, str]:
                 if twin
                 else "the real-shape bank trained on the random-weight model's traces"
             )
-        elif p.partition("+")[0] in PREDICTOR_POLICIES:
+        elif p.partition("+")[0].partition("@")[0] in PREDICTOR_POLICIES:
+            head, _, d = p.partition("+")
+            width = f", each tap's top {head.partition('@')[2]}" if "@" in head else ""
+            if not d:  # overprovision@m: the same-layer predictors
+                out[p] = (
+                    predictions_by_policy([head.partition("@")[0]], routing)[head.partition("@")[0]] + width
+                )
+                continue
             out[p] = (
-                f"the twin's lookahead predictors of distance {p.partition('+')[2]} (replayed that many MoE "
-                "layers ahead; the real-shape bank's predictors for the layers they reach run, output dropped)"
+                f"the twin's lookahead predictors of distance {d}{width} (replayed that many MoE layers "
+                "ahead; the real-shape bank's predictors for the layers they reach run, output dropped)"
             )
         elif p == "oracle":
             out[p] = "the routing `none` recorded at the same cache size"

@@ -32,8 +32,11 @@ from engine.prefetch.routing_trace import RoutingRecorder
 def split_policy(policy: str) -> tuple[str, int]:
     """A sweep's policy name -> (`MOE_POLICY` value, lookahead distance): `oracle+d` is the oracle issued d
     MoE layers ahead (`MOE_ORACLE_AHEAD=d`); `exact+d` (any predictor policy) uses a lookahead bank of
-    distance d (the twin replay's `predicted_ids_ahead_<d>`)."""
-    name, plus, ahead = policy.partition("+")
+    distance d (the twin replay's `predicted_ids_ahead_<d>`); `overprovision@m+d` issues the bank's top-m
+    (`MOE_OVERPROVISION=m`, `policy_width`)."""
+    head, plus, ahead = policy.partition("+")
+    name = head.partition("@")[0]
+    policy_width(policy)
     if plus and (name != "oracle" and name not in PREDICTOR_POLICIES):
         raise ValueError(f"policy {policy!r}: only oracle and the predictor policies take a distance (+d)")
     if plus and not ahead.isdigit():
@@ -41,12 +44,23 @@ def split_policy(policy: str) -> tuple[str, int]:
     return name, int(ahead or 0)
 
 
+def policy_width(policy: str) -> int | None:
+    """m of `overprovision@m` (`overprovision@6+2`): the top-m the policy issues (`MOE_OVERPROVISION`), or None."""
+    head = policy.partition("+")[0]
+    name, at, width = head.partition("@")
+    if not at:
+        return None
+    if name != "overprovision" or not width.isdigit() or int(width) < 1:
+        raise ValueError(f"policy {policy!r}: a width is overprovision@m with m >= 1 (MOE_OVERPROVISION=m)")
+    return int(width)
+
+
 def engine_config(policy: str, routing: Path) -> EngineConfig:
     """The engine configuration of a sweep's policy name (`split_policy`); a predictor policy's distance is
     its bank's (`bank_for`), not a setting."""
     name, ahead = split_policy(policy)
     if name != "oracle":
-        return EngineConfig(policy=name)
+        return EngineConfig(policy=name, overprovision=policy_width(policy))
     return EngineConfig(policy="oracle", oracle_trace=str(routing), oracle_ahead=ahead)
 
 

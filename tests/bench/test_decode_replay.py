@@ -86,7 +86,7 @@ def test_decode_bench_twin_replay_smoke(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "bench" / "decode.py"), "--smoke", "--prompts", str(MMLU),
         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--runs", "2", "--new-tokens", "4",
-        "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,exact+1,exact+2,oracle",
+        "--collect-prompts", "10", "--samples", "500", "--epochs", "1", "--policies", "none,exact,exact+1,exact+2,oracle,overprovision@1+1",
         "--fractions", "1.0,0.5", "--batches", "2", "--routing", f"twin:{path}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -116,6 +116,10 @@ def test_decode_bench_twin_replay_smoke(tmp_path):
     ahead, none = by[("exact+1", 0.5)], by[("none", 0.5)]
     assert "lookahead predictors of distance 1" in ahead["predictions"]
     assert ahead["hit_rate"] > none["hit_rate"] + 0.1, (ahead["hit_rate"], none["hit_rate"])
+    # overprovision@1+1: the same bank, each tap's top 1 only (MOE_OVERPROVISION=1): fewer copies, fewer hits
+    narrow = by[("overprovision@1+1", 0.5)]
+    assert "each tap's top 1" in narrow["predictions"]
+    assert narrow["hit_rate"] < ahead["hit_rate"]
     assert ("exact+2", 0.5) not in by  # the artefact has no distance 2: skipped, said in the log
     assert "exact+2 skipped: no lookahead predictions of that distance" in res.stdout + res.stderr
 

@@ -121,7 +121,8 @@ def test_the_engines_coded_copy_path_plays_on_the_clock_fitted_to_the_coded_call
     twin = ROOT / "bench" / "twins" / "twin_replay_qwen3-30b-a3b.json"
     cmd = [sys.executable, str(ROOT / "bench" / "twin_timeline.py"), "--twin", str(twin), "--tokens", "80",
            "--fractions", "0.5", "--fit-fraction", "0.5", "--evictions", "lru", "--decode-kind", "coded_lru",
-           "--coded", str(ROOT / "bench" / "results" / "coded_experts.json"), "--out", str(tmp_path)]  # fmt: skip
+           "--coded", str(ROOT / "bench" / "results" / "coded_experts.json"), "--out", str(tmp_path),
+           "--widths", "6", "--only", "exact+2,oracle+1,overprovision@6+2"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((tmp_path / "timeline_qwen3_30b_a3b.json").read_text())
@@ -144,6 +145,13 @@ def test_the_engines_coded_copy_path_plays_on_the_clock_fitted_to_the_coded_call
         and after["copies_per_token"] == by["exact+2"]["copies_per_token"]
     )
     assert by["exact+2 after demand"]["engine_ms"] is not None  # the call's plain after-demand run
+    # --widths: the two-ahead bank's top-6 (fewer, surer copies than its top-8), coded and after demand too;
+    # --only: nothing else was played
+    narrow = by["overprovision@6+2"]
+    assert narrow["copies_per_token"] < by["exact+2"]["copies_per_token"]
+    assert narrow["hit_rate"] < by["exact+2"]["hit_rate"]
+    assert {"overprovision@6+2 coded", "overprovision@6+2 after demand coded"} <= set(by)
+    assert not {"exact", "exact+1", "oracle", "overprovision@6+1"} & set(by)
     md = (tmp_path / "timeline_qwen3_30b_a3b.md").read_text()
     assert "staging rows" in md and "`exact+2 after demand coded`" in md
 

@@ -23,6 +23,7 @@
 Policies are `MOE_POLICY` names, or a lookahead policy `P+d` (`exact+2`; P any predictor policy, d >= 1):
 served with `MOE_POLICY=P` and `MOE_PREDICTORS` set to a bundle trained to name MoE layer l+d's experts from
 layer l's pre-attention input (`moe-prefetch train --distance d`), so the server prefetches d layers early.
+`overprovision@m` (`overprovision@6+2`) also sets `MOE_OVERPROVISION=m`: each tap's top m, fewer than k or more.
 Records keep the `exact+2` spelling. `--after-demand` gives every server `MOE_LOOKAHEAD_AFTER_DEMAND=true`
 (segmented steps queue the lookahead copies behind the layer's own missing experts); the JSON records it
 as `after_demand`, each configuration record its server's `MOE_*` settings (`server_env`) and the policy
@@ -79,13 +80,26 @@ MIN_CACHE_GB = (
 
 
 def split_policy(policy: str) -> tuple[str, int]:
-    """("exact", 2) for the lookahead policy "exact+2", ("exact", 0) for "exact"; ValueError if malformed."""
-    base, plus, ahead = policy.partition("+")
+    """("exact", 2) for the lookahead policy "exact+2", ("exact", 0) for "exact", ("overprovision", 2) for
+    "overprovision@6+2" (its width: `policy_width`); ValueError if malformed."""
+    head, plus, ahead = policy.partition("+")
+    base = head.partition("@")[0]
+    policy_width(policy)
     if not plus:
         return base, 0
     if not ahead.isdigit() or int(ahead) < 1:
         raise ValueError(f"{policy!r}: a lookahead policy is POLICY+d with d = 1, 2, ...")
     return base, int(ahead)
+
+
+def policy_width(policy: str) -> int | None:
+    """m of "overprovision@m" ("overprovision@6+2": each tap's top 6, `MOE_OVERPROVISION=6`), else None."""
+    name, at, width = policy.partition("+")[0].partition("@")
+    if not at:
+        return None
+    if name != "overprovision" or not width.isdigit() or int(width) < 1:
+        raise ValueError(f"{policy!r}: a width is overprovision@m with m = 1, 2, ... (MOE_OVERPROVISION=m)")
+    return int(width)
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,8 @@ class Conf:
             env["MOE_EXPERT_CACHE_GB"] = MIN_CACHE_GB
         else:
             env["MOE_EXPERT_CACHE_FRACTION"] = self.fraction
+        if policy_width(self.policy) is not None:
+            env["MOE_OVERPROVISION"] = str(policy_width(self.policy))
         if needs_bundle and bundles.get(self.distance) is not None:
             env["MOE_PREDICTORS"] = str(bundles[self.distance])
         if self.steps == "segmented":

@@ -29,7 +29,16 @@ def test_split_policy():
     assert split_policy("exact") == ("exact", 0)
     assert split_policy("exact+2") == ("exact", 2)
     assert split_policy("overprovision+1") == ("overprovision", 1)
-    for bad in ("exact+", "exact+0", "exact+x", "exact+-1"):
+    assert split_policy("overprovision@6+2") == ("overprovision", 2)
+    for bad in (
+        "exact+",
+        "exact+0",
+        "exact+x",
+        "exact+-1",
+        "exact@6+2",
+        "overprovision@x+1",
+        "overprovision@0",
+    ):
         with pytest.raises(ValueError):
             split_policy(bad)
 
@@ -49,6 +58,13 @@ def test_exact_plus_d_env_serves_exact_with_the_distance_bundle(tmp_path):
         tmp_path / "b"
     )
     assert "MOE_PREDICTORS" not in none.env(tmp_path / "ckpt", bundles, args, False)
+    assert "MOE_OVERPROVISION" not in env  # only a width sets it
+    narrow = Conf("0.5", "overprovision@6+2", "segmented")
+    nenv = narrow.env(tmp_path / "ckpt", bundles, args, True)
+    assert (narrow.server_policy, narrow.distance) == ("overprovision", 2)
+    assert nenv["MOE_POLICY"] == "overprovision" and nenv["MOE_OVERPROVISION"] == "6"
+    assert nenv["MOE_PREDICTORS"] == str(tmp_path / "b-ahead2")
+    check_names(args, ["overprovision@6+2"], ["segmented"])  # servable
     assert log_name(ahead) == "50pct_exact+2_segmented.log"
 
 

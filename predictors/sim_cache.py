@@ -45,7 +45,8 @@ class SimCache:
         self.counters.slots_capacity = capacity
         self.now = 0
         self._resident: set[Key] = set()
-        self._pins: dict[Key, int] = {}
+        self._pins: dict[Key, int] = {}  # pinned keys only (a key leaves at its last unpin): `room_for`
+        # asks how many every route, so the count is its length, not a scan
         self._fresh: set[Key] = set()
         self._prefetch: list[set[Key]] = [set() for _ in range(num_layers)]
 
@@ -54,7 +55,7 @@ class SimCache:
         return self._pins.get(key, 0) > 0
 
     def pinned_slots(self) -> int:
-        return sum(1 for p in self._pins.values() if p > 0)
+        return len(self._pins)
 
     def _take_slot(self) -> bool:
         if len(self._resident) < self.capacity:
@@ -68,7 +69,7 @@ class SimCache:
     def _evict(self, key: Key) -> None:
         self._resident.discard(key)
         self.order.remove(key)
-        self._pins.pop(key, None)
+        self._pins.pop(key, None)  # (a victim is never pinned)
         if key in self._fresh:
             self._fresh.discard(key)
             self.counters.prefetch_wasted[key[0]] += 1
@@ -86,7 +87,10 @@ class SimCache:
         n = self._pins.get(key, 0)
         if n <= 0:
             raise RuntimeError(f"simulated cache: {key} unpinned more often than pinned")
-        self._pins[key] = n - 1
+        if n == 1:
+            del self._pins[key]
+        else:
+            self._pins[key] = n - 1
 
     def preload(self, keys: Sequence[Key]) -> None:
         """Initial content (the server's `load_all` when every expert fits): not counted as copies."""

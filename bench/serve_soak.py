@@ -56,6 +56,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.policy_names import policy_width  # noqa: E402
 from bench.run_record import Run  # noqa: E402
 from bench.soak_workload import Workload, find_data, load_texts, long_prompt  # noqa: E402
 
@@ -90,16 +91,6 @@ def split_policy(policy: str) -> tuple[str, int]:
     if not ahead.isdigit() or int(ahead) < 1:
         raise ValueError(f"{policy!r}: a lookahead policy is POLICY+d with d = 1, 2, ...")
     return base, int(ahead)
-
-
-def policy_width(policy: str) -> int | None:
-    """m of "overprovision@m" ("overprovision@6+2": each tap's top 6, `MOE_OVERPROVISION=6`), else None."""
-    name, at, width = policy.partition("+")[0].partition("@")
-    if not at:
-        return None
-    if name != "overprovision" or not width.isdigit() or int(width) < 1:
-        raise ValueError(f"{policy!r}: a width is overprovision@m with m = 1, 2, ... (MOE_OVERPROVISION=m)")
-    return int(width)
 
 
 @dataclass(frozen=True)
@@ -143,8 +134,9 @@ class Conf:
             env["MOE_EXPERT_CACHE_GB"] = MIN_CACHE_GB
         else:
             env["MOE_EXPERT_CACHE_FRACTION"] = self.fraction
-        if policy_width(self.policy) is not None:
-            env["MOE_OVERPROVISION"] = str(policy_width(self.policy))
+        width = policy_width(self.policy)
+        if width is not None:
+            env["MOE_OVERPROVISION"] = str(width)
         if needs_bundle and bundles.get(self.distance) is not None:
             env["MOE_PREDICTORS"] = str(bundles[self.distance])
         if self.steps == "segmented":

@@ -119,16 +119,20 @@ def policy_runs(w: Workload, pred: np.ndarray) -> dict[str, PolicyRun]:
     }
 
 
-def engine_measured(decode: dict | None) -> tuple[dict, TimeModel, str]:
+def engine_measured(
+    decode: dict | None, suffixes: dict[str, str] | None = None
+) -> tuple[dict, TimeModel, str]:
     """{(fraction, policy): (tok/s, hit)} of the twin-replayed engine run (streamed or segmented as its
-    step choice picked), the time model from it, and where the model's numbers came from."""
+    step choice picked), the time model from it, and where the model's numbers came from. `suffixes`:
+    variants to read too, {variant: suffix}, keyed (fraction, policy + suffix)."""
     if decode is None:
         return {}, TimeModel(), "simulator defaults (H200, Qwen3-30B-A3B shape)"
     out, step_ms, eager = {}, None, False
     for c in decode["configs"]:
-        if c.get("variant", "") not in ("", None) or c.get("batch", 1) != 1:
+        suffix = "" if c.get("variant") in ("", None) else (suffixes or {}).get(c["variant"])
+        if suffix is None or c.get("batch", 1) != 1:
             continue
-        key, summary = (round(float(c["fraction"]), 3), c["policy"]), c["summary"]
+        key, summary = (round(float(c["fraction"]), 3), c["policy"] + suffix), c["summary"]
         steps = c.get("steps", {})
         if (
             steps and not steps.get("graph") and steps.get("eager")
@@ -136,7 +140,7 @@ def engine_measured(decode: dict | None) -> tuple[dict, TimeModel, str]:
             eager = True
             continue
         out[key] = (summary["tok_s_median"], summary.get("hit_rate"))
-        if c["fraction"] == 1.0 and c["policy"] == "none":
+        if c["fraction"] == 1.0 and c["policy"] == "none" and not suffix:
             step_ms = 1e3 / summary["tok_s_median"]
     tm = TimeModel(step_ms=step_ms or TimeModel.step_ms, bandwidth_gbs=decode["h2d_gb_per_s"])
     where = f"{decode['device']}: resident step and pinned bandwidth of the twin-replayed decode run"

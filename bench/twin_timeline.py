@@ -69,7 +69,7 @@ VARIANT_SUFFIX = {
     "coded": CODED,
     "after-demand": AFTER_DEMAND,
     "coded-after-demand": AFTER_DEMAND + CODED,
-}  # bench/decode.py variants -> row suffixes
+}  # bench/decode.py variants -> row suffixes (engine_measured reads them)
 
 
 def coding_from(path: Path, weights: int | None = None, steps: int = 128) -> Coding:
@@ -91,16 +91,6 @@ def coding_from(path: Path, weights: int | None = None, steps: int = 128) -> Cod
         decode_per_expert_ms=per * scale,
         host_extra_ms=max(0.0, coded["host_ms_per_expert"] - plain["host_ms_per_expert"]),
     )
-
-
-def engine_variants(decode: dict | None) -> dict:
-    """{(fraction, policy + suffix): tok/s} of a decode record's batch-1 variant rows (coded, after demand)."""
-    out = {}
-    for c in (decode or {}).get("configs", []):
-        suffix = VARIANT_SUFFIX.get(c.get("variant") or "")
-        if suffix and c.get("batch", 1) in (1, None):
-            out[(round(float(c["fraction"]), 3), c["policy"] + suffix)] = (c["summary"]["tok_s_median"], None)
-    return out
 
 
 def configurations(w, pred, ahead: dict[str, PolicyRun] | None = None) -> dict[str, PolicyRun]:
@@ -150,15 +140,14 @@ def run(
         raise SystemExit(
             f"{shape}: no decode_*_{decode_kind} record of this twin in {decode_dir} to fit the clock to"
         )
-    measured, tm, where = engine_measured(decode)
-    measured = {**measured, **engine_variants(decode)}
+    measured, tm, where = engine_measured(decode, VARIANT_SUFFIX)
     lfu_kind = "coded_lfu" if decode_kind == "coded_lru" else "lfu"
     lfu = current_decode(decode_dir, shape, artefact, lfu_kind)
     calls = {
         "lru": decode.get("started"),
         "lfu": (lfu or {}).get("started"),
     }  # None: a record before `started`
-    by_eviction = {"lru": measured, "lfu": {**engine_measured(lfu)[0], **engine_variants(lfu)} if lfu else {}}
+    by_eviction = {"lru": measured, "lfu": engine_measured(lfu, VARIANT_SUFFIX)[0] if lfu else {}}
     if (1.0, "none") not in measured:
         raise SystemExit(f"{shape}: the decode record has no resident run with graph steps ({where})")
     w, pred, _, banks = workload(twin.with_suffix(".npz"), tokens)
@@ -189,17 +178,17 @@ def run(
     # MOE_LOOKAHEAD_AFTER_DEMAND: a tap's copies for a later layer queued behind the layer's demand copies
     after_tl = Timeline(**{**tl.__dict__, "demand_first": True})
     engine_coding = isinstance(coded, Path)
-    if engine_coding:
-        coded = coding_from(coded, weights=eb // 2)  # bf16 weights
+    coding = coding_from(coded, weights=eb // 2) if engine_coding else None  # bf16 weights
+    if coding is not None:
         coded_variants = [
-            (CODED, Timeline(**{**tl.__dict__, "coding": coded})),
-            (ROWS16, Timeline(**{**tl.__dict__, "coding": Coding(**{**coded.__dict__, "staging": 16})})),
+            (CODED, Timeline(**{**tl.__dict__, "coding": coding})),
+            (ROWS16, Timeline(**{**tl.__dict__, "coding": Coding(**{**coding.__dict__, "staging": 16})})),
             (
                 HOST_AS_PLAIN,
-                Timeline(**{**tl.__dict__, "coding": Coding(**{**coded.__dict__, "host_extra_ms": 0.0})}),
+                Timeline(**{**tl.__dict__, "coding": Coding(**{**coding.__dict__, "host_extra_ms": 0.0})}),
             ),
         ]
-        after_coded = Timeline(**{**after_tl.__dict__, "coding": coded})
+        after_coded = Timeline(**{**after_tl.__dict__, "coding": coding})
     elif coded is not None:
         coded_variants = [(CODED, tl)]  # fewer bytes (the Clock's expert size below), decoding free
     rows = []
@@ -254,7 +243,7 @@ def run(
         "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
         "expert_bytes": eb,
         "coded_ratio": coded if isinstance(coded, float) else None,
-        "coding": coded.__dict__ if engine_coding else None,
+        "coding": coding.__dict__ if coding is not None else None,
         "seconds": round(time.monotonic() - t0, 1),
         "rows": rows,
     }  # fmt: skip

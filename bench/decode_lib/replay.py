@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from bench import twin_replay
+from bench.policy_names import policy_width
 from engine.api.policies import PREDICTOR_POLICIES
 from engine.model.offload import decode_mode
 
@@ -289,16 +290,15 @@ def predictions_by_policy(policies: list[str], routing: str) -> dict[str, str]:
                 if twin
                 else "the real-shape bank trained on the random-weight model's traces"
             )
-        elif p.partition("+")[0].partition("@")[0] in PREDICTOR_POLICIES:
-            head, _, d = p.partition("+")
-            width = f", each tap's top {head.partition('@')[2]}" if "@" in head else ""
+        elif (base := p.partition("+")[0].partition("@")[0]) in PREDICTOR_POLICIES:
+            width = policy_width(p)
+            top = f", each tap's top {width}" if width is not None else ""
+            d = p.partition("+")[2]
             if not d:  # overprovision@m: the same-layer predictors
-                out[p] = (
-                    predictions_by_policy([head.partition("@")[0]], routing)[head.partition("@")[0]] + width
-                )
+                out[p] = predictions_by_policy([base], routing)[base] + top
                 continue
             out[p] = (
-                f"the twin's lookahead predictors of distance {d}{width} (replayed that many MoE layers "
+                f"the twin's lookahead predictors of distance {d}{top} (replayed that many MoE layers "
                 "ahead; the real-shape bank's predictors for the layers they reach run, output dropped)"
             )
         elif p == "oracle":

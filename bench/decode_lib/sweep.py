@@ -21,6 +21,7 @@ from bench.decode_lib.record import Record, log
 from bench.decode_lib.seams import attach_cache_hooks, runner_of_kind, torch_expert_gemv
 from bench.decode_lib.timing import STALLS, Workload, summarise
 from bench.decode_lib.training import Bank
+from bench.policy_names import policy_width
 from engine.api.config import EngineConfig
 from engine.api.policies import PREDICTOR_POLICIES
 from engine.model.fingerprint import model_fingerprint
@@ -42,17 +43,6 @@ def split_policy(policy: str) -> tuple[str, int]:
     if plus and not ahead.isdigit():
         raise ValueError(f"policy {policy!r}: +d needs a distance d >= 0")
     return name, int(ahead or 0)
-
-
-def policy_width(policy: str) -> int | None:
-    """m of `overprovision@m` (`overprovision@6+2`): the top-m the policy issues (`MOE_OVERPROVISION`), or None."""
-    head = policy.partition("+")[0]
-    name, at, width = head.partition("@")
-    if not at:
-        return None
-    if name != "overprovision" or not width.isdigit() or int(width) < 1:
-        raise ValueError(f"policy {policy!r}: a width is overprovision@m with m >= 1 (MOE_OVERPROVISION=m)")
-    return int(width)
 
 
 def engine_config(policy: str, routing: Path) -> EngineConfig:

@@ -148,6 +148,6 @@ class EngineParts:
             or (str(builtin_bundle) if builtin_bundle and cfg.policy in PREDICTOR_POLICIES else ""),
             cache_slots=str(om.cache.capacity),
             experts_total=str(om.store.total_experts),
-            coded_copies="true" if getattr(om.store, "coded", None) is not None else "false",
+            coded_copies="true" if om.store.coded is not None else "false",
         )
         log.info("model %s ready on %s (%s), context %d tokens", name, device, dtype, ctx)

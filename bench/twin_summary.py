@@ -16,13 +16,18 @@ of its rows needs, and at best the rows share every expert). Ablations (eager st
 torch GEMV) are left out. `ran`: the kind most of a batch-1 configuration's steps ran (eager where a graph
 capture failed). Only records that replayed the committed artefact of their shape (the same twin fingerprint
 as `bench/twins/twin_replay_<shape>.json`) are read; an earlier run kept as `decode_<shape>_twin_<tag>.json`
-adds only the configurations the latest run lacks. Imports json only.
+adds only the configurations the latest run lacks; `decode_<shape>_<tag>_run<N>.json` is the same command
+run again in another device session, and its records merge with `decode_<shape>_<tag>.json`'s: the median
+tok/s, the median of the sessions' ratios to their own `none` (fields `sessions`, `tok_s_sessions`). The
+standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -110,6 +115,7 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
 
 
 KEY = ("shape", "batch", "cache_fraction", "policy", "step", "eviction")
+RUN = re.compile(r"_run\d+$")  # a repeated session of the same bench command
 
 
 def committed_fingerprint(shape: str, twins: Path) -> str | None:
@@ -118,21 +124,66 @@ def committed_fingerprint(shape: str, twins: Path) -> str | None:
     return json.loads(path.read_text()).get("twin_fingerprint") if path.exists() else None
 
 
-def summarise(results: Path, twins: Path = ROOT / "bench" / "twins") -> list[dict]:
-    ev = results / "eviction_twins.json"
-    floor_of = floors(json.loads(ev.read_text()) if ev.exists() else None)
+def merge_sessions(sessions: list[list[dict]]) -> list[dict]:
+    """One record per configuration from the records of repeated sessions (each its own run of the bench):
+    the median of their tok/s, the median of their ratios to `none` (each against its own session's `none`),
+    the floor's ratio from that median tok/s; `sessions` and `tok_s_sessions` say what was merged."""
+    if len(sessions) == 1:
+        return sessions[0]
+    by_key: dict[tuple, list[dict]] = {}
+    for rows in sessions:
+        for r in rows:
+            by_key.setdefault(tuple(r[k] for k in KEY), []).append(r)
+    out = []
+    for same in by_key.values():
+        tok_s = statistics.median(r["tok_s"] for r in same)
+        ratios = [r["ratio_to_none"] for r in same if r["ratio_to_none"] is not None]
+        floor_ms = same[0]["clairvoyant_floor_ms"]
+        out.append(
+            same[0]
+            | {
+                "tok_s": tok_s,
+                "ratio_to_none": statistics.median(ratios) if ratios else None,
+                "ratio_to_clairvoyant_floor": (1e3 / tok_s) / floor_ms if floor_ms else None,
+                "sessions": len(same),
+                "tok_s_sessions": [r["tok_s"] for r in same],
+                "source": ", ".join(r["source"] for r in same),
+            }
+        )
+    return out
+
+
+def session_groups(results: Path) -> list[list[Path]]:
+    """The decode JSON files to read, latest first; `<name>_run<N>.json` repeats `<name>.json` (the same
+    command in another device session) and joins its group."""
     paths = sorted(results.glob("decode_*_twin.json")) + sorted(results.glob("decode_*_lfu.json"))
     paths += sorted(results.glob("decode_*_coded_lru.json")) + sorted(results.glob("decode_*_coded_lfu.json"))
     paths += sorted(results.glob("decode_*_twin_*.json"), reverse=True)  # earlier runs last
+    paths = [p for p in paths if not RUN.search(p.stem)]
+    return [[p, *sorted(results.glob(f"{p.stem}_run*.json"))] for p in paths]
+
+
+def summarise(results: Path, twins: Path = ROOT / "bench" / "twins") -> list[dict]:
+    ev = results / "eviction_twins.json"
+    floor_of = floors(json.loads(ev.read_text()) if ev.exists() else None)
     out, seen = [], set()
-    for path in paths:
-        dec = json.loads(path.read_text())
-        if not str(dec.get("routing", "")).startswith("twin-replayed"):
+    for group in session_groups(results):
+        sessions = []
+        for path in group:
+            dec = json.loads(path.read_text())
+            if not str(dec.get("routing", "")).startswith("twin-replayed"):
+                continue
+            if dec.get("replay", {}).get("twin_fingerprint") != committed_fingerprint(dec["preset"], twins):
+                print(
+                    f"{path.name}: replayed another twin than bench/twins' {dec['preset']} artefact; left out"
+                )
+                continue
+            sessions.append(
+                records(dec, str(path.relative_to(ROOT) if ROOT in path.parents else path), floor_of)
+            )
+        if not sessions:
             continue
-        if dec.get("replay", {}).get("twin_fingerprint") != committed_fingerprint(dec["preset"], twins):
-            print(f"{path.name}: replayed another twin than bench/twins' {dec['preset']} artefact; left out")
-            continue
-        rows = records(dec, str(path.relative_to(ROOT) if ROOT in path.parents else path), floor_of)
+        rows = merge_sessions(sessions)
         new = [r for r in rows if tuple(r[k] for k in KEY) not in seen]
         seen |= {tuple(r[k] for k in KEY) for r in new}
         out += new

@@ -131,3 +131,29 @@ def test_coded_rows_are_against_plain_none_and_their_floor_moves_the_codes_bytes
     assert plain["clairvoyant_floor_ms"] == pytest.approx(20.0) and coded[
         "clairvoyant_floor_ms"
     ] == pytest.approx(10.0)
+
+
+def test_repeated_sessions_merge_to_their_medians(tmp_path):
+    twins, results = tmp_path / "twins", tmp_path / "results"
+    twins.mkdir(), results.mkdir()
+    (twins / "twin_replay_toy.json").write_text(json.dumps({"twin_fingerprint": "a"}))
+
+    def session(none, exact, name, extra=()):
+        dec = {"preset": "toy", "routing": "twin-replayed (toy)", "replay": {"twin_fingerprint": "a"},
+               "configs": [_config(1.0, "none", 200.0), _config(0.5, "none", none), _config(0.5, "exact", exact),
+                           *extra]}  # fmt: skip
+        (results / name).write_text(json.dumps(dec))
+
+    session(20.0, 30.0, "decode_toy_coded_lfu.json")  # ratio 1.5
+    session(40.0, 40.0, "decode_toy_coded_lfu_run2.json", [_config(0.5, "oracle", 50.0)])  # ratio 1.0
+    session(30.0, 36.0, "decode_toy_coded_lfu_run3.json")  # ratio 1.2
+    rows = {(r["cache_fraction"], r["policy"]): r for r in summarise(results, twins)}
+    exact = rows[0.5, "exact"]
+    assert exact["sessions"] == 3 and exact["tok_s_sessions"] == [30.0, 40.0, 36.0]
+    assert exact["tok_s"] == 36.0  # the median tok/s
+    assert exact["ratio_to_none"] == pytest.approx(1.2)  # the median of each session's own ratio
+    assert rows[0.5, "none"]["tok_s"] == 30.0 and rows[0.5, "none"]["ratio_to_none"] == 1.0
+    assert rows[0.5, "oracle"]["sessions"] == 1 and rows[0.5, "oracle"]["ratio_to_none"] == pytest.approx(
+        1.25
+    )
+    assert len(rows) == 4 and "_run2" in exact["source"]

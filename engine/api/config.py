@@ -228,8 +228,9 @@ class EngineConfig:
         "copies into their slots on a second stream; every expert is coded once at start (30-50 s for a "
         "Qwen3-30B-A3B shape on an H200), and the codes take that much more pinned host memory. Outputs do "
         "not change. Streamed steps' host reads stay plain. bfloat16 only. Measured on an H200 with the "
-        'Qwen3 twin\'s routing at 25-50% (docs/performance.md, "Coded expert copies"): `none` 1.08x, a '
-        "trained two-ahead `exact+2` 1.13-1.20x and `oracle+1` 1.58x `none` with plain copies.",
+        "Qwen3 and DeepSeek twins' routing at 25-50% (docs/performance.md): `none` 1.08-1.17x and `oracle+1` "
+        "1.43-1.81x `none` with plain copies; trained lookahead banks 0.87-1.20x, and with "
+        "MOE_LOOKAHEAD_AFTER_DEMAND and lfu eviction 1.30-1.36x on DeepSeek's twin.",
         "Coded (lossless, ~0.69x bytes) bf16 expert copies [MOE_CODED_EXPERTS].",
     )
     seed: int = setting(

@@ -98,8 +98,19 @@ class Record:
             f"[{s['tok_s_min']:.2f}-{s['tok_s_max']:.2f}], hit {100 * s['hit_rate']:5.1f}%, "
             f"stall {s['stall_ms_per_token']:6.2f} ms/tok, {s['bytes_per_token'] / 1e6:7.1f} MB/tok "
             f"(host reads {s['host_read_bytes_per_token'] / 1e6:.1f}, fills {s['fill_bytes_per_token'] / 1e6:.1f}), "
-            f"same tokens {s['same_tokens_as_reference']}, graphs {steps}"
+            f"same tokens {s['same_tokens_as_reference']}, graphs {steps}{spread_note(s)}"
         )
+
+
+def spread_note(s: dict) -> str:
+    """`; steps p50/max ms by run: 21.0/44.2 (3 slow), ...` from the summary's `steps_by_run`: whether a
+    slow run's steps were all slow or a few waited long (slow: over twice the run's median step)."""
+    runs = [r for r in s.get("steps_by_run", []) if r["p50_ms"] is not None]
+    if not runs:
+        return ""
+    return "; steps p50/max ms by run: " + ", ".join(
+        f"{r['p50_ms']:.1f}/{r['max_ms']:.1f} ({r['over_2x_median']} slow)" for r in runs
+    )
 
 
 def add_ratios(result: dict) -> None:

@@ -68,10 +68,11 @@ class Workload:
         stall0 = STALLS.total
         pos = len(prompt)
         t0 = time.perf_counter()
-        argmax = []
+        argmax, marks = [], []
         for tok in feed:
             argmax.append(torch.argmax(logits))  # kept on the device: no sync inside the timed loop
             logits = runner.decode([tok], [pos])[0]
+            marks.append(time.perf_counter())  # when the host got the step back (see `step_spread`)
             pos += 1
         sync(self.device)
         t_decode = time.perf_counter() - t0
@@ -83,11 +84,30 @@ class Workload:
             "tokens": [int(t) for t in argmax],
             "delta": {k: after[k] - before[k] for k in after},
             "stall_s": STALLS.total - stall0,
+            "step_s": [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)],
         }
 
     def run(self) -> list[dict]:
         self.one(*self.segments[0])  # warm-up: captures graphs, fills the cache as a running server's is
         return [self.one(*seg) for seg in self.segments[1:]]
+
+
+def step_spread(step_s: list[float]) -> dict:
+    """How one run's decode steps spread: the host's time from one step's return to the next (segmented
+    steps wait for each layer's routing, so theirs is the step's own time; a streamed step's graph runs
+    ahead of the host, so only the run's total is its time), as the median, the 90th percentile and the
+    largest in ms, and how many steps took over twice the median: a slow run of uniformly slow steps is
+    a different fault from one with a few long waits."""
+    ms = sorted(1e3 * s for s in step_s)
+    if not ms:
+        return {"p50_ms": None, "p90_ms": None, "max_ms": None, "over_2x_median": 0}
+    p50 = statistics.median(ms)
+    return {
+        "p50_ms": p50,
+        "p90_ms": ms[min(len(ms) - 1, int(0.9 * len(ms)))],
+        "max_ms": ms[-1],
+        "over_2x_median": sum(m > 2 * p50 for m in ms),
+    }
 
 
 def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
@@ -121,6 +141,7 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
         "wasted_ratio": d["prefetch_wasted"] / d["prefetch_issued"] if d["prefetch_issued"] else None,
         "online_recall": d["predicted_routed"] / d["routed_scored"] if d["routed_scored"] else None,
         "tokens": [r["tokens"] for r in runs],
+        "steps_by_run": [step_spread(r["step_s"]) for r in runs if "step_s" in r],
     }
     if bw:
         out["pcie_ms_per_token"] = 1e3 * bytes_tok / bw

@@ -5,6 +5,8 @@ stand-ins for the CUDA runners)."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.decode_lib.model import PROMPT_TOKENS, build_bench
 from bench.decode_lib.record import Record, add_ratios
 from bench.decode_lib.seams import BENCH_MAX_LEN, runner_of_kind, torch_expert_gemv
@@ -39,7 +41,10 @@ def test_record_checks_tokens_and_derives_ratios(tmp_path):
     b = build_bench("qwen3-30b-a3b", smoke=True, embed_std=1.0)
     workload = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok)))
     record = Record(tmp_path / "r.json", {"configs": []})
-    s = summarise(workload.run(), PROMPT_TOKENS, None)
+    runs = workload.run()
+    s = summarise(runs, PROMPT_TOKENS, None)
+    assert [len(r["step_s"]) for r in runs] == [len(r["tokens"]) for r in runs]  # one time a decode step
+    assert len(s["steps_by_run"]) == len(runs) and all(r["p50_ms"] > 0 for r in s["steps_by_run"])
     record.add_config("none", 1.0, s, 48, 0.1, workload.runner.steps)
     other = {**s, "tokens": [[t + 1 for t in row] for row in s["tokens"]]}
     record.add_config("exact", 1.0, other, 48, 0.1, workload.runner.steps)
@@ -116,3 +121,19 @@ def test_coded_copies_run_each_policy_coded_and_with_the_settings_it_shares(monk
     assert sw.record.data["coded_experts"]["ratio"] == 0.69
     sweep.coded_copies(sw, 0.25, ["none"], [], [])  # a second cache size: coded once, not again
     assert len(coded_calls) == 1 and measured[-1] == ("none", "coded", None)
+
+
+def test_a_runs_step_spread_tells_uniformly_slow_steps_from_a_few_long_waits():
+    from bench.decode_lib.record import spread_note
+    from bench.decode_lib.timing import step_spread
+
+    uniform = step_spread([0.040] * 10)
+    assert uniform == {"p50_ms": pytest.approx(40.0), "p90_ms": pytest.approx(40.0),
+                       "max_ms": pytest.approx(40.0), "over_2x_median": 0}  # fmt: skip
+    waits = step_spread([0.020] * 8 + [0.100, 0.250])
+    assert waits["p50_ms"] == pytest.approx(20.0) and waits["max_ms"] == pytest.approx(250.0)
+    assert waits["over_2x_median"] == 2 and waits["p90_ms"] == pytest.approx(250.0)
+    assert step_spread([])["p50_ms"] is None
+    note = spread_note({"steps_by_run": [uniform, waits]})
+    assert note == "; steps p50/max ms by run: 40.0/40.0 (0 slow), 20.0/250.0 (2 slow)"
+    assert spread_note({}) == ""

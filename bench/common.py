@@ -54,8 +54,10 @@ def _covered(merged: list[tuple[float, float]], starts: list[float], a: float, b
 
 def chrome_trace_overlap(trace: dict) -> dict:
     """From a torch.profiler Chrome trace: host->device copy time, and how much of it ran while a
-    compute kernel was running (any stream). Times in ms."""
-    kernels, copies = [], []
+    compute kernel was running (any stream); how long the GPU did nothing inside its span (no kernel and
+    no copy: it waited for the host), and how long the host sat in CUDA's synchronising calls (waiting for
+    the GPU). Times in ms."""
+    kernels, copies, busy, host_sync = [], [], [], 0.0
     for ev in trace.get("traceEvents", []):
         if ev.get("ph") != "X" or "dur" not in ev:
             continue
@@ -65,12 +67,15 @@ def chrome_trace_overlap(trace: dict) -> dict:
             kernels.append(span)
         elif cat == "gpu_memcpy" and "HtoD" in name:
             copies.append(span)
+        if cat in ("kernel", "gpu_memcpy", "gpu_memset"):
+            busy.append(span)
+        elif cat == "cuda_runtime" and "Synchronize" in name:
+            host_sync += span[1] - span[0]
     merged = _merge(kernels)
     starts = [a for a, _ in merged]
     copy_us = sum(b - a for a, b in copies)
     overlapped_us = sum(_covered(merged, starts, a, b) for a, b in copies)
-    everything = [s for s in kernels + copies]
-    span_us = (max(b for _, b in everything) - min(a for a, _ in everything)) if everything else 0.0
+    span_us = (max(b for _, b in busy) - min(a for a, _ in busy)) if busy else 0.0
     return {
         "copies": len(copies),
         "copy_ms": copy_us / 1e3,
@@ -79,6 +84,8 @@ def chrome_trace_overlap(trace: dict) -> dict:
         "kernels": len(kernels),
         "compute_busy_ms": sum(b - a for a, b in merged) / 1e3,
         "gpu_span_ms": span_us / 1e3,
+        "gpu_idle_ms": (span_us - sum(b - a for a, b in _merge(busy))) / 1e3,
+        "host_sync_ms": host_sync / 1e3,
     }
 
 

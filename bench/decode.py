@@ -18,7 +18,9 @@ One run does everything on one GPU and reports medians of `--runs` runs with min
    online recall, prediction latency, and the PCIe floor (bytes copied / host->device bandwidth +
    the resident time per token); `oracle` replays the routing recorded under `none`;
 6. prefill tokens/s of a `--prefill-tokens` prompt at the smallest cache;
-7. a profiler trace of a few decode steps: how much expert-copy time ran while compute kernels ran.
+7. a profiler trace of a few decode steps: how much expert-copy time ran while compute kernels ran (`none` and
+   `exact` at 50%; `--profile-configs` profiles any configuration after its runs, with the GPU's idle time and
+   the host's time in synchronising calls per step).
 
 Decode is teacher-forced: each step feeds the text's next token (a random-weight model's own greedy
 text repeats one token, which would route every step to the same experts); each run decodes its own
@@ -108,6 +110,13 @@ def main() -> None:
         help="policies also run with coded expert copies (MOE_CODED_EXPERTS) below a full cache, streamed and "
         "(those also in --segmented) with segmented steps; those also in --after-demand also with both settings "
         "(variant coded-after-demand)",
+    )
+    ap.add_argument(
+        "--profile-configs",
+        default="",
+        help="configurations to profile after their runs, e.g. exact+2@0.5/coded,none@0.5 (policy@fraction"
+        "[/variant]): the GPU's idle time, the host's time in synchronising calls and the copies' overlap "
+        "with compute, per step, in that configuration's summary (`profile`) and the log",
     )
     ap.add_argument(
         "--routing",

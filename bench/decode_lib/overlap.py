@@ -18,7 +18,9 @@ from engine.prefetch.build import build_prefetcher
 
 
 def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
-    """Profile a few decode steps; how much host->device copy time overlapped compute kernels."""
+    """Profile a few decode steps on the workload's runner as it is configured (cache, prefetcher, step
+    kind): how much host->device copy time overlapped compute kernels, how long the GPU sat idle and the
+    host in synchronising calls (`bench.common.chrome_trace_overlap`), and those per step."""
     from torch.profiler import ProfilerActivity, profile
 
     from bench.common import chrome_trace_overlap as overlap
@@ -32,7 +34,8 @@ def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
         pos += 1
     sync(workload.device)
     steps = feed[3:9]
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if workload.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         for tok in steps:
             runner.decode([tok], [pos])
             pos += 1
@@ -42,6 +45,8 @@ def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
     prof.export_chrome_trace(str(path))
     res = overlap(json.loads(path.read_text()))
     res["decode_steps"] = len(steps)
+    for key in ("gpu_idle_ms", "host_sync_ms", "copy_ms", "compute_busy_ms", "gpu_span_ms"):
+        res[f"{key.removesuffix('_ms')}_ms_per_step"] = res[key] / max(1, len(steps))
     path.unlink()  # tens of MB; the numbers are what we keep
     return res
 

@@ -150,6 +150,8 @@ def measure(
             b.cuda,
             not args.no_ablations,
             tuple(args.full_cache_policies.split(",")),
+            profile=frozenset(k for k in args.profile_configs.split(",") if k),
+            work=args.work,
         ),
         fractions,
         policies,

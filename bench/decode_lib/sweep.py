@@ -10,6 +10,7 @@ Imports `engine.api`, `engine.model.loader`, `engine.prefetch` and `engine.model
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.decode_lib.model import PROMPT_TOKENS
+from bench.decode_lib.overlap import profile_overlap
 from bench.decode_lib.record import Record, log
 from bench.decode_lib.seams import attach_cache_hooks, runner_of_kind, torch_expert_gemv
 from bench.decode_lib.timing import STALLS, Workload, summarise
@@ -60,9 +62,19 @@ def bank_for(bank: Bank, policy: str) -> Bank | None:
     return bank.ahead.get(ahead) if ahead and name != "oracle" else bank
 
 
-def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, routing: Path, bw):
+def run_config(
+    workload: Workload,
+    bank: Bank,
+    policy: str,
+    fraction: float,
+    routing: Path,
+    bw,
+    profile_work: Path | None = None,
+):
     """One configuration on the workload's runner: a fresh cache of `fraction` (`none` also records its
-    routing for `oracle`, once per file), the policy's prefetcher, the runs; (summary, slots, wall s)."""
+    routing for `oracle`, once per file), the policy's prefetcher, the runs; (summary, slots, wall s).
+    `profile_work`: then a profiler trace of a few more steps in the same configuration (its numbers in
+    the summary's `profile`; the trace itself is written there and deleted)."""
     om, runner = workload.runner.om, workload.runner
     cache = replace_cache(om, CacheBudget(fraction=fraction, eviction=workload.eviction))
     if fraction >= 1.0:
@@ -77,8 +89,11 @@ def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, rou
     pf = build_prefetcher(om, ecfg, bank=bank.bank, manifest=bank.manifest, on_latency=latencies.append)
     runner.invalidate()
     t0 = time.perf_counter()
+    profiled = None
     try:
         runs = workload.run()
+        if profile_work is not None:
+            profiled = profile_overlap(workload, profile_work, f"{policy}_{fraction:g}".replace("@", "_"))
     finally:
         if pf is not None:
             pf.remove()
@@ -87,6 +102,8 @@ def run_config(workload: Workload, bank: Bank, policy: str, fraction: float, rou
         recorder.save(routing, model_fingerprint(om.model))
         attach_cache_hooks(cache, STALLS.add, None)
     s = summarise(runs, PROMPT_TOKENS, bw)
+    if profiled is not None:
+        s["profile"] = profiled
     if latencies:
         s["prediction_latency_ms_median"] = 1e3 * statistics.median(latencies)
         s["prediction_latency_ms_p99"] = 1e3 * sorted(latencies)[math.ceil(0.99 * len(latencies)) - 1]
@@ -117,11 +134,22 @@ class Sweep:
     ablations: bool = True  # the eager and torch-GEMV runs (resident) and `exact` eager (50%)
     full_cache: tuple[str, ...] = ("none",)  # the policies run at a full cache too (what predicting costs)
     coded: object = None  # the store's CodedStore once a `--coded` run has coded it (kept across cache sizes)
+    profile: frozenset[str] = frozenset()  # `config_key`s to profile after their runs (--profile-configs)
+    work: Path | None = None  # where those traces go
 
     def measure(self, policy: str, fraction: float, variant: str | None = None, workload=None) -> None:
         workload = workload or self.workload
-        s, slots, wall = run_config(workload, self.bank, policy, fraction, self.routing, self.bw)
+        key = config_key(policy, fraction, variant)
+        work = self.work if key in self.profile else None
+        s, slots, wall = run_config(workload, self.bank, policy, fraction, self.routing, self.bw, work)
         self.record.add_config(policy, fraction, s, slots, wall, workload.runner.steps, variant=variant)
+        if "profile" in s:
+            log(f"profile {key}: {json.dumps(s['profile'])}")
+
+
+def config_key(policy: str, fraction: float, variant: str | None = None) -> str:
+    """`exact+2@0.5/coded`: a configuration as `--profile-configs` names it."""
+    return f"{policy}@{fraction:g}" + (f"/{variant}" if variant else "")
 
 
 def sweep(

@@ -137,3 +137,46 @@ def test_a_runs_step_spread_tells_uniformly_slow_steps_from_a_few_long_waits():
     note = spread_note({"steps_by_run": [uniform, waits]})
     assert note == "; steps p50/max ms by run: 40.0/40.0 (0 slow), 20.0/250.0 (2 slow)"
     assert spread_note({}) == ""
+
+
+def test_a_named_configuration_is_profiled_after_its_runs_and_no_other(tmp_path):
+    from bench.decode_lib.sweep import Deadline, Sweep, config_key
+    from bench.decode_lib.training import Bank
+
+    b = build_bench("qwen3-30b-a3b", smoke=True, embed_std=1.0)
+    workload = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok), new=10))
+    record = Record(tmp_path / "r.json", {"configs": []})
+    sw = Sweep(workload, Bank(None, None, {}), tmp_path / "routing.json", None, record, Deadline(0), False,
+               profile=frozenset({config_key("none", 0.5, "coded")}), work=tmp_path)  # fmt: skip
+    assert config_key("exact+2", 0.5, "coded") == "exact+2@0.5/coded" and config_key("none", 1.0) == "none@1"
+    sw.measure("none", 0.5)
+    sw.measure("none", 0.5, "coded")  # the key names the variant: only this one is profiled
+    plain, profiled = (c["summary"] for c in record.data["configs"])
+    assert "profile" not in plain
+    p = profiled["profile"]
+    assert p["decode_steps"] == 6 and p["gpu_idle_ms"] == 0.0 and p["copies"] == 0  # a CPU run: no GPU events
+    assert {"host_sync_ms_per_step", "gpu_idle_ms_per_step", "copy_ms_per_step"} <= set(p)
+    assert not list(tmp_path.glob("profile_*.json"))  # the trace is not kept
+
+
+def test_the_trace_summary_counts_the_gpus_idle_time_and_the_hosts_waits():
+    from bench.common import chrome_trace_overlap
+
+    def ev(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    trace = {"traceEvents": [
+        ev("kernel", "gemv", 0, 100), ev("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 50, 100),
+        ev("kernel", "gemv", 300, 100),  # 150..300: nothing ran on the GPU
+        ev("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 400, 20),
+        ev("cuda_runtime", "cudaStreamSynchronize", 160, 130), ev("cuda_runtime", "cudaLaunchKernel", 0, 5),
+        ev("cuda_runtime", "cudaEventSynchronize", 395, 25), {"ph": "i", "cat": "kernel", "ts": 5},
+    ]}  # fmt: skip
+    r = chrome_trace_overlap(trace)
+    assert r["copies"] == 1 and r["copy_ms"] == pytest.approx(0.1)
+    assert r["copy_concurrent_with_compute_ms"] == pytest.approx(0.05) and r[
+        "overlap_share"
+    ] == pytest.approx(0.5)
+    assert r["gpu_span_ms"] == pytest.approx(0.42) and r["gpu_idle_ms"] == pytest.approx(0.15)
+    assert r["host_sync_ms"] == pytest.approx(0.155) and r["compute_busy_ms"] == pytest.approx(0.2)
+    assert chrome_trace_overlap({})["gpu_idle_ms"] == 0.0

@@ -233,6 +233,17 @@ class EngineConfig:
         "MOE_LOOKAHEAD_AFTER_DEMAND and lfu eviction 1.30-1.36x on DeepSeek's twin.",
         "Coded (lossless, ~0.69x bytes) bf16 expert copies [MOE_CODED_EXPERTS].",
     )
+    warmup_tokens: int | None = setting(
+        None,
+        "At start, before /health reports ready, decode this many tokens of a fixed prompt at every batch "
+        "size a step can take (1, 2, 4, ... MOE_MAX_RUNNING rows), so the first requests do not wait for "
+        "kernel compilation, autotuning and the first CUDA graph captures; none of it is counted in the "
+        "metrics or a recorded routing. Default: 4 on CUDA, 0 on the CPU (nothing to compile there); 0: no "
+        "warm-up.",
+        "Warm-up decode steps per batch size at start (default: 4 on CUDA, 0 on CPU) [MOE_WARMUP_TOKENS].",
+        ge=0,
+        le=64,
+    )
     seed: int = setting(
         0,
         "Seed of the synthetic and built-in models, and the default sampling seed.",

@@ -63,6 +63,13 @@ class CacheCounters:
             if not getattr(self, name):
                 setattr(self, name, _zeros(n))
 
+    def clear_counts(self) -> None:
+        """Zero every count and byte total, in place (the metrics keep reading this object); the
+        occupancy (`slots_used`, `slots_capacity`) stays."""
+        for name in PER_LAYER:
+            getattr(self, name)[:] = _zeros(self.num_layers)  # the same lists: nothing holds a stale one
+        self.bytes_prefetch = self.bytes_demand = self.bytes_host_read = self.bytes_fill = 0
+
     def totals(self) -> dict[str, int]:
         out = {name: sum(getattr(self, name)) for name in PER_LAYER}
         out.update(

@@ -2,8 +2,9 @@
 
 `EngineParts(config, metrics)` resolves the device and dtype, loads the checkpoint (or the built-in model)
 with the smallest expert cache, sizes the KV rows, then makes the real cache from the budget, builds the
-prefetcher and the routing recorder, and wires the counters into `metrics`. `AsyncEngine.load` keeps what
-it makes; nothing here runs a round.
+prefetcher, warms the runner up (`engine.frontend.warmup`, MOE_WARMUP_TOKENS: a few decode steps at every
+batch size, counted nowhere), makes the routing recorder, and wires the counters into `metrics`.
+`AsyncEngine.load` keeps what it makes; nothing here runs a request.
 
 May import every other engine subpackage (it is part of `engine.frontend`).
 """
@@ -23,6 +24,7 @@ from engine.core.logprobs import TokenTable
 from engine.experts.hooks import Listener
 from engine.frontend.faults import device_probe
 from engine.frontend.prompt_bound import max_prompt_chars
+from engine.frontend.warmup import WARMUP_TEXT, reset_counts, warm_up, warmup_default
 from engine.model.devices import resolve_device, resolve_dtype
 from engine.model.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
 from engine.model.offload import host_experts
@@ -60,6 +62,26 @@ class EngineParts:
         except ValueError as err:  # not bfloat16
             raise EngineError(f"MOE_CODED_EXPERTS: {err}") from None
         replace_cache(om, budget)
+
+    def _warm_up(self, tokens: int) -> None:
+        """MOE_WARMUP_TOKENS: every decode batch size once before serving, then nothing of it counted."""
+        if tokens <= 0:
+            return
+        try:
+            done = warm_up(self.runner, self.tokenizer.encode(WARMUP_TEXT), tokens)
+        except Exception as err:  # a server that cannot run a step must not report ready
+            raise EngineError(
+                f"the warm-up at start (MOE_WARMUP_TOKENS={tokens}) failed: {type(err).__name__}: {err}"
+            ) from err
+        if self.prefetcher is not None:
+            self.prefetcher.reset()
+        reset_counts(self.om.counters, self.runner)
+        log.info(
+            "warm-up: %d decode steps at batch sizes %s in %.2f s",
+            done["decode_steps"],
+            done["batches"],
+            done["seconds"],
+        )
 
     def _load(self) -> None:
         cfg = self.config
@@ -126,13 +148,16 @@ class EngineParts:
         eos = getattr(om.model.generation_config, "eos_token_id", None) or getattr(mcfg, "eos_token_id", None)
         eos_list = eos if isinstance(eos, list) else [eos]
         self.eos = {int(e) for e in eos_list + [self.tokenizer.eos_token_id] if e is not None}
+        warming = [True]  # the warm-up's prediction latencies are not observed
         self.prefetcher = build_prefetcher(
             om,
             cfg,
             builtin_bundle,
-            on_latency=self.metrics.prediction_latency.observe,
+            on_latency=lambda s: None if warming[0] else self.metrics.prediction_latency.observe(s),
             graphs_enabled=self.runner.graphs_enabled,
         )
+        self._warm_up(cfg.warmup_tokens if cfg.warmup_tokens is not None else warmup_default(device))
+        warming[0] = False
         if cfg.record_routing:
             self.recorder = RoutingRecorder(len(om.layers))
         route = self.recorder.record if self.recorder is not None else None

@@ -1,0 +1,65 @@
+"""Start-up warm-up (`MOE_WARMUP_TOKENS`): before the server reports ready, decode a few tokens of a fixed
+prompt at every batch size a decode step can take (1, 2, 4, ... rows: the runner's buckets), so the first
+requests do not pay for Triton's compilation and autotuning or the first CUDA graph captures of the
+smallest KV length (on an H200 the first server of a soak waited 0.27 s for a token at one client).
+
+The caller keeps it out of everything it reports: it zeroes the cache counters and the runner's step
+counts after it (`reset_counts`), attaches the stall and routing listeners only after it, and drops the
+prediction latencies it observed. The rows' KV entries it wrote are overwritten by each request's prefill,
+as any earlier request's are; the experts it brought stay cached, as an earlier request's would.
+
+Imports `engine.runner` and `engine.api` only.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.api.stats import CacheCounters
+from engine.runner.runner import ModelRunner
+
+WARMUP_TEXT = "Warm-up: a short text the engine decodes once at start, before the first request."
+
+
+def warmup_default(device) -> int:
+    """MOE_WARMUP_TOKENS when unset: 4 on CUDA; 0 on the CPU, where torch compiles nothing and a step of
+    the built-in model takes tens of ms, so warming up would only delay the start."""
+    return 4 if device.type == "cuda" else 0
+
+
+def batch_sizes(rows: int) -> list[int]:
+    """The decode batches a runner of `rows` KV rows rounds every step to: 1, 2, 4, ... and `rows`."""
+    sizes, b = [], 1
+    while b < rows:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, rows]
+
+
+def warm_up(runner: ModelRunner, prompt_ids: list[int], tokens: int) -> dict:
+    """Prefill rows 0..b-1 with `prompt_ids` and decode `tokens` steps at each batch size b of
+    `batch_sizes(runner.rows)`; {batches, decode_steps, seconds}. Nothing is sampled: each step feeds the
+    prompt's first id again (any valid id does)."""
+    if tokens <= 0:
+        return {"batches": [], "decode_steps": 0, "seconds": 0.0}
+    ids = list(prompt_ids[: max(1, runner.max_len - tokens - 1)]) or [0]
+    t0 = time.perf_counter()
+    steps = 0
+    sizes = batch_sizes(runner.rows)
+    for n in sizes:
+        for row in range(n):
+            runner.prefill(row, ids)
+        positions = [len(ids)] * n
+        for _ in range(tokens):
+            runner.decode(ids[:1] * n, positions)
+            positions = [p + 1 for p in positions]
+            steps += 1
+        runner.after_step()
+    return {"batches": sizes, "decode_steps": steps, "seconds": time.perf_counter() - t0}
+
+
+def reset_counts(counters: CacheCounters, runner: ModelRunner) -> None:
+    """Zero what the warm-up counted: the cache's per-layer counters and bytes (not its occupancy) and the
+    runner's step counts."""
+    counters.clear_counts()
+    runner.reset_steps()

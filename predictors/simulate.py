@@ -169,8 +169,12 @@ def replay(
     lookahead: bool = False,
     on_steps: Callable[[int], None] | None = None,
     events: list | None = None,
+    order=None,
 ):
     """The engine's counters (`CacheCounters`) after replaying `w` through a cache of `capacity` slots.
+
+    `order`: an eviction order object to rank the residents with (`engine.experts.eviction.HeapOrder`'s
+    interface) instead of the one `eviction` names; `eviction` is then only its label.
 
     `preload_full`: a cache with a slot for every expert starts full, as the server's `load_all` does
     (`ModelRunner` alone starts cold). `lookahead`: chunk oversized layer-steps as on CUDA. `events`: a list
@@ -178,13 +182,14 @@ def replay(
     copies) for `predictors.sim_timeline`."""
     nl = w.num_layers
     future = None
-    if eviction == "belady":
+    if eviction == "belady" and order is None:
         future = (
             (s * nl + layer, [(layer, e) for e in w.step_routed(s, layer)])
             for s in range(w.steps)
             for layer in range(nl)
         )
-    order = build_order(eviction, future=future, lfu_half_life=lfu_half_life, ticks_per_token=nl)
+    if order is None:
+        order = build_order(eviction, future=future, lfu_half_life=lfu_half_life, ticks_per_token=nl)
     scored = eviction == "predicted"
     if scored and w.scores is None:
         raise SimulateError("eviction predicted needs the workload's predictor scores (predictor_scores)")

@@ -3,6 +3,8 @@ simulator first.)
 
     python bench/transition_eviction.py --out bench/results        # the Qwen3 and DeepSeek twins, 50% and 25%
     python bench/transition_eviction.py --twins bench/twins/twin_replay_qwen3-30b-a3b.json --fractions 0.5
+    python bench/transition_eviction.py --orders lfu@8,lfu@16,lfu@32,lfu,lfu@128,lfu@256,lfu@1024 \
+        --name lfu_half_life --out bench/results                        # LFU's half-life (tokens) swept
 
 The engine's LFU ranks a layer's experts by how often they were routed lately. A `transition` order ranks
 them by how likely the *next* token's routing at that layer is to pick them, given the current token's:
@@ -14,7 +16,8 @@ is replayed once, by the matrices of the half it is not in), with `lru`, `lfu` a
 same halves, no prefetch, one pool of slots over every layer as in the engine's cache
 (`predictors.simulate.replay`, cold at the start of each half).
 
-Writes `<out>/transition_eviction.{json,md}`. Imports numpy, `bench.twin_replay`, `bench.twin_eviction`
+`--orders` also takes `lfu@H`: LFU with a half-life of H tokens (the engine's default is 64). Writes
+`<out>/<name>.{json,md}` (default name `transition_eviction`). Imports numpy, `bench.twin_replay`, `bench.twin_eviction`
 (the artefacts' workload) and `predictors` (the simulator) only.
 """
 
@@ -165,8 +168,9 @@ def _job(args) -> dict:
     if order_name in ("transition", "mix"):
         m = fit_transitions(routed, train, experts)
         order = Transition(m, 0.5 if order_name == "mix" else 0.0, DEFAULT_LFU_HALF_LIFE * nl)
-    c = replay(w, slots, "lru" if order is not None else order_name, PolicyRun("none", "none"),
-               preload_full=False, order=order)  # fmt: skip
+    name, _, half_life = order_name.partition("@")  # lfu@H: LFU with a half-life of H tokens
+    c = replay(w, slots, "lru" if order is not None else name, PolicyRun("none", "none"), preload_full=False,
+               order=order, lfu_half_life=float(half_life or DEFAULT_LFU_HALF_LIFE))  # fmt: skip
     return {"twin": manifest["shape"].removeprefix("twin_replay_"), "fraction": fraction, "eviction": order_name,
             "fold": fold, "tokens": hi - lo, "requests": sum(c.requests), "misses": sum(c.misses)}  # fmt: skip
 
@@ -187,7 +191,12 @@ def summarise(parts: list[dict]) -> list[dict]:
     for s in rows.values():
         lfu = rows.get((s["twin"], s["fraction"], "lfu"))
         s["misses_vs_lfu"] = s["misses"] / lfu["misses"] if lfu else None
-    return sorted(rows.values(), key=lambda s: (s["twin"], -s["fraction"], ORDERS.index(s["eviction"])))
+
+    def rank(name: str) -> tuple[int, float]:
+        base, _, half_life = name.partition("@")
+        return (ORDERS.index(base) if base in ORDERS else len(ORDERS), float(half_life or 0))
+
+    return sorted(rows.values(), key=lambda s: (s["twin"], -s["fraction"], rank(s["eviction"])))
 
 
 def markdown(rows: list[dict], command: str) -> str:
@@ -206,6 +215,7 @@ def main() -> None:
     ap.add_argument("--orders", default=",".join(ORDERS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("/tmp/transition_eviction"))
+    ap.add_argument("--name", default="transition_eviction", help="the output files' name")
     args = ap.parse_args()
     jobs = [(str(t), float(f), o, fold) for t in args.twins for f in args.fractions.split(",")
             for o in args.orders.split(",") for fold in (0, 1)]  # fmt: skip
@@ -221,8 +231,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"kind": "transition_eviction", "command": command, "seconds": round(time.monotonic() - t0, 1),
            "rows": rows}  # fmt: skip
-    (args.out / "transition_eviction.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (args.out / "transition_eviction.md").write_text(markdown(rows, command))
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(rows, command))
     print(markdown(rows, command))
 
 

@@ -68,3 +68,9 @@ def test_two_folds_replay_every_token_once_and_the_summary_sums_them():
     rows = {r["eviction"]: r for r in summarise(parts)}
     assert rows["lfu"]["hit_rate"] == pytest.approx(0.75) and rows["lfu"]["misses_per_token"] == 2.0
     assert rows["mix"]["misses_vs_lfu"] == pytest.approx(0.75)
+
+
+def test_lfu_half_lives_are_orders_of_their_own_listed_beside_lfu():
+    parts = [{"twin": "t", "fraction": 0.5, "eviction": ev, "fold": 0, "tokens": 1, "requests": 8, "misses": 2}
+             for ev in ("lfu@256", "belady", "lfu@16", "lfu", "lru")]  # fmt: skip
+    assert [r["eviction"] for r in summarise(parts)] == ["lru", "lfu", "lfu@16", "lfu@256", "belady"]

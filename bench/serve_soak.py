@@ -56,7 +56,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.policy_names import policy_width  # noqa: E402
+from bench.policy_names import policy_width, split_policy  # noqa: E402
 from bench.run_record import Run  # noqa: E402
 from bench.soak_workload import Workload, find_data, load_texts, long_prompt  # noqa: E402
 
@@ -78,19 +78,6 @@ DEFAULT_LAYERS = {"qwen3": 12, "deepseek": 12, "tiny": 4}
 MIN_CACHE_GB = (
     "1e-9"  # below one expert: the cache gets its smallest size, top-k slots (MOE_EXPERT_CACHE_GB > 0)
 )
-
-
-def split_policy(policy: str) -> tuple[str, int]:
-    """("exact", 2) for the lookahead policy "exact+2", ("exact", 0) for "exact", ("overprovision", 2) for
-    "overprovision@6+2" (its width: `policy_width`); ValueError if malformed."""
-    head, plus, ahead = policy.partition("+")
-    base = head.partition("@")[0]
-    policy_width(policy)
-    if not plus:
-        return base, 0
-    if not ahead.isdigit() or int(ahead) < 1:
-        raise ValueError(f"{policy!r}: a lookahead policy is POLICY+d with d = 1, 2, ...")
-    return base, int(ahead)
 
 
 @dataclass(frozen=True)

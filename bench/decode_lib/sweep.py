@@ -23,28 +23,12 @@ from bench.decode_lib.record import Record, log
 from bench.decode_lib.seams import attach_cache_hooks, runner_of_kind, torch_expert_gemv
 from bench.decode_lib.timing import STALLS, Workload, summarise
 from bench.decode_lib.training import Bank
-from bench.policy_names import policy_width
+from bench.policy_names import policy_width, split_policy
 from engine.api.config import EngineConfig
-from engine.api.policies import PREDICTOR_POLICIES
 from engine.model.fingerprint import model_fingerprint
 from engine.model.loader import CacheBudget, replace_cache
 from engine.prefetch.build import build_prefetcher
 from engine.prefetch.routing_trace import RoutingRecorder
-
-
-def split_policy(policy: str) -> tuple[str, int]:
-    """A sweep's policy name -> (`MOE_POLICY` value, lookahead distance): `oracle+d` is the oracle issued d
-    MoE layers ahead (`MOE_ORACLE_AHEAD=d`); `exact+d` (any predictor policy) uses a lookahead bank of
-    distance d (the twin replay's `predicted_ids_ahead_<d>`); `overprovision@m+d` issues the bank's top-m
-    (`MOE_OVERPROVISION=m`, `policy_width`)."""
-    head, plus, ahead = policy.partition("+")
-    name = head.partition("@")[0]
-    policy_width(policy)
-    if plus and (name != "oracle" and name not in PREDICTOR_POLICIES):
-        raise ValueError(f"policy {policy!r}: only oracle and the predictor policies take a distance (+d)")
-    if plus and not ahead.isdigit():
-        raise ValueError(f"policy {policy!r}: +d needs a distance d >= 0")
-    return name, int(ahead or 0)
 
 
 def engine_config(policy: str, routing: Path) -> EngineConfig:

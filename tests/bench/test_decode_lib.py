@@ -180,3 +180,18 @@ def test_the_trace_summary_counts_the_gpus_idle_time_and_the_hosts_waits():
     assert r["gpu_span_ms"] == pytest.approx(0.42) and r["gpu_idle_ms"] == pytest.approx(0.15)
     assert r["host_sync_ms"] == pytest.approx(0.155) and r["compute_busy_ms"] == pytest.approx(0.2)
     assert chrome_trace_overlap({})["gpu_idle_ms"] == 0.0
+
+
+def test_the_decode_bench_and_the_soak_parse_a_policy_by_the_same_rules():
+    from bench import serve_soak
+    from bench.decode_lib import sweep
+    from bench.policy_names import split_policy
+
+    assert sweep.split_policy is serve_soak.split_policy is split_policy
+    assert split_policy("oracle+1") == ("oracle", 1) and split_policy("overprovision@6+2") == (
+        "overprovision",
+        2,
+    )
+    for bad in ("exact+0", "none+1", "exact+x", "exact@6+2"):
+        with pytest.raises(ValueError):
+            split_policy(bad)

@@ -117,8 +117,8 @@ def test_bad_lookahead_policies_are_refused():
     for bad in ("exact+0", "exact+4", "exact+x", "none+1", "crosslayer+1", "oracle+1", "nope"):
         with pytest.raises(SystemExit, match="unknown policy"):
             check_names(args, [bad], ["streamed"])
-    with pytest.raises(SystemExit, match="unknown policy"):  # --configs are checked too, before any build
-        main([*TINY, "--configs", "0.5/none+2/streamed", "--out", "/nonexistent/out"])
+    with pytest.raises(SystemExit, match="only oracle and the predictor policies take a distance"):
+        main([*TINY, "--configs", "0.5/none+2/streamed", "--out", "/nonexistent/out"])  # before any build
 
 
 def test_bundle_paths_and_specs_differ_by_distance(tmp_path):

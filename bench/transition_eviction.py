@@ -24,6 +24,7 @@ same halves, no prefetch, one pool of slots over every layer as in the engine's 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -139,6 +140,7 @@ class Transition(HeapOrder):
                 self._push(key)
 
 
+@functools.cache
 def _load(path: Path):
     manifest, arrays = twin_replay.load(path)
     cfg = manifest["twin_config"]
@@ -155,18 +157,26 @@ def folds(offsets: np.ndarray) -> list[tuple[list[tuple[int, int]], tuple[int, i
     return [(first, (cut, int(offsets[-1]))), (second, (0, cut))]
 
 
+@functools.cache
+def _fitted(path: Path, fold: int) -> np.ndarray:
+    """The transitions of fold `fold`'s training half, fitted once per worker (both orders and every cache
+    size replay with them)."""
+    _, routed, offsets, experts = _load(path)
+    return fit_transitions(routed, folds(offsets)[fold][0], experts)
+
+
 def _job(args) -> dict:
     path, fraction, order_name, fold = args
     manifest, routed, offsets, experts = _load(Path(path))
     nl, _, k = routed.shape
-    train, (lo, hi) = folds(offsets)[fold]
+    _, (lo, hi) = folds(offsets)[fold]
     part = routed[:, lo:hi]
     w = Workload(source=path, kind="traces", num_layers=nl, num_experts=experts, top_k=k,
                  routed=[np.sort(part[layer], axis=1) for layer in range(nl)], steps=hi - lo, streams=1)  # fmt: skip
     slots = max(k, round(fraction * nl * experts))
     order = None
     if order_name in ("transition", "mix"):
-        m = fit_transitions(routed, train, experts)
+        m = _fitted(Path(path), fold)
         order = Transition(m, 0.5 if order_name == "mix" else 0.0, DEFAULT_LFU_HALF_LIFE * nl)
     name, _, half_life = order_name.partition("@")  # lfu@H: LFU with a half-life of H tokens
     c = replay(w, slots, "lru" if order is not None else name, PolicyRun("none", "none"), preload_full=False,

@@ -24,7 +24,7 @@ from engine.core.logprobs import TokenTable
 from engine.experts.hooks import Listener
 from engine.frontend.faults import device_probe
 from engine.frontend.prompt_bound import max_prompt_chars
-from engine.frontend.warmup import WARMUP_TEXT, reset_counts, warm_up, warmup_default
+from engine.frontend.warmup import WARMUP_TEXT, warm_up, warmup_default
 from engine.model.devices import resolve_device, resolve_dtype
 from engine.model.loader import CacheBudget, OffloadedModel, load_checkpoint, replace_cache
 from engine.model.offload import host_experts
@@ -75,7 +75,8 @@ class EngineParts:
             ) from err
         if self.prefetcher is not None:
             self.prefetcher.reset()
-        reset_counts(self.om.counters, self.runner)
+        self.om.counters.clear_counts()
+        self.runner.reset_steps()
         log.info(
             "warm-up: %d decode steps at batch sizes %s in %.2f s",
             done["decode_steps"],

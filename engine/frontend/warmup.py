@@ -4,7 +4,7 @@ requests do not pay for Triton's compilation and autotuning or the first CUDA gr
 smallest KV length (on an H200 the first server of a soak waited 0.27 s for a token at one client).
 
 The caller keeps it out of everything it reports: it zeroes the cache counters and the runner's step
-counts after it (`reset_counts`), attaches the stall and routing listeners only after it, and drops the
+counts after it (`CacheCounters.clear_counts`, `ModelRunner.reset_steps`), attaches the stall and routing listeners only after it, and drops the
 prediction latencies it observed. The rows' KV entries it wrote are overwritten by each request's prefill,
 as any earlier request's are; the experts it brought stay cached, as an earlier request's would.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import time
 
-from engine.api.stats import CacheCounters
 from engine.runner.runner import ModelRunner
+from engine.runner.step_choice import bucket
 
 WARMUP_TEXT = "Warm-up: a short text the engine decodes once at start, before the first request."
 
@@ -28,27 +28,26 @@ def warmup_default(device) -> int:
 
 
 def batch_sizes(rows: int) -> list[int]:
-    """The decode batches a runner of `rows` KV rows rounds every step to: 1, 2, 4, ... and `rows`."""
-    sizes, b = [], 1
-    while b < rows:
-        sizes.append(b)
-        b *= 2
-    return [*sizes, rows]
+    """The decode batches a runner of `rows` KV rows rounds every step to (`bucket`): 1, 2, 4, ... and `rows`."""
+    return sorted({bucket(n, 1, rows) for n in range(1, rows + 1)})
 
 
 def warm_up(runner: ModelRunner, prompt_ids: list[int], tokens: int) -> dict:
-    """Prefill rows 0..b-1 with `prompt_ids` and decode `tokens` steps at each batch size b of
-    `batch_sizes(runner.rows)`; {batches, decode_steps, seconds}. Nothing is sampled: each step feeds the
-    prompt's first id again (any valid id does)."""
+    """Decode `tokens` steps at each batch size b of `batch_sizes(runner.rows)` over rows 0..b-1, each row
+    prefilled with `prompt_ids` once (a larger batch prefills only its new rows; its steps overwrite the
+    positions the smaller one decoded); {batches, decode_steps, seconds}. Nothing is sampled: each step
+    feeds the prompt's first id again (any valid id does)."""
     if tokens <= 0:
         return {"batches": [], "decode_steps": 0, "seconds": 0.0}
     ids = list(prompt_ids[: max(1, runner.max_len - tokens - 1)]) or [0]
     t0 = time.perf_counter()
     steps = 0
     sizes = batch_sizes(runner.rows)
+    filled = 0
     for n in sizes:
-        for row in range(n):
+        for row in range(filled, n):
             runner.prefill(row, ids)
+        filled = n
         positions = [len(ids)] * n
         for _ in range(tokens):
             runner.decode(ids[:1] * n, positions)
@@ -56,10 +55,3 @@ def warm_up(runner: ModelRunner, prompt_ids: list[int], tokens: int) -> dict:
             steps += 1
         runner.after_step()
     return {"batches": sizes, "decode_steps": steps, "seconds": time.perf_counter() - t0}
-
-
-def reset_counts(counters: CacheCounters, runner: ModelRunner) -> None:
-    """Zero what the warm-up counted: the cache's per-layer counters and bytes (not its occupancy) and the
-    runner's step counts."""
-    counters.clear_counts()
-    runner.reset_steps()

@@ -119,6 +119,12 @@ def main() -> None:
         "with compute, per step, in that configuration's summary (`profile`) and the log",
     )
     ap.add_argument(
+        "--keep-traces",
+        type=Path,
+        default=None,
+        help="keep the --profile-configs traces in this folder, gzipped (profile_<policy>_<fraction>.json.gz)",
+    )
+    ap.add_argument(
         "--routing",
         default="random",
         help="random (the model's own), or twin:PATH to replay a twin_replay_<shape> artefact's routing and "

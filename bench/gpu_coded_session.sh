@@ -9,7 +9,8 @@
 #     (--coded), `exact+2` also after demand, plain and coded (variant coded-after-demand: both settings)
 #     -> decode_${SHAPE//-/_}_coded_$EVICTION.{json,png,log} (POLICIES=, CODED=, AFTER=, FRACTIONS= override the
 #     lists; TESTS=0 skips steps 1 and 2, BENCH=0 step 2; PROFILE=exact+2@0.5/coded,... profiles those
-#     configurations after their runs: GPU idle and host sync time per step, in the JSON and the log)
+#     configurations after their runs: GPU idle and host sync time per step and why the copy engine idled,
+#     in the JSON and the log; KEEP=1 also brings their traces back, gzipped, under traces/)
 # Carry .whl (the test suite's and the server's dependencies) and .cache/data/mmlu/test (the predictors' prompts).
 #   DECODE=1 EVICTION=lfu bash bench/gpu_coded_session.sh
 #   DECODE=1 TESTS=0 SHAPE=deepseek-v2-lite POLICIES=none,exact+1,oracle+1 CODED=none,exact+1,oracle+1 \
@@ -36,7 +37,7 @@ if [ "${DECODE:-0}" = 1 ]; then
     --eviction $EVICTION --runs 3 --new-tokens 32 --collect-prompts 40 --samples 4000 --epochs 2 \
     --fractions ${FRACTIONS:-1.0,0.5,0.25} --policies ${POLICIES:-none,exact+2,oracle+1} --segmented= \
     --after-demand=${AFTER:-exact+2} --coded ${CODED:-none,exact+2,oracle+1} --batches= --no-plain --no-ablations \
-    --no-profile ${PROFILE:+--profile-configs $PROFILE} --deadline ${DEADLINE:-330} --out $OUTDIR 2>&1 | grep -v Warning \
+    --no-profile ${PROFILE:+--profile-configs $PROFILE} ${KEEP:+--keep-traces $OUTDIR/traces} --deadline ${DEADLINE:-330} --out $OUTDIR 2>&1 | grep -v Warning \
     > $OUTDIR/decode_${TAG}_coded_$EVICTION.log  # the record lands under $OUTDIR as it goes
   tail -3 $OUTDIR/decode_${TAG}_coded_$EVICTION.log
   mv $OUTDIR/decode_${TAG}.json $OUTDIR/decode_${TAG}_coded_$EVICTION.json

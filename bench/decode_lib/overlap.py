@@ -1,12 +1,14 @@
 """A profiler trace of a few decode steps at a 50% cache: how much host->device copy time ran while
 compute kernels ran (`none` and `exact`). CUDA only.
 
-Imports torch's profiler, `bench.common`, `engine.api`, `engine.model.loader` and `engine.prefetch` only.
+Imports torch's profiler, `bench.common`, `bench.trace_gaps`, `engine.api`, `engine.model.loader` and `engine.prefetch` only.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 from bench.decode_lib.record import log
@@ -17,13 +19,16 @@ from engine.model.loader import CacheBudget, replace_cache
 from engine.prefetch.build import build_prefetcher
 
 
-def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
+def profile_overlap(workload: Workload, work: Path, tag: str, keep: Path | None = None) -> dict:
     """Profile a few decode steps on the workload's runner as it is configured (cache, prefetcher, step
     kind): how much host->device copy time overlapped compute kernels, how long the GPU sat idle and the
-    host in synchronising calls (`bench.common.chrome_trace_overlap`), and those per step."""
+    host in synchronising calls (`bench.common.chrome_trace_overlap`), why the copy engine sat idle
+    (`bench.trace_gaps.copy_gaps`, under `copy_gaps`), and those per step. `keep`: the trace is also
+    kept there, gzipped (`profile_<tag>.json.gz`)."""
     from torch.profiler import ProfilerActivity, profile
 
     from bench.common import chrome_trace_overlap as overlap
+    from bench.trace_gaps import copy_gaps
 
     runner = workload.runner
     prompt, feed = workload.segments[-1]
@@ -43,11 +48,19 @@ def profile_overlap(workload: Workload, work: Path, tag: str) -> dict:
     runner.after_step()
     path = work / f"profile_{tag}.json"
     prof.export_chrome_trace(str(path))
-    res = overlap(json.loads(path.read_text()))
-    res["decode_steps"] = len(steps)
+    trace = json.loads(path.read_text())
+    res = overlap(trace)
+    res["decode_steps"] = n = max(1, len(steps))
     for key in ("gpu_idle_ms", "host_sync_ms", "copy_ms", "compute_busy_ms", "gpu_span_ms"):
-        res[f"{key.removesuffix('_ms')}_ms_per_step"] = res[key] / max(1, len(steps))
-    path.unlink()  # tens of MB; the numbers are what we keep
+        res[f"{key.removesuffix('_ms')}_ms_per_step"] = res[key] / n
+    gaps = copy_gaps(trace)
+    res["copy_gaps"] = gaps
+    res["copy_gaps_per_step"] = {k: v / n for k, v in gaps.items() if k.endswith("_ms")}
+    if keep is not None:  # tens of MB as JSON, a few gzipped
+        keep.mkdir(parents=True, exist_ok=True)
+        with path.open("rb") as src, gzip.open(keep / f"{path.name}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    path.unlink()
     return res
 
 

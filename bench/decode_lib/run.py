@@ -152,6 +152,7 @@ def measure(
             tuple(args.full_cache_policies.split(",")),
             profile=frozenset(k for k in args.profile_configs.split(",") if k),
             work=args.work,
+            keep_traces=args.keep_traces,
         ),
         fractions,
         policies,

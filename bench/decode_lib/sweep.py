@@ -54,11 +54,14 @@ def run_config(
     routing: Path,
     bw,
     profile_work: Path | None = None,
+    keep_traces: Path | None = None,
+    tag: str | None = None,
 ):
     """One configuration on the workload's runner: a fresh cache of `fraction` (`none` also records its
     routing for `oracle`, once per file), the policy's prefetcher, the runs; (summary, slots, wall s).
     `profile_work`: then a profiler trace of a few more steps in the same configuration (its numbers in
-    the summary's `profile`; the trace itself is written there and deleted)."""
+    the summary's `profile`; the trace itself is written there and deleted, or kept gzipped in
+    `keep_traces`)."""
     om, runner = workload.runner.om, workload.runner
     cache = replace_cache(om, CacheBudget(fraction=fraction, eviction=workload.eviction))
     if fraction >= 1.0:
@@ -77,7 +80,8 @@ def run_config(
     try:
         runs = workload.run()
         if profile_work is not None:
-            profiled = profile_overlap(workload, profile_work, f"{policy}_{fraction:g}".replace("@", "_"))
+            tag = tag or f"{policy}_{fraction:g}".replace("@", "_")
+            profiled = profile_overlap(workload, profile_work, tag, keep_traces)
     finally:
         if pf is not None:
             pf.remove()
@@ -120,12 +124,16 @@ class Sweep:
     coded: object = None  # the store's CodedStore once a `--coded` run has coded it (kept across cache sizes)
     profile: frozenset[str] = frozenset()  # `config_key`s to profile after their runs (--profile-configs)
     work: Path | None = None  # where those traces go
+    keep_traces: Path | None = None  # where they are kept, gzipped (--keep-traces; None: deleted)
 
     def measure(self, policy: str, fraction: float, variant: str | None = None, workload=None) -> None:
         workload = workload or self.workload
         key = config_key(policy, fraction, variant)
         work = self.work if key in self.profile else None
-        s, slots, wall = run_config(workload, self.bank, policy, fraction, self.routing, self.bw, work)
+        s, slots, wall = run_config(
+            workload, self.bank, policy, fraction, self.routing, self.bw, work, self.keep_traces,
+            key.replace("@", "_").replace("/", "_"),
+        )  # fmt: skip
         self.record.add_config(policy, fraction, s, slots, wall, workload.runner.steps, variant=variant)
         if "profile" in s:
             log(f"profile {key}: {json.dumps(s['profile'])}")

@@ -5,6 +5,9 @@ stand-ins for the CUDA runners)."""
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 
 from bench.decode_lib.model import PROMPT_TOKENS, build_bench
@@ -147,7 +150,8 @@ def test_a_named_configuration_is_profiled_after_its_runs_and_no_other(tmp_path)
     workload = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok), new=10))
     record = Record(tmp_path / "r.json", {"configs": []})
     sw = Sweep(workload, Bank(None, None, {}), tmp_path / "routing.json", None, record, Deadline(0), False,
-               profile=frozenset({config_key("none", 0.5, "coded")}), work=tmp_path)  # fmt: skip
+               profile=frozenset({config_key("none", 0.5, "coded")}), work=tmp_path,
+               keep_traces=tmp_path / "traces")  # fmt: skip
     assert config_key("exact+2", 0.5, "coded") == "exact+2@0.5/coded" and config_key("none", 1.0) == "none@1"
     sw.measure("none", 0.5)
     sw.measure("none", 0.5, "coded")  # the key names the variant: only this one is profiled
@@ -156,7 +160,12 @@ def test_a_named_configuration_is_profiled_after_its_runs_and_no_other(tmp_path)
     p = profiled["profile"]
     assert p["decode_steps"] == 6 and p["gpu_idle_ms"] == 0.0 and p["copies"] == 0  # a CPU run: no GPU events
     assert {"host_sync_ms_per_step", "gpu_idle_ms_per_step", "copy_ms_per_step"} <= set(p)
-    assert not list(tmp_path.glob("profile_*.json"))  # the trace is not kept
+    assert p["copy_gaps"]["copies"] == 0 and p["copy_gaps_per_step"]["host_late_ms"] == 0.0
+    assert not list(tmp_path.glob("profile_*.json"))  # the raw trace goes; its gzipped copy is kept
+    kept = sorted(tmp_path.glob("traces/*"))
+    assert [k.name for k in kept] == ["profile_none_0.5_coded.json.gz"]
+    with gzip.open(kept[0]) as f:
+        assert "traceEvents" in json.load(f)
 
 
 def test_the_trace_summary_counts_the_gpus_idle_time_and_the_hosts_waits():
@@ -180,6 +189,38 @@ def test_the_trace_summary_counts_the_gpus_idle_time_and_the_hosts_waits():
     assert r["gpu_span_ms"] == pytest.approx(0.42) and r["gpu_idle_ms"] == pytest.approx(0.15)
     assert r["host_sync_ms"] == pytest.approx(0.155) and r["compute_busy_ms"] == pytest.approx(0.2)
     assert chrome_trace_overlap({})["gpu_idle_ms"] == 0.0
+
+
+def test_the_copy_gaps_split_the_copy_engines_idle_time_by_who_was_late():
+    from bench.trace_gaps import copy_gaps
+
+    def ev(cat, name, ts, dur, **args):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": args}
+
+    mb = 1 << 20
+    h2d = "Memcpy HtoD (Pinned -> Device)"
+    trace = {"traceEvents": [
+        ev("cuda_runtime", "cudaMemcpyAsync", 0, 5, correlation=1), ev("gpu_memcpy", h2d, 10, 100, correlation=1, bytes=9 * mb),
+        # issued at 250, after the first copy ended at 110: 140 us host-late, 100 of them in a sync
+        ev("cuda_runtime", "cudaStreamSynchronize", 120, 100), ev("cuda_runtime", "cudaMemcpyAsync", 250, 5, correlation=2),
+        ev("gpu_memcpy", h2d, 260, 100, correlation=2, bytes=9 * mb),  # then 10 us of dependency (launch)
+        # issued at 300, while the second copy ran; it starts at 400: 40 us waiting on an event
+        ev("cuda_runtime", "cudaMemcpyAsync", 300, 5, correlation=3), ev("gpu_memcpy", h2d, 400, 100, correlation=3, bytes=9 * mb),
+        ev("cuda_runtime", "cudaMemcpyAsync", 310, 5, correlation=4),
+        ev("gpu_memcpy", h2d, 500, 1, correlation=4, bytes=4096),  # a table upload: not an expert copy
+        ev("kernel", "gemv", 0, 200), ev("kernel", "gemv", 450, 100),
+    ]}  # fmt: skip
+    g = copy_gaps(trace)
+    assert (
+        g["copies"] == 3 and g["span_ms"] == pytest.approx(0.49) and g["copy_busy_ms"] == pytest.approx(0.3)
+    )
+    assert g["host_late_ms"] == pytest.approx(0.14) and g["host_late_in_sync_ms"] == pytest.approx(0.1)
+    assert g["dependency_ms"] == pytest.approx(0.05)
+    assert g["host_late_calls"] == {"cudaStreamSynchronize": 0.1}
+    # kernels idle 200..450 inside the span 10..500: copies ran 260..360 and 400..450 of it
+    assert g["compute_idle_copying_ms"] == pytest.approx(0.15)
+    assert g["compute_idle_no_copy_ms"] == pytest.approx(0.1)
+    assert copy_gaps({})["copies"] == 0
 
 
 def test_the_decode_bench_and_the_soak_parse_a_policy_by_the_same_rules():

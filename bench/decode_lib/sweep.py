@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def run_config(
     try:
         runs = workload.run()
         if profile_work is not None:
-            tag = tag or f"{policy}_{fraction:g}".replace("@", "_")
+            tag = tag or re.sub(r"[^A-Za-z0-9.-]+", "_", f"{policy}_{fraction:g}")
             profiled = profile_overlap(workload, profile_work, tag, keep_traces)
     finally:
         if pf is not None:
@@ -132,7 +133,7 @@ class Sweep:
         work = self.work if key in self.profile else None
         s, slots, wall = run_config(
             workload, self.bank, policy, fraction, self.routing, self.bw, work, self.keep_traces,
-            key.replace("@", "_").replace("/", "_"),
+            re.sub(r"[^A-Za-z0-9.-]+", "_", key),  # a file name the device brings back (no + or @)
         )  # fmt: skip
         self.record.add_config(policy, fraction, s, slots, wall, workload.runner.steps, variant=variant)
         if "profile" in s:

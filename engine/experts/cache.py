@@ -10,9 +10,8 @@ This class is the facade; each part has its module: `slots` (allocation, pins, t
 `eviction` and its clock), `copies` (the copy stream and its events), `stalls` (stall timing),
 `accounting` (counters, prediction scoring and the prediction pins), `slot_table` (the device slot
 table), `streamed` (the fill queue of streamed steps), `hooks` (the listener it reports to and the
-routing barrier it waits on). It keeps them in
-step: an install or eviction updates the slots, the table, the copies' bookkeeping and the counters.
-On CPU everything is synchronous.
+routing barrier it waits on). It keeps them in step: an install or eviction updates the slots, the
+table, the copies' bookkeeping and the counters. On CPU everything is synchronous.
 
 Hot path note: ids arrive as Python ints (the routed ids are read on the host once per layer).
 
@@ -55,10 +54,9 @@ class ExpertCache:
         self.device = device
         self.capacity = num_slots
         self.cuda = device.type == "cuda"
-        self.pool = torch.empty(
-            (num_slots, self.layout.numel), dtype=self.layout.dtype, device=device
-        )  # [S, numel]
+        self.pool = torch.empty((num_slots, self.layout.numel), dtype=self.layout.dtype, device=device)
         self.weights = self.layout.views(self.pool)  # name -> [S, *shape]
+        self._pool_rows = self.pool.unbind(0)  # slot -> its [numel] row, made once
         self.counters = counters or CacheCounters(store.num_layers)
         self.counters.slots_capacity = num_slots
         self._listener: CacheListener = listener or Listener()
@@ -125,11 +123,11 @@ class ExpertCache:
             self._table.hold(key, slot)
         self.counters.slots_used += 1
 
-    def _copy_in(self, key: Key, slot: int, after: torch.cuda.Event | None = None) -> None:
-        dst, landing = self.pool[slot], key in self._table.landing  # [numel] device
-        if self.coded is not None:  # its pinned code, decoded on the device
-            return self._copies.copy_coded(self.coded.blob(*key), dst, slot, landing=landing, after=after)
-        self._copies.copy(self.store.row(*key), dst, slot, landing=landing, after=after)  # pinned host row
+    def _copy_job(self, key: Key, slot: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+        """(src, dst, slot, landing) for `Copier.copy_all`: `key`'s pinned row (coded: its code's row, decoded
+        on the device) into the slot's row of the pool; `landing`: the table holds it back until it lands."""
+        src = self.coded.row(*key) if self.coded is not None else self.store.row(*key)
+        return src, self._pool_rows[slot], slot, key in self._table.landing
 
     # ---------------------------------------------------------------- prefetch
     def prefetch(self, layer: int, ids: Sequence[int], limit: int | None = None) -> int:
@@ -141,7 +139,7 @@ class ExpertCache:
         """
         self._accounts.unwind(layer)  # an earlier prediction no routing consumed: wasted
         pf = self._accounts.pending[layer]
-        issued = 0
+        jobs = []
         for e in ids:
             if limit is not None and len(pf) >= limit:
                 break
@@ -154,21 +152,19 @@ class ExpertCache:
                 if slot is None:
                     break
                 self._install(key, slot)
-                self._copy_in(key, slot)
+                jobs.append(self._copy_job(key, slot))  # issued after the loop, in this order
                 self._accounts.fresh.add(key)
-                issued += 1
             else:
                 self._slots.touch(key, routed=False)
             self._slots.pin(slot)
             pf.add(key)
+        issued = len(jobs)
+        self._copies.copy_all(jobs)  # pinned slots: no later eviction in the loop can have touched them
         self._copies.flush()  # a coded cache decodes this prediction's copies now, in one batch
         c = self.counters
         c.prefetch_issued[layer] += issued
         c.bytes_prefetch += issued * self.copy_nbytes
         return issued
-
-    def has_prediction(self, layer: int) -> bool:
-        return bool(self._accounts.pending[layer])
 
     def room_for(self, layer: int) -> int:
         """How many of `layer`'s experts one acquire can take now (its predicted ones hold slots already)."""
@@ -213,12 +209,14 @@ class ExpertCache:
         events: list[torch.cuda.Event | None] = []
         t0 = time.perf_counter()
         demand = 0
+        jobs = []
         for e in ids:
             key = (layer, int(e))
             slot = self._slots.get(key)
             if slot is None:
                 slot = self._take_slot()
                 if slot is None:
+                    self._copies.copy_all(jobs)  # the misses installed so far are resident: copy them
                     for s in slots:
                         self._slots.unpin(s)
                     raise CacheFull(
@@ -227,7 +225,7 @@ class ExpertCache:
                     )
                 self._slots.use(key)  # a routed use, counted before the order takes the key in (LFU)
                 self._install(key, slot)
-                self._copy_in(key, slot)
+                jobs.append(self._copy_job(key, slot))  # issued after the loop, in this order
                 kinds.append(MISS)
                 c.misses[layer] += 1
                 demand += 1
@@ -240,6 +238,7 @@ class ExpertCache:
             else:
                 self._slots.pin(slot)
             slots.append(slot)
+        self._copies.copy_all(jobs)  # the misses' copies (their slots are pinned: nothing evicted them)
         if self.cuda:  # after the loop: a coded cache decodes this acquire's copies in one batch
             events = [self._copies.claim(slot) for slot in slots]
         c.requests[layer] += len(ids)
@@ -324,13 +323,15 @@ class ExpertCache:
         """
         if self.capacity < self.store.total_experts:
             return False
+        jobs = []
         for layer in range(self.store.num_layers):
             for e in range(self.layout.num_experts):
                 key = (layer, e)
                 if key not in self._slots:
                     slot = self._take_slot()
                     self._install(key, slot)
-                    self._copy_in(key, slot)
+                    jobs.append(self._copy_job(key, slot))
+        self._copies.copy_all(jobs)
         if self.cuda:
             self._copies.wait_all()
         self._table.upload(always=True)
@@ -394,7 +395,6 @@ class ExpertCache:
         if not fills:
             return 0
         published = self._copies.published()
-        for key, slot in fills:
-            self._copy_in(key, slot, after=published)
+        self._copies.copy_all([self._copy_job(key, slot) for key, slot in fills], after=published)
         self._copies.flush()  # a coded cache decodes these fills in one batch
         return len(fills)

@@ -245,6 +245,7 @@ class CodedStore:
         self.buffers = buffers
         self.nbytes = nbytes
         self.max_nbytes = max(b.shape[1] for b in buffers)
+        self._rows: dict[int, tuple[torch.Tensor, ...]] = {}
         self._bind = bind
         self._bind_many = bind_many
 
@@ -261,6 +262,15 @@ class CodedStore:
 
     def blob(self, layer: int, expert: int) -> torch.Tensor:
         return self.buffers[layer][expert, : self.nbytes[layer][expert]]
+
+    def row(self, layer: int, expert: int) -> torch.Tensor:
+        """Expert `expert`'s whole row of `buffers[layer]`: its blob, then zero padding to the layer's widest
+        blob. A decoder reads only the blob's parts, so the copies move rows (views made once per layer: no
+        indexing per copy)."""
+        rows = self._rows.get(layer)
+        if rows is None:
+            rows = self._rows[layer] = self.buffers[layer].unbind(0)
+        return rows[expert]
 
     @property
     def coded_bytes(self) -> int:

@@ -6,7 +6,8 @@ overwritten before the compute that last read it is done (an event recorded at r
 slot the device table shows before it lands is "unwaited" until some compute stream has waited for it.
 On CPU every copy is synchronous and there are no events.
 
-Coded copies (`copy_coded`, `engine.model.coding.attach_coded`): the copy stream moves an expert's code into one of
+`copy_all` issues a batch of copies (a prefetch's, an acquire's misses, a step's fills) under one switch to
+the copy stream. Coded copies (`copy_coded`, `engine.model.coding.attach_coded`): the copy stream moves an expert's code into one of
 STAGING rows of a device staging tensor, and a second stream decodes the codes copied since the last
 decode into their slots in one call (`flush`: one launch per GROUP codes), so the next copies run while
 codes decode. A batch is decoded when it fills the staging rows, when the cache's prefetch or acquire has
@@ -44,6 +45,7 @@ class Copier:
             self.staging = torch.empty((STAGING, stride), dtype=torch.uint8, device=device)
             self._decode = coded.bind_many(self.staging, pool)  # bound once: jobs [(row, slot)]
             self.staging_free: list[torch.cuda.Event | None] = [None] * STAGING
+            self._stage_views: dict[tuple[int, int], torch.Tensor] = {}
             self._next = 0
         self.done: list[torch.cuda.Event | None] = [None] * num_slots  # each slot's last copy, not waited on
         self.last_use: list[torch.cuda.Event | None] = [None] * num_slots  # its last reader's end
@@ -54,40 +56,58 @@ class Copier:
     ) -> None:
         """Copy `src` (pinned host) into `dst` (slot `slot` of the pool), behind `after` if given;
         `landing`: the table holds the slot back until the copy has landed (streamed fills)."""
-        if self.cuda:
-            with torch.cuda.stream(self.stream):
-                if after is not None:
-                    self.stream.wait_event(after)
-                last = self.last_use[slot]
-                if last is not None:
-                    self.stream.wait_event(last)  # never overwrite weights still being read
-                dst.copy_(src, non_blocking=True)
-                ev = torch.cuda.Event(enable_timing=False)
-                ev.record(self.stream)
-            self._issued(slot, ev, landing)
-        else:
-            dst.copy_(src)
+        self.copy_all([(src, dst, slot, landing)], after)
 
     def copy_coded(
-        self, blob: torch.Tensor, dst: torch.Tensor, slot: int, landing: bool, after: torch.cuda.Event | None
+        self, code: torch.Tensor, dst: torch.Tensor, slot: int, landing: bool, after: torch.cuda.Event | None
     ) -> None:
-        """`copy` of a coded expert: `blob` (its pinned code) copied to a staging buffer, decoded into `dst`."""
-        coded = self.coded
-        if not self.cuda:
-            coded.decode(blob, dst)
+        """`copy` of a coded expert: `code` (its pinned code, `CodedStore.row`) copied to a staging row, decoded
+        into `dst`."""
+        self.copy_all([(code, dst, slot, landing)], after)
+
+    def copy_all(self, jobs: list[tuple[torch.Tensor, torch.Tensor, int, bool]], after=None) -> None:
+        """`copy` (or with coded copies `copy_coded`) of every (src, dst, slot, landing) of `jobs`, in order, behind
+        `after` if given: on CUDA one switch to the copy stream for all of them (a layer's copies cost the
+        host a few microseconds each, not a stream switch each)."""
+        if not jobs:
             return
+        if not self.cuda:
+            for src, dst, _, _ in jobs:
+                if self.coded is not None:
+                    self.coded.decode(src, dst)
+                else:
+                    dst.copy_(src)
+            return
+        stream = self.stream
+        with torch.cuda.stream(stream):
+            if after is not None:
+                stream.wait_event(after)
+            for src, dst, slot, landing in jobs:
+                if self.coded is not None:
+                    self._stage(src, slot, landing)
+                    continue
+                last = self.last_use[slot]
+                if last is not None:
+                    stream.wait_event(last)  # never overwrite weights still being read
+                dst.copy_(src, non_blocking=True)
+                ev = torch.cuda.Event(enable_timing=False)
+                ev.record(stream)
+                self._issued(slot, ev, landing)
+
+    def _stage(self, code: torch.Tensor, slot: int, landing: bool) -> None:
+        """On the copy stream: `code` into the next staging row, to be decoded into `slot` at the next flush."""
         if len(self._pending) == STAGING:  # every staging row holds a code not yet decoded
             self.flush()
         k = self._next
         self._next = (k + 1) % STAGING
-        stage = self.staging[k, : blob.numel()]
-        with torch.cuda.stream(self.stream):
-            if after is not None:
-                self.stream.wait_event(after)
-            free = self.staging_free[k]
-            if free is not None:
-                self.stream.wait_event(free)  # its last code has been decoded
-            stage.copy_(blob, non_blocking=True)
+        n = code.numel()
+        stage = self._stage_views.get((k, n))
+        if stage is None:  # a view per (row, code width): the few widths a store's layers have
+            stage = self._stage_views[(k, n)] = self.staging[k, :n]
+        free = self.staging_free[k]
+        if free is not None:
+            self.stream.wait_event(free)  # its last code has been decoded
+        stage.copy_(code, non_blocking=True)
         self._pending.append((k, slot, landing))
 
     def flush(self) -> None:

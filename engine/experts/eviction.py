@@ -12,7 +12,7 @@ The cache's clock (`now`) ticks once per layer-step, so a token is `num_layers` 
 
 `predictors.eviction` adds the offline orders the simulator uses (`predicted`, `belady`) on `HeapOrder`.
 Pure Python, torch-free, imports `engine.api.policies` (the names) only. Every order is a lazy-deletion
-heap (or an OrderedDict), so a victim costs O(log n) plus the pinned entries skipped.
+heap (or an OrderedDict), so a victim costs O(log n) plus the pinned and stale entries it meets.
 """
 
 from __future__ import annotations
@@ -58,11 +58,19 @@ class LRU:
 
 
 class HeapOrder:
-    """Residents ranked by a priority (smallest evicted first), ties to the least recently touched."""
+    """Residents ranked by a priority (smallest evicted first), ties to the least recently touched.
+
+    `monotone`: a resident's (priority, tie) never goes down while it stays (LFU's counts only grow), so a
+    touch only updates its entry, and `victim` re-pushes the resident's heap entry with the current one
+    when it meets it stale at the top: the same victims as pushing on every touch, with one live heap
+    entry per resident (entries from before a resident's insert are dropped when met)."""
+
+    monotone = False
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Key]] = []
         self._entry: dict[Key, tuple[float, int]] = {}  # the valid heap entry of each resident
+        self._born: dict[Key, int] = {}  # the tie of each resident's insert
         self._seq = 0
 
     def _priority(self, key: Key) -> float:
@@ -75,7 +83,12 @@ class HeapOrder:
 
     def _push(self, key: Key) -> None:
         entry = (self._priority(key), self._tie(key))
+        old = self._entry.get(key)
         self._entry[key] = entry
+        if old is None:
+            self._born[key] = entry[1]  # heap entries older than this are from an earlier residency
+        elif self.monotone:  # its heap entry ranks no later than this: `victim` re-ranks it when met
+            return
         heapq.heappush(self._heap, (*entry, key))
         if len(self._heap) > 4 * len(self._entry) + 1024:  # drop stale entries now and then
             self._heap = [(p, s, k) for k, (p, s) in self._entry.items()]
@@ -89,6 +102,7 @@ class HeapOrder:
 
     def remove(self, key: Key) -> None:
         del self._entry[key]
+        del self._born[key]
 
     def keys(self) -> list[Key]:
         """The residents, next victim first (ties: least recently touched)."""
@@ -99,8 +113,11 @@ class HeapOrder:
         found = None
         while self._heap:
             p, s, key = self._heap[0]
-            if self._entry.get(key) != (p, s):  # stale: touched since, or evicted
+            entry = self._entry.get(key)
+            if entry != (p, s):  # stale: touched since, or evicted
                 heapq.heappop(self._heap)
+                if entry is not None and self.monotone and s >= self._born[key]:  # its live entry: re-ranked
+                    heapq.heappush(self._heap, (*entry, key))
                 continue
             if pinned(key):
                 skipped.append(heapq.heappop(self._heap))
@@ -114,6 +131,7 @@ class HeapOrder:
 
 class LFU(HeapOrder):
     name = "lfu"
+    monotone = True  # counts only grow (a rescale re-ranks every entry at once)
 
     def __init__(self, half_life: float = DEFAULT_LFU_HALF_LIFE) -> None:
         super().__init__()
@@ -141,7 +159,11 @@ class LFU(HeapOrder):
     def touch(self, key: Key, now: int, routed: bool) -> None:
         if routed:
             self._count_use(key, now)
-        self._push(key)
+        if self.monotone and key in self._entry:  # a resident (always, from the cache): no heap push
+            self._seq += 1
+            self._entry[key] = (self._count.get(key, 0.0), self._seq)
+        else:
+            self._push(key)
 
     def use(self, key: Key, now: int) -> None:
         self._count_use(key, now)

@@ -62,6 +62,7 @@ class SlotPool:
         self.order = order if order is not None else LRU()
         self.now = -1  # the first layer-step is tick 0
         self.pins = [0] * num_slots
+        self._pinned = 0  # slots with a pin count above zero
         self.free = list(range(num_slots - 1, -1, -1))
 
     def __contains__(self, key: Key) -> bool:
@@ -74,7 +75,8 @@ class SlotPool:
         return self.slot_of.get(key)
 
     def pinned(self) -> int:
-        return sum(1 for p in self.pins if p > 0)
+        """Slots pinned now (kept by `pin` and `unpin`: O(1))."""
+        return self._pinned
 
     def tick(self) -> None:
         """A layer's routing is being accounted: one layer-step later."""
@@ -114,9 +116,13 @@ class SlotPool:
         self.order.use(key, self.now)
 
     def pin(self, slot: int) -> None:
+        if self.pins[slot] == 0:
+            self._pinned += 1
         self.pins[slot] += 1
 
     def unpin(self, slot: int) -> None:
         if self.pins[slot] <= 0:
             raise RuntimeError(f"expert cache: slot {slot} unpinned more often than pinned")
         self.pins[slot] -= 1
+        if self.pins[slot] == 0:
+            self._pinned -= 1

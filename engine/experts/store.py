@@ -69,6 +69,7 @@ class ExpertStore:
         self.pinned = pin
         self.buffers: list[torch.Tensor | None] = [None] * num_layers
         self._views: dict[int, dict[str, torch.Tensor]] = {}  # layer_views, made once per buffer
+        self._rows: dict[int, tuple[torch.Tensor, ...]] = {}  # each layer's rows, made once per buffer
         # every expert's lossless code (`engine.experts.coded.CodedStore`): when set, the caches made from
         # now on copy codes and decode them on the device (`engine.model.coding.attach_coded`)
         self.coded = None
@@ -82,6 +83,7 @@ class ExpertStore:
         )
         self.buffers[layer] = buf
         self._views.pop(layer, None)
+        self._rows.pop(layer, None)
         return buf
 
     def fill_from_module(self, layer: int, experts: torch.nn.Module) -> None:
@@ -100,7 +102,10 @@ class ExpertStore:
         return buf
 
     def row(self, layer: int, expert: int) -> torch.Tensor:
-        return self._filled(layer)[expert]
+        rows = self._rows.get(layer)
+        if rows is None:  # views made once per buffer (`allocate` forgets them): no indexing per copy
+            rows = self._rows[layer] = self._filled(layer).unbind(0)
+        return rows[expert]
 
     def layer_views(self, layer: int) -> dict[str, torch.Tensor]:
         """name -> [E, *shape] views of a layer's experts (what kernels reading host memory are given)."""

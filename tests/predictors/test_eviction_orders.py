@@ -199,3 +199,46 @@ def test_the_cli_simulates_lookahead_bundles_and_the_oracle_ahead(tmp_path):
     assert by["oracle"]["counts"]["misses"] <= by["none"]["counts"]["misses"]
     far = CliRunner().invoke(app, [*args[:-8], "--oracle-ahead", "3", "--no-progress"])
     assert far.exit_code != 0 and "oracle ahead 3" in far.output
+
+
+class _EagerLFU(LFU):
+    """LFU pushing a heap entry on every touch (the order before touches became lazy)."""
+
+    monotone = False
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("half_life", [0, 3.0])
+def test_lfu_with_lazy_touches_picks_the_victims_of_eager_pushes(seed, half_life):
+    rng = np.random.default_rng(seed)
+    lazy, eager = LFU(half_life=half_life), _EagerLFU(half_life=half_life)
+    resident: set = set()
+    pinned: set = set()
+    victims = 0
+    for now in range(3000):
+        key = (int(rng.integers(3)), int(rng.integers(12)))
+        op = rng.random()
+        if key not in resident:
+            for o in (lazy, eager):
+                o.use(key, now) if op < 0.5 else None
+                o.insert(key, now)
+            resident.add(key)
+        elif op < 0.6:
+            routed = bool(rng.random() < 0.8)
+            for o in (lazy, eager):
+                o.touch(key, now, routed)
+        elif op < 0.7:
+            pinned ^= {key}
+        if len(resident) > 20 or op > 0.95:
+            held = frozenset(pinned)
+            a, b = (o.victim(held.__contains__) for o in (lazy, eager))
+            assert a == b, now
+            if a is not None:
+                victims += 1
+                for o in (lazy, eager):
+                    o.remove(a)
+                resident.discard(a)
+                pinned.discard(a)
+        assert lazy.keys() == eager.keys()
+    assert victims > 500
+    assert len(lazy._heap) <= len(eager._heap)  # one live entry per resident, not one per touch

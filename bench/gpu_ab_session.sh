@@ -6,7 +6,7 @@
 # prompts are read from this tree), e.g. made here and carried:
 #   mkdir -p .ab/old && git archive HEAD~1 engine predictors bench/*.py bench/decode_lib | tar -x -C .ab/old
 #   OLD=.ab/old POLICIES=none,exact+2,oracle+1 CODED=exact+2,oracle+1 bash bench/gpu_ab_session.sh
-# (carry .whl, .cache/data/mmlu/test and .ab). TESTS=0 skips the tests; SHAPE, EVICTION (default lfu),
+# (carry .whl, .cache/data/mmlu/test and .ab). TESTS=0 skips the tests (TEST_PATHS: which); SHAPE, EVICTION (default lfu),
 # FRACTIONS (default 0.5), POLICIES, CODED, AFTER (default none), DEADLINE (per tree, default 150 s).
 set -u
 source bench/gpu_env.sh
@@ -15,7 +15,7 @@ SHAPE=${SHAPE:-qwen3-30b-a3b}
 REPO=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine tests/predictors tests/bench \
+  timeout ${TESTS_S:-150} python3 -m pytest -q -p no:cacheprovider -m gpu ${TEST_PATHS:-tests/engine tests/predictors tests/bench} \
     > $OUTDIR/gpu_tests.log 2>&1
   tail -1 $OUTDIR/gpu_tests.log
 fi

@@ -119,6 +119,12 @@ def main() -> None:
         "with compute, per step, in that configuration's summary (`profile`) and the log",
     )
     ap.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the heap to the garbage collector's full passes (a serving engine freezes it once loaded, "
+        "engine.frontend.heap; each run's passes are in its summary's gc_by_run either way)",
+    )
+    ap.add_argument(
         "--keep-traces",
         type=Path,
         default=None,

@@ -104,13 +104,18 @@ class Record:
 
 def spread_note(s: dict) -> str:
     """`; steps p50/max ms by run: 21.0/44.2 (3 slow), ...` from the summary's `steps_by_run`: whether a
-    slow run's steps were all slow or a few waited long (slow: over twice the run's median step)."""
+    slow run's steps were all slow or a few waited long (slow: over twice the run's median step); and the
+    full garbage-collector passes inside the runs (`gc_by_run`), where there were any."""
     runs = [r for r in s.get("steps_by_run", []) if r["p50_ms"] is not None]
     if not runs:
         return ""
-    return "; steps p50/max ms by run: " + ", ".join(
+    note = "; steps p50/max ms by run: " + ", ".join(
         f"{r['p50_ms']:.1f}/{r['max_ms']:.1f} ({r['over_2x_median']} slow)" for r in runs
     )
+    full = [g for g in s.get("gc_by_run", []) if g["full"]]
+    if full:  # a full pass of the garbage collector fell inside a run: its longest pause
+        note += f"; full GC passes {sum(g['full'] for g in full)} (longest {max(g['max_ms'] for g in full):.0f} ms)"
+    return note
 
 
 def add_ratios(result: dict) -> None:

@@ -4,7 +4,8 @@ batched runs, the prefill, the overlap profile, the ratios, the PNG. With `--rou
 measurements after the plain baseline replay the twin's routing and predictions (`replay`), batch 1 and
 batched, and the routing `none` recorded is checked against the artefact's.
 
-Imports torch, `bench.common`, `engine.runner`, `engine.prefetch.kernel_bank` and the rest of this package only.
+Imports torch, `bench.common`, `engine.runner`, `engine.prefetch.kernel_bank`, `engine.frontend.heap` and the rest of this
+package only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bench.decode_lib.seams import BENCH_MAX_LEN
 from bench.decode_lib.sweep import Deadline, Sweep, split_policy, sweep
 from bench.decode_lib.timing import Workload, time_prefill
 from bench.decode_lib.training import Bank, train_predictors
+from engine.frontend.heap import freeze_heap
 from engine.prefetch.kernel_bank import KernelBank, kernel_bank
 from engine.runner.runner import ModelRunner
 
@@ -114,6 +116,9 @@ def run(args) -> None:
             bank = Bank(ReplayedBank(bank.bank, table), ReplayedBank(bank.fp32, table), bank.manifest, ahead)
             wrap = lambda r: ReplayRunner(r, table, twin.tokens, starts)  # noqa: E731
         workload = Workload(runner, text.segments, wrap, args.eviction)
+        if not args.no_gc_freeze:  # as a serving engine does once loaded (engine.frontend.heap)
+            record.data["gc_freeze"] = freeze_heap()
+            log(f"heap frozen: {record.data['gc_freeze']}")
         measure(args, b, workload, bank, text.long_prompt, batches, record, deadline, bw, twin is not None)
         if twin is not None and routing.exists():
             recorded = json.loads(routing.read_text())["layers"]

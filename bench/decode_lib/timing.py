@@ -10,6 +10,7 @@ Imports torch, `engine.runner` (the runner's public methods) and `engine.model.l
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -34,6 +35,39 @@ class Stalls:
 
 
 STALLS = Stalls()  # one for the whole run: each measurement reads its difference
+
+
+class GCPauses:
+    """The garbage collector's passes while installed (`gc.callbacks`): each one's generation and seconds.
+    A full pass over a loaded model's heap stops the host for 100-250 ms with no CUDA call to show for it
+    (`engine.frontend.heap`); a run's `gc` says whether one fell inside it."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, float]] = []
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.passes.append((int(info.get("generation", -1)), time.perf_counter() - self._t0))
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def since(self, start: int) -> dict:
+        """The passes after the first `start`: how many (and full ones), their total and longest ms."""
+        got = self.passes[start:]
+        return {
+            "passes": len(got),
+            "full": sum(1 for g, _ in got if g == 2),
+            "total_ms": 1e3 * sum(t for _, t in got),
+            "max_ms": 1e3 * max((t for _, t in got), default=0.0),
+        }
+
+
+GC_PAUSES = GCPauses()
 
 
 class Workload:
@@ -66,6 +100,8 @@ class Workload:
         runner.after_step()
         before = om.counters.totals()
         stall0 = STALLS.total
+        GC_PAUSES.install()
+        gc0 = len(GC_PAUSES.passes)
         pos = len(prompt)
         t0 = time.perf_counter()
         argmax, marks = [], []
@@ -84,6 +120,7 @@ class Workload:
             "tokens": [int(t) for t in argmax],
             "delta": {k: after[k] - before[k] for k in after},
             "stall_s": STALLS.total - stall0,
+            "gc": GC_PAUSES.since(gc0),  # the collector's passes during the decode steps
             "step_s": [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)],
         }
 
@@ -142,6 +179,7 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
         "online_recall": d["predicted_routed"] / d["routed_scored"] if d["routed_scored"] else None,
         "tokens": [r["tokens"] for r in runs],
         "steps_by_run": [step_spread(r["step_s"]) for r in runs if "step_s" in r],
+        "gc_by_run": [r["gc"] for r in runs if "gc" in r],
     }
     if bw:
         out["pcie_ms_per_token"] = 1e3 * bytes_tok / bw

@@ -126,6 +126,27 @@ def test_coded_copies_run_each_policy_coded_and_with_the_settings_it_shares(monk
     assert len(coded_calls) == 1 and measured[-1] == ("none", "coded", None)
 
 
+def test_a_full_gc_pass_inside_a_run_is_recorded_with_its_pause():
+    import gc
+
+    b = build_bench("qwen3-30b-a3b", smoke=True, embed_std=1.0)
+    workload = Workload(ModelRunner(b.om, rows=1, max_len=BENCH_MAX_LEN), _segments(len(b.tok), new=4))
+    real, calls = workload.runner.decode, []
+
+    def decode(*a, **k):  # a full pass inside the second run's first step
+        calls.append(1)
+        if len(calls) == 9:
+            gc.collect()
+        return real(*a, **k)
+
+    workload.runner.decode = decode
+    runs = workload.run()  # the warm-up, then the measured runs
+    s = summarise(runs, PROMPT_TOKENS, None)
+    assert len(s["gc_by_run"]) == len(runs) == 2
+    second = s["gc_by_run"][1]
+    assert second["full"] >= 1 and second["max_ms"] > 0 and second["total_ms"] >= second["max_ms"]
+
+
 def test_a_runs_step_spread_tells_uniformly_slow_steps_from_a_few_long_waits():
     from bench.decode_lib.record import spread_note
     from bench.decode_lib.timing import step_spread
@@ -140,6 +161,14 @@ def test_a_runs_step_spread_tells_uniformly_slow_steps_from_a_few_long_waits():
     note = spread_note({"steps_by_run": [uniform, waits]})
     assert note == "; steps p50/max ms by run: 40.0/40.0 (0 slow), 20.0/250.0 (2 slow)"
     assert spread_note({}) == ""
+    gcs = [
+        {"passes": 3, "full": 0, "total_ms": 1.0, "max_ms": 0.5},
+        {"passes": 2, "full": 1, "total_ms": 240.0, "max_ms": 233.4},
+    ]
+    assert (
+        spread_note({"steps_by_run": [uniform, waits], "gc_by_run": gcs})
+        == note + "; full GC passes 1 (longest 233 ms)"
+    )
 
 
 def test_a_named_configuration_is_profiled_after_its_runs_and_no_other(tmp_path):

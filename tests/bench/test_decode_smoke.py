@@ -33,6 +33,8 @@ def test_decode_bench_smoke_run(tmp_path):
     assert seen == {("none", 1.0), ("none", 0.5), ("exact", 0.5), ("oracle", 0.5), ("oracle+1", 0.5)}
     assert all(c["summary"]["same_tokens_as_reference"] for c in out["configs"])
     assert out["eviction"] == "lfu"
+    assert out["gc_freeze"]["frozen"] > 0  # the heap frozen before the measurements, as a server does
+    assert all(len(c["summary"]["gc_by_run"]) == 2 for c in out["configs"])  # each run's collector passes
     steps = [c["steps"] for c in out["configs"]]  # on the CPU every step is eager
     assert all(s["eager"] > 0 and s["graph"] == 0 for s in steps)
     oracle = next(c["summary"] for c in out["configs"] if c["policy"] == "oracle")

@@ -64,3 +64,21 @@ def test_coded_experts_refuse_float32_weights_with_a_clear_error(monkeypatch):
 
     with pytest.raises(EngineError, match="MOE_CODED_EXPERTS: coded experts need bfloat16"):
         _loaded(monkeypatch, MOE_CODED_EXPERTS="true", MOE_DTYPE="float32", MOE_EXPERT_CACHE_FRACTION="0.5")
+
+
+def test_a_started_engine_freezes_its_heap_and_thaws_it_at_shutdown():
+    import asyncio
+    import gc
+
+    engine = AsyncEngine.from_config(load_settings(device="cpu", policy="none").engine_config())
+
+    async def run() -> int:
+        await engine.start()
+        try:
+            return gc.get_freeze_count()
+        finally:
+            await engine.shutdown()
+
+    frozen = asyncio.run(run())
+    assert frozen > 10_000  # the loaded model's modules, parameters and tables: out of full passes
+    assert gc.get_freeze_count() == 0  # given back: a torn-down engine leaves nothing unreachable

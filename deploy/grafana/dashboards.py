@@ -458,6 +458,23 @@ def main_dashboard() -> dict:
             unit="ops",
             w=8,
         ),
+        panel(
+            "timeseries",
+            "Garbage-collector pause p99 by generation",
+            "Python's collector passes in the server process: every thread, the engine's included, waits while "
+            "one runs. Generation 2 is a full pass; the heap is frozen at start, so it walks only what serving "
+            "allocated since.",
+            targets(
+                *pods(
+                    (
+                        lambda i: quantile(0.99, "moe_gc_pause_seconds", group(i, "generation")),
+                        "gen {{generation}} {{instance}}",
+                    )
+                )
+            ),
+            unit="s",
+            w=8,
+        ),
         row("Requests"),
         panel(
             "timeseries",

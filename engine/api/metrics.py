@@ -20,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.api.stats import CacheCounters, RequestStats
@@ -126,6 +126,31 @@ class _StepCollector:
         fam = CounterMetricFamily(STEP_METRIC[0][: -len("_total")], STEP_METRIC[1], labels=["kind"])
         for kind in STEP_KINDS:
             fam.add_metric([kind], counts.get(kind, 0))
+        yield fam
+
+
+GC_BUCKETS = STALL_BUCKETS  # moe_gc_pause_seconds: 10 us to 1 s
+GC_HELP = (
+    "Python garbage-collector passes in the server process, by generation (2: a full pass); every thread, "
+    "the engine's included, waits while one runs."
+)
+
+
+class _GCCollector:
+    def __init__(self, passes: Callable[[], dict[int, tuple[list[int], float]]]) -> None:
+        self.passes = passes
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        fam = HistogramMetricFamily("moe_gc_pause_seconds", GC_HELP, labels=["generation"])
+        for gen, (counts, total) in sorted(self.passes().items()):
+            cum, buckets = 0, []
+            for bound, n in zip([*map(str, GC_BUCKETS), "+Inf"], counts, strict=True):
+                cum += n
+                buckets.append((bound, cum))
+            fam.add_metric([str(gen)], buckets, total)
         yield fam
 
 
@@ -255,6 +280,12 @@ class Metrics:
 
     def attach_cache(self, counters: CacheCounters) -> None:
         self.registry.register(_CacheCollector(counters))
+
+    def attach_gc(self, passes: Callable[[], dict[int, tuple[list[int], float]]]) -> None:
+        """`passes()` gives, per collector generation, the passes counted into `GC_BUCKETS` (one count a
+        bucket, not cumulative) and their summed seconds (`engine.frontend.heap.GCWatch`): read at scrape
+        time, so the collector's callback never takes a Prometheus lock."""
+        self.registry.register(_GCCollector(passes))
 
     def attach_steps(self, kinds: Callable[[], dict[str, int]]) -> None:
         """`kinds()` gives the decode steps run so far by kind (see `STEP_KINDS`)."""

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 
 from engine.api.config import EngineConfig
 from engine.api.errors import EngineDead, RequestFailed
-from engine.api.metrics import Metrics
+from engine.api.metrics import GC_BUCKETS, Metrics
 from engine.api.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta, TokenizeRequest
 from engine.core.grammar import BatchMasks, Grammars
 from engine.core.logprobs import TokenTable, prefill_with_prompt_logprobs
@@ -36,7 +36,7 @@ from engine.core.text_stream import TextStream
 from engine.frontend import admission
 from engine.frontend.choice import choose
 from engine.frontend.faults import classify
-from engine.frontend.heap import freeze_heap, thaw_heap
+from engine.frontend.heap import GCWatch, freeze_heap, thaw_heap
 from engine.frontend.startup import EngineParts
 from engine.model.loader import OffloadedModel
 from engine.prefetch.prefetcher import Prefetcher
@@ -66,6 +66,7 @@ class AsyncEngine:
         self.tokenizer = None
         self._card: ModelCard | None = None
         self._thread: threading.Thread | None = None
+        self._gc_watch: GCWatch | None = None  # installed by start()
         self._stop = threading.Event()
         self._dead: str | None = None  # why the engine cannot serve (a fatal fault); None while it can
         self._probe = None  # the device sync that tells a poisoned device (engine.frontend.faults)
@@ -101,6 +102,10 @@ class AsyncEngine:
         if self.om is None:
             await asyncio.to_thread(self.load)
         heap = freeze_heap()  # full GC passes while serving walk only what serving allocates
+        if self._gc_watch is None:  # moe_gc_pause_seconds
+            self._gc_watch = GCWatch(GC_BUCKETS)
+            self.metrics.attach_gc(self._gc_watch.passes)
+        self._gc_watch.install()
         log.info(
             "%d objects frozen out of full GC passes (%.2f s to collect)", heap["frozen"], heap["collect_s"]
         )
@@ -114,6 +119,8 @@ class AsyncEngine:
             await asyncio.to_thread(self._thread.join, 10.0)
         for seq in self.scheduler.drain():
             seq.emit(EngineDead("engine shut down"))
+        if self._gc_watch is not None:
+            self._gc_watch.remove()
         thaw_heap()
         if self.prefetcher is not None:
             self.prefetcher.remove()

@@ -7,13 +7,15 @@ CUDA call to show for it (the H200 profiles of stop 38 saw 230-260 ms host gaps 
 hundred steps). `freeze_heap()` collects what start-up left behind, then moves every surviving object into
 the permanent generation (`gc.freeze`), so later passes walk only what serving allocates. `AsyncEngine.start`
 freezes once the model is loaded; `shutdown` thaws (`thaw_heap`), so an engine torn down in a longer-lived
-process (the tests) leaves nothing the collector can no longer reach.
+process (the tests) leaves nothing the collector can no longer reach. `GCWatch` reports every pass's
+generation and duration while it is installed (`moe_gc_pause_seconds`).
 
 Imports the standard library only.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import time
 
@@ -30,3 +32,35 @@ def freeze_heap() -> dict:
 def thaw_heap() -> None:
     """Give the frozen objects back to the collector (`gc.unfreeze`)."""
     gc.unfreeze()
+
+
+class GCWatch:
+    """Counts every garbage-collector pass while installed: per generation, one count per bucket of
+    `buckets` (seconds; the last count is over the largest bound) and the summed seconds. The callback only
+    adds to plain lists; `passes()` is what a scrape reads (`Metrics.attach_gc`)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self._counts = {g: [0] * (len(buckets) + 1) for g in range(3)}
+        self._sums = dict.fromkeys(range(3), 0.0)
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._t0
+        gen = int(info.get("generation", 2))
+        self._counts[gen][bisect.bisect_left(self.buckets, seconds)] += 1
+        self._sums[gen] += seconds
+
+    def passes(self) -> dict[int, tuple[list[int], float]]:
+        return {g: (list(c), self._sums[g]) for g, c in self._counts.items()}
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def remove(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)

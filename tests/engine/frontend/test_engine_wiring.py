@@ -82,3 +82,31 @@ def test_a_started_engine_freezes_its_heap_and_thaws_it_at_shutdown():
     frozen = asyncio.run(run())
     assert frozen > 10_000  # the loaded model's modules, parameters and tables: out of full passes
     assert gc.get_freeze_count() == 0  # given back: a torn-down engine leaves nothing unreachable
+
+
+def test_gc_passes_reach_the_metrics_without_the_callback_touching_prometheus():
+    import gc
+    import re
+
+    from engine.api.metrics import GC_BUCKETS, Metrics
+    from engine.frontend.heap import GCWatch
+
+    metrics, watch = Metrics(), GCWatch(GC_BUCKETS)
+    metrics.attach_gc(watch.passes)
+    watch.install()
+    try:
+        gc.collect()  # a full pass
+        gc.collect(0)
+    finally:
+        watch.remove()
+    gc.collect()  # not counted: removed
+    text = metrics.exposition()[0].decode()
+
+    def sample(name: str) -> float:
+        return float(re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.M).group(1))
+
+    assert sample('moe_gc_pause_seconds_count{generation="2"}') == 1
+    assert sample('moe_gc_pause_seconds_count{generation="0"}') >= 1
+    assert sample('moe_gc_pause_seconds_sum{generation="2"}') > 0
+    inf = sample('moe_gc_pause_seconds_bucket{generation="2",le="+Inf"}')
+    assert inf == 1 and sample('moe_gc_pause_seconds_bucket{generation="2",le="1e-05"}') <= inf

@@ -143,8 +143,7 @@ class Transition(HeapOrder):
 @functools.cache
 def _load(path: Path):
     manifest, arrays = twin_replay.load(path)
-    cfg = manifest["twin_config"]
-    experts = int(cfg.get("n_routed_experts") or cfg.get("num_experts") or cfg.get("num_local_experts"))
+    experts = twin_replay.routed_experts(manifest["twin_config"])
     return manifest, arrays["routed_ids"].astype(np.int64), arrays["offsets"].astype(np.int64), experts
 
 

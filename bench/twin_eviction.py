@@ -61,11 +61,7 @@ def workload(
     manifest, a = twin_replay.load(path)
     routed = a["routed_ids"][:, :max_tokens].astype(np.int32)  # [L, N, k]
     nl, n, k = routed.shape
-    e = int(
-        manifest["twin_config"].get("n_routed_experts")
-        or manifest["twin_config"].get("num_experts")
-        or manifest["twin_config"].get("num_local_experts")
-    )
+    e = twin_replay.routed_experts(manifest["twin_config"])
     pred = a["predicted_ids"][:, :max_tokens].astype(np.int32)  # [L, N, k']
     kp = pred.shape[2]
     scores = []

@@ -176,6 +176,16 @@ def write(out_dir: Path, shape: str, rec: dict, meta: dict) -> dict:
     return manifest
 
 
+def routed_experts(config: dict) -> int:
+    """Routed experts per MoE layer of a transformers config dict, whichever key its family uses."""
+    for key in ("n_routed_experts", "num_experts", "num_local_experts"):
+        if config.get(key):
+            return int(config[key])
+    raise KeyError(
+        "the config names no routed-expert count (n_routed_experts, num_experts, num_local_experts)"
+    )
+
+
 def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(manifest, arrays) of `<shape>.json` (or its .npz), checking format, SHA-256 and array shapes."""
     path = Path(path)

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.twin_cache import PUBLISHED_QWEN3  # noqa: E402
+from bench.twin_replay import routed_experts  # noqa: E402
 
 TWINS = {  # shape -> (real model, decode file prefix or None: not run); the representative twin first
     "deepseek-v2-lite": ("DeepSeek-V2-Lite", "decode_deepseek_v2_lite"),
@@ -59,7 +60,7 @@ def _load(path: Path) -> dict | None:
 
 def training(run: dict) -> dict:
     t, cfg, params = run["train"], run["model"]["config"], run["model"]["params"]
-    experts = cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts")
+    experts = routed_experts(cfg)
     return {
         "command": run["command"],
         "layers": cfg["num_hidden_layers"],

@@ -129,10 +129,12 @@ def run(
     decode_kind: str = "twin",
     widths: list[int] = (),
     only: list[str] = (),
+    predict_ms: float = 0.0,
 ) -> dict:
     """`coded`: a share of an expert's bytes (coded copies, decoding free), or bench/coded_experts.py's record
     of the engine's coded copy path (`coding_from`, scaled to this shape's experts). `widths`: also each
-    lookahead bank's top-m (`width_runs`); `only`: play just these configurations (`none` always)."""
+    lookahead bank's top-m (`width_runs`); `only`: play just these configurations (`none` always);
+    `predict_ms`: a trained tap's predictor in line (every policy but `none` and `oracle`)."""
     artefact = json.loads(twin.read_text())
     shape = artefact["shape"].removeprefix("twin_replay_")
     decode = current_decode(decode_dir, shape, artefact, decode_kind)
@@ -205,7 +207,10 @@ def run(
                     variants += coded_variants
                     if engine_coding and pr.shift > 0:  # both evictions: LFU + after demand + coded
                         variants.append((AFTER_DEMAND + CODED, after_coded))
+                trained = predict_ms and pr.name not in ("none", "oracle")
                 for suffix, clock_tl in variants:
+                    if trained:
+                        clock_tl = Timeline(**{**clock_tl.__dict__, "predict_ms": predict_ms})
                     bytes_only = suffix == CODED and not engine_coding
                     size = (
                         eb * coded if bytes_only else eb
@@ -240,7 +245,8 @@ def run(
         "decode_record": decode.get("command"),
         "engine_calls": calls,
         "hybrid_host_ms": host_ms,
-        "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where},
+        "clock": {**tl.__dict__, "fit": f"none at {100 * fit_fraction:g}% = {target:.2f} ms (the engine's)", "source": where,
+                  "predict_ms_trained": predict_ms},
         "expert_bytes": eb,
         "coded_ratio": coded if isinstance(coded, float) else None,
         "coding": coding.__dict__ if coding is not None else None,
@@ -289,7 +295,12 @@ def write_md(doc: dict, path: Path) -> None:
         f"Routing: {doc['routing']}, {doc['tokens']} tokens as batch-1 segmented decode steps, LRU. Clock: resident "
         f"step {c['step_ms']:.2f} ms split {c['attention_share']:.0%} attention, one copy engine at "
         f"{c['bandwidth_gbs']:.1f} GB/s, the host's decision at each segment boundary {c['decision_ms']:.3f} ms, "
-        f"fitted: {c['fit']} ({c['source']}). `oracle+d`: the oracle issued d MoE layers ahead (MOE_ORACLE_AHEAD). "
+        + (
+            f"a trained tap's predictor in line {c['predict_ms_trained']:.4f} ms, "
+            if c.get("predict_ms_trained")
+            else ""
+        )
+        + f"fitted: {c['fit']} ({c['source']}). `oracle+d`: the oracle issued d MoE layers ahead (MOE_ORACLE_AHEAD). "
         + (
             f"`+ hybrid`: hybrid misses (MOE_HYBRID_MISSES), the host computing part of each layer's demand misses "
             f"at {doc['hybrid_host_ms']:.3f} ms per expert (the H200 host's measured rate, scaled by bytes, slowed "
@@ -368,6 +379,12 @@ def main() -> None:
         "MOE_OVERPROVISION=m with a bundle of distance d; m below k issues fewer, surer copies)",
     )
     ap.add_argument("--only", default="", help="play only these configurations (and none), comma-separated")
+    ap.add_argument(
+        "--predict-ms",
+        type=float,
+        default=0.0,
+        help="a trained tap's predictor in line, ms (segmented steps; 0.0325 measured on the DeepSeek twin)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",")]
@@ -385,6 +402,7 @@ def main() -> None:
         args.decode_kind,
         [int(m) for m in args.widths.split(",") if m],
         [p for p in args.only.split(",") if p],
+        args.predict_ms,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"timeline_{doc['shape'].replace('-', '_')}"

@@ -14,6 +14,8 @@ them against two resources, the GPU's compute stream and one host-to-device copy
 - with `demand_first`, a tap's copies for a later layer (a lookahead prediction, `oracle+d`) queue right
   after the layer's demand copies instead of before them, so the layer's own misses do not wait behind copies
   that a later layer needs (the engine queues them first, in the tap's order);
+- with `predict_ms`, a trained tap's predictor runs in line before the host can read its ids (the caller
+  sets it for trained policies only: `none` has no tap, `oracle` replays);
 - with hybrid misses (`host_ms` > 0, `MOE_HYBRID_MISSES`), the host computes part of the layer's demand
   misses (`engine.experts.hybrid_split.host_share`, the engine's rule) while the rest are copied, and the
   experts start when both are done.
@@ -31,7 +33,9 @@ Fitted to one measured configuration through `decision_ms`
 (`fit_decision_ms`: the host's work at a boundary, launch and Python included, is not a number one can
 look up), the model's other predictions can be checked against the engine's measurements, and it says what
 issuing copies earlier (`MOE_ORACLE_AHEAD`, lookahead bundles) can buy before a GPU measures it. What it
-does not model: streamed steps, batches, copies slower while compute runs, and the predictor's own time.
+does not model: streamed steps, batches, copies slower while compute runs, and the host's time per copy
+(a per-copy issue cost fitted beside the decision time moves time from the decisions to the copies and
+makes the prefetch rows faster, not slower: it cannot be what the clock misses on the Qwen3 twin).
 
 Imports the standard library and `engine.experts.hybrid_split` (torch-free) only.
 """
@@ -75,6 +79,7 @@ class Timeline:
     host_ms: float = 0.0  # hybrid misses: the host's time for one expert on one row (0: off)
     demand_first: bool = False  # a tap's copies for a later layer queue after this layer's demand copies
     coding: Coding | None = None  # coded copies (MOE_CODED_EXPERTS); None: plain ones
+    predict_ms: float = 0.0  # a trained tap's predictor, run in line before the host can read its ids
 
 
 class Clock:
@@ -89,6 +94,7 @@ class Clock:
         layer_ms = tl.step_ms / num_layers
         self.attn, self.experts = tl.attention_share * layer_ms, (1.0 - tl.attention_share) * layer_ms
         self.decision = tl.decision_ms
+        self.predict = tl.predict_ms
         self.demand_first = tl.demand_first
         self.t = self.copy_free = 0.0
         self.ready = [0.0] * num_layers  # when every copy queued so far for a layer has landed
@@ -130,8 +136,8 @@ class Clock:
     def append(self, event: Event) -> None:
         _step, layer, target, issued, demand = event
         later = 0  # copies for a later layer held back until this layer's demand copies are queued
-        if target >= 0:  # the tap predicted: a segment boundary, then its copies queue
-            self.t += self.decision
+        if target >= 0:  # the tap predicted: a segment boundary (after its predictor), then its copies queue
+            self.t += self.decision + self.predict
             if issued and self.demand_first and target != layer:
                 later = issued
             elif issued:

@@ -122,7 +122,7 @@ def test_the_engines_coded_copy_path_plays_on_the_clock_fitted_to_the_coded_call
     cmd = [sys.executable, str(ROOT / "bench" / "twin_timeline.py"), "--twin", str(twin), "--tokens", "80",
            "--fractions", "0.5", "--fit-fraction", "0.5", "--evictions", "lru", "--decode-kind", "coded_lru",
            "--coded", str(ROOT / "bench" / "results" / "coded_experts.json"), "--out", str(tmp_path),
-           "--widths", "6", "--only", "exact+2,oracle+1,overprovision@6+2"]  # fmt: skip
+           "--widths", "6", "--only", "exact+2,oracle+1,overprovision@6+2", "--predict-ms", "0.0325"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads((tmp_path / "timeline_qwen3_30b_a3b.json").read_text())
@@ -154,6 +154,7 @@ def test_the_engines_coded_copy_path_plays_on_the_clock_fitted_to_the_coded_call
     assert not {"exact", "exact+1", "oracle", "overprovision@6+1"} & set(by)
     md = (tmp_path / "timeline_qwen3_30b_a3b.md").read_text()
     assert "staging rows" in md and "`exact+2 after demand coded`" in md
+    assert doc["clock"]["predict_ms_trained"] == 0.0325 and "predictor in line 0.0325 ms" in md
 
 
 def test_the_measured_coding_scales_its_decode_with_the_experts_weights():

@@ -119,6 +119,14 @@ def test_the_fit_recovers_the_decision_time_and_refuses_what_no_decision_reaches
     assert fit_decision_ms(events, 20, 4, EB, Timeline(2.0, 50.0), 0.5) is None  # faster than any model
 
 
+def test_a_trained_taps_predictor_delays_each_tap_boundary():
+    ahead = [(0, 0, 1, 2, 0), (0, 1, -1, 0, 0)]  # one tap: 0.03 ms later
+    predicting = Timeline(**{**TL.__dict__, "predict_ms": 0.03})
+    assert timeline_ms(ahead, 1, 2, EB, predicting) == pytest.approx(timeline_ms(ahead, 1, 2, EB, TL) + 0.03)
+    none = [(0, 0, -1, 0, 2), (0, 1, -1, 0, 0)]  # no tap, no predictor
+    assert timeline_ms(none, 1, 2, EB, predicting) == pytest.approx(timeline_ms(none, 1, 2, EB, TL))
+
+
 def test_a_replay_records_events_that_add_up_to_its_counters():
     w = random_workload(3)
     for run in (

@@ -89,15 +89,11 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
         )  # fmt: skip
         step_ms = 1e3 / resident[r["batch"]] if r["batch"] in resident else None
         floor = floor_of.get((shape, round(r["cache_fraction"], 3)))
-        if r["cache_fraction"] >= 1.0:
-            floor_ms = step_ms
-        elif floor is not None and step_ms is not None:  # coded copies move the code's share of the bytes
+        bytes_ms = None  # the floor's copy time: Belady's bytes / bandwidth (coded: the code's share)
+        if r["cache_fraction"] < 1.0 and floor is not None:
             share = coded_ratio if r["step"].startswith("coded") else 1.0
-            floor_ms = max(
-                step_ms, share * floor["bytes_per_token"] / r["batch"] / (floor["bandwidth_gbs"] * 1e6)
-            )
-        else:
-            floor_ms = None
+            bytes_ms = share * floor["bytes_per_token"] / r["batch"] / (floor["bandwidth_gbs"] * 1e6)
+        floor_ms = _floor(step_ms, bytes_ms, r["cache_fraction"])
         out.append(
             {
                 "shape": shape,
@@ -106,12 +102,21 @@ def records(dec: dict, source: str, floor_of: dict) -> list[dict]:
                 "ratio_to_none": r["tok_s"] / base["tok_s"] if base else None,
                 "ratio_to_clairvoyant_floor": (1e3 / r["tok_s"]) / floor_ms if floor_ms else None,
                 "clairvoyant_floor_ms": floor_ms,
+                "_floor_bytes_ms": bytes_ms,
                 "routing": dec.get("routing"),
                 "device": dec.get("device"),
                 "source": source,
             }
         )
     return out
+
+
+def _floor(step_ms: float | None, bytes_ms: float | None, fraction: float) -> float | None:
+    """The clairvoyant floor: the resident step with every expert cached, else the larger of the resident
+    step and the copy time of Belady's bytes (None where either is unknown)."""
+    if fraction >= 1.0:
+        return step_ms
+    return max(step_ms, bytes_ms) if step_ms is not None and bytes_ms is not None else None
 
 
 KEY = ("shape", "batch", "cache_fraction", "policy", "step", "eviction")
@@ -127,30 +132,43 @@ def committed_fingerprint(shape: str, twins: Path) -> str | None:
 def merge_sessions(sessions: list[list[dict]]) -> list[dict]:
     """One record per configuration from the records of repeated sessions (each its own run of the bench):
     the median of their tok/s, the median of their ratios to `none` (each against its own session's `none`),
-    the floor's ratio from that median tok/s; `sessions` and `tok_s_sessions` say what was merged."""
+    the floor from the median resident step (each session measured its own) and that median tok/s;
+    `sessions` and `tok_s_sessions` say what was merged."""
     if len(sessions) == 1:
-        return sessions[0]
+        return [_public(r) for r in sessions[0]]
     by_key: dict[tuple, list[dict]] = {}
     for rows in sessions:
         for r in rows:
             by_key.setdefault(tuple(r[k] for k in KEY), []).append(r)
+    resident = {  # batch -> the median resident tok/s of the sessions that measured it
+        key[1]: statistics.median(r["tok_s"] for r in same)
+        for key, same in by_key.items()
+        if key[2] == 1.0 and key[3] == "none" and key[4] == "chosen"
+    }
     out = []
     for same in by_key.values():
         tok_s = statistics.median(r["tok_s"] for r in same)
         ratios = [r["ratio_to_none"] for r in same if r["ratio_to_none"] is not None]
-        floor_ms = same[0]["clairvoyant_floor_ms"]
+        first = same[0]
+        step_ms = 1e3 / resident[first["batch"]] if first["batch"] in resident else None
+        floor_ms = _floor(step_ms, first["_floor_bytes_ms"], first["cache_fraction"])
         out.append(
-            same[0]
+            _public(first)
             | {
                 "tok_s": tok_s,
                 "ratio_to_none": statistics.median(ratios) if ratios else None,
                 "ratio_to_clairvoyant_floor": (1e3 / tok_s) / floor_ms if floor_ms else None,
+                "clairvoyant_floor_ms": floor_ms,
                 "sessions": len(same),
                 "tok_s_sessions": [r["tok_s"] for r in same],
                 "source": ", ".join(r["source"] for r in same),
             }
         )
     return out
+
+
+def _public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
 def session_groups(results: Path) -> list[list[Path]]:

@@ -157,3 +157,34 @@ def test_repeated_sessions_merge_to_their_medians(tmp_path):
         1.25
     )
     assert len(rows) == 4 and "_run2" in exact["source"]
+
+
+def test_merged_sessions_take_their_floor_from_the_median_resident_step(tmp_path):
+    """Sessions measure their own resident step; a merged record's floor is the median one's (a session
+    without a full-cache run adds nothing to it), so the resident row is exactly at its floor."""
+    twins, results = tmp_path / "twins", tmp_path / "results"
+    twins.mkdir(), results.mkdir()
+    (twins / "twin_replay_toy.json").write_text(json.dumps({"twin_fingerprint": "a"}))
+    # Belady's bytes at 50%: 0.5 GB a token at 100 GB/s = 5 ms, under the resident step of every session
+    ev = {"twins": [{"twin": "toy", "time_model": {"bandwidth_gbs": 100.0},
+                     "rows": [{"eviction": "belady", "policy": "none", "fraction": 0.5, "bytes_per_token": 5e8}]}]}  # fmt: skip
+    (results / "eviction_twins.json").write_text(json.dumps(ev))
+    for name, resident in (
+        ("", 100.0),
+        ("_run2", 125.0),
+        ("_run3", 160.0),
+        ("_run4", 200.0),
+        ("_run5", None),
+    ):
+        configs = [_config(0.5, "none", 50.0)] + ([_config(1.0, "none", resident)] if resident else [])
+        dec = {"preset": "toy", "routing": "twin-replayed (toy)", "replay": {"twin_fingerprint": "a"},
+               "configs": configs}  # fmt: skip
+        (results / f"decode_toy_coded_lfu{name}.json").write_text(json.dumps(dec))
+    rows = {r["cache_fraction"]: r for r in summarise(results, twins)}
+    assert rows[1.0]["tok_s"] == pytest.approx(142.5) and rows[1.0]["sessions"] == 4
+    assert rows[1.0]["ratio_to_clairvoyant_floor"] == pytest.approx(1.0)
+    assert rows[0.5]["clairvoyant_floor_ms"] == pytest.approx(
+        1e3 / 142.5
+    )  # the median step, not the first's 10 ms
+    assert rows[0.5]["ratio_to_clairvoyant_floor"] == pytest.approx(20.0 / (1e3 / 142.5))
+    assert not any(k.startswith("_") for r in rows.values() for k in r)

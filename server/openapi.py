@@ -24,6 +24,7 @@ from server.chat_schemas import ChatCompletionChunk, ChatCompletionRequest
 from server.completion_schemas import CompletionRequest
 from server.config import ServerConfig
 from server.errors import ErrorResponse
+from server.responses_schemas import ResponseRequest
 from server.tokenize_schemas import DetokenizeRequest, TokenizeRequest
 
 JSON = "application/json"
@@ -62,6 +63,25 @@ def streamed(chunk: str) -> dict[int | str, dict[str, Any]]:
         "description": f"One server-sent event: `data: <{chunk} JSON>`, or an error; `data: [DONE]` last",
         "properties": {"data": {"type": "string", "oneOf": [{"const": "[DONE]"}, json_data]}},
         "required": ["data"],
+    }
+    return {200: {"content": {SSE: {"schema": event}}}}
+
+
+def streamed_events(response: str) -> dict[int | str, dict[str, Any]]:
+    """The SSE form of a Responses API 200: typed events (`event: <type>`, `data: <JSON>` with the same
+    `type` and a `sequence_number`); those that open and close the stream carry the `response` object."""
+    event = {
+        "type": "object",
+        "description": "One server-sent event: `event: response.created | response.in_progress | "
+        "response.output_item.added | response.content_part.added | response.output_text.delta | "
+        "response.output_text.done | response.content_part.done | response.function_call_arguments.delta | "
+        "response.function_call_arguments.done | response.output_item.done | response.completed | "
+        f"response.incomplete | error | response.failed`, `data: <JSON>` (the first and last carry a {response})",
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": JSON},
+        },
+        "required": ["event", "data"],
     }
     return {200: {"content": {SSE: {"schema": event}}}}
 
@@ -111,6 +131,7 @@ def _pydantic_schemas(doc: dict[str, Any]) -> None:
         (CompletionRequest, "validation"),
         (TokenizeRequest, "validation"),
         (DetokenizeRequest, "validation"),
+        (ResponseRequest, "validation"),
         (ChatCompletionChunk, "serialization"),
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
@@ -136,6 +157,7 @@ def _model_bounds(doc: dict[str, Any], app: FastAPI, config: ServerConfig) -> bo
     schemas = doc.get("components", {}).get("schemas", {})
     for model in ("ChatCompletionRequest", "CompletionRequest"):
         _set_maximum(schemas, model, "n", config.max_choices)
+    _set_maximum(schemas, "ResponseRequest", "n", 1)  # one output: n > 1 is refused
     try:
         card = app.state.engine.model_card
     except EngineError:
@@ -144,6 +166,8 @@ def _model_bounds(doc: dict[str, Any], app: FastAPI, config: ServerConfig) -> bo
         ("ChatCompletionRequest", "max_tokens"),
         ("ChatCompletionRequest", "max_completion_tokens"),
         ("CompletionRequest", "max_tokens"),
+        ("ResponseRequest", "max_tokens"),
+        ("ResponseRequest", "max_output_tokens"),
     ):
         _set_maximum(schemas, model, field, card.context_length - 1)
     if card.vocab_size is not None:

@@ -72,8 +72,13 @@ async def open_stream(
     chunks: ChunkMaker,
     usage_chunk: Callable[[Usage], bytes] | None,
     per_prompt: int,
+    failed: Callable[[dict], list[bytes]] | None = None,
+    done: bytes | None = sse.DONE,
 ) -> Response:
-    """Streamed: start every choice (4xx errors surface here, before any byte), then stream SSE."""
+    """Streamed: start every choice (4xx errors surface here, before any byte), then stream SSE.
+
+    A failure mid-stream sends the error body as one event, or the events `failed` makes of it; `done`
+    (chat's and completions' `data: [DONE]`) closes the stream unless None."""
     streams = ChoiceStreams(engine, reqs)
     try:
         connected, _ = await unless_disconnected(request, streams.start())
@@ -95,19 +100,21 @@ async def open_stream(
                 yield usage_chunk(usage(streams.results, per_prompt))
         except EngineError as err:
             logger.warning("generation failed mid-stream: %s", err.message)
-            yield sse.event(engine_error_body(err))
+            for line in failed(engine_error_body(err)) if failed else [sse.event(engine_error_body(err))]:
+                yield line
         except Exception:
             logger.exception("unexpected error mid-stream")
-            yield sse.event(
-                error_body(
-                    "The server had an internal error while processing your request.",
-                    "server_error",
-                    None,
-                    "internal_error",
-                )
+            internal = error_body(
+                "The server had an internal error while processing your request.",
+                "server_error",
+                None,
+                "internal_error",
             )
+            for line in failed(internal) if failed else [sse.event(internal)]:
+                yield line
         finally:
             await streams.close()
-        yield sse.DONE
+        if done is not None:
+            yield done
 
     return StreamingResponse(body(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)

@@ -1,11 +1,11 @@
-"""The app's routes: chat and completions (own modules), models, health and Prometheus metrics."""
+"""The app's routes: chat, completions and responses (own modules), models, health and Prometheus metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from server import chat, completions, tokenize
+from server import chat, completions, responses, tokenize
 from server.auth import require_api_key
 from server.deps import EngineDep
 from server.errors import APIError
@@ -67,4 +67,4 @@ def metrics(engine: EngineDep) -> Response:
     return Response(payload, media_type=content_type)
 
 
-routers = (chat.router, completions.router, tokenize.router, v1, ops)
+routers = (chat.router, completions.router, responses.router, tokenize.router, v1, ops)

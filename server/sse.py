@@ -1,4 +1,5 @@
-"""Server-sent events in the OpenAI format: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last."""
+"""Server-sent events in the OpenAI formats: `data: <json>\n\n` per chunk and `data: [DONE]\n\n` last (chat,
+completions), or `event: <type>\ndata: <json>\n\n` per event (responses, `named`)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,9 @@ def event(payload: BaseModel | dict[str, Any]) -> bytes:
     else:
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+def named(kind: str, payload: dict[str, Any]) -> bytes:
+    """One event of the Responses API: its type as the SSE event name and in the data."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n".encode()

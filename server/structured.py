@@ -1,6 +1,7 @@
 """Structured outputs and tools for chat: what the engine is asked, and tool calls in the answer.
 
-`plan()` reads `response_format`, `tools`, `tool_choice` and `parallel_tool_calls` into a `Plan`: the
+`plan()` reads chat's `response_format`, `tools`, `tool_choice` and `parallel_tool_calls` into a `Plan`
+(`make_plan`, which /v1/responses calls with its own fields too): the
 tools the chat template renders, the grammar `Constraint` the engine enforces (JSON, or forced tool
 calls for `required` and a named function) and whether the output is parsed for `<tool_call>` blocks
 (`auto`, `required`, named). `ToolCalls` turns a choice's text, streamed or whole, into OpenAI
@@ -42,50 +43,79 @@ def _bad(message: str, param: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_value")
 
 
+@dataclass(frozen=True)
+class Function:
+    """A function tool as both endpoints give it: chat nests it under `function`, responses does not."""
+
+    name: str
+    description: str | None
+    parameters: dict | None
+    param: str  # where the request names it, for errors: "tools[0].function.name", "tools[0].name"
+
+
 def plan(body: ChatCompletionRequest) -> Plan:
-    """400 `invalid_value` for a choice that names no given tool, or tools named twice."""
-    tools = body.tools or []
-    choice = body.tool_choice if body.tool_choice is not None else ("auto" if tools else "none")
-    if choice != "none" and not tools:
+    """Chat's plan: 400 `invalid_value` for a choice that names no given tool, or tools named twice."""
+    tools = [
+        Function(t.function.name, t.function.description, t.function.parameters, f"tools[{i}].function.name")
+        for i, t in enumerate(body.tools or [])
+    ]
+    choice = body.tool_choice
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    fmt = body.response_format
+    schema = None
+    if fmt is not None and fmt.type != "text":
+        schema = ANY_OBJECT if fmt.type == "json_object" else (fmt.json_schema.schema_ or {})
+    return make_plan(tools, None if named else choice, named, schema, body.parallel_tool_calls)
+
+
+def make_plan(
+    tools: list[Function],
+    choice: str | None,
+    named: str | None,
+    json_schema: dict | None,
+    parallel: bool | None,
+) -> Plan:
+    """The tools the template renders, the constraint and the parsing of one request: `choice` is
+    "none" | "auto" | "required" (None: "auto" with tools, "none" without) unless `named` names the one
+    function to call; `json_schema` the output's schema (None: free text). 400 `invalid_value` for a
+    choice that names no given tool, or tools named twice."""
+    if named is None:
+        choice = choice if choice is not None else ("auto" if tools else "none")
+    if (named is not None or choice != "none") and not tools:
         raise _bad("tool_choice needs tools: no tools were given.", "tool_choice")
-    names = [t.function.name for t in tools]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise _bad(f"Two tools are named '{name}'.", f"tools[{i}].function.name")
-    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-        raise _bad(
-            f"tool_choice names '{choice.function.name}', which is not one of the tools.", "tool_choice"
-        )
+    names = [t.name for t in tools]
+    for i, t in enumerate(tools):
+        if t.name in names[:i]:
+            raise _bad(f"Two tools are named '{t.name}'.", t.param)
+    if named is not None and named not in names:
+        raise _bad(f"tool_choice names '{named}', which is not one of the tools.", "tool_choice")
+    calling = named is not None or choice != "none"
     rendered = (
         tuple(
             {
                 "type": "function",
                 "function": {
-                    "name": t.function.name,
-                    **({"description": t.function.description} if t.function.description else {}),
-                    "parameters": t.function.parameters or NO_PARAMETERS,
+                    "name": t.name,
+                    **({"description": t.description} if t.description else {}),
+                    "parameters": t.parameters or NO_PARAMETERS,
                 },
             }
             for t in tools
         )
-        if choice != "none"
+        if calling
         else None
     )
     constraint = None
-    if choice == "required" or isinstance(choice, NamedToolChoice):
-        forced = [t for t in tools if choice == "required" or t.function.name == choice.function.name]
+    if choice == "required" or named is not None:
+        forced = [t for t in tools if named is None or t.name == named]
         constraint = Constraint(
             "tool_calls",
-            functions=tuple(
-                (t.function.name, json.dumps(t.function.parameters or NO_PARAMETERS)) for t in forced
-            ),
-            parallel=body.parallel_tool_calls is not False,
+            functions=tuple((t.name, json.dumps(t.parameters or NO_PARAMETERS)) for t in forced),
+            parallel=parallel is not False,
         )
-    elif body.response_format is not None and body.response_format.type != "text":
-        fmt = body.response_format
-        schema = ANY_OBJECT if fmt.type == "json_object" else (fmt.json_schema.schema_ or {})
-        constraint = Constraint("json", schema=json.dumps(schema))
-    return Plan(tools=rendered, constraint=constraint, parse_tool_calls=choice != "none")
+    elif json_schema is not None:
+        constraint = Constraint("json", schema=json.dumps(json_schema))
+    return Plan(tools=rendered, constraint=constraint, parse_tool_calls=calling)
 
 
 def _call_id() -> str:

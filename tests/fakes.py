@@ -22,7 +22,14 @@ import random
 import time
 from collections.abc import AsyncIterator
 
-from engine.api.errors import EngineError, InvalidRequest, MaxTokensTooLarge, PromptTooLong, QueueFull
+from engine.api.errors import (
+    EngineDead,
+    EngineError,
+    InvalidRequest,
+    MaxTokensTooLarge,
+    PromptTooLong,
+    QueueFull,
+)
 from engine.api.metrics import Metrics
 from engine.api.protocol import (
     EngineHealth,
@@ -281,3 +288,21 @@ class FakeEngine:
                 )
             )
             self.metrics.set_queue(self.running, self.waiting)
+
+
+class DiesMidStream:
+    """Wraps an engine so generations fail with EngineDead after two deltas (a failure mid-stream)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def generate(self, request):
+        n = 0
+        async for delta in self.inner.generate(request):
+            yield delta
+            n += 1
+            if n == 2:
+                raise EngineDead("the engine thread died")

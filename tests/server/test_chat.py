@@ -159,35 +159,15 @@ def test_model_may_be_omitted(live):
     assert r.status_code == 200 and r.json()["model"] == "fake-moe"
 
 
-class _DiesMidStream:
-    """Wraps an engine so generations fail with EngineDead after two deltas."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    async def generate(self, request):
-        from engine.api.errors import EngineDead
-
-        n = 0
-        async for delta in self.inner.generate(request):
-            yield delta
-            n += 1
-            if n == 2:
-                raise EngineDead("the engine thread died")
-
-
 def test_engine_failure_mid_stream_sends_an_error_event_then_done():
     import httpx
     import openai
 
-    from tests.fakes import FakeEngine
+    from tests.fakes import DiesMidStream, FakeEngine
     from tests.server_harness import live_server
 
     inner = FakeEngine()
-    with live_server(_DiesMidStream(inner)) as srv:
+    with live_server(DiesMidStream(inner)) as srv:
         with (
             httpx.Client(base_url=srv.url, timeout=10) as http,
             http.stream(

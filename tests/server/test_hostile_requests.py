@@ -21,6 +21,7 @@ from tests.server_harness import Live, live_server, wait_until
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
+RESP = "/v1/responses"
 STREAMS = 3
 MSG = [{"role": "user", "content": "Write a short sentence about ships."}]
 
@@ -103,6 +104,28 @@ REFUSED = [
     ),
     ("lone surrogate prompt", COMP, {"prompt": "\ud800"}, "prompt", "invalid_value"),
     ("lone surrogate model", COMP, {"prompt": "hi", "model": "\udc00"}, "model", "invalid_value"),
+    ("lone surrogate responses input", RESP, {"input": "\ud800"}, "input", "invalid_value"),
+    (
+        "lone surrogate in an input item's part",
+        RESP,
+        {"input": [{"role": "user", "content": [{"type": "input_text", "text": "a\udfff"}]}]},
+        "input[0].content[0].text",
+        "invalid_value",
+    ),
+    (
+        "lone surrogate instructions",
+        RESP,
+        {"input": "hi", "instructions": "\ud83d"},
+        "instructions",
+        "invalid_value",
+    ),
+    (
+        "logit bias past the vocab, responses",
+        RESP,
+        {"input": "hi", "logit_bias": {"4096": 5}},
+        "logit_bias",
+        "invalid_value",
+    ),
 ]
 
 

@@ -25,6 +25,7 @@ CONTEXT = 48
 OPERATIONS = {
     "POST /v1/chat/completions",
     "POST /v1/completions",
+    "POST /v1/responses",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
     "GET /health",

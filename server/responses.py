@@ -1,0 +1,155 @@
+"""POST /v1/responses (OpenAI's Responses API): input items in, output items out, streamed as typed SSE
+events or not.
+
+The request becomes what chat asks the engine for: `instructions` a system message, a string input one
+user message, input items messages (a `function_call` item an assistant turn's tool call, a
+`function_call_output` item a tool message), `text.format` the JSON constraint and function tools the
+same `structured.make_plan` as chat's. The answer is a message item with its `output_text` (the text
+outside tool calls) and one `function_call` item per call. `status` is `completed`, or `incomplete` with
+`incomplete_details.reason = "max_output_tokens"` when the token limit cut it.
+
+Streamed, the events are OpenAI's: `response.created`, `response.in_progress`, then per output item
+`response.output_item.added`, its content (`response.content_part.added`, `response.output_text.delta`
+..., `response.output_text.done`, `response.content_part.done`; or `response.function_call_arguments.delta`
+and `.done`) and `response.output_item.done`, and last `response.completed` (or `response.incomplete`),
+each with its `sequence_number`; a failure mid-stream is an `error` event and `response.failed`.
+
+Stateless: nothing is stored, so `previous_response_id`, `conversation`, prompt templates and
+`background` are refused with a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from engine.api.protocol import GenerationRequest
+from server import structured
+from server.auth import require_api_key
+from server.deps import ConfigDep, EngineDep
+from server.errors import APIError
+from server.logprobs import chat_logprobs
+from server.openapi import error_responses, streamed_events
+from server.respond import CLIENT_CLOSED, Call, open_stream, run_to_end, usage
+from server.response_output import Answer, new_id
+from server.responses_schemas import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionChoice,
+    MessageItem,
+    ResponseObject,
+    ResponseRequest,
+)
+from server.sampling import sampling
+from server.validation import check_request
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+def _refuse(param: str, what: str) -> APIError:
+    return APIError(400, f"{what} is not supported by this server.", param=param, code="invalid_value")
+
+
+def refuse_unserved(body: ResponseRequest) -> None:
+    """400 for what a stateless server that answers now cannot do."""
+    if body.choices_per_prompt > 1:
+        raise _refuse("n", "n > 1 (the Responses API has one output; use /v1/chat/completions)")
+    if body.previous_response_id is not None:
+        raise _refuse(
+            "previous_response_id",
+            "previous_response_id (no response is stored: send the conversation in input)",
+        )
+    if body.conversation is not None:
+        raise _refuse("conversation", "conversation (no conversation is stored: send it in input)")
+    if body.prompt is not None:
+        raise _refuse("prompt", "prompt (stored prompt templates)")
+    if body.background:
+        raise _refuse("background", "background (a response runs while its request waits)")
+    if body.max_tool_calls is not None:
+        raise _refuse("max_tool_calls", "max_tool_calls")
+    if body.truncation == "auto":
+        raise _refuse("truncation", "truncation 'auto' (an input over the context is a 400)")
+    if body.text is not None and body.text.verbosity not in (None, "medium"):
+        raise _refuse("text.verbosity", f"text.verbosity '{body.text.verbosity}'")
+
+
+def messages_for_engine(body: ResponseRequest) -> tuple[dict, ...]:
+    """The conversation as chat-template messages: instructions first, consecutive function calls in
+    one assistant message (added to the assistant text right before them)."""
+    out: list[dict] = []
+    if body.instructions:
+        out.append({"role": "system", "content": body.instructions})
+    items = [MessageItem(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    for item in items:
+        if isinstance(item, MessageItem):
+            out.append({"role": "system" if item.role == "developer" else item.role, "content": item.text()})
+        elif isinstance(item, FunctionCallItem):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": json.loads(item.arguments)},
+            }
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutputItem):
+            out.append({"role": "tool", "content": item.text(), "tool_call_id": item.call_id})
+    return tuple(out)
+
+
+def plan(body: ResponseRequest) -> structured.Plan:
+    tools = [
+        structured.Function(t.name, t.description, t.parameters, f"tools[{i}].name")
+        for i, t in enumerate(body.tools or [])
+    ]
+    choice = body.tool_choice
+    named = choice.name if isinstance(choice, FunctionChoice) else None
+    fmt = body.text.format if body.text is not None else None
+    schema = None
+    if fmt is not None and fmt.type != "text":
+        schema = structured.ANY_OBJECT if fmt.type == "json_object" else fmt.schema_
+    return structured.make_plan(tools, None if named else choice, named, schema, body.parallel_tool_calls)
+
+
+@router.post(
+    "/v1/responses",
+    response_model=ResponseObject,
+    responses={**streamed_events("ResponseObject"), **error_responses(400, 404, 413, 429, 500, 503)},
+)
+async def create_response(
+    body: ResponseRequest, request: Request, engine: EngineDep, config: ConfigDep
+) -> Response | dict:
+    model = check_request(body, engine, config, prompts=1)
+    refuse_unserved(body)
+    call = Call(id=new_id("resp"), created=int(time.time()), model=model)
+    p = plan(body)
+    req = GenerationRequest(
+        request_id=call.id,
+        params=sampling(body, body.token_limit(), 0, logprobs=body.logprobs_k(), constraint=p.constraint),
+        messages=messages_for_engine(body),
+        tools=p.tools,
+    )
+    answer = Answer(call, body, p.parse_tool_calls)
+    if body.stream:
+        return await open_stream(
+            request,
+            engine,
+            [req],
+            opening=answer.opening(),
+            chunks=lambda _index, d: answer.delta(d),
+            usage_chunk=answer.closing,
+            per_prompt=1,
+            failed=answer.failed,
+            done=None,
+        )
+    results = await run_to_end(request, engine, [req])
+    if results is None:
+        return Response(status_code=CLIENT_CLOSED)
+    r = results[0]
+    lp = chat_logprobs(r.logprobs).content if body.logprobs_k() is not None else None
+    return answer.whole(r.text, r.finish_reason, lp, usage(results, 1))

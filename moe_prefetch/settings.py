@@ -37,6 +37,13 @@ class ServingOptions:
         "Bearer key required on /v1 [MOE_API_KEY].",
         secret=True,
     )
+    response_store: int = setting(
+        1024,
+        "Responses kept in memory for previous_response_id and GET /v1/responses/{id} (most recently used); "
+        "0: none, every request stateless.",
+        "Responses kept for previous_response_id [MOE_RESPONSE_STORE].",
+        ge=0,
+    )
     host: str = setting("127.0.0.1", "Address the HTTP server binds.", "Bind address [MOE_HOST].")
     port: int = setting(8000, "Port the HTTP server binds.", "Bind port [MOE_PORT].", ge=1, le=65535)
     log_level: str = setting(

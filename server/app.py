@@ -16,6 +16,7 @@ from server.config import ServerConfig
 from server.errors import install_error_handlers
 from server.limits import BodySizeLimit
 from server.openapi import install_openapi
+from server.response_store import ResponseStore
 from server.routes import routers
 
 
@@ -35,6 +36,7 @@ def create_app(engine: EngineClient, config: ServerConfig | None = None) -> Fast
     )
     app.state.engine = engine
     app.state.config = config
+    app.state.responses = ResponseStore(config.response_store)
     install_error_handlers(app)
     install_openapi(app, config)
     for router in routers:

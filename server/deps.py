@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the engine and the server config live on `app.state`, set by `create_app`.
+"""FastAPI dependencies: the engine, the server config and the response store live on `app.state`, set by
+`create_app`.
 
 Tests swap the engine with `app.dependency_overrides[get_engine]`.
 """
@@ -11,6 +12,7 @@ from fastapi import Depends, Request
 
 from engine.api.protocol import EngineClient
 from server.config import ServerConfig
+from server.response_store import ResponseStore
 
 
 def get_engine(request: Request) -> EngineClient:
@@ -21,5 +23,10 @@ def get_config(request: Request) -> ServerConfig:
     return request.app.state.config
 
 
+def get_responses(request: Request) -> ResponseStore:
+    return request.app.state.responses
+
+
 EngineDep = Annotated[EngineClient, Depends(get_engine)]
+StoreDep = Annotated[ResponseStore, Depends(get_responses)]
 ConfigDep = Annotated[ServerConfig, Depends(get_config)]

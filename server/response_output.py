@@ -8,8 +8,10 @@ Imports `engine.api.protocol`, `server.structured` (tool-call parsing), `server.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Callable
 
 from engine.api.protocol import TokenDelta
 from server import sse, structured
@@ -37,8 +39,15 @@ class Answer:
     """One response object, built as the answer comes: whole (`whole`), or event by event (`opening`,
     `delta` per engine delta, `closing` with the usage, or `failed`)."""
 
-    def __init__(self, call: Call, body: ResponseRequest, parse_tool_calls: bool) -> None:
-        self.call, self.body = call, body
+    def __init__(
+        self,
+        call: Call,
+        body: ResponseRequest,
+        parse_tool_calls: bool,
+        on_done: Callable[[dict], None] | None = None,
+    ) -> None:
+        """`on_done` gets the finished response object (completed or incomplete, not failed)."""
+        self.call, self.body, self.on_done = call, body, on_done
         self.output: list[OutputItem] = []
         self.parser = structured.StreamedToolCalls() if parse_tool_calls else None
         self._seq = 0
@@ -72,6 +81,8 @@ class Answer:
             text={"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
             metadata=body.metadata or {},
             user=body.user,
+            previous_response_id=body.previous_response_id,
+            store=body.store is not False,
             usage=None if usage is None else _usage(usage),
         )
         return obj.model_dump(mode="json")
@@ -93,7 +104,28 @@ class Answer:
                     status="completed",
                 )
             )
-        return self.response(status, use)
+        return self._done(self.response(status, use))
+
+    def _done(self, response: dict) -> dict:
+        if self.on_done is not None:
+            self.on_done(response)
+        return response
+
+    def output_messages(self) -> tuple[dict, ...]:
+        """The output as the chat template's assistant message: the text, and the calls it made."""
+        text = "".join(
+            p.text for item in self.output if isinstance(item, OutputMessage) for p in item.content
+        )
+        calls = [
+            {
+                "id": c.call_id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.loads(c.arguments)},
+            }
+            for c in self.output
+            if isinstance(c, OutputFunctionCall)
+        ]
+        return ({"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})},)
 
     # ------------------------------------------------------------------ events
     def event(self, kind: str, **fields) -> bytes:
@@ -194,7 +226,7 @@ class Answer:
         lines = self._close_text(status)
         if not self.output:  # nothing said: an empty message, as the whole form answers
             lines += self._open_message() + self._close_text(status)
-        lines.append(self.event(f"response.{status}", response=self.response(status, use)))
+        lines.append(self.event(f"response.{status}", response=self._done(self.response(status, use))))
         return b"".join(lines)
 
     def failed(self, error: dict) -> list[bytes]:

@@ -14,8 +14,10 @@ Streamed, the events are OpenAI's: `response.created`, `response.in_progress`, t
 and `.done`) and `response.output_item.done`, and last `response.completed` (or `response.incomplete`),
 each with its `sequence_number`; a failure mid-stream is an `error` event and `response.failed`.
 
-Stateless: nothing is stored, so `previous_response_id`, `conversation`, prompt templates and
-`background` are refused with a 400 naming the field.
+Finished responses are kept in memory (`server.response_store`, `MOE_RESPONSE_STORE` of them, unless the
+request says `store: false`): `previous_response_id` continues one (its conversation is the earlier turns'
+input and output, without their `instructions`), GET /v1/responses/{id} returns one and DELETE forgets it.
+`conversation` objects, prompt templates and `background` are refused with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from fastapi.responses import Response
 from engine.api.protocol import GenerationRequest
 from server import structured
 from server.auth import require_api_key
-from server.deps import ConfigDep, EngineDep
+from server.deps import ConfigDep, EngineDep, StoreDep
 from server.errors import APIError
 from server.logprobs import chat_logprobs
 from server.openapi import error_responses, streamed_events
 from server.respond import CLIENT_CLOSED, Call, open_stream, run_to_end, usage
 from server.response_output import Answer, new_id
+from server.response_store import MissingResponse, ResponseStore, Stored
 from server.responses_schemas import (
+    DeletedResponse,
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionChoice,
@@ -54,14 +58,9 @@ def _refuse(param: str, what: str) -> APIError:
 
 
 def refuse_unserved(body: ResponseRequest) -> None:
-    """400 for what a stateless server that answers now cannot do."""
+    """400 for what this server cannot do: it answers while the request waits and keeps only responses."""
     if body.choices_per_prompt > 1:
         raise _refuse("n", "n > 1 (the Responses API has one output; use /v1/chat/completions)")
-    if body.previous_response_id is not None:
-        raise _refuse(
-            "previous_response_id",
-            "previous_response_id (no response is stored: send the conversation in input)",
-        )
     if body.conversation is not None:
         raise _refuse("conversation", "conversation (no conversation is stored: send it in input)")
     if body.prompt is not None:
@@ -76,14 +75,11 @@ def refuse_unserved(body: ResponseRequest) -> None:
         raise _refuse("text.verbosity", f"text.verbosity '{body.text.verbosity}'")
 
 
-def messages_for_engine(body: ResponseRequest) -> tuple[dict, ...]:
-    """The conversation as chat-template messages: instructions first, consecutive function calls in
-    one assistant message (added to the assistant text right before them)."""
+def turn_messages(items: list | str) -> tuple[dict, ...]:
+    """Input items as chat-template messages: consecutive function calls in one assistant message (with
+    the assistant text right before them), each call's output a tool message."""
     out: list[dict] = []
-    if body.instructions:
-        out.append({"role": "system", "content": body.instructions})
-    items = [MessageItem(role="user", content=body.input)] if isinstance(body.input, str) else body.input
-    for item in items:
+    for item in [MessageItem(role="user", content=items)] if isinstance(items, str) else items:
         if isinstance(item, MessageItem):
             out.append({"role": "system" if item.role == "developer" else item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
@@ -100,6 +96,28 @@ def messages_for_engine(body: ResponseRequest) -> tuple[dict, ...]:
         elif isinstance(item, FunctionCallOutputItem):
             out.append({"role": "tool", "content": item.text(), "tool_call_id": item.call_id})
     return tuple(out)
+
+
+def earlier_turns(body: ResponseRequest, store: ResponseStore) -> tuple[dict, ...]:
+    """The conversation `previous_response_id` continues (no earlier `instructions`: OpenAI does not
+    carry them over); 400 naming the field when a response of it is not stored."""
+    if body.previous_response_id is None:
+        return ()
+    if store.capacity == 0:
+        raise _refuse(
+            "previous_response_id",
+            "previous_response_id (no response is stored: MOE_RESPONSE_STORE=0; send the conversation in input)",
+        )
+    try:
+        return store.conversation(body.previous_response_id)
+    except MissingResponse as missing:
+        raise APIError(
+            400,
+            f"Previous response '{missing.args[0]}' is not stored here: it was never made, was deleted or "
+            "evicted (MOE_RESPONSE_STORE), or another replica answered it. Send the conversation in input.",
+            param="previous_response_id",
+            code="invalid_value",
+        ) from None
 
 
 def plan(body: ResponseRequest) -> structured.Plan:
@@ -122,19 +140,27 @@ def plan(body: ResponseRequest) -> structured.Plan:
     responses={**streamed_events("ResponseObject"), **error_responses(400, 404, 413, 429, 500, 503)},
 )
 async def create_response(
-    body: ResponseRequest, request: Request, engine: EngineDep, config: ConfigDep
+    body: ResponseRequest, request: Request, engine: EngineDep, config: ConfigDep, store: StoreDep
 ) -> Response | dict:
     model = check_request(body, engine, config, prompts=1)
     refuse_unserved(body)
+    earlier = earlier_turns(body, store)
     call = Call(id=new_id("resp"), created=int(time.time()), model=model)
     p = plan(body)
+    turn = turn_messages(body.input)
+    system = ({"role": "system", "content": body.instructions},) if body.instructions else ()
     req = GenerationRequest(
         request_id=call.id,
         params=sampling(body, body.token_limit(), 0, logprobs=body.logprobs_k(), constraint=p.constraint),
-        messages=messages_for_engine(body),
+        messages=system + earlier + turn,
         tools=p.tools,
     )
-    answer = Answer(call, body, p.parse_tool_calls)
+
+    def keep(response: dict) -> None:  # a finished response, for a later previous_response_id or GET
+        if body.store is not False:
+            store.put(call.id, Stored(response, body.previous_response_id, turn + answer.output_messages()))
+
+    answer = Answer(call, body, p.parse_tool_calls, on_done=keep)
     if body.stream:
         return await open_stream(
             request,
@@ -153,3 +179,30 @@ async def create_response(
     r = results[0]
     lp = chat_logprobs(r.logprobs).content if body.logprobs_k() is not None else None
     return answer.whole(r.text, r.finish_reason, lp, usage(results, 1))
+
+
+def _not_stored(response_id: str) -> APIError:
+    return APIError(
+        404,
+        f"No response '{response_id}' is stored here (deleted, evicted, answered with store: false or by "
+        "another replica).",
+        param="response_id",
+        code="response_not_found",
+    )
+
+
+@router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=error_responses(404, 500))
+async def get_response(response_id: str, store: StoreDep) -> dict:
+    stored = store.get(response_id)
+    if stored is None:
+        raise _not_stored(response_id)
+    return stored.response
+
+
+@router.delete(
+    "/v1/responses/{response_id}", response_model=DeletedResponse, responses=error_responses(404, 500)
+)
+async def delete_response(response_id: str, store: StoreDep) -> DeletedResponse:
+    if not store.delete(response_id):
+        raise _not_stored(response_id)
+    return DeletedResponse(id=response_id)

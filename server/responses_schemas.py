@@ -4,8 +4,8 @@ function tools, the text format) and the response object with its output items a
 Input is a string (one user message) or a list of items: messages (`role` and text, or `input_text` /
 `output_text` parts), function calls an earlier turn made (`function_call`) and their results
 (`function_call_output`). Only function tools; the text format is `text`, `json_object` or `json_schema`.
-Nothing is stored: a request carries its whole conversation (`previous_response_id` and `conversation`
-are refused with a 400, `server.responses`).
+A request continues an earlier response with `previous_response_id` (`server.response_store`) or carries
+its whole conversation; `conversation` objects are refused with a 400 (`server.responses`).
 
 Imports `server.schemas`, `server.chat_schemas` (shared field rules, token logprobs) and pydantic.
 """
@@ -150,12 +150,12 @@ class ResponseRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     include: list[str] | None = None  # "message.output_text.logprobs" is served; others add nothing here
     metadata: dict[str, str] | None = None
-    store: bool | None = None  # accepted; nothing is stored
+    store: bool | None = None  # default true: kept for previous_response_id and GET (MOE_RESPONSE_STORE)
     user: str | None = None
     reasoning: dict[str, Any] | None = None  # accepted; the served models do not reason
     truncation: Literal["auto", "disabled"] | None = None  # only "disabled" (a too-long input is a 400)
-    # Refused when set (server.responses): this server keeps no state and runs every request now.
-    previous_response_id: str | None = None
+    previous_response_id: str | None = None  # continue a stored response
+    # Refused when set (server.responses): no conversation objects or templates, every request runs now.
     conversation: str | dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
     background: bool | None = None
@@ -267,4 +267,12 @@ class ResponseObject(BaseModel):
     truncation: Literal["disabled"] = "disabled"
     metadata: dict[str, str]
     user: str | None
+    previous_response_id: str | None
+    store: bool
     usage: ResponseUsage | None
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: Literal[True] = True

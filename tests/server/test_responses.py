@@ -13,7 +13,8 @@ import jsonschema
 import openai
 import pytest
 
-from tests.fakes import DiesMidStream, FakeEngine
+from server.config import ServerConfig
+from tests.fakes import DiesMidStream, FakeEngine, ScriptedEngine
 from tests.server_harness import Live, live_server
 
 WEATHER = {
@@ -151,7 +152,7 @@ def test_a_failure_mid_stream_is_an_error_event_then_response_failed():
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"previous_response_id": "resp_never_made"}, "previous_response_id"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"background": True}, "background"),
         ({"n": 2}, "n"),
@@ -174,6 +175,113 @@ def test_what_is_not_served_is_a_400_naming_the_field(live: Live, extra: dict, p
     r = live.http.post("/v1/responses", json={"input": "hi", **extra})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# ------------------------------------------------------------------------------------ the store
+def test_previous_response_id_continues_the_stored_conversation(live: Live):
+    c = live.client
+    first = c.responses.create(
+        model="fake-moe", input="My name is Ada.", instructions="Be kind.", max_output_tokens=6
+    )
+    assert first.store is True and c.responses.retrieve(first.id).output_text == first.output_text
+    second = c.responses.create(
+        model="fake-moe", previous_response_id=first.id, input="And yours?", max_output_tokens=6
+    )
+    assert second.previous_response_id == first.id
+    assert live.engine.requests[-1].messages == (  # the first turn's instructions are not carried over
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "And yours?"},
+    )
+    c.responses.create(model="fake-moe", previous_response_id=second.id, input="Bye.", instructions="Short.",
+                       max_output_tokens=2)  # fmt: skip
+    sent = live.engine.requests[-1].messages
+    assert sent[0] == {"role": "system", "content": "Short."} and len(sent) == 6
+    assert sent[4] == {"role": "assistant", "content": second.output_text} and sent[-1]["content"] == "Bye."
+
+
+def test_a_streamed_response_is_stored_as_its_last_event_says(live: Live):
+    events = _events(live.http, {"input": "hello", "temperature": 0})
+    final = events[-1][1]["response"]
+    assert live.http.get(f"/v1/responses/{final['id']}").json() == final
+
+
+def test_store_false_and_delete_forget_a_response(live: Live):
+    c = live.client
+    kept = c.responses.create(model="fake-moe", input="hi", max_output_tokens=2)
+    gone = c.responses.create(model="fake-moe", input="hi", max_output_tokens=2, store=False)
+    assert gone.store is False
+    r = live.http.get(f"/v1/responses/{gone.id}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found"
+    later = live.http.post("/v1/responses", json={"input": "x", "previous_response_id": gone.id})
+    assert later.status_code == 400 and later.json()["error"]["param"] == "previous_response_id"
+    assert gone.id in later.json()["error"]["message"]
+    deleted = live.http.delete(f"/v1/responses/{kept.id}")
+    assert deleted.status_code == 200 and deleted.json() == {
+        "id": kept.id,
+        "object": "response",
+        "deleted": True,
+    }
+    assert live.http.get(f"/v1/responses/{kept.id}").status_code == 404
+    assert live.http.delete(f"/v1/responses/{kept.id}").status_code == 404
+
+
+def test_the_store_keeps_the_most_recently_used():
+    with live_server(FakeEngine(), ServerConfig(response_store=2)) as srv:
+        a, b = (srv.client.responses.create(input=t, max_output_tokens=2) for t in ("a", "b"))
+        srv.client.responses.retrieve(a.id)  # a is now the most recently used
+        c = srv.client.responses.create(previous_response_id=b.id, input="c", max_output_tokens=2)  # uses b
+        assert srv.http.get(f"/v1/responses/{a.id}").status_code == 404  # evicted for c
+        assert srv.http.get(f"/v1/responses/{b.id}").status_code == 200
+        d = srv.client.responses.create(input="d", max_output_tokens=2)  # evicts c (b was used after it)
+        r = srv.http.post("/v1/responses", json={"input": "e", "previous_response_id": c.id})
+        assert r.status_code == 400 and c.id in r.json()["error"]["message"]
+        assert srv.http.get(f"/v1/responses/{d.id}").status_code == 200
+
+
+def test_with_no_store_every_request_is_stateless():
+    with live_server(FakeEngine(), ServerConfig(response_store=0)) as srv:
+        r = srv.client.responses.create(input="a", max_output_tokens=2)
+        assert srv.http.get(f"/v1/responses/{r.id}").status_code == 404
+        later = srv.http.post("/v1/responses", json={"input": "b", "previous_response_id": r.id})
+        assert later.status_code == 400 and "MOE_RESPONSE_STORE=0" in later.json()["error"]["message"]
+
+
+CALLS_TEXT = (
+    'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+)
+
+
+def test_parsed_calls_are_function_call_items_and_their_outputs_continue_them():
+    with live_server(ScriptedEngine(CALLS_TEXT)) as srv:
+        body = {"model": "scripted", "input": "Weather in Paris and Rome?", "tools": [TOOL]}
+        r = srv.client.responses.create(**body)
+        kinds = [(o.type, getattr(o, "arguments", None)) for o in r.output]
+        assert kinds == [
+            ("message", None),
+            ("function_call", '{"city": "Paris"}'),
+            ("function_call", '{"city": "Rome"}'),
+        ]
+        assert r.output_text == "Let me check." and r.status == "completed"
+        with srv.client.responses.stream(**body) as stream:
+            names = [e.type for e in stream]
+            streamed = stream.get_final_response()
+        assert [(o.type, getattr(o, "arguments", None)) for o in streamed.output] == kinds
+        assert names.count("response.function_call_arguments.done") == 2 and names[-1] == "response.completed"
+        calls = [o for o in r.output if o.type == "function_call"]
+        srv.client.responses.create(
+            model="scripted", previous_response_id=r.id, tools=[TOOL],
+            input=[{"type": "function_call_output", "call_id": c.call_id, "output": f"sunny {i}"} for i, c in enumerate(calls)],
+        )  # fmt: skip
+        sent = srv.engine.requests[-1].messages
+        assert sent[1]["content"] == "Let me check." and [t["id"] for t in sent[1]["tool_calls"]] == [
+            c.call_id for c in calls
+        ]
+        assert sent[1]["tool_calls"][1]["function"] == {"name": "get_weather", "arguments": {"city": "Rome"}}
+        assert sent[2:] == tuple(
+            {"role": "tool", "content": f"sunny {i}", "tool_call_id": c.call_id} for i, c in enumerate(calls)
+        )
 
 
 def test_another_model_is_a_404(live: Live):

@@ -26,6 +26,8 @@ OPERATIONS = {
     "POST /v1/chat/completions",
     "POST /v1/completions",
     "POST /v1/responses",
+    "GET /v1/responses/{response_id}",
+    "DELETE /v1/responses/{response_id}",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
     "GET /health",

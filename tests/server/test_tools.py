@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import jsonschema
 import pytest
 
-from engine.api.protocol import EngineHealth, GenerationRequest, ModelCard, TokenDelta
+from tests.fakes import ScriptedEngine
 from tests.server_harness import Live, live_server
 
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -186,39 +186,6 @@ AUTO_TEXT = (
     '{"name": "get_time", "arguments": {"zone": "CET"}}'
     "\n</tool_call>"
 )
-
-
-class ScriptedEngine:
-    """Answers every request with `text`, three characters per delta; records the requests."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.requests: list[GenerationRequest] = []
-
-    @property
-    def model_card(self) -> ModelCard:
-        return ModelCard(id="scripted", context_length=512, vocab_size=1000)
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        self.requests.append(request)
-        pieces = [self.text[i : i + 3] for i in range(0, len(self.text), 3)]
-        for n, piece in enumerate(pieces, 1):
-            yield TokenDelta(piece, (), "stop" if n == len(pieces) else None, 5, n)
-
-    async def abort(self, request_id: str) -> None:
-        pass
-
-    def health(self) -> EngineHealth:
-        return EngineHealth(True)
-
-    def metrics_exposition(self) -> tuple[bytes, str]:
-        return b"", "text/plain"
-
-    async def start(self) -> None:
-        pass
-
-    async def shutdown(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,14 @@ free and what is left is the bookkeeping (eviction order, pins, slot table, coun
 of the mean microseconds per layer-step, and a cProfile of one pass (the top functions by own time).
 
     python bench/host_path_cost.py --out bench/results          # -> host_path_cost.json, ~1 minute
+    python bench/host_path_cost.py --policies none,oracle+1,exact+1,exact+2 --out bench/results
+                                                                # -> host_path_policies.json, each policy
+
+`--policies` times `none` (no prefetch), `oracle+d` (the routed set of layer i + d issued at layer i's
+tap) and `exact+d` (the artefact's trained bank of distance d, its top-k), in the replayer's order (the
+previous layer released, the tap's prefetch, then this layer's routing), one after another in one process,
+so their ratios compare on one CPU: what a prediction's bookkeeping adds (its copies, wrong guesses'
+victims and unpins) beside the reads and launches the GPU path adds on top.
 
 Imports numpy, torch and `engine.experts` only.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import platform
 import pstats
 import statistics
 import sys
@@ -48,39 +57,66 @@ def build(routed: np.ndarray, experts: int, fraction: float, eviction: str) -> E
     return ExpertCache(store, slots, torch.device("cpu"), eviction=build_eviction(eviction, layers))
 
 
-def token(cache: ExpertCache, routed: np.ndarray, t: int) -> None:
-    """One decode token's host bookkeeping, layer by layer, as a segmented step with `oracle+1` does it."""
+def prefetches(z, policy: str) -> tuple[int, np.ndarray | None]:
+    """(distance d, ids [L-d, N, m] issued at layer i's tap for layer i + d) of `policy`: `none` (no
+    prefetch), `oracle+d` (the routed set of layer i + d), `exact+d` (the artefact's trained bank of
+    distance d, its top-k; d = 0: the same-layer predictors)."""
+    routed = z["routed_ids"]
+    if policy == "none":
+        return 0, None
+    name, _, ahead = policy.partition("+")
+    d = int(ahead or 0)
+    if name == "oracle":
+        return d, routed[d:]
+    if name == "exact":
+        bank = z["predicted_ids"] if d == 0 else z[f"predicted_ids_ahead_{d}"]
+        return d, bank[:, :, : routed.shape[2]]
+    raise SystemExit(f"policy {policy!r}: none, oracle+d or exact+d")
+
+
+def token(
+    cache: ExpertCache, routed: np.ndarray, t: int, d: int = 1, ahead: np.ndarray | None = None
+) -> None:
+    """One decode token's host bookkeeping, layer by layer, in the replayer's order: the previous layer's
+    experts released (their segment is launched), the tap's prediction for layer i + d issued (`ahead[i]`,
+    best first; None: no prefetch), then layer i's routing scored and acquired and its slot-table row sent."""
     layers = routed.shape[0]
+    held = None
     for layer in range(layers):
+        if held is not None:
+            cache.release(held)
+        if ahead is not None and layer + d < layers:
+            cache.prefetch(layer + d, [int(e) for e in ahead[layer, t]])
         experts = sorted({int(e) for e in routed[layer, t]})
         cache.account_routing(layer, experts)
-        acq = cache.acquire(layer, experts)
+        held = cache.acquire(layer, experts)
         cache.sync_slot_table(layer)
-        if layer + 1 < layers:
-            cache.prefetch(layer + 1, [int(e) for e in routed[layer + 1, t]])
-        cache.release(acq)
+    cache.release(held)
 
 
-def measure(twin: Path, fraction: float, eviction: str, tokens: int, warm: int, reps: int) -> dict:
+def measure(
+    twin: Path, fraction: float, eviction: str, tokens: int, warm: int, reps: int, policy: str = "oracle+1"
+) -> dict:
     z = np.load(twin)
     routed = z["routed_ids"]  # [L, T, k]
+    d, ahead = prefetches(z, policy)
     experts = int(routed.max()) + 1
     cache = build(routed, experts, fraction, eviction)
     t = 0
     for _ in range(warm):
-        token(cache, routed, t % routed.shape[1])
+        token(cache, routed, t % routed.shape[1], d, ahead)
         t += 1
     us = []
     for _ in range(reps):
         t0 = time.perf_counter()
         for _ in range(tokens):
-            token(cache, routed, t % routed.shape[1])
+            token(cache, routed, t % routed.shape[1], d, ahead)
             t += 1
         us.append(1e6 * (time.perf_counter() - t0) / (tokens * routed.shape[0]))
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(tokens):
-        token(cache, routed, t % routed.shape[1])
+        token(cache, routed, t % routed.shape[1], d, ahead)
         t += 1
     prof.disable()
     stats = pstats.Stats(prof)
@@ -95,10 +131,12 @@ def measure(twin: Path, fraction: float, eviction: str, tokens: int, warm: int, 
         "fraction": fraction,
         "slots": cache.capacity,
         "eviction": eviction,
+        "policy": policy,
         "tokens_per_rep": tokens,
         "us_per_layer_median": round(statistics.median(us), 1),
         "us_per_layer": [round(u, 1) for u in us],
         "copies_per_token": round((sum(c.misses) + sum(c.prefetch_issued)) / t, 1),
+        "prefetch_wasted_per_token": round(sum(c.prefetch_wasted) / t, 1),
         "profile_top_own_time": [
             {"function": f"{Path(f).name}:{line}({fn})", "calls": nc, "own_s": round(tt, 3)}
             for (f, line, fn), (_, nc, tt, _ct, _) in top
@@ -115,7 +153,28 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--policies",
+        default=None,
+        help="e.g. none,oracle+1,exact+2: each in turn in this process, to host_path_policies.json",
+    )
     args = ap.parse_args()
+    if args.policies:
+        rows = []
+        for policy in args.policies.split(","):
+            r = measure(args.twin, args.fraction, args.eviction, args.tokens, args.warm, args.reps, policy)
+            print(f"{policy}: {r['us_per_layer_median']} us a layer {r['us_per_layer']}, "
+                  f"{r['copies_per_token']} copies and {r['prefetch_wasted_per_token']} wasted a token")  # fmt: skip
+            rows.append(r)
+        base = next((r["us_per_layer_median"] for r in rows if r["policy"] == "none"), None)
+        for r in rows:
+            r["ratio_to_none"] = round(r["us_per_layer_median"] / base, 3) if base else None
+        doc = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+               "rows": rows}  # fmt: skip
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "host_path_policies.json").write_text(json.dumps(doc, indent=1) + "\n")
+        return
     res = measure(args.twin, args.fraction, args.eviction, args.tokens, args.warm, args.reps)
     res["command"] = "python " + " ".join(sys.argv)
     print(json.dumps({k: v for k, v in res.items() if k != "profile_top_own_time"}))

@@ -12,3 +12,14 @@ def test_the_host_path_replays_the_twins_routing_through_the_cache():
     assert len(r["us_per_layer"]) == 2 and r["us_per_layer_median"] > 0
     assert 8 <= r["copies_per_token"] <= 48 * 8  # a cold cache copies at least one expert a layer at first
     assert any("prefetch" in row["function"] for row in r["profile_top_own_time"])
+
+
+def test_each_policy_prefetches_what_it_names():
+    none = measure(TWIN, 0.5, "lfu", tokens=3, warm=3, reps=1, policy="none")
+    assert not any("prefetch" in row["function"] for row in none["profile_top_own_time"])
+    oracle = measure(TWIN, 0.5, "lfu", tokens=3, warm=3, reps=1, policy="oracle+1")
+    assert oracle["prefetch_wasted_per_token"] == 0  # the routed set itself: every guess is used
+    trained = measure(TWIN, 0.5, "lfu", tokens=3, warm=3, reps=1, policy="exact+2")
+    assert trained["prefetch_wasted_per_token"] > 0 and trained["policy"] == "exact+2"
+    # with nothing predicted every miss is a demand copy; a prediction moves some of them ahead
+    assert none["copies_per_token"] <= trained["copies_per_token"]

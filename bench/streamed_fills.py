@@ -26,7 +26,7 @@ simulator's `none` rows of the same twin, order and cache (`eviction_twins.json`
 moved at the rate the engine's measured LRU `none` of that cache moved them (its time over the resident
 step), so each kind of step carries what its measured runs spent beside the copies.
 
-    python bench/streamed_fills.py --out bench/results          # Qwen3 and DeepSeek twins, 50% and 25%, ~6 min
+    python bench/streamed_fills.py --fractions 0.75,0.5,0.25 --out bench/results   # both twins, 35 s
 
 Writes `<out>/streamed_fills.{json,md}`. Imports numpy, `bench.twin_replay`, `engine.experts.eviction` and `predictors.sim_inputs` (the expert's size).
 """

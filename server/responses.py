@@ -17,6 +17,7 @@ each with its `sequence_number`; a failure mid-stream is an `error` event and `r
 Finished responses are kept in memory (`server.response_store`, `MOE_RESPONSE_STORE` of them, unless the
 request says `store: false`): `previous_response_id` continues one (its conversation is the earlier turns'
 input and output, without their `instructions`), GET /v1/responses/{id} returns one and DELETE forgets it.
+POST /v1/responses/input_tokens counts the input tokens a request would have, without generating.
 `conversation` objects, prompt templates and `background` are refused with a 400 naming the field.
 """
 
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from engine.api.protocol import GenerationRequest
+from engine.api.protocol import TokenizeRequest as EngineTokenize
 from server import structured
 from server.auth import require_api_key
 from server.deps import ConfigDep, EngineDep, StoreDep
@@ -43,6 +45,7 @@ from server.responses_schemas import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionChoice,
+    InputTokens,
     MessageItem,
     ResponseObject,
     ResponseRequest,
@@ -179,6 +182,33 @@ async def create_response(
     r = results[0]
     lp = chat_logprobs(r.logprobs).content if body.logprobs_k() is not None else None
     return answer.whole(r.text, r.finish_reason, lp, usage(results, 1))
+
+
+@router.post(
+    "/v1/responses/input_tokens",
+    response_model=InputTokens,
+    responses=error_responses(400, 404, 413, 500, 503),
+)
+async def count_input_tokens(
+    body: ResponseRequest, engine: EngineDep, config: ConfigDep, store: StoreDep
+) -> InputTokens:
+    """The input tokens POST /v1/responses would see for the same body: instructions, the earlier turns
+    of `previous_response_id`, the input, and the tools the template renders."""
+    check_request(body, engine, config, prompts=1)
+    refuse_unserved(body)
+    limit, ctx = body.token_limit(), engine.model_card.context_length
+    if limit is not None and limit > ctx - 1:  # what generating would refuse, and the schema states
+        param = "max_output_tokens" if body.max_output_tokens is not None else "max_tokens"
+        raise APIError(
+            400,
+            f"{param}={limit} does not fit the context window of {ctx}.",
+            param=param,
+            code="invalid_value",
+        )
+    system = ({"role": "system", "content": body.instructions},) if body.instructions else ()
+    messages = system + earlier_turns(body, store) + turn_messages(body.input)
+    tokens = await engine.tokenize(EngineTokenize(messages=messages, tools=plan(body).tools))
+    return InputTokens(input_tokens=len(tokens))
 
 
 def _not_stored(response_id: str) -> APIError:

@@ -272,6 +272,11 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None
 
 
+class InputTokens(BaseModel):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+
+
 class DeletedResponse(BaseModel):
     id: str
     object: Literal["response"] = "response"

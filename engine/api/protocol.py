@@ -112,6 +112,7 @@ class TokenizeRequest:
     messages: tuple[dict, ...] | None = None
     add_generation_prompt: bool = True  # messages only
     add_special_tokens: bool = False  # prompt: the tokenizer's BOS etc. (generation adds none); not messages
+    tools: tuple[dict, ...] | None = None  # messages only: rendered by the template, as a generation's are
 
 
 @dataclass(frozen=True)

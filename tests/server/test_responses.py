@@ -364,3 +364,28 @@ def test_top_logprobs_come_with_the_output_text(real_live: Live):
     assert len(lps) == r.usage.output_tokens and all(len(x.top_logprobs) == 2 for x in lps)
     assert "".join(x.token for x in lps) == r.output_text
     assert lps[0].logprob == pytest.approx(max(t.logprob for t in lps[0].top_logprobs))  # greedy: the best
+
+
+def test_input_tokens_counts_what_the_response_would_see(real_live: Live):
+    model = real_live.engine.model_card.id
+    first = real_live.client.responses.create(
+        model=model, input="My name is Ada.", max_output_tokens=4, temperature=0
+    )
+    body = {"model": model, "input": "What is my name?", "instructions": "Answer briefly.", "tools": [TOOL],
+            "previous_response_id": first.id}  # fmt: skip
+    counted = real_live.client.responses.input_tokens.count(**body)
+    assert counted.object == "response.input_tokens"
+    answered = real_live.client.responses.create(**body, max_output_tokens=2, temperature=0)
+    assert counted.input_tokens == answered.usage.input_tokens > first.usage.input_tokens
+    without_tools = real_live.client.responses.input_tokens.count(**{**body, "tools": None})
+    assert without_tools.input_tokens < counted.input_tokens  # the template renders the tools
+    r = real_live.http.post("/v1/responses/input_tokens", json={**body, "previous_response_id": "resp_gone"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "previous_response_id"
+
+
+def test_input_tokens_refuses_a_limit_generating_would_refuse(live: Live):
+    ctx = live.engine.model_card.context_length
+    ok = live.http.post("/v1/responses/input_tokens", json={"input": "hi", "max_output_tokens": ctx - 1})
+    assert ok.status_code == 200 and ok.json()["input_tokens"] > 0
+    r = live.http.post("/v1/responses/input_tokens", json={"input": "hi", "max_output_tokens": ctx})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens"

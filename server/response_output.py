@@ -45,9 +45,11 @@ class Answer:
         body: ResponseRequest,
         parse_tool_calls: bool,
         on_done: Callable[[dict], None] | None = None,
+        stored: bool = False,
     ) -> None:
-        """`on_done` gets the finished response object (completed or incomplete, not failed)."""
-        self.call, self.body, self.on_done = call, body, on_done
+        """`on_done` gets the finished response object (completed or incomplete, not failed); `stored`:
+        whether it is kept (the object's `store`)."""
+        self.call, self.body, self.on_done, self.stored = call, body, on_done, stored
         self.output: list[OutputItem] = []
         self.parser = structured.StreamedToolCalls() if parse_tool_calls else None
         self._seq = 0
@@ -82,7 +84,7 @@ class Answer:
             metadata=body.metadata or {},
             user=body.user,
             previous_response_id=body.previous_response_id,
-            store=body.store is not False,
+            store=self.stored,
             usage=None if usage is None else _usage(usage),
         )
         return obj.model_dump(mode="json")

@@ -159,11 +159,13 @@ async def create_response(
         tools=p.tools,
     )
 
+    kept = body.store is not False and store.capacity > 0
+
     def keep(response: dict) -> None:  # a finished response, for a later previous_response_id or GET
-        if body.store is not False:
+        if kept:
             store.put(call.id, Stored(response, body.previous_response_id, turn + answer.output_messages()))
 
-    answer = Answer(call, body, p.parse_tool_calls, on_done=keep)
+    answer = Answer(call, body, p.parse_tool_calls, on_done=keep, stored=kept)
     if body.stream:
         return await open_stream(
             request,

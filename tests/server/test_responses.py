@@ -242,7 +242,7 @@ def test_the_store_keeps_the_most_recently_used():
 def test_with_no_store_every_request_is_stateless():
     with live_server(FakeEngine(), ServerConfig(response_store=0)) as srv:
         r = srv.client.responses.create(input="a", max_output_tokens=2)
-        assert srv.http.get(f"/v1/responses/{r.id}").status_code == 404
+        assert r.store is False and srv.http.get(f"/v1/responses/{r.id}").status_code == 404
         later = srv.http.post("/v1/responses", json={"input": "b", "previous_response_id": r.id})
         assert later.status_code == 400 and "MOE_RESPONSE_STORE=0" in later.json()["error"]["message"]
 

@@ -11,7 +11,8 @@
    distance; each is reused when its spec (the distance included) matches.
 2. For each configuration of the plan (cache size x policy x decode steps) a `moe-prefetch serve`
    child is started and driven with the `openai` SDK and httpx at each concurrency level: mixed
-   prompt lengths, chat and completions, streamed or not, ~10% clients that disconnect mid-stream, bad
+   prompt lengths, chat, completions and the Responses API (about a quarter of the requests, each
+   level's `requests_by_kind`), streamed or not, ~10% clients that disconnect mid-stream, bad
    bodies that must get a 4xx (`--hostile` adds those that killed the engine before), and greedy
    requests replayed from the concurrency-1 level to compare text with the same prompt served alone.
    Checks: no 5xx, no lost or truncated stream, /metrics counters against what clients saw, /health

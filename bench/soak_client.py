@@ -2,8 +2,9 @@
 at a fixed concurrency, and the long-prompt admission probe.
 
 Streams go through the SDK's `with_streaming_response`, so the raw SSE lines are seen: every chunk is
-validated with the SDK's own types, `data: [DONE]` is checked, and chunk arrival times give TTFT and
-inter-token gaps. A disconnecting client leaves the `async with` after a few chunks, which closes the
+validated with the SDK's own types, `data: [DONE]` is checked (for POST /v1/responses: its typed events,
+ending in `response.completed` or `response.incomplete` with the usage), and chunk arrival times give
+TTFT and inter-token gaps. A disconnecting client leaves the `async with` after a few chunks, which closes the
 connection. Every request has a deadline; a level stops launching at its time budget and cancels what
 is still running after a bounded drain (counted as lost).
 """
@@ -18,6 +19,8 @@ import httpx
 import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from bench.soak_stats import Outcome, percentile
 from bench.soak_workload import Bad, Spec
@@ -33,7 +36,16 @@ def make_client(base: str, timeout: float) -> openai.AsyncOpenAI:
 
 
 def _kwargs(spec: Spec, model: str) -> dict:
-    kw: dict = dict(model=model, max_tokens=spec.max_tokens, temperature=spec.temperature)
+    if spec.kind == "responses":
+        kw: dict = dict(
+            model=model, input=spec.prompt, max_output_tokens=spec.max_tokens, temperature=spec.temperature
+        )
+        if spec.seed is not None:
+            kw["extra_body"] = {"seed": spec.seed}  # the server's extension; the SDK has no seed here
+        if spec.stream:
+            kw["stream"] = True
+        return kw
+    kw = dict(model=model, max_tokens=spec.max_tokens, temperature=spec.temperature)
     if spec.seed is not None:
         kw["seed"] = spec.seed
     if spec.kind == "chat":
@@ -48,7 +60,7 @@ def _kwargs(spec: Spec, model: str) -> dict:
 
 
 def _api(client: openai.AsyncOpenAI, spec: Spec):
-    return client.chat.completions if spec.kind == "chat" else client.completions
+    return {"chat": client.chat.completions, "responses": client.responses}.get(spec.kind, client.completions)
 
 
 def _fail(o: Outcome, err: BaseException) -> None:
@@ -81,8 +93,28 @@ def _parse_chunk(kind: str, obj: dict) -> tuple[list[tuple[str, str | None]], ob
     return [(str(c.get("text") or ""), c.get("finish_reason")) for c in choices], usage
 
 
+_EVENTS = TypeAdapter(ResponseStreamEvent)
+
+
+def _response_event(obj: dict, o: Outcome) -> tuple[str | None, object]:
+    """One Responses API event (validated with the SDK's type): its new text, and its usage when it is the
+    last (`response.completed` or `.incomplete`, which set the finish reason)."""
+    event = _EVENTS.validate_python(obj)
+    if event.type == "response.output_text.delta":
+        return event.delta, None
+    if event.type in ("response.completed", "response.incomplete"):
+        o.finish, o.done_seen = ("stop" if event.type == "response.completed" else "length"), True
+        return None, event.response.usage
+    if event.type in ("error", "response.failed"):
+        o.error, o.detail = "truncated", f"{event.type} event"[:200]
+    return None, None
+
+
 async def _stream(client: openai.AsyncOpenAI, spec: Spec, model: str, o: Outcome) -> None:
     usage = None
+    if spec.kind == "responses":
+        await _stream_response(client, spec, model, o)
+        return
     async with _api(client, spec).with_streaming_response.create(**_kwargs(spec, model)) as resp:
         o.status = resp.status_code
         async for line in resp.iter_lines():
@@ -123,6 +155,35 @@ async def _stream(client: openai.AsyncOpenAI, spec: Spec, model: str, o: Outcome
         o.detail = f"done={o.done_seen} finish={o.finish}"
 
 
+async def _stream_response(client: openai.AsyncOpenAI, spec: Spec, model: str, o: Outcome) -> None:
+    """A streamed POST /v1/responses: typed events, no [DONE]; the last event carries the usage."""
+    usage = None
+    async with client.responses.with_streaming_response.create(**_kwargs(spec, model)) as resp:
+        o.status = resp.status_code
+        async for line in resp.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            text, last = _response_event(json.loads(line[len("data: ") :]), o)
+            usage = last or usage
+            if text:
+                o.chunk_times.append(time.perf_counter())
+                o.text += text
+            if (
+                spec.disconnect_after is not None
+                and len(o.chunk_times) >= spec.disconnect_after
+                and not o.finish
+            ):
+                o.disconnected = True
+                break
+    if o.disconnected:
+        o.completion_tokens = len(o.chunk_times)
+        return
+    if usage is not None:
+        o.completion_tokens, o.prompt_tokens = usage.output_tokens, usage.input_tokens
+    if o.error is None and not o.done_seen:
+        o.error, o.detail = "lost", "no response.completed or response.incomplete event"
+
+
 def new_outcome(spec: Spec) -> Outcome:
     return Outcome(
         spec.kind, spec.key, spec.stream, spec.temperature == 0, spec.max_tokens, time.perf_counter()
@@ -139,6 +200,16 @@ async def run_spec(
         async with asyncio.timeout(timeout):
             if spec.stream:
                 await _stream(client, spec, model, o)
+            elif spec.kind == "responses":
+                res = await client.responses.create(**_kwargs(spec, model))
+                o.status, o.text = 200, res.output_text
+                o.finish = (
+                    "length" if res.status == "incomplete" else "stop" if res.status == "completed" else None
+                )
+                if res.usage is None or o.finish is None:
+                    o.error, o.detail = "truncated", f"usage={res.usage} status={res.status}"
+                else:
+                    o.completion_tokens, o.prompt_tokens = res.usage.output_tokens, res.usage.input_tokens
             else:
                 res = await _api(client, spec).create(**_kwargs(spec, model))
                 o.status = 200

@@ -19,7 +19,7 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 class Outcome:
     """What the client saw of one request (well-formed or bad)."""
 
-    name: str  # "chat" | "completion" | "bad:<name>"
+    name: str  # "chat" | "completion" | "responses" | "bad:<name>"
     key: str | None  # Spec.key for greedy comparisons
     stream: bool
     greedy: bool
@@ -166,6 +166,7 @@ def level_record(outs: list[Outcome]) -> dict:
 
     return {
         "requests": len(good),
+        "requests_by_kind": {k: sum(o.name == k for o in good) for k in ("chat", "completion", "responses")},
         "streams": len(streams),
         "disconnects": sum(o.disconnected for o in good),
         "completion_tokens": tokens,

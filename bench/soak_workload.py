@@ -36,7 +36,7 @@ class Spec:
     """One well-formed request."""
 
     key: str  # identity of (kind, prompt, max_tokens) for greedy comparisons
-    kind: str  # "chat" | "completion"
+    kind: str  # "chat" | "completion" | "responses" (POST /v1/responses, the chat template's input)
     stream: bool
     prompt: str
     max_tokens: int
@@ -138,9 +138,19 @@ def load_texts(repo: Path, data: Path | None) -> Texts:
 class Workload:
     """Seeded request mixes. `cut(text, n)` trims a text to about n tokens (the caller's tokenizer)."""
 
-    def __init__(self, texts: Texts, cut, seed: int = 0, vocab_size: int = 4096, hostile: bool = False):
+    def __init__(
+        self,
+        texts: Texts,
+        cut,
+        seed: int = 0,
+        vocab_size: int = 4096,
+        hostile: bool = False,
+        responses: bool = True,
+    ):
+        """`responses`: about half of the chat requests go to POST /v1/responses instead (chosen by the
+        prompt's hash, so the seeded mix is the same with and without)."""
         self.texts, self.cut, self.seed = texts, cut, seed
-        self.vocab_size, self.hostile = vocab_size, hostile
+        self.vocab_size, self.hostile, self.responses = vocab_size, hostile, responses
 
     def _prompt(self, rng: random.Random) -> tuple[str, str]:
         r = rng.random()
@@ -153,6 +163,8 @@ class Workload:
     def spec(self, rng: random.Random, level: int, i: int) -> Spec:
         size, prompt = self._prompt(rng)
         kind = "chat" if rng.random() < 0.5 else "completion"
+        if kind == "chat" and self.responses and zlib.crc32(prompt.encode()) % 2:
+            kind = "responses"
         stream = rng.random() < 0.6
         max_tokens = rng.choice(MAX_TOKENS)
         greedy = rng.random() < 0.5
@@ -215,6 +227,16 @@ class Workload:
             Bad("malformed_json", c, '{"prompt": "hi", "max_tokens": '),
             Bad("no_messages", x, '{"max_tokens": 4}'),
         ]
+        if self.responses:
+            r = "/v1/responses"
+            out += [
+                Bad("unknown_previous_response", r, '{"input": "hi", "previous_response_id": "resp_none"}'),
+                Bad(
+                    "image_input_part",
+                    r,
+                    '{"input": [{"role": "user", "content": [{"type": "input_image"}]}]}',
+                ),
+            ]
         if self.hostile:
             out += [
                 Bad("token_id_vocab_size", c, f'{{"prompt": [{self.vocab_size}], "max_tokens": 4}}'),

@@ -62,6 +62,8 @@ def test_serve_soak_smoke_run(tmp_path):
         assert rec["bad_requests_sent"] == rec["bad_requests_4xx"] + rec["bad_requests_200"]
         assert rec["bad_requests_4xx"] > 0 and rec["bad_requests_accepted_wrongly"] == 0
         assert rec["tok_s"] > 0 and rec["rss_mb_end"] > 0
+    kinds = {k: sum(r["requests_by_kind"][k] for r in levels) for k in ("chat", "completion", "responses")}
+    assert all(kinds.values()), kinds  # every endpoint served under load, POST /v1/responses too
     assert sum(r["disconnects"] for r in levels) > 0  # some clients left mid-stream
     assert sum(r["greedy_compared"] for r in levels if r["concurrency"] == 4) > 0
     assert any(r["hit_rate"] < 1 for r in levels if r["cache_fraction"] == "0.5")  # the small cache misses

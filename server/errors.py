@@ -74,7 +74,10 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _param(loc: Sequence[Any]) -> str | None:
-    """("body", "messages", 0, "role") -> "messages[0].role"; tagged-union and type tags dropped."""
+    """("body", "messages", 0, "role") -> "messages[0].role", ("query", "limit") -> "limit"; tagged-union
+    and type tags dropped."""
+    if loc and loc[0] in ("query", "path"):
+        loc = loc[1:]
     parts = [p for p in loc if p != "body"]
     out = ""
     for p in parts:

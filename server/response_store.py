@@ -21,6 +21,7 @@ class Stored:
     response: dict  # the response object as answered
     previous: str | None  # the response this one continued
     messages: tuple[dict, ...]  # this turn: its input items' messages, then its output's
+    input_items: tuple[dict, ...] = ()  # this turn's input as items with ids (GET .../input_items)
 
 
 class MissingResponse(KeyError):

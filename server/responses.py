@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from engine.api.protocol import GenerationRequest
@@ -45,6 +46,7 @@ from server.responses_schemas import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionChoice,
+    InputItemList,
     InputTokens,
     MessageItem,
     ResponseObject,
@@ -98,6 +100,29 @@ def turn_messages(items: list | str) -> tuple[dict, ...]:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputItem):
             out.append({"role": "tool", "content": item.text(), "tool_call_id": item.call_id})
+    return tuple(out)
+
+
+def input_items(items: list | str) -> tuple[dict, ...]:
+    """The input as the API lists it back (GET /v1/responses/{id}/input_items): each item with an id (its
+    own, or a new one), user / system / developer text as `input_text` parts, assistant text as
+    `output_text`."""
+    out: list[dict] = []
+    for item in [MessageItem(role="user", content=items)] if isinstance(items, str) else items:
+        if isinstance(item, MessageItem):
+            parts = [item.content] if isinstance(item.content, str) else [p.text for p in item.content]
+            if item.role == "assistant":
+                content = [{"type": "output_text", "text": t, "annotations": []} for t in parts]
+            else:
+                content = [{"type": "input_text", "text": t} for t in parts]
+            out.append({"id": new_id("msg"), "type": "message", "role": item.role, "status": "completed",
+                        "content": content})  # fmt: skip
+        elif isinstance(item, FunctionCallItem):
+            out.append({"id": item.id or new_id("fc"), "type": "function_call", "call_id": item.call_id,
+                        "name": item.name, "arguments": item.arguments, "status": "completed"})  # fmt: skip
+        elif isinstance(item, FunctionCallOutputItem):
+            out.append({"id": item.id or new_id("fco"), "type": "function_call_output", "call_id": item.call_id,
+                        "output": item.text(), "status": "completed"})  # fmt: skip
     return tuple(out)
 
 
@@ -163,7 +188,15 @@ async def create_response(
 
     def keep(response: dict) -> None:  # a finished response, for a later previous_response_id or GET
         if kept:
-            store.put(call.id, Stored(response, body.previous_response_id, turn + answer.output_messages()))
+            store.put(
+                call.id,
+                Stored(
+                    response,
+                    body.previous_response_id,
+                    turn + answer.output_messages(),
+                    input_items(body.input),
+                ),
+            )
 
     answer = Answer(call, body, p.parse_tool_calls, on_done=keep, stored=kept)
     if body.stream:
@@ -229,6 +262,38 @@ async def get_response(response_id: str, store: StoreDep) -> dict:
     if stored is None:
         raise _not_stored(response_id)
     return stored.response
+
+
+@router.get(
+    "/v1/responses/{response_id}/input_items",
+    response_model=InputItemList,
+    responses=error_responses(400, 404, 500),
+)
+async def list_input_items(
+    response_id: str,
+    store: StoreDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> InputItemList:
+    """A stored response's input items, newest first by default, `limit` a page after the item `after`."""
+    stored = store.get(response_id)
+    if stored is None:
+        raise _not_stored(response_id)
+    items = list(stored.input_items) if order == "asc" else list(reversed(stored.input_items))
+    if after is not None:
+        ids = [i["id"] for i in items]
+        if after not in ids:
+            raise APIError(400, f"No input item '{after}' in response '{response_id}'.", param="after",
+                           code="invalid_value")  # fmt: skip
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return InputItemList(
+        data=page,
+        first_id=page[0]["id"] if page else None,
+        last_id=page[-1]["id"] if page else None,
+        has_more=len(items) > limit,
+    )
 
 
 @router.delete(

@@ -272,6 +272,14 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None
 
 
+class InputItemList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]  # input items as listed back: messages, function calls, their outputs
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class InputTokens(BaseModel):
     object: Literal["response.input_tokens"] = "response.input_tokens"
     input_tokens: int

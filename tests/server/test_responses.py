@@ -226,6 +226,40 @@ def test_store_false_and_delete_forget_a_response(live: Live):
     assert live.http.delete(f"/v1/responses/{kept.id}").status_code == 404
 
 
+def test_input_items_are_listed_back_newest_first_in_pages(live: Live):
+    items = [
+        {"role": "developer", "content": "Use tools."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+        {"role": "assistant", "content": "Let me look."},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "snow", "id": "fco_mine"},
+    ]
+    r = live.client.responses.create(model="fake-moe", input=items, tools=[TOOL], max_output_tokens=2)
+    listed = live.client.responses.input_items.list(r.id, order="asc")
+    kinds = [(i.type, getattr(i, "role", None)) for i in listed.data]
+    assert kinds == [("message", "developer"), ("message", "user"), ("message", "assistant"),
+                     ("function_call", None), ("function_call_output", None)]  # fmt: skip
+    assert listed.data[1].content[0].text == "Weather?" and listed.data[2].content[0].type == "output_text"
+    assert listed.data[3].arguments == '{"city": "Oslo"}' and listed.data[4].id == "fco_mine"
+    assert listed.has_more is False and listed.first_id == listed.data[0].id
+    newest = live.http.get(f"/v1/responses/{r.id}/input_items", params={"limit": 2}).json()
+    assert [i["type"] for i in newest["data"]] == ["function_call_output", "function_call"] and newest[
+        "has_more"
+    ]
+    rest = live.http.get(
+        f"/v1/responses/{r.id}/input_items", params={"limit": 2, "after": newest["last_id"]}
+    ).json()
+    assert [i["role"] for i in rest["data"]] == ["assistant", "user"] and rest["has_more"]
+    bad = live.http.get(f"/v1/responses/{r.id}/input_items", params={"after": "msg_not_here"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
+    zero = live.http.get(f"/v1/responses/{r.id}/input_items", params={"limit": 0})
+    assert zero.status_code == 400 and zero.json()["error"]["param"] == "limit"
+    assert live.http.get("/v1/responses/resp_gone/input_items").status_code == 404
+    one = live.client.responses.create(model="fake-moe", input="hello", max_output_tokens=2)
+    (item,) = live.client.responses.input_items.list(one.id).data
+    assert item.role == "user" and item.content[0].text == "hello"
+
+
 def test_the_store_keeps_the_most_recently_used():
     with live_server(FakeEngine(), ServerConfig(response_store=2)) as srv:
         a, b = (srv.client.responses.create(input=t, max_output_tokens=2) for t in ("a", "b"))

@@ -28,6 +28,7 @@ OPERATIONS = {
     "POST /v1/responses",
     "POST /v1/responses/input_tokens",
     "GET /v1/responses/{response_id}",
+    "GET /v1/responses/{response_id}/input_items",
     "DELETE /v1/responses/{response_id}",
     "GET /v1/models",
     "GET /v1/models/{model_id}",

@@ -54,6 +54,7 @@ class Answer:
         self.parser = structured.StreamedToolCalls() if parse_tool_calls else None
         self._seq = 0
         self._open: OutputMessage | None = None  # the message item text goes to now
+        self._where_open: dict = {}  # its item id, output index and content index, as every text event says
         self._call_head: tuple[str, str] | None = None  # (call id, name): its arguments come next
         self.finish: str | None = None
 
@@ -136,15 +137,21 @@ class Answer:
         return sse.named(kind, payload)
 
     def opening(self) -> list[bytes]:
+        started = self.response("in_progress")
         return [
-            self.event("response.created", response=self.response("in_progress")),
-            self.event("response.in_progress", response=self.response("in_progress")),
+            self.event("response.created", response=started),
+            self.event("response.in_progress", response=started),
         ]
 
     def _open_message(self) -> list[bytes]:
         """A new message item for the text that comes next: its `added` events."""
         self._open = OutputMessage(id=new_id("msg"), status="in_progress", content=[OutputText(text="")])
         self.output.append(self._open)
+        self._where_open = {
+            "item_id": self._open.id,
+            "output_index": len(self.output) - 1,
+            "content_index": 0,
+        }
         item = self._open.model_dump(mode="json")
         return [
             self.event("response.output_item.added", output_index=len(self.output) - 1, item=item),
@@ -162,7 +169,7 @@ class Answer:
         return out
 
     def _where(self) -> dict:
-        return {"item_id": self._open.id, "output_index": self.output.index(self._open), "content_index": 0}
+        return self._where_open
 
     def _close_text(self, status: str) -> list[bytes]:
         if self._open is None:

@@ -80,11 +80,16 @@ def refuse_unserved(body: ResponseRequest) -> None:
         raise _refuse("text.verbosity", f"text.verbosity '{body.text.verbosity}'")
 
 
+def _items(items: list | str) -> list:
+    """The input as items: a string is one user message."""
+    return [MessageItem(role="user", content=items)] if isinstance(items, str) else items
+
+
 def turn_messages(items: list | str) -> tuple[dict, ...]:
     """Input items as chat-template messages: consecutive function calls in one assistant message (with
     the assistant text right before them), each call's output a tool message."""
     out: list[dict] = []
-    for item in [MessageItem(role="user", content=items)] if isinstance(items, str) else items:
+    for item in _items(items):
         if isinstance(item, MessageItem):
             out.append({"role": "system" if item.role == "developer" else item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
@@ -108,7 +113,7 @@ def input_items(items: list | str) -> tuple[dict, ...]:
     own, or a new one), user / system / developer text as `input_text` parts, assistant text as
     `output_text`."""
     out: list[dict] = []
-    for item in [MessageItem(role="user", content=items)] if isinstance(items, str) else items:
+    for item in _items(items):
         if isinstance(item, MessageItem):
             parts = [item.content] if isinstance(item.content, str) else [p.text for p in item.content]
             if item.role == "assistant":
@@ -148,6 +153,13 @@ def earlier_turns(body: ResponseRequest, store: ResponseStore) -> tuple[dict, ..
         ) from None
 
 
+def conversation(body: ResponseRequest, store: ResponseStore) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+    """(the messages the engine sees: instructions, earlier turns, this turn; this turn's messages)."""
+    system = ({"role": "system", "content": body.instructions},) if body.instructions else ()
+    turn = turn_messages(body.input)
+    return system + earlier_turns(body, store) + turn, turn
+
+
 def plan(body: ResponseRequest) -> structured.Plan:
     tools = [
         structured.Function(t.name, t.description, t.parameters, f"tools[{i}].name")
@@ -172,15 +184,13 @@ async def create_response(
 ) -> Response | dict:
     model = check_request(body, engine, config, prompts=1)
     refuse_unserved(body)
-    earlier = earlier_turns(body, store)
+    messages, turn = conversation(body, store)
     call = Call(id=new_id("resp"), created=int(time.time()), model=model)
     p = plan(body)
-    turn = turn_messages(body.input)
-    system = ({"role": "system", "content": body.instructions},) if body.instructions else ()
     req = GenerationRequest(
         request_id=call.id,
         params=sampling(body, body.token_limit(), 0, logprobs=body.logprobs_k(), constraint=p.constraint),
-        messages=system + earlier + turn,
+        messages=messages,
         tools=p.tools,
     )
 
@@ -240,8 +250,7 @@ async def count_input_tokens(
             param=param,
             code="invalid_value",
         )
-    system = ({"role": "system", "content": body.instructions},) if body.instructions else ()
-    messages = system + earlier_turns(body, store) + turn_messages(body.input)
+    messages, _ = conversation(body, store)
     tokens = await engine.tokenize(EngineTokenize(messages=messages, tools=plan(body).tools))
     return InputTokens(input_tokens=len(tokens))
 

@@ -19,7 +19,7 @@ previous layer released, the tap's prefetch, then this layer's routing), one aft
 so their ratios compare on one CPU: what a prediction's bookkeeping adds (its copies, wrong guesses'
 victims and unpins) beside the reads and launches the GPU path adds on top.
 
-Imports numpy, torch and `engine.experts` only.
+Imports numpy, torch, `engine.experts`, `bench.twin_replay` (the bank names) and `bench.policy_names` only.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import twin_replay  # noqa: E402
+from bench.policy_names import split_policy  # noqa: E402
 from engine.experts.cache import ExpertCache  # noqa: E402
 from engine.experts.eviction import build_eviction  # noqa: E402
 from engine.experts.store import ExpertLayout, ExpertStore  # noqa: E402
@@ -62,14 +64,13 @@ def prefetches(z, policy: str) -> tuple[int, np.ndarray | None]:
     prefetch), `oracle+d` (the routed set of layer i + d), `exact+d` (the artefact's trained bank of
     distance d, its top-k; d = 0: the same-layer predictors)."""
     routed = z["routed_ids"]
-    if policy == "none":
+    name, d = split_policy(policy)
+    if name == "none":
         return 0, None
-    name, _, ahead = policy.partition("+")
-    d = int(ahead or 0)
     if name == "oracle":
         return d, routed[d:]
     if name == "exact":
-        bank = z["predicted_ids"] if d == 0 else z[f"predicted_ids_ahead_{d}"]
+        bank = z["predicted_ids"] if d == 0 else z[twin_replay.ahead_key(d)]
         return d, bank[:, :, : routed.shape[2]]
     raise SystemExit(f"policy {policy!r}: none, oracle+d or exact+d")
 

@@ -110,25 +110,32 @@ def _response_event(obj: dict, o: Outcome) -> tuple[str | None, object]:
     return None, None
 
 
+def _line(kind: str, payload: str, o: Outcome) -> tuple[list[tuple[str, str | None]], tuple[int, int] | None]:
+    """One SSE `data:` payload: [(text, finish_reason)] per choice, and (completion, prompt) tokens when it
+    carries the usage. Chat and completions end with `[DONE]` and send a failure as `{"error": ...}`; the
+    Responses API's typed events end with `response.completed` / `.incomplete` (`_response_event`)."""
+    if kind == "responses":
+        text, usage = _response_event(json.loads(payload), o)
+        return ([(text, None)] if text else []), (usage and (usage.output_tokens, usage.input_tokens))
+    if payload == "[DONE]":
+        o.done_seen = True
+        return [], None
+    obj = json.loads(payload)
+    if "error" in obj:
+        o.error, o.detail = "truncated", f"error event: {obj['error'].get('message', '')}"[:200]
+        return [], None
+    choices, usage = _parse_chunk(kind, obj)
+    return choices, (usage and (usage.completion_tokens, usage.prompt_tokens))
+
+
 async def _stream(client: openai.AsyncOpenAI, spec: Spec, model: str, o: Outcome) -> None:
     usage = None
-    if spec.kind == "responses":
-        await _stream_response(client, spec, model, o)
-        return
     async with _api(client, spec).with_streaming_response.create(**_kwargs(spec, model)) as resp:
         o.status = resp.status_code
         async for line in resp.iter_lines():
             if not line.startswith("data: "):
                 continue
-            payload = line[len("data: ") :]
-            if payload == "[DONE]":
-                o.done_seen = True
-                continue
-            obj = json.loads(payload)
-            if "error" in obj:
-                o.error, o.detail = "truncated", f"error event: {obj['error'].get('message', '')}"[:200]
-                continue
-            choices, chunk_usage = _parse_chunk(spec.kind, obj)
+            choices, chunk_usage = _line(spec.kind, line[len("data: ") :], o)
             usage = chunk_usage or usage
             for text, finish in choices:
                 if text:
@@ -147,41 +154,12 @@ async def _stream(client: openai.AsyncOpenAI, spec: Spec, model: str, o: Outcome
         o.completion_tokens = len(o.chunk_times)  # at least this many were generated
         return
     if usage is not None:
-        o.completion_tokens, o.prompt_tokens = usage.completion_tokens, usage.prompt_tokens
+        o.completion_tokens, o.prompt_tokens = usage
     else:
         o.completion_tokens = len(o.chunk_times)
     if o.error is None and (not o.done_seen or o.finish is None):
         o.error = "truncated" if o.done_seen else "lost"
         o.detail = f"done={o.done_seen} finish={o.finish}"
-
-
-async def _stream_response(client: openai.AsyncOpenAI, spec: Spec, model: str, o: Outcome) -> None:
-    """A streamed POST /v1/responses: typed events, no [DONE]; the last event carries the usage."""
-    usage = None
-    async with client.responses.with_streaming_response.create(**_kwargs(spec, model)) as resp:
-        o.status = resp.status_code
-        async for line in resp.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            text, last = _response_event(json.loads(line[len("data: ") :]), o)
-            usage = last or usage
-            if text:
-                o.chunk_times.append(time.perf_counter())
-                o.text += text
-            if (
-                spec.disconnect_after is not None
-                and len(o.chunk_times) >= spec.disconnect_after
-                and not o.finish
-            ):
-                o.disconnected = True
-                break
-    if o.disconnected:
-        o.completion_tokens = len(o.chunk_times)
-        return
-    if usage is not None:
-        o.completion_tokens, o.prompt_tokens = usage.output_tokens, usage.input_tokens
-    if o.error is None and not o.done_seen:
-        o.error, o.detail = "lost", "no response.completed or response.incomplete event"
 
 
 def new_outcome(spec: Spec) -> Outcome:

@@ -98,7 +98,7 @@ def replay(
                 continue
             if len(visible) >= slots:
                 victim = evict.victim(lambda _k: False)  # streamed steps pin nothing between steps
-                if admission == "frequency" and counts._count.get(victim, 0.0) >= counts._count.get(key, 0.0):
+                if admission == "frequency" and counts.count(victim) >= counts.count(key):
                     dropped += 1
                     continue
                 evict.remove(victim)

@@ -142,6 +142,10 @@ class LFU(HeapOrder):
     def _priority(self, key: Key) -> float:
         return self._count.get(key, 0.0)
 
+    def count(self, key: Key) -> float:
+        """`key`'s decayed routed uses, resident or not (in this order's scale: only comparisons mean anything)."""
+        return self._count.get(key, 0.0)
+
     def _count_use(self, key: Key, now: int) -> None:
         exp = now * self.rate - self._base
         if exp > 512.0:  # rescale every count by the same factor: the order is unchanged

@@ -105,7 +105,8 @@ class Record:
 def spread_note(s: dict) -> str:
     """`; steps p50/max ms by run: 21.0/44.2 (3 slow), ...` from the summary's `steps_by_run`: whether a
     slow run's steps were all slow or a few waited long (slow: over twice the run's median step); and the
-    full garbage-collector passes inside the runs (`gc_by_run`), where there were any."""
+    full garbage-collector passes inside the runs (`gc_by_run`), where there were any; and the segmented steps'
+    host time a token by phase (`host_ms_per_token`)."""
     runs = [r for r in s.get("steps_by_run", []) if r["p50_ms"] is not None]
     if not runs:
         return ""
@@ -115,6 +116,10 @@ def spread_note(s: dict) -> str:
     full = [g for g in s.get("gc_by_run", []) if g["full"]]
     if full:  # a full pass of the garbage collector fell inside a run: its longest pause
         note += f"; full GC passes {sum(g['full'] for g in full)} (longest {max(g['max_ms'] for g in full):.0f} ms)"
+    host = s.get("host_ms_per_token")
+    if host:  # segmented steps: where the host's time of a token went
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in host.items() if k != "total")
+        note += f"; host ms a token {host['total']:.2f} ({parts})"
     return note
 
 

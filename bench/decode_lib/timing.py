@@ -102,6 +102,7 @@ class Workload:
         stall0 = STALLS.total
         GC_PAUSES.install()
         gc0 = len(GC_PAUSES.passes)
+        runner.host_clock.reset()
         pos = len(prompt)
         t0 = time.perf_counter()
         argmax, marks = [], []
@@ -114,6 +115,7 @@ class Workload:
         t_decode = time.perf_counter() - t0
         runner.after_step()
         after = om.counters.totals()
+        host = runner.host_clock.snapshot()
         return {
             "prefill_s": t_prefill,
             "decode_s": t_decode,
@@ -122,6 +124,7 @@ class Workload:
             "stall_s": STALLS.total - stall0,
             "gc": GC_PAUSES.since(gc0),  # the collector's passes during the decode steps
             "step_s": [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)],
+            "host": host,  # segmented steps' host time by phase (`engine.runner.host_clock`)
         }
 
     def run(self) -> list[dict]:
@@ -145,6 +148,21 @@ def step_spread(step_s: list[float]) -> dict:
         "max_ms": ms[-1],
         "over_2x_median": sum(m > 2 * p50 for m in ms),
     }
+
+
+def host_phases(runs: list[dict]) -> dict | None:
+    """The segmented steps' host time a token by phase (`engine.runner.host_clock`), the median over runs, in
+    ms, with their sum (`total`); None where no run replayed a segmented step (streamed, whole, eager)."""
+    per = [
+        {k: v / r["host"]["steps"] for k, v in r["host"]["ms"].items()}
+        for r in runs
+        if r.get("host", {}).get("steps")
+    ]
+    if not per:
+        return None
+    out = {k: statistics.median(p[k] for p in per) for k in per[0]}
+    out["total"] = statistics.median(sum(p.values()) for p in per)
+    return out
 
 
 def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
@@ -180,6 +198,7 @@ def summarise(runs: list[dict], prompt_len: int, bw: float | None) -> dict:
         "tokens": [r["tokens"] for r in runs],
         "steps_by_run": [step_spread(r["step_s"]) for r in runs if "step_s" in r],
         "gc_by_run": [r["gc"] for r in runs if "gc" in r],
+        "host_ms_per_token": host_phases(runs),
     }
     if bw:
         out["pcie_ms_per_token"] = 1e3 * bytes_tok / bw

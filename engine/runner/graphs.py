@@ -55,6 +55,7 @@ from engine.experts.cache import ExpertCache
 from engine.experts.host_experts import HostExperts, host_pairs
 from engine.experts.slots import Acquired
 from engine.model.offload import CapturedTap
+from engine.runner.host_clock import HostClock
 
 log = logging.getLogger(__name__)
 
@@ -172,28 +173,38 @@ class GraphReplayer:
     """Runs a captured step: replays its segments and does each segment's host action."""
 
     def __init__(
-        self, cache: ExpertCache, hybrid: HostExperts | None = None, after_demand: bool = False
+        self,
+        cache: ExpertCache,
+        hybrid: HostExperts | None = None,
+        after_demand: bool = False,
+        clock: HostClock | None = None,
     ) -> None:
         self.cache = cache
         self.hybrid = hybrid  # hybrid misses: the host computes part of a layer's misses
         self.after_demand = after_demand  # lookahead copies behind the routed layer's demand copies
+        self.clock = clock or HostClock()  # where the host's time goes (`engine.runner.host_clock`)
 
     def replay(self, sg: StepGraph, n: int) -> None:
-        cache = self.cache
+        cache, lap = self.cache, self.clock.lap
         stream = torch.cuda.current_stream(cache.device)
         held: list[Acquired] = []
         predictions: list[tuple[Action, torch.cuda.Event, float]] = []
         ready: tuple[Action, list[int]] | None = None  # routed experts already usable on the device
         later: list = []  # predictions for later layers, issued once the routed layer's experts are held
+        self.clock.steps += 1
+        t = time.perf_counter()
         for (graph, action), ev in zip(sg.segments, sg.events, strict=True):
             graph.replay()
+            t = lap("launch", t)
             for acq in held:  # the experts of the last routed layer are in this segment: now they may go
                 cache.release(acq)
             held.clear()
+            t = lap("release", t)
             if ready is not None:  # their segment is queued: the bookkeeping runs while it computes
                 held.append(self._route(*ready))
                 ready = None
-                self._issue(later, n)  # only now: a copy issued earlier could evict what `ready` reads
+                t = lap("route", t)
+                t = self._issue(later, n, t)  # only now: a copy issued earlier could evict what `ready` reads
             if action is None:
                 continue
             if action.dev is not None:
@@ -203,35 +214,46 @@ class GraphReplayer:
                 hy.host["x"].copy_(hy.x, non_blocking=True)
                 hy.host["w"].copy_(hy.w, non_blocking=True)
             ev.record(stream)
+            t = lap("read_copy", t)
             if action.kind == "predict":
-                predictions.append((action, ev, time.perf_counter()))
+                predictions.append((action, ev, t))
                 continue
             now, later = split_predictions(predictions, action.layer, self.after_demand)
-            self._issue(now, n)  # the attention segment is queued: now issue the copies
+            t = self._issue(now, n, t)  # the attention segment is queued: now issue the copies
             predictions.clear()  # (off: `now` is this list, issued and emptied already)
             ev.synchronize()  # the routed ids are on the host
+            t = lap("route_wait", t)
             experts = sorted(set(action.host[:n].reshape(-1).tolist()))
             if cache.ready_on_device(action.layer, experts):
                 ready = (action, experts)  # launch the next segment first
+                t = lap("route_read", t)
                 continue
+            t = lap("route_read", t)
             if hy is not None and (host := self._host_share(action.layer, action.host[:n])):
                 held.append(self._route_hybrid(action, experts, host, n))
             else:
                 held.append(self._route(action, experts))
-            self._issue(later, n)  # behind the demand copies the acquire queued
+            t = lap("route", t)
+            t = self._issue(later, n, t)  # behind the demand copies the acquire queued
         if ready is not None:
             held.append(self._route(*ready))
-        self._issue(later, n)
+            t = lap("route", t)
+        t = self._issue(later, n, t)
         for acq in held:
             cache.release(acq)
+        lap("release", t)
 
-    @staticmethod
-    def _issue(predictions: list, n: int) -> None:
-        """Issue each pending prediction's copies (after its id table is on the host); empties the list."""
+    def _issue(self, predictions: list, n: int, t: float) -> float:
+        """Issue each pending prediction's copies (after its id table is on the host); empties the list.
+        Returns the clock's time after it (`t`: its start)."""
+        lap = self.clock.lap
         for pred, pev, t0 in predictions:
             pev.synchronize()
+            t = lap("predict_wait", t)
             pred.issuer.issue_captured(pred.layer, pred.host, n, t0)
+            t = lap("predict_issue", t)
         predictions.clear()
+        return t
 
     def _route(self, action: Action, experts: list[int]) -> Acquired:
         cache = self.cache

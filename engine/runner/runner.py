@@ -1,22 +1,22 @@
 """Runs the model: a sequence's prefill into one KV row, and batched decode steps over rows 0..n-1.
 
-Knows nothing about requests, text or queues: it turns token ids into next-token logits. The KV cache
-is static (`engine.runner.kv_cache`), so a decode step of a given shape always looks the same; on CUDA it is
-captured once as CUDA graphs and replayed (`engine.runner.graphs`), and on the CPU, or where capture is
-off or failed, the same forward runs eagerly. Prefill always runs eagerly (its length varies), with
-the experts computed one by one so their copies overlap (`engine.model.offload`). On CUDA with Triton, a
-decode step's attention runs as one kernel per layer (`engine.model.decode_attention`: the runner switches its
-own model to it) and its KV write as another (`engine.runner.kv_cache`).
+Knows nothing about requests, text or queues: it turns token ids into next-token logits. The KV cache is
+static (`engine.runner.kv_cache`), so a decode step of a given shape always looks the same; on CUDA it is
+captured once as CUDA graphs and replayed (`engine.runner.graphs`), and on the CPU, or where capture is off or
+failed, the same forward runs eagerly. Prefill always runs eagerly (its length varies), with the experts
+computed one by one so their copies overlap (`engine.model.offload`). On CUDA with Triton, a decode step's
+attention runs as one kernel per layer (`engine.model.decode_attention`: the runner switches its own model to
+it) and its KV write as another (`engine.runner.kv_cache`).
 
-Where the expert store is mapped into the GPU's address space and every MoE layer runs the fused SiLU
-expert kernels, decode steps are streamed (`host_reads`): one graph per step at any cache size, the
-experts with no slot read from host memory by the kernels, the cache filled behind the steps
-(`engine.runner.graphs`). Otherwise a step whose experts may miss is captured in segments, the host
-making each layer's experts resident before they compute. Where both are possible the runner picks per
-step from the expert bytes recent steps missed, against `stream_miss_limit` (`engine.runner.step_choice`).
+Where the expert store is mapped into the GPU's address space and every MoE layer runs the fused SiLU expert
+kernels, decode steps are streamed (`host_reads`): one graph per step at any cache size, the experts with no
+slot read from host memory by the kernels, the cache filled behind the steps (`engine.runner.graphs`).
+Otherwise a step whose experts may miss is captured in segments, the host making each layer's experts resident
+before they compute. Where both are possible the runner picks per step from the expert bytes recent steps
+missed, against `stream_miss_limit` (`engine.runner.step_choice`).
 
-Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode
-together are 0..n-1, and `move_row` fills the hole a finished sequence leaves.
+Rows are the caller's business: a sequence keeps its row while it decodes, the rows that decode together are
+0..n-1, and `move_row` fills the hole a finished sequence leaves.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from engine.model.patches import install as install_patches
 from engine.runner.capture import GraphCapture
 from engine.runner.deferred import DeferredSteps
 from engine.runner.graphs import GraphReplayer, StepGraph, hybrid_buffers
+from engine.runner.host_clock import HostClock
 from engine.runner.kv_cache import MaskBuilder, StaticKV
 from engine.runner.step_choice import MissedBytes, bucket, can_stream, pads, row_sources
 
@@ -66,16 +67,15 @@ class ModelRunner:
         """graphs: capture decode steps as CUDA graphs (None: on CUDA). kernels: False keeps every Triton
         kernel out (experts, norms, RoPE, routers, attention), torch ops only. attention_kernels: the decode
         step's KV write and attention as Triton kernels where they can run (None: on CUDA with Triton when
-        `kernels`; True also on CPU under Triton's interpreter, for tests; False: never). The attention
-        kernel needs the model on sdpa attention; it then switches the model to it. host_reads: stream
-        decode steps where the store and the experts allow it; stream_miss_mb: the missed MB per step
-        above which they are segmented instead (None or 0: always streamed; see the module's docstring);
-        hybrid: the host computes part of each decode layer's misses in eager and segmented steps
-        (`engine.experts.host_experts`; streamed steps read their misses from host memory instead);
-        lookahead_after_demand: segmented steps queue the copies a tap predicted for later layers behind the
-        routed layer's demand copies (`engine.runner.graphs.GraphReplayer`); predictor_overlap: streamed
-        steps run each prefetch tap's predictor on a parallel branch of the step's graph
-        (`engine.runner.capture.GraphCapture`)."""
+        `kernels`; True also on CPU under Triton's interpreter, for tests; False: never). The attention kernel
+        needs the model on sdpa attention; it then switches the model to it. host_reads: stream decode steps
+        where the store and the experts allow it; stream_miss_mb: the missed MB per step above which they are
+        segmented instead (None or 0: always streamed; see the module's docstring); hybrid: the host computes
+        part of each decode layer's misses in eager and segmented steps (`engine.experts.host_experts`;
+        streamed steps read their misses from host memory instead); lookahead_after_demand: segmented steps
+        queue the copies a tap predicted for later layers behind the routed layer's demand copies
+        (`engine.runner.graphs.GraphReplayer`); predictor_overlap: streamed steps run each prefetch tap's
+        predictor on a parallel branch of the step's graph (`engine.runner.capture.GraphCapture`)."""
         self.om = om
         self.model = om.model
         self.device = om.device
@@ -114,9 +114,9 @@ class ModelRunner:
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
         self._staging = torch.zeros((3, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions, sources
         self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
-        # whole-step graphs: their routing logs are read one step late (`engine.runner.deferred`)
-        self._deferred = DeferredSteps(cuda)
+        self._deferred = DeferredSteps(cuda)  # whole-step graphs' logs, read one step late
         self._grouped: GroupedExperts | None = None
+        self.host_clock = HostClock()  # segmented steps' host time by phase (`engine.runner.host_clock`)
 
     # ---------------------------------------------------------------- set-up
     @torch.inference_mode()
@@ -277,7 +277,8 @@ class ModelRunner:
                 graph.replay()
             self._deferred.launched(sg, n, self.om.cache)
         else:
-            GraphReplayer(self.om.cache, self.hybrid, self.lookahead_after_demand).replay(sg, n)
+            replayer = GraphReplayer(self.om.cache, self.hybrid, self.lookahead_after_demand, self.host_clock)
+            replayer.replay(sg, n)
         self.steps["graph"] += 1
         self.steps["streamed"] += sg.stream
         self.steps["segmented"] += not sg.whole

@@ -265,3 +265,31 @@ def test_the_decode_bench_and_the_soak_parse_a_policy_by_the_same_rules():
     for bad in ("exact+0", "none+1", "exact+x", "exact@6+2"):
         with pytest.raises(ValueError):
             split_policy(bad)
+
+
+def test_the_host_time_by_phase_is_a_token_s_median_over_runs():
+    from bench.decode_lib.record import spread_note
+    from bench.decode_lib.timing import host_phases
+    from engine.runner.host_clock import PHASES, HostClock
+
+    clock = HostClock()
+    t = clock.lap("launch", 0.0)  # since the epoch: a large lap, then a small one
+    assert clock.seconds["launch"] > 0 and clock.lap("route", t) >= t
+    clock.steps = 4
+    snap = clock.snapshot()
+    assert snap["steps"] == 4 and set(snap["ms"]) == set(PHASES)
+    clock.reset()
+    assert clock.snapshot() == {"steps": 0, "ms": dict.fromkeys(PHASES, 0.0)}
+
+    def run(steps, launch_ms, route_ms):
+        ms = dict.fromkeys(PHASES, 0.0) | {"launch": launch_ms, "route": route_ms}
+        return {"host": {"steps": steps, "ms": ms}}
+
+    runs = [run(10, 20.0, 10.0), run(10, 40.0, 10.0), run(5, 15.0, 5.0), run(0, 0.0, 0.0)]
+    got = host_phases(runs)  # per token: launch 2, 4, 3; route 1, 1, 1 (the run of no step left out)
+    assert got["launch"] == pytest.approx(3.0) and got["route"] == pytest.approx(1.0)
+    assert got["total"] == pytest.approx(4.0) and got["route_wait"] == 0.0
+    assert host_phases([run(0, 0.0, 0.0), {}]) is None
+    note = spread_note({"steps_by_run": [{"p50_ms": 1.0, "max_ms": 2.0, "over_2x_median": 0}],
+                        "host_ms_per_token": got})  # fmt: skip
+    assert "; host ms a token 4.00 (launch 3.00, read_copy 0.00" in note and "route 1.00" in note

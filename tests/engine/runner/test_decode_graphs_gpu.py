@@ -5,6 +5,8 @@ batched."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from families import greedy_reference
@@ -251,6 +253,34 @@ def test_lookahead_copies_after_the_demand_copies(family, checkpoints, reference
         assert tokens == reference(checkpoints[family], prompt), ahead
         assert sum(misses[ahead:]) == 0, (ahead, misses)
         check_counts(om)
+
+
+def test_the_host_clock_times_every_segmented_step_by_phase(checkpoints, references, tmp_path):
+    """The runner's `HostClock` counts each segmented step once, and splits its host time into the
+    replayer's phases: every phase a prefetching step passes through got time, and together they are
+    no more than the steps' wall time."""
+    family = "qwen3_moe"
+    prompt = references[family][0]
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+    rec = RoutingRecorder(len(om.layers))
+    om.cache.listen(Listener(route=rec.record))
+    ModelRunner(om, graphs=True, host_reads=False).greedy(prompt, NEW)
+    path = rec.save(tmp_path / "routing.json", model_fingerprint(om.model))
+    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
+    pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=1))
+    runner = ModelRunner(om, graphs=True, host_reads=False)
+    runner.host_clock.reset()
+    t0 = time.perf_counter()
+    tokens, _ = greedy_decode_misses(runner, om, prompt)
+    wall_ms = 1e3 * (time.perf_counter() - t0)
+    pf.remove()
+    assert tokens == reference(checkpoints[family], prompt)
+    clock = runner.host_clock.snapshot()
+    assert clock["steps"] == runner.steps["segmented"] > 0
+    for phase in ("launch", "read_copy", "predict_wait", "predict_issue", "route_wait", "route_read",
+                  "route", "release"):  # fmt: skip
+        assert clock["ms"][phase] > 0, (phase, clock)
+    assert sum(clock["ms"].values()) < wall_ms
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

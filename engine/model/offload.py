@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ from engine.experts.host_experts import HostExperts, calibrate, redirect
 from engine.experts.slots import Acquired
 from engine.kernels.grouped_experts import GroupedExperts
 from engine.model.model_map import MoELayer, expert_param_names
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMPLEMENTATION = "moe_offload"
 log = logging.getLogger(__name__)
@@ -58,9 +61,10 @@ class OffloadHandle:
 class CapturedTap(Protocol):
     """What replaying a captured decode step needs from a prefetch tap captured in it."""
 
-    def issue_captured(self, target: int, host: torch.Tensor | None, rows: int, t0: float) -> None:
-        """A segmented step: issue the prefetch for `target` from the id table in `host` (its first `rows`
-        rows are real; None: the tap replays recorded routing), `t0` when the prediction was made."""
+    def issue_captured(self, target: int, host: np.ndarray | None, rows: int, t0: float) -> None:
+        """A segmented step: issue the prefetch for `target` from the id table in `host` (a numpy view of
+        pinned memory; its first `rows` rows are real; None: the tap replays recorded routing), `t0` when
+        the prediction was made."""
         ...
 
     def streamed_prediction(self, target: int, rows: list[list[int]] | None) -> list[int]:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.experts.cache import ExpertCache
@@ -211,9 +212,9 @@ class Prefetcher:
         x.record_stream(side)  # x was made on the compute stream and read on the side stream
         self._jobs.put(_Job(target, host, done, None, t0))
 
-    def issue_captured(self, target: int, host: torch.Tensor | None, rows: int, t0: float) -> None:
-        """A captured tap's prediction, replayed: `host` holds the id table of the step's rows (the
-        first `rows` are real), or is None for a replayed routing (oracle)."""
+    def issue_captured(self, target: int, host: np.ndarray | None, rows: int, t0: float) -> None:
+        """A captured tap's prediction, replayed: `host` (a numpy view of pinned memory) holds the id table
+        of the step's rows (the first `rows` are real), or is None for a replayed routing (oracle)."""
         if host is None:
             self._issue(target, None, t0, ids=self.replay.next(target))
         else:

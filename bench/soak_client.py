@@ -12,6 +12,7 @@ is still running after a bounded drain (counted as lost).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import time
 
@@ -25,13 +26,16 @@ from pydantic import TypeAdapter
 from bench.soak_stats import Outcome, percentile
 from bench.soak_workload import Bad, Spec
 
+# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on): its errors can escape a stream
+SDK_HTTP = importlib.import_module(openai.Timeout.__module__.partition(".")[0])
+
 
 def make_client(base: str, timeout: float) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url=base + "/v1",
         api_key="unused",
         max_retries=0,
-        timeout=httpx.Timeout(timeout, connect=10.0),
+        timeout=openai.Timeout(timeout, connect=10.0),  # the timeout type of openai's own HTTP library
     )
 
 
@@ -72,7 +76,7 @@ def _fail(o: Outcome, err: BaseException) -> None:
         o.error, o.detail = ("lost" if o.stream else "connection"), "timeout"
     elif isinstance(err, ValueError):  # a chunk that is not JSON or not the SDK's type (pydantic errors too)
         o.error, o.detail = "truncated", f"malformed chunk: {err}"[:200]
-    elif isinstance(err, openai.APIConnectionError | httpx.HTTPError):
+    elif isinstance(err, openai.APIConnectionError | httpx.HTTPError | SDK_HTTP.HTTPError):
         o.error = "lost" if o.stream and o.status == 200 else "connection"
         o.detail = f"{type(err).__name__}: {err}"[:200]
     else:

@@ -4,6 +4,7 @@ stream went and how it ended."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import threading
@@ -145,13 +146,19 @@ class StreamResult:
     chunks: int = 0
 
 
+# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on)
+_http = importlib.import_module(openai.Timeout.__module__.partition(".")[0])
+
+
 def make_client(base: str) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=f"{base}/v1",
         api_key="unused",
         max_retries=0,
-        timeout=httpx.Timeout(CLIENT_TIMEOUT, connect=5.0),
-        http_client=httpx.Client(limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)),
+        timeout=openai.Timeout(CLIENT_TIMEOUT, connect=5.0),
+        http_client=openai.DefaultHttpxClient(
+            limits=_http.Limits(max_connections=200, max_keepalive_connections=200)
+        ),
     )
 
 
@@ -176,7 +183,7 @@ def stream_once(client: openai.OpenAI, model: str, max_tokens: int, out: StreamR
     except openai.APIStatusError as err:  # e.g. 502: the replica died after nginx had passed it the request
         out.upstream = served_by(err.response.headers)
         out.error = f"{type(err).__name__}: {err}"
-    except (openai.OpenAIError, httpx.HTTPError) as err:
+    except (openai.OpenAIError, httpx.HTTPError, _http.HTTPError) as err:
         out.error = f"{type(err).__name__}: {err}"
     out.finished_at = time.monotonic()
 

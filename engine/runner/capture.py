@@ -1,14 +1,18 @@
 """The capture of one decode step as CUDA graphs (`GraphCapture`): live while the model's forward runs inside
-the capture, it ends a graph segment wherever the host must act (a MoE layer's route, a prefetch tap's
-prediction) and keeps the step's device logs; `engine.runner.graphs` replays what it captured.
+the capture, it ends a graph segment wherever the host must act (a MoE layer's route) and keeps the step's
+device logs; `engine.runner.graphs` replays what it captured.
 
-In streamed steps the taps' predictions are only logged, for the host to read after the step; with
+In segmented steps a segment copies its routed ids to page-locked host memory as its last node, and a
+prefetch tap's id table right after the tap, followed by an external event node the host waits for while
+the rest of the segment (the layer's attention and router) runs: a prediction costs no segment of its own
+(`engine.runner.host_buffers`). In streamed steps the taps' predictions are only logged, for the host to read after the step; with
 `branch_predictions` (`MOE_PREDICTOR_OVERLAP`) each tap's predictor then runs on a parallel branch of the
 step's graph (a side stream forked at the tap and joined at the step's end), so it overlaps the layer's
 attention and experts instead of delaying them. Whole-step graphs that read no host memory (every expert
 resident, no host views) have no use for a prediction and skip the taps' work altogether.
 
-Imports torch, `engine.model.offload` (the tap's protocol) and `engine.runner.graphs` (the actions) only.
+Imports torch, `engine.model.offload` (the tap's protocol), `engine.runner.graphs` (the actions) and
+`engine.runner.host_buffers` only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from engine.model.offload import CapturedTap
-from engine.runner.graphs import Action, HybridSlot
+from engine.runner.graphs import Action, HybridSlot, Prediction
+from engine.runner.host_buffers import HostArena
 
 
 class GraphCapture:
@@ -33,12 +38,14 @@ class GraphCapture:
         host_views=None,
         hybrid: list[dict] | None = None,
         branch_predictions: bool = False,
+        arena: HostArena | None = None,
     ) -> None:
         """whole: the step is one graph; `host_views(layer)` (streamed steps): the layer's experts in
         mapped host memory, name -> [E, *shape], where the kernels read the experts with no slot;
         hybrid (segmented steps; `hybrid_buffers`, one per MoE layer): each layer's experts segment takes
         the host's share of its misses; branch_predictions (streamed steps): the taps' predictors run on a
-        side stream, in parallel with the step, joined at `close`."""
+        side stream, in parallel with the step, joined at `close`; arena (segmented steps): the page-locked
+        host memory the segments copy their routed ids and predictions into (`engine.runner.host_buffers`)."""
         self.pool = pool
         self.branch = branch_predictions and whole and host_views is not None
         self._side: torch.cuda.Stream | None = None  # the predictions' branch, once forked
@@ -46,6 +53,13 @@ class GraphCapture:
         self.host_views = host_views
         self.hybrid = None if whole else hybrid
         self.segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = []
+        self.signals: list[list[Prediction]] = []  # per segment, the predictions signalled inside it
+        self._pending: list[Prediction] = []  # the current segment's
+        if not whole and arena is None:
+            raise ValueError("a segmented capture needs a host arena for the results its segments copy out")
+        self.arena = arena
+        if arena is not None:
+            arena.rewind()
         self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
         # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
         self.predictors: dict[int, CapturedTap] = {}
@@ -57,6 +71,8 @@ class GraphCapture:
     def split(self, action: Action) -> None:
         self._cur.capture_end()
         self.segments.append((self._cur, action))
+        self.signals.append(self._pending)
+        self._pending = []
         self._cur = torch.cuda.CUDAGraph()
         self._cur.capture_begin(pool=self.pool, capture_error_mode="thread_local")
 
@@ -65,6 +81,8 @@ class GraphCapture:
         self._cur.capture_end()
         self._open = False
         self.segments.append((self._cur, None))
+        self.signals.append(self._pending)
+        self._pending = []
 
     def abort(self) -> None:
         if self._open:
@@ -108,10 +126,20 @@ class GraphCapture:
                     f"the step routes {tuple(top_k_index.shape)} / {tuple(hidden.shape)}"
                 )
             slot = HybridSlot(mod, hidden, weights, **buf)
-            self.split(Action("route", layer, top_k_index, hybrid=slot))
+            self.split(self._route(layer, top_k_index, slot))
             return {"hybrid": slot}
-        self.split(Action("route", layer, top_k_index))
+        self.split(self._route(layer, top_k_index))
         return {}
+
+    def _copy_out(self, dev: torch.Tensor) -> torch.Tensor:
+        """Inside the capture: copy `dev` to a page-locked buffer of the arena (a memcpy node)."""
+        host = self.arena.take(tuple(dev.shape), dev.dtype)
+        host.copy_(dev, non_blocking=True)
+        return host
+
+    def _route(self, layer: int, top_k_index: torch.Tensor, hybrid: HybridSlot | None = None) -> Action:
+        host = self._copy_out(top_k_index)  # the segment's last node: the host reads it after the segment
+        return Action(layer, top_k_index, host, host.numpy(), hybrid=hybrid)
 
     def on_prediction(
         self,
@@ -131,7 +159,14 @@ class GraphCapture:
                     table = select()
                     self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
             return
-        self.split(Action("predict", target, select() if select is not None else None, tap))
+        if select is None:  # a replayed routing (oracle): the ids are known on the host
+            self._pending.append(Prediction(target, tap))
+            return
+        table = select()
+        host = self._copy_out(table)
+        done = torch.cuda.Event(external=True)  # an event node: the host waits for it mid-segment
+        done.record()
+        self._pending.append(Prediction(target, tap, table, host, host.numpy(), done))
 
     @contextlib.contextmanager
     def _branch(self, reads: torch.Tensor | None) -> Iterator[None]:

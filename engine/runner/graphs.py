@@ -2,22 +2,25 @@
 
 A decode step (B rows, attention over kv_len positions) is captured once and then replayed for every
 later step of that shape. The model's own forward runs during capture; the points where the host has
-to act end one graph segment and start the next:
+to act end one graph segment and start the next, one a MoE layer:
 
-- `route`: a MoE layer's router has picked experts. The segment ends there; at replay the routed ids
-  are copied to pinned host memory and the host reads them (the layer's one sync), the cache makes those
-  experts resident (demand copies on its copy stream, the compute stream waiting on their events),
-  the layer's slot-table row goes to the device, and the next segment computes the experts from
-  their slots, then runs on to the next layer's router (or prediction tap).
-- `predict` (with a prefetch policy): a layer's pre-attention tap has scored experts. The segment ends
-  there; at replay the id table is copied to the host, the host launches the next segment (the layer's
-  attention and router) first, then waits for the table and issues the prefetch copies, which run on
-  the copy stream while that attention computes. With `after_demand` (`MOE_LOOKAHEAD_AFTER_DEMAND`) the
-  copies a tap predicted for a later layer are issued only once the routed layer's own experts are
-  acquired, so its demand copies go first on the copy stream (`split_predictions`).
+- `route`: a MoE layer's router has picked experts. The segment ends there, its last node copying the
+  routed ids to page-locked host memory; at replay the host reads them (the layer's one sync), the cache
+  makes those experts resident (demand copies on its copy stream, the compute stream waiting on their
+  events), the layer's slot-table row goes to the device, and the next segment computes the experts from
+  their slots, then runs on through the next layer's prefetch tap and attention to its router.
+- a prediction (with a prefetch policy): a layer's pre-attention tap has scored experts inside the
+  segment. The segment copies the id table to page-locked host memory right after the tap and records an
+  external event there (`Prediction`); at replay the host waits for that event while the segment goes on
+  with the layer's attention, and issues the prefetch copies, which run on the copy stream while that
+  attention computes. With `after_demand` (`MOE_LOOKAHEAD_AFTER_DEMAND`) the copies a tap predicted for a
+  later layer are issued only once the routed layer's own experts are acquired, so its demand copies go
+  first on the copy stream (`split_predictions`).
 
-Device-to-host copies happen between replays, not inside graphs (a graph writing pinned memory is
-what torch's host allocator handles worst); each costs one small copy launch.
+Those small copies are nodes of the graphs, into buffers carved before the capture from registered
+memory outside torch's pinned allocator (`engine.runner.host_buffers`): no launch of their own, and no
+segment ends at a tap. (Until stop 40 each was a copy launched after its segment, and each tap ended a
+segment: two launches and two copies a layer where there is now one launch.)
 
 When the cache holds every expert (it never misses), nothing needs the host: the whole step is one
 graph, the slots come from the device slot table, and the routed ids go to a device log that is read
@@ -113,13 +116,29 @@ class HybridSlot:
 
 
 @dataclass
-class Action:
-    kind: str  # "route" or "predict"
-    layer: int  # the MoE layer routed, or the one the prediction is for
-    dev: torch.Tensor | None  # the segment's static result (ids); None for a host-only prediction (oracle)
-    issuer: CapturedTap | None = None  # the prefetch tap that turns a prediction into copies
-    host: torch.Tensor | None = None  # pinned, same shape as `dev`, filled after each replay
+class Prediction:
+    """A prefetch tap's prediction signalled inside a segment: the segment copies the tap's id table to
+    page-locked `host` and records `done` (an external event) right after the tap, so the host reads it
+    while the rest of the segment (the layer's attention and router) runs. An oracle's (`host` None) has
+    its ids on the host already."""
+
+    layer: int  # the MoE layer the prediction is for
+    issuer: CapturedTap  # the prefetch tap that turns it into copies
+    dev: torch.Tensor | None = None  # the id table on the device (static, the graph's)
+    host: torch.Tensor | None = None  # its page-locked copy, written by each replay
     rows: np.ndarray | None = None  # `host` as a numpy view: its reads cost a fraction of torch's
+    done: torch.cuda.Event | None = None  # recorded by the segment once `host` is written
+
+
+@dataclass
+class Action:
+    """A segment's end: MoE layer `layer`'s router has picked experts (`dev`, static [B, k]); the segment
+    has copied them to `host` (page-locked) by its end."""
+
+    layer: int  # the MoE layer routed
+    dev: torch.Tensor  # the segment's static result (ids)
+    host: torch.Tensor  # its page-locked copy, written by each replay
+    rows: np.ndarray  # `host` as a numpy view
     hybrid: HybridSlot | None = None  # route actions of a step captured with hybrid misses
 
 
@@ -131,6 +150,7 @@ class StepGraph:
     pos: torch.Tensor  # [B] static input
     src: torch.Tensor | None = None  # [B] static input: each row's routing source (None: B rows always real)
     segments: list[tuple[torch.cuda.CUDAGraph, Action | None]] = field(default_factory=list)
+    signals: list[list[Prediction]] = field(default_factory=list)  # per segment: the predictions in it
     events: list[torch.cuda.Event] = field(default_factory=list)  # one per segment, reused every step
     logits: torch.Tensor | None = None  # [B, V] static output
     whole: bool = False  # one graph for the step (every expert resident, or streamed)
@@ -138,13 +158,12 @@ class StepGraph:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # whole-step graphs' device logs, by name
     logs_host: list[dict[str, torch.Tensor]] = field(default_factory=list)  # two pinned copies, in turn
     predictors: dict[int, CapturedTap] = field(default_factory=dict)  # streamed: target layer -> its tap
+    arena: object = None  # segmented: the `HostArena` its segments write into (kept alive with the graphs)
 
     def pin_buffers(self) -> None:
-        """Pinned host buffers for every device result the host reads (made after capture, not during)."""
+        """Pinned host buffers for the device results the host copies after a replay (made after capture,
+        not during): a hybrid layer's input and weights, and the whole-step graphs' logs."""
         for _, action in self.segments:
-            if action is not None and action.dev is not None:
-                action.host = torch.empty(action.dev.shape, dtype=action.dev.dtype, pin_memory=True)
-                action.rows = action.host.numpy()
             if action is not None and action.hybrid is not None:
                 action.hybrid.pin()
                 action.hybrid.reset()  # made during the capture, never written yet
@@ -191,12 +210,12 @@ class GraphReplayer:
         cache, lap = self.cache, self.clock.lap
         stream = torch.cuda.current_stream(cache.device)
         held: list[Acquired] = []
-        predictions: list[tuple[Action, torch.cuda.Event, float]] = []
+        predictions: list[tuple[Prediction, float]] = []  # signalled, not issued yet; when launched
         ready: tuple[Action, list[int]] | None = None  # routed experts already usable on the device
         later: list = []  # predictions for later layers, issued once the routed layer's experts are held
         self.clock.steps += 1
         t = time.perf_counter()
-        for (graph, action), ev in zip(sg.segments, sg.events, strict=True):
+        for (graph, action), ev, signals in zip(sg.segments, sg.events, sg.signals, strict=True):
             graph.replay()
             t = lap("launch", t)
             for acq in held:  # the experts of the last routed layer are in this segment: now they may go
@@ -208,21 +227,17 @@ class GraphReplayer:
                 ready = None
                 t = lap("route", t)
                 t = self._issue(later, n, t)  # only now: a copy issued earlier could evict what `ready` reads
+            predictions.extend((p, t) for p in signals)  # their tables land while the segment runs
             if action is None:
                 continue
-            if action.dev is not None:
-                action.host.copy_(action.dev, non_blocking=True)
             hy = action.hybrid if self.hybrid is not None else None
             if hy is not None:  # the experts' input and weights, in case the host takes some misses
                 hy.host["x"].copy_(hy.x, non_blocking=True)
                 hy.host["w"].copy_(hy.w, non_blocking=True)
-            ev.record(stream)
+            ev.record(stream)  # after the segment, whose last node copied the routed ids to `action.host`
             t = lap("read_copy", t)
-            if action.kind == "predict":
-                predictions.append((action, ev, t))
-                continue
             now, later = split_predictions(predictions, action.layer, self.after_demand)
-            t = self._issue(now, n, t)  # the attention segment is queued: now issue the copies
+            t = self._issue(now, n, t)  # while the segment's attention computes: issue the copies
             predictions.clear()  # (off: `now` is this list, issued and emptied already)
             ev.synchronize()  # the routed ids are on the host
             t = lap("route_wait", t)
@@ -241,7 +256,7 @@ class GraphReplayer:
         if ready is not None:
             held.append(self._route(*ready))
             t = lap("route", t)
-        t = self._issue(later, n, t)
+        t = self._issue(later + predictions, n, t)
         for acq in held:
             cache.release(acq)
         lap("release", t)
@@ -250,8 +265,9 @@ class GraphReplayer:
         """Issue each pending prediction's copies (after its id table is on the host); empties the list.
         Returns the clock's time after it (`t`: its start)."""
         lap = self.clock.lap
-        for pred, pev, t0 in predictions:
-            pev.synchronize()
+        for pred, t0 in predictions:
+            if pred.done is not None:
+                pred.done.synchronize()  # the segment has copied the table (it may still be running)
             t = lap("predict_wait", t)
             pred.issuer.issue_captured(pred.layer, pred.rows, n, t0)
             t = lap("predict_issue", t)

@@ -37,6 +37,7 @@ from engine.model.patches import install as install_patches
 from engine.runner.capture import GraphCapture
 from engine.runner.deferred import DeferredSteps
 from engine.runner.graphs import GraphReplayer, StepGraph, hybrid_buffers
+from engine.runner.host_buffers import HostArena
 from engine.runner.host_clock import HostClock
 from engine.runner.kv_cache import MaskBuilder, StaticKV
 from engine.runner.step_choice import MissedBytes, bucket, can_stream, pads, row_sources
@@ -111,6 +112,7 @@ class ModelRunner:
         self._graphs: dict[tuple[int, int, bool], StepGraph] = {}  # (rows, KV positions, streamed)
         self._graph_cache = None  # the expert cache the graphs read (slot pool, slot table)
         self._pool = None
+        self._arena: HostArena | None = None  # segmented steps' results (`engine.runner.host_buffers`)
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
         self._staging = torch.zeros((3, rows), dtype=torch.long, pin_memory=cuda)  # ids, positions, sources
         self._staged = torch.cuda.Event() if cuda else None  # recorded after each copy out of `_staging`
@@ -325,11 +327,14 @@ class ModelRunner:
             )
         torch.cuda.synchronize(self.device)
         cap = None
+        if not whole and self._arena is None:  # before any capture: no registering inside one
+            layout = self.om.store.layout
+            self._arena = HostArena.sized(len(self.om.layers), self.rows, layout.num_experts, self.om.top_k)
         with torch.cuda.stream(self._stream):
             try:
                 views = self.om.store.layer_views if stream else None
                 kw = {"host_views": views, "hybrid": hybrid, "branch_predictions": self.predictor_overlap}
-                cap = GraphCapture(self._pool, whole, len(self.om.layers), **kw)
+                cap = GraphCapture(self._pool, whole, len(self.om.layers), arena=self._arena, **kw)
                 with decoding(DecodeMode(self.grouped(), capture=cap, row_source=sg.src)):
                     sg.logits = self._decode_forward(sg.ids, sg.pos, kv_len)
                     cap.close()
@@ -338,23 +343,16 @@ class ModelRunner:
                     cap.abort()
                 raise
         torch.cuda.synchronize(self.device)
-        sg.segments = cap.segments
+        sg.segments, sg.signals, sg.arena = cap.segments, cap.signals, cap.arena
         sg.logs = cap.logs
         sg.predictors = cap.predictors
         sg.pin_buffers()
         sg.events = [torch.cuda.Event() for _ in sg.segments]
         self._graphs[(batch, kv_len, stream)] = sg
         self.steps["captures"] += 1
-        log.info(
-            "captured decode step: %d rows, %d KV positions, %s",
-            batch,
-            kv_len,
-            "one streamed graph"
-            if stream
-            else "one graph"
-            if whole
-            else f"{len(sg.segments)} graph segments",
-        )
+        shape = "one graph" if whole else f"{len(sg.segments)} graph segments"
+        shape = "one streamed graph" if stream else shape
+        log.info("captured decode step: %d rows, %d KV positions, %s", batch, kv_len, shape)
 
     def _settle(self) -> None:
         """Account the launched whole-step graphs' routing, waiting for them to have run."""

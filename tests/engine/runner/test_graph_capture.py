@@ -4,9 +4,11 @@ runs in each kind of captured step. On a GPU, the decode-graph tests run the sam
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.runner.capture import GraphCapture
+from engine.runner.host_buffers import HostArena
 
 
 class _Select:
@@ -41,12 +43,40 @@ def test_a_streamed_step_logs_each_prediction(fake_cuda_graph):
     assert len(cap.segments) == 1  # one graph for the step
 
 
-def test_a_segmented_step_ends_a_segment_at_each_prediction(fake_cuda_graph):
-    cap = GraphCapture(None, whole=False, layers=3, branch_predictions=True)
+def test_a_segmented_step_signals_a_prediction_inside_its_segment(fake_cuda_graph):
+    """A segmented step's tap ends no segment: the segment copies its table to the arena right after the
+    tap and records an external event there; the route ends the segment, its ids copied out as its last
+    node; the prediction belongs to that segment's signals."""
+    cap = GraphCapture(None, whole=False, layers=3, branch_predictions=True, arena=_arena())
     select, tap = _Select(), object()
     cap.on_prediction(tap, 1, select, torch.zeros(1, 4))
+    cap.on_prediction(tap, 2, None)  # a replayed routing (oracle): nothing to copy, no event
+    assert cap.segments == []  # still the first segment
+    ids = torch.tensor([[2, 0]])
+    cap.on_routing(0, ids)
     cap.close()
-    assert not cap.branch  # the host reads the table at the segment's end: in line
+    assert not cap.branch  # the host reads the table mid-segment: in line
     (_, action), (_, last) = cap.segments
-    assert action.kind == "predict" and action.layer == 1 and action.dev is select.table
-    assert action.issuer is tap and last is None
+    assert action.layer == 0 and action.dev is ids and action.rows.tolist() == [[2, 0]] and last is None
+    (pred, oracle), after = cap.signals
+    assert after == []
+    assert pred.layer == 1 and pred.issuer is tap and pred.dev is select.table
+    assert pred.rows.tolist() == [[3, 1]] and pred.done.external and pred.done.records == 1
+    assert oracle.layer == 2 and oracle.host is None and oracle.done is None
+    # the buffers are views of the arena's block, in capture order, and the next capture reuses them
+    assert pred.host.data_ptr() < action.host.data_ptr()
+    again = GraphCapture(None, whole=False, layers=3, arena=cap.arena)
+    again.on_routing(0, ids)
+    assert again.segments[0][1].host.data_ptr() == pred.host.data_ptr()
+
+
+def test_a_segmented_capture_needs_an_arena_and_refuses_a_step_wider_than_it(fake_cuda_graph):
+    with pytest.raises(ValueError, match="host arena"):
+        GraphCapture(None, whole=False, layers=3)
+    cap = GraphCapture(None, whole=False, layers=1, arena=HostArena(64, pinned=False))
+    with pytest.raises(MemoryError, match="host arena"):
+        cap.on_routing(0, torch.zeros((8, 2), dtype=torch.long))  # 128 bytes
+
+
+def _arena() -> HostArena:
+    return HostArena.sized(3, rows=1, experts=4, top_k=2, pinned=False)

@@ -43,9 +43,10 @@ class ReplayingCapture:
         slot.host["x"].copy_(hidden)
         slot.host["w"].copy_(weights)
         self.release(self.replayer.cache)  # the previous layer has computed, as its segment has at replay
-        action = Action("route", layer, top_k_index, host=top_k_index.clone(), hybrid=slot)
+        host = top_k_index.clone()  # what the route segment's last node copies out
+        action = Action(layer, top_k_index, host, host.numpy(), hybrid=slot)
         n = top_k_index.shape[0]
-        experts = sorted(set(action.host.reshape(-1).tolist()))
+        experts = sorted(set(action.rows.ravel().tolist()))
         host = self.replayer._host_share(layer, action.host)
         if host:
             self.held.append(self.replayer._route_hybrid(action, experts, host, n))
@@ -107,18 +108,20 @@ def test_a_captured_step_uses_the_buffers_made_before_the_capture(fake_cuda_grap
     out-of-bounds read before the fix); a step of another shape than the buffers' is refused."""
     from engine.runner.capture import GraphCapture
     from engine.runner.graphs import hybrid_buffers
+    from engine.runner.host_buffers import HostArena
 
     bufs = hybrid_buffers(2, batch=4, top_k=2, hidden=8, dtype=torch.bfloat16, device=torch.device("cpu"))
     assert [(b["sub"].dtype, b["keep"].dtype, b["out"].dtype) for b in bufs] == [
         (torch.long, torch.float32, torch.bfloat16)
     ] * 2
-    cap = GraphCapture(None, whole=False, layers=2, hybrid=bufs)
+    arena = HostArena.sized(2, rows=4, experts=4, top_k=2, pinned=False)
+    cap = GraphCapture(None, whole=False, layers=2, hybrid=bufs, arena=arena)
     ids, hidden, weights = torch.zeros((4, 2), dtype=torch.int32), torch.zeros((4, 8)), torch.zeros((4, 2))
     slot = cap.on_routing(1, ids, object(), hidden, weights)["hybrid"]
     assert slot.sub is bufs[1]["sub"] and slot.keep is bufs[1]["keep"] and slot.out is bufs[1]["out"]
     assert slot.x is hidden and slot.w is weights
     (_, action), = cap.segments  # fmt: skip
-    assert action.hybrid is slot and action.dev is ids
+    assert action.hybrid is slot and action.dev is ids and action.host.dtype == ids.dtype
     with pytest.raises(ValueError, match="hybrid buffers of layer 0"):
         cap.on_routing(
             0, torch.zeros((2, 2), dtype=torch.int32), object(), torch.zeros((2, 8)), torch.zeros((2, 2))

@@ -159,14 +159,13 @@ class GraphCapture:
                     table = select()
                     self._log("pred", tuple(table.shape), table.dtype, table.device)[target].copy_(table)
             return
-        if select is None:  # a replayed routing (oracle): the ids are known on the host
-            self._pending.append(Prediction(target, tap))
-            return
-        table = select()
-        host = self._copy_out(table)
+        table = select() if select is not None else None  # None: a replayed routing (oracle), ids on the host
+        host = self._copy_out(table) if table is not None else None
         done = torch.cuda.Event(external=True)  # an event node: the host waits for it mid-segment
         done.record()
-        self._pending.append(Prediction(target, tap, table, host, host.numpy(), done))
+        self._pending.append(
+            Prediction(target, tap, table, host, None if host is None else host.numpy(), done)
+        )
 
     @contextlib.contextmanager
     def _branch(self, reads: torch.Tensor | None) -> Iterator[None]:

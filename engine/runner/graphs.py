@@ -120,14 +120,18 @@ class Prediction:
     """A prefetch tap's prediction signalled inside a segment: the segment copies the tap's id table to
     page-locked `host` and records `done` (an external event) right after the tap, so the host reads it
     while the rest of the segment (the layer's attention and router) runs. An oracle's (`host` None) has
-    its ids on the host already."""
+    its ids on the host already, and its `done` is waited for all the same: by the tap the segment has run
+    the previous layer's experts, so the slot-table row uploads queued before it have been read. A copy
+    the host issues may evict an expert and rewrite its row in the pinned mirror, and an upload not yet
+    run would then show that expert gone to the experts reading it (on the H200 an oracle issuing
+    without the wait read slot -1: an illegal address)."""
 
     layer: int  # the MoE layer the prediction is for
     issuer: CapturedTap  # the prefetch tap that turns it into copies
     dev: torch.Tensor | None = None  # the id table on the device (static, the graph's)
     host: torch.Tensor | None = None  # its page-locked copy, written by each replay
     rows: np.ndarray | None = None  # `host` as a numpy view: its reads cost a fraction of torch's
-    done: torch.cuda.Event | None = None  # recorded by the segment once `host` is written
+    done: torch.cuda.Event | None = None  # recorded by the segment right after the tap (and `host`'s copy)
 
 
 @dataclass
@@ -266,8 +270,7 @@ class GraphReplayer:
         Returns the clock's time after it (`t`: its start)."""
         lap = self.clock.lap
         for pred, t0 in predictions:
-            if pred.done is not None:
-                pred.done.synchronize()  # the segment has copied the table (it may still be running)
+            pred.done.synchronize()  # the segment is past the tap (it may still be running): see `Prediction`
             t = lap("predict_wait", t)
             pred.issuer.issue_captured(pred.layer, pred.rows, n, t0)
             t = lap("predict_issue", t)

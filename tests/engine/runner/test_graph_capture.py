@@ -4,6 +4,7 @@ runs in each kind of captured step. On a GPU, the decode-graph tests run the sam
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +51,7 @@ def test_a_segmented_step_signals_a_prediction_inside_its_segment(fake_cuda_grap
     cap = GraphCapture(None, whole=False, layers=3, branch_predictions=True, arena=_arena())
     select, tap = _Select(), object()
     cap.on_prediction(tap, 1, select, torch.zeros(1, 4))
-    cap.on_prediction(tap, 2, None)  # a replayed routing (oracle): nothing to copy, no event
+    cap.on_prediction(tap, 2, None)  # a replayed routing (oracle): nothing to copy, an event still
     assert cap.segments == []  # still the first segment
     ids = torch.tensor([[2, 0]])
     cap.on_routing(0, ids)
@@ -62,7 +63,8 @@ def test_a_segmented_step_signals_a_prediction_inside_its_segment(fake_cuda_grap
     assert after == []
     assert pred.layer == 1 and pred.issuer is tap and pred.dev is select.table
     assert pred.rows.tolist() == [[3, 1]] and pred.done.external and pred.done.records == 1
-    assert oracle.layer == 2 and oracle.host is None and oracle.done is None
+    assert oracle.layer == 2 and oracle.host is None and oracle.rows is None
+    assert oracle.done.external and oracle.done is not pred.done  # waited for all the same
     # the buffers are views of the arena's block, in capture order, and the next capture reuses them
     assert pred.host.data_ptr() < action.host.data_ptr()
     again = GraphCapture(None, whole=False, layers=3, arena=cap.arena)
@@ -80,3 +82,84 @@ def test_a_segmented_capture_needs_an_arena_and_refuses_a_step_wider_than_it(fak
 
 def _arena() -> HostArena:
     return HostArena.sized(3, rows=1, experts=4, top_k=2, pinned=False)
+
+
+class _Log:
+    """Records the order of the replayer's calls that matter for the slot table's uploads."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+
+class _Waited:
+    def __init__(self, log: _Log, name: str) -> None:
+        self.log, self.name = log, name
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        self.log.calls.append(f"wait {self.name}")
+
+
+class _Graph:
+    def __init__(self, log: _Log, name: str) -> None:
+        self.log, self.name = log, name
+
+    def replay(self) -> None:
+        self.log.calls.append(f"launch {self.name}")
+
+
+class _Cache:
+    device = torch.device("cpu")
+
+    def __init__(self, log: _Log) -> None:
+        self.log = log
+
+    def release(self, acq) -> None:
+        pass
+
+    def ready_on_device(self, layer, experts) -> bool:
+        return False
+
+    def account_routing(self, layer, experts) -> None:
+        pass
+
+    def acquire(self, layer, experts):
+        self.log.calls.append(f"acquire {layer}")
+        return object()
+
+    def sync_slot_table(self, layer) -> None:
+        self.log.calls.append(f"upload {layer}")
+
+
+class _Tap:
+    def __init__(self, log: _Log) -> None:
+        self.log = log
+
+    def issue_captured(self, target, host, rows, t0) -> None:
+        self.log.calls.append(f"issue {target} {'oracle' if host is None else host[:rows].tolist()}")
+
+
+def test_every_prediction_is_issued_only_once_its_segment_is_past_the_tap(monkeypatch):
+    """The replayer waits for a prediction's event (the segment is past the tap, so past every slot-table
+    upload queued before it) before it issues the copies, an oracle's too, whose ids need no copy: a copy
+    issued earlier may evict an expert that an upload still queued would then show as gone."""
+    from engine.runner.graphs import Action, GraphReplayer, Prediction, StepGraph
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    log, ids = _Log(), torch.tensor([[1, 2]])
+    tap = _Tap(log)
+    route = [Action(layer, ids, ids, ids.numpy()) for layer in range(2)]
+    trained = Prediction(1, tap, ids, torch.tensor([[2, 3]]), np.array([[2, 3]]), _Waited(log, "tap 0"))
+    oracle = Prediction(2, tap, done=_Waited(log, "tap 1"))
+    sg = StepGraph(1, 64, ids, ids[0])
+    sg.segments = [(_Graph(log, "0"), route[0]), (_Graph(log, "1"), route[1]), (_Graph(log, "2"), None)]
+    sg.signals = [[trained], [oracle], []]
+    sg.events = [_Waited(log, f"route {i}") for i in range(3)]
+    GraphReplayer(_Cache(log)).replay(sg, 1)
+    assert log.calls == [
+        "launch 0", "wait tap 0", "issue 1 [[2, 3]]", "wait route 0", "acquire 0", "upload 0",
+        "launch 1", "wait tap 1", "issue 2 oracle", "wait route 1", "acquire 1", "upload 1",
+        "launch 2",
+    ]  # fmt: skip

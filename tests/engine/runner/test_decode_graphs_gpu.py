@@ -281,6 +281,10 @@ def test_the_host_clock_times_every_segmented_step_by_phase(checkpoints, referen
                   "route", "release"):  # fmt: skip
         assert clock["ms"][phase] > 0, (phase, clock)
     assert sum(clock["ms"].values()) < wall_ms
+    # one segment a MoE layer (and the step's tail): a prediction ends none
+    segmented = [sg for sg in runner._graphs.values() if not sg.whole]
+    assert segmented and all(len(sg.segments) == len(om.layers) + 1 for sg in segmented)
+    assert all(len(sig) == 1 for sg in segmented for sig in sg.signals[1:-1])  # tap l predicts l+1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

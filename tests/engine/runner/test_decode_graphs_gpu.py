@@ -284,7 +284,8 @@ def test_the_host_clock_times_every_segmented_step_by_phase(checkpoints, referen
     # one segment a MoE layer (and the step's tail): a prediction ends none
     segmented = [sg for sg in runner._graphs.values() if not sg.whole]
     assert segmented and all(len(sg.segments) == len(om.layers) + 1 for sg in segmented)
-    assert all(len(sig) == 1 for sg in segmented for sig in sg.signals[1:-1])  # tap l predicts l+1
+    layers = len(om.layers)  # tap l (in segment l, before route l) predicts layer l+1; the last tap none
+    assert all([len(sig) for sig in sg.signals] == [1] * (layers - 1) + [0, 0] for sg in segmented)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -26,8 +26,15 @@ from pydantic import TypeAdapter
 from bench.soak_stats import Outcome, percentile
 from bench.soak_workload import Bad, Spec
 
-# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on): its errors can escape a stream
-SDK_HTTP = importlib.import_module(openai.Timeout.__module__.partition(".")[0])
+# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on), whose errors can escape a
+# stream; the SDK renames the classes it re-exports (Timeout too) as its own, so its default client's bases tell
+SDK_HTTP = importlib.import_module(
+    next(
+        c.__module__
+        for c in openai.DefaultHttpxClient.__mro__
+        if c.__module__.split(".")[0] not in ("openai", "builtins")
+    ).split(".")[0]
+)
 
 
 def make_client(base: str, timeout: float) -> openai.AsyncOpenAI:

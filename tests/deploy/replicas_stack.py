@@ -146,8 +146,15 @@ class StreamResult:
     chunks: int = 0
 
 
-# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on)
-_http = importlib.import_module(openai.Timeout.__module__.partition(".")[0])
+# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on); the SDK renames the
+# classes it re-exports (Timeout too) as its own, so its default client's bases tell
+_http = importlib.import_module(
+    next(
+        c.__module__
+        for c in openai.DefaultHttpxClient.__mro__
+        if c.__module__.split(".")[0] not in ("openai", "builtins")
+    ).split(".")[0]
+)
 
 
 def make_client(base: str) -> openai.OpenAI:

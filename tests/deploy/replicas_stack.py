@@ -4,7 +4,6 @@ stream went and how it ended."""
 
 from __future__ import annotations
 
-import importlib
 import re
 import subprocess
 import threading
@@ -18,6 +17,7 @@ import openai
 import pytest
 import yaml
 
+from bench.soak_client import SDK_HTTP
 from tests.deploy.conftest import free_port, spawn_serve, stop_process
 from tests.deploy.test_prometheus import (
     Prometheus,
@@ -146,17 +146,6 @@ class StreamResult:
     chunks: int = 0
 
 
-# the HTTP library the openai SDK talks through (httpx; httpx2 from openai 3.5x on); the SDK renames the
-# classes it re-exports (Timeout too) as its own, so its default client's bases tell
-_http = importlib.import_module(
-    next(
-        c.__module__
-        for c in openai.DefaultHttpxClient.__mro__
-        if c.__module__.split(".")[0] not in ("openai", "builtins")
-    ).split(".")[0]
-)
-
-
 def make_client(base: str) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=f"{base}/v1",
@@ -164,7 +153,7 @@ def make_client(base: str) -> openai.OpenAI:
         max_retries=0,
         timeout=openai.Timeout(CLIENT_TIMEOUT, connect=5.0),
         http_client=openai.DefaultHttpxClient(
-            limits=_http.Limits(max_connections=200, max_keepalive_connections=200)
+            limits=SDK_HTTP.Limits(max_connections=200, max_keepalive_connections=200)
         ),
     )
 
@@ -190,7 +179,7 @@ def stream_once(client: openai.OpenAI, model: str, max_tokens: int, out: StreamR
     except openai.APIStatusError as err:  # e.g. 502: the replica died after nginx had passed it the request
         out.upstream = served_by(err.response.headers)
         out.error = f"{type(err).__name__}: {err}"
-    except (openai.OpenAIError, httpx.HTTPError, _http.HTTPError) as err:
+    except (openai.OpenAIError, httpx.HTTPError, SDK_HTTP.HTTPError) as err:
         out.error = f"{type(err).__name__}: {err}"
     out.finished_at = time.monotonic()
 

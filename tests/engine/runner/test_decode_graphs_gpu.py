@@ -208,17 +208,24 @@ def test_predictions_on_a_parallel_branch(family, kernel, checkpoints, reference
         assert got[True][2] == got[False][2]
 
 
+def recorded_routing(checkpoint, prompt, tmp_path, **runner_kw):
+    """The routing of a greedy run of `prompt` at a 50% cache (`runner_kw`: the runner's step kind), saved
+    for `oracle` to replay; its path."""
+    om = load_checkpoint(checkpoint, CUDA, torch.float32, CacheBudget(fraction=0.5))
+    rec = RoutingRecorder(len(om.layers))
+    om.cache.listen(Listener(route=rec.record))
+    ModelRunner(om, **runner_kw).greedy(prompt, NEW)
+    return rec.save(tmp_path / "routing.json", model_fingerprint(om.model))
+
+
 @pytest.mark.parametrize("graphs", [True, False, "streamed"], ids=["segmented", "eager", "streamed"])
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
 def test_oracle_ahead_on_every_step_kind(family, graphs, checkpoints, references, tmp_path):
     """MOE_ORACLE_AHEAD=1 on the CUDA paths: the reference tokens; in segmented and eager steps no decode
     miss past the first MoE layer (its experts were issued one layer early)."""
     prompt = references[family][0]
-    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
-    rec = RoutingRecorder(len(om.layers))
-    om.cache.listen(Listener(route=rec.record))
-    ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed").greedy(prompt, NEW)
-    path = rec.save(tmp_path / "routing.json", model_fingerprint(om.model))
+    path = recorded_routing(checkpoints[family], prompt, tmp_path, graphs=graphs is not False,
+                            host_reads=graphs == "streamed")  # fmt: skip
     om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
     pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=1))
     runner = ModelRunner(om, graphs=graphs is not False, host_reads=graphs == "streamed")
@@ -236,15 +243,11 @@ def test_lookahead_copies_after_the_demand_copies(family, checkpoints, reference
     """MOE_LOOKAHEAD_AFTER_DEMAND in segmented steps, with the oracle one and two layers ahead: the reference
     tokens, and no decode miss past the first MoE layers (the lookahead copies still land in time)."""
     prompt = references[family][0]
-    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
-    rec = RoutingRecorder(len(om.layers))
-    om.cache.listen(Listener(route=rec.record))
-    ModelRunner(om, graphs=True, host_reads=False).greedy(prompt, NEW)
-    path = rec.save(tmp_path / "routing.json", model_fingerprint(om.model))
+    path = recorded_routing(checkpoints[family], prompt, tmp_path, graphs=True, host_reads=False)
     for ahead in (1, 2):
+        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
         if ahead >= len(om.layers):
             continue
-        om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
         pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=ahead))
         runner = ModelRunner(om, graphs=True, host_reads=False, lookahead_after_demand=True)
         tokens, misses = greedy_decode_misses(runner, om, prompt)
@@ -261,11 +264,7 @@ def test_the_host_clock_times_every_segmented_step_by_phase(checkpoints, referen
     no more than the steps' wall time."""
     family = "qwen3_moe"
     prompt = references[family][0]
-    om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
-    rec = RoutingRecorder(len(om.layers))
-    om.cache.listen(Listener(route=rec.record))
-    ModelRunner(om, graphs=True, host_reads=False).greedy(prompt, NEW)
-    path = rec.save(tmp_path / "routing.json", model_fingerprint(om.model))
+    path = recorded_routing(checkpoints[family], prompt, tmp_path, graphs=True, host_reads=False)
     om = load_checkpoint(checkpoints[family], CUDA, torch.float32, CacheBudget(fraction=0.5))
     pf = build_prefetcher(om, EngineConfig(policy="oracle", oracle_trace=str(path), oracle_ahead=1))
     runner = ModelRunner(om, graphs=True, host_reads=False)

@@ -3,6 +3,8 @@ reports the time per layer-step, the copies and a profile."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.host_path_cost import TWIN, measure
 
 
@@ -23,3 +25,15 @@ def test_each_policy_prefetches_what_it_names():
     assert trained["prefetch_wasted_per_token"] > 0 and trained["policy"] == "exact+2"
     # with nothing predicted every miss is a demand copy; a prediction moves some of them ahead
     assert none["copies_per_token"] <= trained["copies_per_token"]
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_caches_cuda_calls_are_timed_too():
+    """--device cuda: the same replay through a cache on the GPU (a page-locked store, real copies, events
+    and stream waits); its profile shows the CUDA side (the copies' launches, the events)."""
+    import torch
+
+    r = measure(TWIN, 0.5, "lfu", tokens=3, warm=3, reps=1, policy="exact+2", device="cuda")
+    assert r["device"] == torch.cuda.get_device_name() and r["us_per_layer_median"] > 0
+    assert r["prefetch_wasted_per_token"] > 0
+    assert len(r["profile_top_own_time"]) == 12

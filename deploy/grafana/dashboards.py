@@ -460,6 +460,24 @@ def main_dashboard() -> dict:
         ),
         panel(
             "timeseries",
+            "Segmented steps: host time by phase",
+            "Share of wall time the engine thread spends in each phase of segmented decode steps. route_wait and "
+            "predict_wait: waiting for the GPU (its copies and compute); route: the cache making a layer's experts "
+            "resident (its demand copies issued); predict_issue: a prediction becoming copies; launch: graph "
+            "launches. Where route or predict_issue is large, the host, not PCIe, paces the step.",
+            targets(
+                *pods(
+                    (
+                        lambda i: rate("moe_segmented_host_seconds_total", group(i, "phase")),
+                        "{{phase}} {{instance}}",
+                    )
+                )
+            ),
+            unit="percentunit",
+            w=8,
+        ),
+        panel(
+            "timeseries",
             "Garbage-collector pause p99 by generation",
             "Python's collector passes in the server process: every thread, the engine's included, waits while "
             "one runs. Generation 2 is a full pass; the heap is frozen at start, so it walks only what serving "

@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.api.stats import CacheCounters, RequestStats
+from engine.api.stats import HOST_PHASES, CacheCounters, RequestStats
 
 disable_created_metrics()  # no `_created` series: they double the series count and no panel reads them
 
@@ -126,6 +126,30 @@ class _StepCollector:
         fam = CounterMetricFamily(STEP_METRIC[0][: -len("_total")], STEP_METRIC[1], labels=["kind"])
         for kind in STEP_KINDS:
             fam.add_metric([kind], counts.get(kind, 0))
+        yield fam
+
+
+HOST_METRIC = (
+    "moe_segmented_host_seconds_total",
+    "Host time inside segmented decode steps, by phase (launch|read_copy|predict_wait|predict_issue|route_wait|"
+    "route_read|route|release): the *_wait phases wait for the GPU, the rest is the host's own work.",
+)
+
+
+class _HostCollector:
+    """The segmented steps' host time by phase, read from the runner's clock at scrape time."""
+
+    def __init__(self, seconds: Callable[[], dict[str, float]]) -> None:
+        self.seconds = seconds
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        spent = dict(self.seconds())
+        fam = CounterMetricFamily(HOST_METRIC[0][: -len("_total")], HOST_METRIC[1], labels=["phase"])
+        for phase in HOST_PHASES:
+            fam.add_metric([phase], spent.get(phase, 0.0))
         yield fam
 
 
@@ -290,6 +314,10 @@ class Metrics:
     def attach_steps(self, kinds: Callable[[], dict[str, int]]) -> None:
         """`kinds()` gives the decode steps run so far by kind (see `STEP_KINDS`)."""
         self.registry.register(_StepCollector(kinds))
+
+    def attach_host_clock(self, seconds: Callable[[], dict[str, float]]) -> None:
+        """`seconds()` gives the segmented steps' host seconds so far by phase (`HOST_PHASES`)."""
+        self.registry.register(_HostCollector(seconds))
 
     def set_info(self, **labels: str) -> None:
         self.info.info({k: str(v) for k, v in labels.items()})

@@ -92,3 +92,17 @@ class RequestStats:
     e2e_latency: float  # seconds from arrival to finish
     queue_time: float  # seconds from arrival to first scheduled
     finish_reason: str
+
+
+# the phases of a segmented decode step's host time (`engine.runner.host_clock`, `moe_segmented_host_seconds_total`),
+# in the order a routed layer meets them; the *_wait phases are the host waiting for the GPU
+HOST_PHASES = (
+    "launch",
+    "read_copy",
+    "predict_wait",
+    "predict_issue",
+    "route_wait",
+    "route_read",
+    "route",
+    "release",
+)

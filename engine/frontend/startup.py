@@ -77,6 +77,7 @@ class EngineParts:
             self.prefetcher.reset()
         self.om.counters.clear_counts()
         self.runner.reset_steps()
+        self.runner.host_clock.reset()
         log.info(
             "warm-up: %d decode steps at batch sizes %s in %.2f s",
             done["decode_steps"],
@@ -165,6 +166,7 @@ class EngineParts:
         om.cache.listen(Listener(stall=self.metrics.stall.observe, route=route))
         self.metrics.attach_cache(om.counters)
         self.metrics.attach_steps(self.runner.step_kinds)
+        self.metrics.attach_host_clock(lambda: self.runner.host_clock.seconds)
         self.metrics.set_info(
             policy=cfg.policy,
             model=name,

@@ -4,7 +4,7 @@ requests do not pay for Triton's compilation and autotuning or the first CUDA gr
 smallest KV length (on an H200 the first server of a soak waited 0.27 s for a token at one client).
 
 The caller keeps it out of everything it reports: it zeroes the cache counters and the runner's step
-counts after it (`CacheCounters.clear_counts`, `ModelRunner.reset_steps`), attaches the stall and routing listeners only after it, and drops the
+counts and host clock after it (`CacheCounters.clear_counts`, `ModelRunner.reset_steps`, `HostClock.reset`), attaches the stall and routing listeners only after it, and drops the
 prediction latencies it observed. The rows' KV entries it wrote are overwritten by each request's prefill,
 as any earlier request's are; the experts it brought stay cached, as an earlier request's would.
 

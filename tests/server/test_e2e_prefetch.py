@@ -70,6 +70,8 @@ def test_metrics_after_a_request_with_a_predictor_policy(tmp_path):
     assert sample(text, "moe_prediction_latency_seconds_count") > 0
     assert sample(text, r'moe_decode_steps_total\{kind="eager"\}') > 0  # the CPU runs every step eagerly
     assert sample(text, r'moe_decode_steps_total\{kind="streamed"\}') == 0
+    for phase in ("launch", "route_wait", "route"):  # every phase is exposed; the CPU runs no segmented step
+        assert sample(text, rf'moe_segmented_host_seconds_total\{{phase="{phase}"\}}') == 0
     assert sample(text, r'moe_prefetch_issued_total\{layer="\d+"\}') > 0
     assert sample(text, r'moe_predictor_routed_total\{layer="\d+"\}') > 0
     assert sample(text, r'moe_expert_bytes_copied_total\{reason="prefetch"\}') > 0

@@ -110,3 +110,27 @@ def test_gc_passes_reach_the_metrics_without_the_callback_touching_prometheus():
     assert sample('moe_gc_pause_seconds_sum{generation="2"}') > 0
     inf = sample('moe_gc_pause_seconds_bucket{generation="2",le="+Inf"}')
     assert inf == 1 and sample('moe_gc_pause_seconds_bucket{generation="2",le="1e-05"}') <= inf
+
+
+def test_the_host_clock_reaches_the_metrics_as_seconds_by_phase():
+    """`moe_segmented_host_seconds_total{phase}` reads the runner's clock at scrape time: every phase, the
+    seconds so far (a reset, as after the warm-up, starts them again)."""
+    import re
+
+    from engine.api.metrics import Metrics
+    from engine.runner.host_clock import PHASES, HostClock
+
+    metrics, clock = Metrics(), HostClock()
+    metrics.attach_host_clock(lambda: clock.seconds)
+    clock.seconds["route"] += 0.25
+    clock.seconds["route_wait"] += 1.5
+
+    def sample(phase: str) -> float:
+        text = metrics.exposition()[0].decode()
+        pattern = rf'^moe_segmented_host_seconds_total{{phase="{phase}"}} (\S+)$'
+        return float(re.search(pattern, text, flags=re.M).group(1))
+
+    assert sample("route") == 0.25 and sample("route_wait") == 1.5
+    assert all(sample(p) == 0 for p in PHASES if p not in ("route", "route_wait"))
+    clock.reset()
+    assert sample("route") == 0

@@ -7,7 +7,10 @@
 #   mkdir -p .ab/old && git archive HEAD~1 engine predictors bench/*.py bench/decode_lib | tar -x -C .ab/old
 #   OLD=.ab/old POLICIES=none,exact+2,oracle+1 CODED=exact+2,oracle+1 bash bench/gpu_ab_session.sh
 # (carry .whl, .cache/data/mmlu/test and .ab). TESTS=0 skips the tests (TEST_PATHS: which); SHAPE, EVICTION (default lfu),
-# FRACTIONS (default 0.5), POLICIES, CODED, AFTER (default none), DEADLINE (per tree, default 150 s).
+# FRACTIONS (default 0.5), POLICIES, CODED, AFTER (default none), DEADLINE (per tree, default 150 s). HOSTPATH=1
+# then times this tree's cache calls with their CUDA side (bench/host_path_cost.py --device cuda ->
+# host_path_policies_cuda.json, host_path_cuda.log). The old tree needs its tokenizer asset (engine/model/assets/
+# tokenizer.json); the model and predictor weights can be left out to save carry space.
 set -u
 source bench/gpu_env.sh
 OUTDIR=${OUT:-bench/results}
@@ -30,5 +33,11 @@ for side in old new; do
     --after-demand=${AFTER:-} --coded ${CODED:-exact+2,oracle+1} --batches= --no-plain --no-ablations --no-profile \
     --deadline ${DEADLINE:-150} --out $OUTDIR/$side 2>&1 | grep -v Warning > $OUTDIR/$side/decode.log)
   grep "tok/s" $OUTDIR/$side/decode.log | cut -c1-120
+  grep -o "host ms a token.*" $OUTDIR/$side/decode.log | cut -c1-200
 done
+if [ "${HOSTPATH:-0}" = 1 ]; then  # the cache's calls with their CUDA side, this tree (about a minute)
+  timeout ${HOSTPATH_S:-120} python3 bench/host_path_cost.py --device cuda --policies ${HOSTPATH_POLICIES:-none,oracle+1,exact+2} \
+    --out $OUTDIR > $OUTDIR/host_path_cuda.log 2>&1
+  tail -4 $OUTDIR/host_path_cuda.log
+fi
 ls -la $OUTDIR/old $OUTDIR/new

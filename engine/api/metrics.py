@@ -112,20 +112,24 @@ STEP_METRIC = (
 STEP_KINDS = ("streamed", "segmented", "whole", "eager")
 
 
-class _StepCollector:
-    """Decode steps by kind, read from the runner at scrape time."""
+class _ScrapedCounter:
+    """One counter family with one label, its values read from the engine at scrape time (`metric`: its
+    name and help; `values`: the label's values, each always exposed; `read()`: label value -> count)."""
 
-    def __init__(self, kinds: Callable[[], dict[str, int]]) -> None:
-        self.kinds = kinds
+    def __init__(
+        self, metric: tuple[str, str], label: str, values: tuple[str, ...], read: Callable[[], dict]
+    ) -> None:
+        self.metric, self.label, self.values, self.read = metric, label, values, read
 
     def describe(self) -> Iterable:
         return []
 
     def collect(self) -> Iterable:
-        counts = self.kinds()
-        fam = CounterMetricFamily(STEP_METRIC[0][: -len("_total")], STEP_METRIC[1], labels=["kind"])
-        for kind in STEP_KINDS:
-            fam.add_metric([kind], counts.get(kind, 0))
+        got = dict(self.read())  # a copy: the engine thread may be adding to it
+        name, help_ = self.metric
+        fam = CounterMetricFamily(name[: -len("_total")], help_, labels=[self.label])
+        for value in self.values:
+            fam.add_metric([value], got.get(value, 0))
         yield fam
 
 
@@ -134,23 +138,6 @@ HOST_METRIC = (
     "Host time inside segmented decode steps, by phase (launch|read_copy|predict_wait|predict_issue|route_wait|"
     "route_read|route|release): the *_wait phases wait for the GPU, the rest is the host's own work.",
 )
-
-
-class _HostCollector:
-    """The segmented steps' host time by phase, read from the runner's clock at scrape time."""
-
-    def __init__(self, seconds: Callable[[], dict[str, float]]) -> None:
-        self.seconds = seconds
-
-    def describe(self) -> Iterable:
-        return []
-
-    def collect(self) -> Iterable:
-        spent = dict(self.seconds())
-        fam = CounterMetricFamily(HOST_METRIC[0][: -len("_total")], HOST_METRIC[1], labels=["phase"])
-        for phase in HOST_PHASES:
-            fam.add_metric([phase], spent.get(phase, 0.0))
-        yield fam
 
 
 GC_BUCKETS = STALL_BUCKETS  # moe_gc_pause_seconds: 10 us to 1 s
@@ -313,11 +300,11 @@ class Metrics:
 
     def attach_steps(self, kinds: Callable[[], dict[str, int]]) -> None:
         """`kinds()` gives the decode steps run so far by kind (see `STEP_KINDS`)."""
-        self.registry.register(_StepCollector(kinds))
+        self.registry.register(_ScrapedCounter(STEP_METRIC, "kind", STEP_KINDS, kinds))
 
     def attach_host_clock(self, seconds: Callable[[], dict[str, float]]) -> None:
         """`seconds()` gives the segmented steps' host seconds so far by phase (`HOST_PHASES`)."""
-        self.registry.register(_HostCollector(seconds))
+        self.registry.register(_ScrapedCounter(HOST_METRIC, "phase", HOST_PHASES, seconds))
 
     def set_info(self, **labels: str) -> None:
         self.info.info({k: str(v) for k, v in labels.items()})

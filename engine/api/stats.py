@@ -94,8 +94,9 @@ class RequestStats:
     finish_reason: str
 
 
-# the phases of a segmented decode step's host time (`engine.runner.host_clock`, `moe_segmented_host_seconds_total`),
-# in the order a routed layer meets them; the *_wait phases are the host waiting for the GPU
+# the phases of a segmented decode step's host time (`engine.runner.host_clock`,
+# `moe_segmented_host_seconds_total`), in the order a routed layer meets them; the *_wait phases are the host
+# waiting for the GPU
 HOST_PHASES = (
     "launch",
     "read_copy",

@@ -3,10 +3,11 @@ prompt at every batch size a decode step can take (1, 2, 4, ... rows: the runner
 requests do not pay for Triton's compilation and autotuning or the first CUDA graph captures of the
 smallest KV length (on an H200 the first server of a soak waited 0.27 s for a token at one client).
 
-The caller keeps it out of everything it reports: it zeroes the cache counters and the runner's step
-counts and host clock after it (`CacheCounters.clear_counts`, `ModelRunner.reset_steps`, `HostClock.reset`), attaches the stall and routing listeners only after it, and drops the
-prediction latencies it observed. The rows' KV entries it wrote are overwritten by each request's prefill,
-as any earlier request's are; the experts it brought stay cached, as an earlier request's would.
+The caller keeps it out of everything it reports: it zeroes the cache counters and the runner's step counts
+and host clock after it (`CacheCounters.clear_counts`, `ModelRunner.reset_steps`, `HostClock.reset`), attaches
+the stall and routing listeners only after it, and drops the prediction latencies it observed. The rows' KV
+entries it wrote are overwritten by each request's prefill, as any earlier request's are; the experts it
+brought stay cached, as an earlier request's would.
 
 Imports `engine.runner` and `engine.api` only.
 """

@@ -5,7 +5,9 @@ device logs; `engine.runner.graphs` replays what it captured.
 In segmented steps a segment copies its routed ids to page-locked host memory as its last node, and a
 prefetch tap's id table right after the tap, followed by an external event node the host waits for while
 the rest of the segment (the layer's attention and router) runs: a prediction costs no segment of its own
-(`engine.runner.host_buffers`). In streamed steps the taps' predictions are only logged, for the host to read after the step; with
+(`engine.runner.host_buffers`).
+
+In streamed steps the taps' predictions are only logged, for the host to read after the step; with
 `branch_predictions` (`MOE_PREDICTOR_OVERLAP`) each tap's predictor then runs on a parallel branch of the
 step's graph (a side stream forked at the tap and joined at the step's end), so it overlaps the layer's
 attention and experts instead of delaying them. Whole-step graphs that read no host memory (every expert
@@ -57,9 +59,9 @@ class GraphCapture:
         self._pending: list[Prediction] = []  # the current segment's
         if not whole and arena is None:
             raise ValueError("a segmented capture needs a host arena for the results its segments copy out")
-        self.arena = arena
-        if arena is not None:
-            arena.rewind()
+        self.arena = None if whole else arena  # a whole-step graph copies nothing out
+        if self.arena is not None:
+            self.arena.rewind()
         self.logs: dict[str, torch.Tensor] = {}  # whole-step graphs: "route" [L, B, k] ids; streamed also
         # "slots" [L, B*k] (the slot each pair was read from, -1: host) and "pred" [L, B, W] predictions
         self.predictors: dict[int, CapturedTap] = {}

@@ -59,6 +59,7 @@ from engine.experts.cache import ExpertCache
 from engine.experts.host_experts import HostExperts, host_pairs
 from engine.experts.slots import Acquired
 from engine.model.offload import CapturedTap
+from engine.runner.host_buffers import HostArena
 from engine.runner.host_clock import HostClock
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class StepGraph:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # whole-step graphs' device logs, by name
     logs_host: list[dict[str, torch.Tensor]] = field(default_factory=list)  # two pinned copies, in turn
     predictors: dict[int, CapturedTap] = field(default_factory=dict)  # streamed: target layer -> its tap
-    arena: object = None  # segmented: the `HostArena` its segments write into (kept alive with the graphs)
+    arena: HostArena | None = None  # segmented: the arena its segments write into (alive with the graphs)
 
     def pin_buffers(self) -> None:
         """Pinned host buffers for the device results the host copies after a replay (made after capture,

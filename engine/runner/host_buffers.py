@@ -15,6 +15,8 @@ Imports torch and `engine.experts.pinned` only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from engine.experts.pinned import page_locked_empty
@@ -45,10 +47,7 @@ class HostArena:
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A page-locked host tensor of `shape` and `dtype`, contiguous, from the next free bytes."""
-        n = 1
-        for s in shape:
-            n *= int(s)
-        size = n * torch.empty((), dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         start = -(-self._at // ALIGN) * ALIGN
         if start + size > self.nbytes:
             raise MemoryError(

@@ -4,8 +4,8 @@ for (docs/performance.md, "Where a segmented step waits").
 
 The phases, in the order a routed layer meets them:
 - `launch`: replaying a segment's graph (one `cudaGraphLaunch`);
-- `read_copy`: queueing the copy of a segment's result (routed ids, a prediction's id table, a hybrid
-  layer's input) to pinned host memory and recording its event;
+- `read_copy`: recording the event after a segment (whose own last node copied the routed ids out), and
+  with hybrid misses queueing the copies of the layer's input and weights;
 - `predict_wait`: waiting for a prediction's id table to reach the host;
 - `predict_issue`: turning it into copies (`Prefetcher.issue_captured`: the union of its rows, the
   cache's `prefetch`, the copies' launches);
@@ -27,7 +27,7 @@ import time
 
 from engine.api.stats import HOST_PHASES
 
-PHASES = HOST_PHASES
+PHASES = HOST_PHASES  # (the names live in `engine.api.stats`, which the metrics read too)
 
 
 class HostClock:
